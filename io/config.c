@@ -1,0 +1,459 @@
+/* config.c - config.json parsing for the supported MoE architectures (see config.h). */
+#include "config.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "error.h"
+
+static const struct {
+    mp_arch arch;
+    const char *model_type;
+    const char *architecture;
+} arch_table[] = {
+    {MP_ARCH_MIXTRAL, "mixtral", "MixtralForCausalLM"},
+    {MP_ARCH_QWEN2_MOE, "qwen2_moe", "Qwen2MoeForCausalLM"},
+    {MP_ARCH_QWEN3_MOE, "qwen3_moe", "Qwen3MoeForCausalLM"},
+    {MP_ARCH_OLMOE, "olmoe", "OlmoeForCausalLM"},
+    {MP_ARCH_DEEPSEEK_V2, "deepseek_v2", "DeepseekV2ForCausalLM"},
+    {MP_ARCH_DEEPSEEK_V3, "deepseek_v3", "DeepseekV3ForCausalLM"},
+    {MP_ARCH_PHIMOE, "phimoe", "PhiMoEForCausalLM"},
+};
+#define N_ARCH ((int)(sizeof arch_table / sizeof arch_table[0]))
+
+const char *mp_arch_name(mp_arch a)
+{
+    for (int i = 0; i < N_ARCH; i++)
+        if (arch_table[i].arch == a)
+            return arch_table[i].model_type;
+    return "?";
+}
+
+typedef struct {
+    const cJSON *root;
+    const char *what;
+    const char *arch;
+} jctx;
+
+static const cJSON *item(const jctx *j, const char *key)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(j->root, key);
+    return cJSON_IsNull(v) ? NULL : v;
+}
+
+/* Integer key: required when def is NULL. */
+static int get_int(const jctx *j, const char *key, const int *def, int *out)
+{
+    const cJSON *v = item(j, key);
+    if (!v) {
+        if (def) {
+            *out = *def;
+            return 0;
+        }
+        return mp_errorf(MP_ECONFIG, "%s: missing key '%s' (required for %s)", j->what, key, j->arch);
+    }
+    if (!cJSON_IsNumber(v) || floor(v->valuedouble) != v->valuedouble || fabs(v->valuedouble) > 2147483647.0)
+        return mp_errorf(MP_ECONFIG, "%s: key '%s' must be an integer", j->what, key);
+    *out = (int)v->valuedouble;
+    return 0;
+}
+
+static int get_pos(const jctx *j, const char *key, const int *def, int *out)
+{
+    MP_CHECK(get_int(j, key, def, out));
+    if (*out <= 0)
+        return mp_errorf(MP_ECONFIG, "%s: key '%s' must be positive, got %d", j->what, key, *out);
+    return 0;
+}
+
+static int get_num(const jctx *j, const char *key, double def, int required, double *out)
+{
+    const cJSON *v = item(j, key);
+    if (!v) {
+        if (required)
+            return mp_errorf(MP_ECONFIG, "%s: missing key '%s' (required for %s)", j->what, key, j->arch);
+        *out = def;
+        return 0;
+    }
+    if (!cJSON_IsNumber(v))
+        return mp_errorf(MP_ECONFIG, "%s: key '%s' must be a number", j->what, key);
+    *out = v->valuedouble;
+    return 0;
+}
+
+static int get_bool(const jctx *j, const char *key, int def, int *out)
+{
+    const cJSON *v = item(j, key);
+    if (!v) {
+        *out = def;
+        return 0;
+    }
+    if (!cJSON_IsBool(v))
+        return mp_errorf(MP_ECONFIG, "%s: key '%s' must be true or false", j->what, key);
+    *out = cJSON_IsTrue(v);
+    return 0;
+}
+
+static int get_str(const jctx *j, const char *key, const char *def, char *out, size_t cap)
+{
+    const cJSON *v = item(j, key);
+    if (!v) {
+        snprintf(out, cap, "%s", def);
+        return 0;
+    }
+    if (!cJSON_IsString(v))
+        return mp_errorf(MP_ECONFIG, "%s: key '%s' must be a string", j->what, key);
+    if (strlen(v->valuestring) >= cap)
+        return mp_errorf(MP_ECONFIG, "%s: key '%s' value '%s' is too long", j->what, key, v->valuestring);
+    snprintf(out, cap, "%s", v->valuestring);
+    return 0;
+}
+
+static int get_factor_list(const jctx *j, const cJSON *obj, const char *key, double **out, int *n)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
+    *out = NULL;
+    *n = 0;
+    if (!v || cJSON_IsNull(v))
+        return 0;
+    if (!cJSON_IsArray(v))
+        return mp_errorf(MP_ECONFIG, "%s: rope key '%s' must be a list of numbers", j->what, key);
+    int len = cJSON_GetArraySize(v);
+    *out = calloc((size_t)(len ? len : 1), sizeof **out);
+    if (!*out)
+        return mp_errorf(MP_ENOMEM, "out of memory");
+    for (int i = 0; i < len; i++) {
+        const cJSON *x = cJSON_GetArrayItem(v, i);
+        if (!cJSON_IsNumber(x))
+            return mp_errorf(MP_ECONFIG, "%s: rope key '%s'[%d] must be a number", j->what, key, i);
+        (*out)[i] = x->valuedouble;
+    }
+    *n = len;
+    return 0;
+}
+
+/* rope: legacy rope_theta + rope_scaling, or transformers 5 rope_parameters. */
+static int parse_rope(const jctx *j, mp_config *c, double def_theta)
+{
+    const cJSON *rp = item(j, "rope_parameters");
+    const cJSON *rs = item(j, "rope_scaling");
+    if (rp && !cJSON_IsObject(rp))
+        return mp_errorf(MP_ECONFIG, "%s: key 'rope_parameters' must be an object", j->what);
+    if (rs && !cJSON_IsObject(rs))
+        return mp_errorf(MP_ECONFIG, "%s: key 'rope_scaling' must be an object or null", j->what);
+    MP_CHECK(get_num(j, "rope_theta", def_theta, 0, &c->rope_theta));
+    MP_CHECK(get_num(j, "partial_rotary_factor", 1.0, 0, &c->partial_rotary_factor));
+    snprintf(c->rope_type, sizeof c->rope_type, "default");
+    c->rope_factor = 1.0;
+    c->rope_beta_fast = 32;
+    c->rope_beta_slow = 1;
+    c->rope_mscale = 0;
+    c->rope_mscale_all_dim = 0;
+    c->rope_low_freq_factor = 1;
+    c->rope_high_freq_factor = 4;
+    c->rope_orig_max_pos = c->max_pos;
+    const cJSON *src[2] = {rp, rs};
+    for (int s = 0; s < 2; s++) {
+        const cJSON *o = src[s];
+        if (!o)
+            continue;
+        jctx sub = {o, j->what, j->arch};
+        const cJSON *ty = cJSON_GetObjectItemCaseSensitive(o, "rope_type");
+        if (!ty)
+            ty = cJSON_GetObjectItemCaseSensitive(o, "type");
+        if (ty && cJSON_IsString(ty))
+            snprintf(c->rope_type, sizeof c->rope_type, "%s", ty->valuestring);
+        else if (ty)
+            return mp_errorf(MP_ECONFIG, "%s: rope type must be a string", j->what);
+        if (strcmp(c->rope_type, "su") == 0)
+            snprintf(c->rope_type, sizeof c->rope_type, "longrope");
+        MP_CHECK(get_num(&sub, "rope_theta", c->rope_theta, 0, &c->rope_theta));
+        MP_CHECK(get_num(&sub, "factor", c->rope_factor, 0, &c->rope_factor));
+        MP_CHECK(get_num(&sub, "partial_rotary_factor", c->partial_rotary_factor, 0, &c->partial_rotary_factor));
+        MP_CHECK(get_num(&sub, "beta_fast", c->rope_beta_fast, 0, &c->rope_beta_fast));
+        MP_CHECK(get_num(&sub, "beta_slow", c->rope_beta_slow, 0, &c->rope_beta_slow));
+        MP_CHECK(get_num(&sub, "mscale", c->rope_mscale, 0, &c->rope_mscale));
+        MP_CHECK(get_num(&sub, "mscale_all_dim", c->rope_mscale_all_dim, 0, &c->rope_mscale_all_dim));
+        MP_CHECK(get_num(&sub, "low_freq_factor", c->rope_low_freq_factor, 0, &c->rope_low_freq_factor));
+        MP_CHECK(get_num(&sub, "high_freq_factor", c->rope_high_freq_factor, 0, &c->rope_high_freq_factor));
+        int omp = c->rope_orig_max_pos;
+        MP_CHECK(get_int(&sub, "original_max_position_embeddings", &omp, &c->rope_orig_max_pos));
+        if (!c->rope_short_factor)
+            MP_CHECK(get_factor_list(j, o, "short_factor", &c->rope_short_factor, &c->n_rope_short));
+        if (!c->rope_long_factor)
+            MP_CHECK(get_factor_list(j, o, "long_factor", &c->rope_long_factor, &c->n_rope_long));
+    }
+    /* Phi-3.5-MoE keeps original_max_position_embeddings at the top level */
+    int omp = c->rope_orig_max_pos;
+    MP_CHECK(get_int(j, "original_max_position_embeddings", &omp, &c->rope_orig_max_pos));
+    if (!(c->rope_theta > 0))
+        return mp_errorf(MP_ECONFIG, "%s: rope_theta must be positive", j->what);
+    static const char *known[] = {"default", "linear", "dynamic", "yarn", "longrope", "llama3"};
+    for (size_t i = 0; i < sizeof known / sizeof *known; i++)
+        if (strcmp(c->rope_type, known[i]) == 0)
+            return 0;
+    return mp_errorf(MP_ECONFIG, "%s: unsupported rope type '%s'", j->what, c->rope_type);
+}
+
+static int find_arch(const jctx *j, mp_config *c)
+{
+    const cJSON *mt = item(j, "model_type");
+    if (mt && !cJSON_IsString(mt))
+        return mp_errorf(MP_ECONFIG, "%s: key 'model_type' must be a string", j->what);
+    if (mt) {
+        for (int i = 0; i < N_ARCH; i++)
+            if (strcmp(mt->valuestring, arch_table[i].model_type) == 0) {
+                c->arch = arch_table[i].arch;
+                return 0;
+            }
+    }
+    const cJSON *ar = item(j, "architectures");
+    if (cJSON_IsArray(ar)) {
+        const cJSON *a0 = cJSON_GetArrayItem(ar, 0);
+        if (cJSON_IsString(a0))
+            for (int i = 0; i < N_ARCH; i++)
+                if (strcasecmp(a0->valuestring, arch_table[i].architecture) == 0) {
+                    c->arch = arch_table[i].arch;
+                    return 0;
+                }
+    }
+    return mp_errorf(MP_ECONFIG,
+                     "%s: unknown architecture (model_type '%s'); supported: mixtral, qwen2_moe, qwen3_moe, "
+                     "olmoe, deepseek_v2, deepseek_v3, phimoe",
+                     j->what, mt ? mt->valuestring : "(none)");
+}
+
+static int parse_int_list(const jctx *j, const char *key, unsigned char *mark, int n)
+{
+    const cJSON *v = item(j, key);
+    if (!v)
+        return 0;
+    if (!cJSON_IsArray(v))
+        return mp_errorf(MP_ECONFIG, "%s: key '%s' must be a list of layer indices", j->what, key);
+    for (const cJSON *x = v->child; x; x = x->next) {
+        if (!cJSON_IsNumber(x) || x->valuedouble < 0 || x->valuedouble >= n || floor(x->valuedouble) != x->valuedouble)
+            return mp_errorf(MP_ECONFIG, "%s: key '%s' holds an entry that is not a layer index in [0, %d)", j->what,
+                             key, n);
+        mark[(int)x->valuedouble] = 1;
+    }
+    return 0;
+}
+
+static int parse_common(const jctx *j, mp_config *c)
+{
+    MP_CHECK(get_pos(j, "hidden_size", NULL, &c->hidden));
+    MP_CHECK(get_pos(j, "num_hidden_layers", NULL, &c->n_layers));
+    MP_CHECK(get_pos(j, "num_attention_heads", NULL, &c->n_heads));
+    MP_CHECK(get_pos(j, "num_key_value_heads", &c->n_heads, &c->n_kv_heads));
+    MP_CHECK(get_pos(j, "vocab_size", NULL, &c->vocab));
+    int def_maxpos = 4096;
+    MP_CHECK(get_pos(j, "max_position_embeddings", &def_maxpos, &c->max_pos));
+    if (c->hidden % c->n_heads != 0 && !item(j, "head_dim"))
+        return mp_errorf(MP_ECONFIG, "%s: hidden_size %d is not a multiple of num_attention_heads %d", j->what,
+                         c->hidden, c->n_heads);
+    int hd = c->hidden / c->n_heads;
+    MP_CHECK(get_pos(j, "head_dim", &hd, &c->head_dim));
+    if (c->n_heads % c->n_kv_heads != 0)
+        return mp_errorf(MP_ECONFIG, "%s: num_attention_heads %d is not a multiple of num_key_value_heads %d",
+                         j->what, c->n_heads, c->n_kv_heads);
+    MP_CHECK(get_bool(j, "tie_word_embeddings", 0, &c->tie_embeddings));
+    MP_CHECK(get_str(j, "hidden_act", "silu", c->hidden_act, sizeof c->hidden_act));
+    if (strcmp(c->hidden_act, "silu") != 0 && strcmp(c->hidden_act, "swish") != 0)
+        return mp_errorf(MP_ECONFIG, "%s: hidden_act '%s' is not supported (silu only)", j->what, c->hidden_act);
+    c->is_moe = calloc((size_t)c->n_layers, 1);
+    return c->is_moe ? 0 : mp_errorf(MP_ENOMEM, "out of memory");
+}
+
+static int parse_arch(const jctx *j, mp_config *c)
+{
+    int zero = 0, one = 1, two = 2;
+    double theta = 10000.0;
+    switch (c->arch) {
+    case MP_ARCH_MIXTRAL:
+    case MP_ARCH_PHIMOE: {
+        MP_CHECK(get_pos(j, "intermediate_size", NULL, &c->moe_ffn));
+        MP_CHECK(get_pos(j, "num_local_experts", NULL, &c->n_experts));
+        MP_CHECK(get_pos(j, "num_experts_per_tok", &two, &c->top_k));
+        c->norm_topk_prob = 1;
+        theta = 1e6;
+        if (c->arch == MP_ARCH_PHIMOE) {
+            c->layernorm = 1;
+            MP_CHECK(get_bool(j, "attention_bias", 0, &c->attn_bias));
+            c->o_bias = c->attn_bias;
+            MP_CHECK(get_bool(j, "lm_head_bias", 0, &c->lm_head_bias));
+        }
+        MP_CHECK(get_num(j, "rms_norm_eps", 1e-5, 0, &c->norm_eps));
+        MP_CHECK(get_num(j, "router_jitter_noise", 0.0, 0, &c->router_jitter));
+        int sw = 0;
+        MP_CHECK(get_int(j, "sliding_window", &zero, &sw));
+        c->sliding_window = sw > 0 ? sw : 0;
+        memset(c->is_moe, 1, (size_t)c->n_layers);
+        break;
+    }
+    case MP_ARCH_QWEN2_MOE:
+    case MP_ARCH_QWEN3_MOE:
+    case MP_ARCH_OLMOE: {
+        MP_CHECK(get_pos(j, "num_experts", NULL, &c->n_experts));
+        MP_CHECK(get_pos(j, "num_experts_per_tok", NULL, &c->top_k));
+        MP_CHECK(get_num(j, "rms_norm_eps", 1e-6, 0, &c->norm_eps));
+        if (c->arch == MP_ARCH_OLMOE) {
+            MP_CHECK(get_pos(j, "intermediate_size", NULL, &c->moe_ffn));
+            MP_CHECK(get_bool(j, "norm_topk_prob", 0, &c->norm_topk_prob));
+            MP_CHECK(get_bool(j, "attention_bias", 0, &c->attn_bias));
+            c->o_bias = c->attn_bias;
+            MP_CHECK(get_num(j, "clip_qkv", 0.0, 0, &c->clip_qkv));
+            c->qk_norm = MP_QKNORM_FULL;
+            memset(c->is_moe, 1, (size_t)c->n_layers);
+            break;
+        }
+        MP_CHECK(get_pos(j, "moe_intermediate_size", NULL, &c->moe_ffn));
+        MP_CHECK(get_pos(j, "intermediate_size", NULL, &c->dense_ffn));
+        MP_CHECK(get_pos(j, "decoder_sparse_step", &one, &c->decoder_sparse_step));
+        if (c->arch == MP_ARCH_QWEN2_MOE) {
+            MP_CHECK(get_pos(j, "shared_expert_intermediate_size", NULL, &c->shared_ffn));
+            c->n_shared = 1;
+            c->shared_gate = 1;
+            MP_CHECK(get_bool(j, "norm_topk_prob", 0, &c->norm_topk_prob));
+            MP_CHECK(get_bool(j, "qkv_bias", 1, &c->attn_bias));
+        } else {
+            MP_CHECK(get_bool(j, "norm_topk_prob", 0, &c->norm_topk_prob));
+            MP_CHECK(get_bool(j, "attention_bias", 0, &c->attn_bias));
+            c->o_bias = c->attn_bias;
+            c->qk_norm = MP_QKNORM_HEAD;
+        }
+        unsigned char *mlp_only = calloc((size_t)c->n_layers, 1);
+        if (!mlp_only)
+            return mp_errorf(MP_ENOMEM, "out of memory");
+        int rc = parse_int_list(j, "mlp_only_layers", mlp_only, c->n_layers);
+        for (int l = 0; l < c->n_layers && rc == 0; l++)
+            c->is_moe[l] = !mlp_only[l] && (l + 1) % c->decoder_sparse_step == 0;
+        free(mlp_only);
+        MP_CHECK(rc);
+        int sw = 0, use_sw = 0;
+        MP_CHECK(get_bool(j, "use_sliding_window", 0, &use_sw));
+        MP_CHECK(get_int(j, "sliding_window", &zero, &sw));
+        c->sliding_window = use_sw && sw > 0 ? sw : 0;
+        break;
+    }
+    case MP_ARCH_DEEPSEEK_V2:
+    case MP_ARCH_DEEPSEEK_V3: {
+        int v3 = c->arch == MP_ARCH_DEEPSEEK_V3;
+        MP_CHECK(get_pos(j, "n_routed_experts", NULL, &c->n_experts));
+        MP_CHECK(get_pos(j, "num_experts_per_tok", NULL, &c->top_k));
+        MP_CHECK(get_pos(j, "moe_intermediate_size", NULL, &c->moe_ffn));
+        MP_CHECK(get_pos(j, "intermediate_size", NULL, &c->dense_ffn));
+        MP_CHECK(get_int(j, "n_shared_experts", &zero, &c->n_shared));
+        if (c->n_shared < 0)
+            return mp_errorf(MP_ECONFIG, "%s: n_shared_experts must be >= 0", j->what);
+        c->shared_ffn = c->n_shared * c->moe_ffn;
+        MP_CHECK(get_int(j, "first_k_dense_replace", &zero, &c->first_k_dense));
+        MP_CHECK(get_pos(j, "moe_layer_freq", &one, &c->moe_layer_freq));
+        MP_CHECK(get_int(j, "q_lora_rank", &zero, &c->q_lora_rank));
+        MP_CHECK(get_pos(j, "kv_lora_rank", NULL, &c->kv_lora_rank));
+        MP_CHECK(get_pos(j, "qk_nope_head_dim", NULL, &c->qk_nope_dim));
+        MP_CHECK(get_pos(j, "qk_rope_head_dim", NULL, &c->qk_rope_dim));
+        MP_CHECK(get_pos(j, "v_head_dim", NULL, &c->v_head_dim));
+        MP_CHECK(get_pos(j, "n_group", &one, &c->n_group));
+        MP_CHECK(get_pos(j, "topk_group", &one, &c->topk_group));
+        MP_CHECK(get_str(j, "topk_method", v3 ? "noaux_tc" : "greedy", c->topk_method, sizeof c->topk_method));
+        MP_CHECK(get_str(j, "scoring_func", v3 ? "sigmoid" : "softmax", c->scoring_func, sizeof c->scoring_func));
+        MP_CHECK(get_num(j, "routed_scaling_factor", 1.0, 0, &c->routed_scaling));
+        MP_CHECK(get_bool(j, "norm_topk_prob", v3, &c->norm_topk_prob));
+        MP_CHECK(get_num(j, "rms_norm_eps", 1e-6, 0, &c->norm_eps));
+        MP_CHECK(get_bool(j, "attention_bias", 0, &c->attn_bias));
+        c->head_dim = c->qk_nope_dim + c->qk_rope_dim;
+        if (strcmp(c->topk_method, "greedy") && strcmp(c->topk_method, "group_limited_greedy") &&
+            strcmp(c->topk_method, "noaux_tc"))
+            return mp_errorf(MP_ECONFIG, "%s: unsupported topk_method '%s'", j->what, c->topk_method);
+        if (strcmp(c->scoring_func, "softmax") && strcmp(c->scoring_func, "sigmoid"))
+            return mp_errorf(MP_ECONFIG, "%s: unsupported scoring_func '%s'", j->what, c->scoring_func);
+        if (c->n_experts % c->n_group != 0 || c->topk_group > c->n_group)
+            return mp_errorf(MP_ECONFIG, "%s: n_routed_experts %d, n_group %d and topk_group %d are inconsistent",
+                             j->what, c->n_experts, c->n_group, c->topk_group);
+        for (int l = 0; l < c->n_layers; l++)
+            c->is_moe[l] = l >= c->first_k_dense && l % c->moe_layer_freq == 0;
+        break;
+    }
+    default: return mp_errorf(MP_EINTERNAL, "unhandled architecture");
+    }
+    if (c->top_k > c->n_experts)
+        return mp_errorf(MP_ECONFIG, "%s: num_experts_per_tok %d exceeds the number of experts %d", j->what,
+                         c->top_k, c->n_experts);
+    MP_CHECK(parse_rope(j, c, theta));
+    if (c->dense_ffn == 0)
+        for (int l = 0; l < c->n_layers; l++)
+            if (!c->is_moe[l])
+                return mp_errorf(MP_ECONFIG, "%s: layer %d is dense but intermediate_size is not set", j->what, l);
+    (void)zero;
+    return 0;
+}
+
+int mp_config_parse(const char *json, const char *what, mp_config *cfg)
+{
+    memset(cfg, 0, sizeof *cfg);
+    cJSON *root = cJSON_Parse(json);
+    if (!root || !cJSON_IsObject(root)) {
+        cJSON_Delete(root);
+        return mp_errorf(MP_ECONFIG, "%s: not a valid JSON object", what);
+    }
+    jctx j = {root, what, "?"};
+    int rc = 0;
+    MP_CHECK_GOTO(find_arch(&j, cfg), out);
+    j.arch = mp_arch_name(cfg->arch);
+    snprintf(cfg->model_type, sizeof cfg->model_type, "%s", j.arch);
+    MP_CHECK_GOTO(parse_common(&j, cfg), out);
+    MP_CHECK_GOTO(parse_arch(&j, cfg), out);
+out:
+    cJSON_Delete(root);
+    if (rc < 0)
+        mp_config_free(cfg);
+    return rc;
+}
+
+int mp_config_load(const char *path, mp_config *cfg)
+{
+    memset(cfg, 0, sizeof *cfg);
+    FILE *fp = fopen(path, "rb");
+    if (!fp)
+        return mp_syserrorf(errno == ENOENT ? MP_ENOENT : MP_EIO, "%s: cannot open", path);
+    fseek(fp, 0, SEEK_END);
+    long len = ftell(fp);
+    fseek(fp, 0, SEEK_SET);
+    if (len < 0 || len > (64l << 20)) {
+        fclose(fp);
+        return mp_errorf(MP_ECONFIG, "%s: unreasonable size", path);
+    }
+    char *buf = malloc((size_t)len + 1);
+    if (!buf) {
+        fclose(fp);
+        return mp_errorf(MP_ENOMEM, "out of memory");
+    }
+    size_t got = fread(buf, 1, (size_t)len, fp);
+    fclose(fp);
+    buf[got] = '\0';
+    int rc = mp_config_parse(buf, path, cfg);
+    free(buf);
+    MP_CHECK(rc);
+    return 0;
+}
+
+void mp_config_free(mp_config *cfg)
+{
+    free(cfg->is_moe);
+    free(cfg->rope_short_factor);
+    free(cfg->rope_long_factor);
+    cfg->is_moe = NULL;
+    cfg->rope_short_factor = cfg->rope_long_factor = NULL;
+}
+
+int mp_config_n_moe_layers(const mp_config *cfg)
+{
+    int n = 0;
+    for (int l = 0; l < cfg->n_layers; l++)
+        n += cfg->is_moe[l];
+    return n;
+}

@@ -1,0 +1,535 @@
+/* safetensors.c - validating, memory-mapped safetensors reader (see safetensors.h). */
+#define _GNU_SOURCE
+#include "safetensors.h"
+
+#include <cjson/cJSON.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "error.h"
+
+#define MAX_HEADER_BYTES (100u << 20) /* the format's own limit */
+
+typedef struct {
+    char *name;
+    mp_tensor t;
+    uint64_t begin, end;
+} raw_entry;
+
+static int path_join(char *buf, size_t cap, const char *dir, const char *name)
+{
+    int n = snprintf(buf, cap, "%s/%s", dir, name);
+    if (n < 0 || (size_t)n >= cap)
+        return mp_errorf(MP_EUSAGE, "path too long: %s/%s", dir, name);
+    return 0;
+}
+
+static int map_file(const char *path, mp_st_file *f)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return mp_syserrorf(errno == ENOENT ? MP_ENOENT : MP_EIO, "%s: cannot open", path);
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        close(fd);
+        return mp_syserrorf(MP_EIO, "%s: cannot stat", path);
+    }
+    f->size = (size_t)st.st_size;
+    f->map = NULL;
+    if (f->size > 0) {
+        void *m = mmap(NULL, f->size, PROT_READ, MAP_PRIVATE, fd, 0);
+        if (m == MAP_FAILED) {
+            close(fd);
+            return mp_syserrorf(MP_EIO, "%s: cannot mmap %zu bytes", path, f->size);
+        }
+        f->map = m;
+    }
+    close(fd);
+    f->path = strdup(path);
+    return f->path ? 0 : mp_errorf(MP_ENOMEM, "out of memory");
+}
+
+static int cmp_begin(const void *a, const void *b)
+{
+    const raw_entry *x = a, *y = b;
+    return x->begin < y->begin ? -1 : x->begin > y->begin ? 1 : (x->end > y->end) - (x->end < y->end);
+}
+
+static int json_uint(const cJSON *v, uint64_t *out)
+{
+    if (!cJSON_IsNumber(v))
+        return -1;
+    double d = v->valuedouble;
+    if (!(d >= 0) || d > 9007199254740992.0 || floor(d) != d)
+        return -1;
+    *out = (uint64_t)d;
+    return 0;
+}
+
+/* Parse and validate one file's header; append its tensors to *ents. */
+static int parse_header(const mp_st_file *f, int file_idx, raw_entry **ents, int *nents, int *cap)
+{
+    const char *p = f->path;
+    if (f->size < 8)
+        return mp_errorf(MP_EFORMAT, "%s: file is %zu bytes, too short for a safetensors header (truncated?)", p,
+                         f->size);
+    uint64_t hlen = 0;
+    for (int i = 7; i >= 0; i--)
+        hlen = (hlen << 8) | f->map[i];
+    if (hlen > f->size - 8)
+        return mp_errorf(MP_EFORMAT,
+                         "%s: header length %llu exceeds the file size %zu (truncated or not a safetensors file)",
+                         p, (unsigned long long)hlen, f->size);
+    if (hlen > MAX_HEADER_BYTES)
+        return mp_errorf(MP_EFORMAT, "%s: header length %llu exceeds the 100 MiB limit", p,
+                         (unsigned long long)hlen);
+    const char *hdr = (const char *)f->map + 8;
+    cJSON *root = cJSON_ParseWithLength(hdr, (size_t)hlen);
+    if (!root || !cJSON_IsObject(root)) {
+        cJSON_Delete(root);
+        return mp_errorf(MP_EFORMAT, "%s: header is not a JSON object", p);
+    }
+    uint64_t data_size = f->size - 8 - hlen;
+    int first = *nents;
+    int rc = 0;
+    for (cJSON *it = root->child; it; it = it->next) {
+        if (strcmp(it->string, "__metadata__") == 0)
+            continue;
+        const char *nm = it->string;
+        if (!cJSON_IsObject(it)) {
+            rc = mp_errorf(MP_EFORMAT, "%s: tensor '%s': header entry is not an object", p, nm);
+            break;
+        }
+        const cJSON *dt = cJSON_GetObjectItemCaseSensitive(it, "dtype");
+        const cJSON *sh = cJSON_GetObjectItemCaseSensitive(it, "shape");
+        const cJSON *off = cJSON_GetObjectItemCaseSensitive(it, "data_offsets");
+        raw_entry e;
+        memset(&e, 0, sizeof e);
+        if (!cJSON_IsString(dt)) {
+            rc = mp_errorf(MP_EFORMAT, "%s: tensor '%s': missing or non-string dtype", p, nm);
+            break;
+        }
+        if (mp_dtype_parse(dt->valuestring, &e.t.dtype) != 0) {
+            rc = mp_errorf(MP_EFORMAT, "%s: tensor '%s': unknown dtype '%s'", p, nm, dt->valuestring);
+            break;
+        }
+        if (!cJSON_IsArray(sh) || cJSON_GetArraySize(sh) > MP_MAX_DIMS) {
+            rc = mp_errorf(MP_EFORMAT, "%s: tensor '%s': shape must be an array of at most %d integers", p, nm,
+                           MP_MAX_DIMS);
+            break;
+        }
+        int64_t numel = 1;
+        int bad = 0;
+        e.t.ndim = cJSON_GetArraySize(sh);
+        for (int d = 0; d < e.t.ndim; d++) {
+            uint64_t v;
+            if (json_uint(cJSON_GetArrayItem(sh, d), &v) != 0 || v > (1ull << 40)) {
+                bad = 1;
+                break;
+            }
+            e.t.shape[d] = (int64_t)v;
+            numel *= (int64_t)v;
+            if (numel > (1ll << 50))
+                bad = 1;
+        }
+        if (bad) {
+            rc = mp_errorf(MP_EFORMAT, "%s: tensor '%s': invalid shape", p, nm);
+            break;
+        }
+        if (!cJSON_IsArray(off) || cJSON_GetArraySize(off) != 2 ||
+            json_uint(cJSON_GetArrayItem(off, 0), &e.begin) != 0 ||
+            json_uint(cJSON_GetArrayItem(off, 1), &e.end) != 0) {
+            rc = mp_errorf(MP_EFORMAT, "%s: tensor '%s': data_offsets must be two non-negative integers", p, nm);
+            break;
+        }
+        if (e.begin > e.end || e.end > data_size) {
+            rc = mp_errorf(MP_EFORMAT,
+                           "%s: tensor '%s': data_offsets [%llu, %llu] outside the data area of %llu bytes%s", p,
+                           nm, (unsigned long long)e.begin, (unsigned long long)e.end,
+                           (unsigned long long)data_size, e.end > data_size ? " (file truncated?)" : "");
+            break;
+        }
+        uint64_t want = (uint64_t)numel * mp_dtype_size(e.t.dtype);
+        if (want != e.end - e.begin) {
+            rc = mp_errorf(MP_EFORMAT,
+                           "%s: tensor '%s': shape x dtype size is %llu bytes but data_offsets span %llu bytes", p,
+                           nm, (unsigned long long)want, (unsigned long long)(e.end - e.begin));
+            break;
+        }
+        e.t.numel = numel;
+        e.t.nbytes = want;
+        e.t.data = f->map + 8 + hlen + e.begin;
+        e.t.file = file_idx;
+        e.name = strdup(nm);
+        if (!e.name) {
+            rc = mp_errorf(MP_ENOMEM, "out of memory");
+            break;
+        }
+        if (*nents == *cap) {
+            int nc = *cap ? *cap * 2 : 256;
+            raw_entry *ne = realloc(*ents, (size_t)nc * sizeof *ne);
+            if (!ne) {
+                free(e.name);
+                rc = mp_errorf(MP_ENOMEM, "out of memory");
+                break;
+            }
+            *ents = ne;
+            *cap = nc;
+        }
+        (*ents)[(*nents)++] = e;
+    }
+    cJSON_Delete(root);
+    if (rc < 0)
+        return rc;
+    /* overlap check among this file's tensors */
+    int n = *nents - first;
+    raw_entry *tmp = malloc((size_t)(n > 0 ? n : 1) * sizeof *tmp);
+    if (!tmp)
+        return mp_errorf(MP_ENOMEM, "out of memory");
+    memcpy(tmp, *ents + first, (size_t)n * sizeof *tmp);
+    qsort(tmp, (size_t)n, sizeof *tmp, cmp_begin);
+    for (int i = 1; i < n; i++) {
+        if (tmp[i].begin < tmp[i - 1].end && tmp[i].end > tmp[i].begin) {
+            rc = mp_errorf(MP_EFORMAT, "%s: tensors '%s' and '%s' overlap in the data area", p, tmp[i - 1].name,
+                           tmp[i].name);
+            break;
+        }
+    }
+    free(tmp);
+    return rc;
+}
+
+static int cmp_name(const void *a, const void *b)
+{
+    return strcmp(((const raw_entry *)a)->name, ((const raw_entry *)b)->name);
+}
+
+static int has_suffix(const char *s, const char *suf)
+{
+    size_t a = strlen(s), b = strlen(suf);
+    return a >= b && strcmp(s + a - b, suf) == 0;
+}
+
+static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+/* Collect the shard file names: from the index (and check it), or by listing. */
+static int list_shards(const char *dir, char ***names, int *n, cJSON **index_out)
+{
+    char path[4096];
+    MP_CHECK(path_join(path, sizeof path, dir, "model.safetensors.index.json"));
+    *index_out = NULL;
+    FILE *fp = fopen(path, "rb");
+    if (fp) {
+        fseek(fp, 0, SEEK_END);
+        long len = ftell(fp);
+        fseek(fp, 0, SEEK_SET);
+        char *buf = malloc((size_t)len + 1);
+        if (!buf) {
+            fclose(fp);
+            return mp_errorf(MP_ENOMEM, "out of memory");
+        }
+        size_t got = fread(buf, 1, (size_t)len, fp);
+        fclose(fp);
+        buf[got] = '\0';
+        cJSON *idx = cJSON_ParseWithLength(buf, got);
+        free(buf);
+        const cJSON *wm = idx ? cJSON_GetObjectItemCaseSensitive(idx, "weight_map") : NULL;
+        if (!cJSON_IsObject(wm)) {
+            cJSON_Delete(idx);
+            return mp_errorf(MP_EFORMAT, "%s: not valid JSON with a \"weight_map\" object", path);
+        }
+        int cap = 0;
+        *n = 0;
+        *names = NULL;
+        for (const cJSON *it = wm->child; it; it = it->next) {
+            if (!cJSON_IsString(it)) {
+                cJSON_Delete(idx);
+                return mp_errorf(MP_EFORMAT, "%s: weight_map entry '%s' is not a file name", path, it->string);
+            }
+            const char *fn = it->valuestring;
+            if (strchr(fn, '/') || strcmp(fn, "..") == 0) {
+                cJSON_Delete(idx);
+                return mp_errorf(MP_EFORMAT, "%s: weight_map entry '%s' names '%s' outside the directory", path,
+                                 it->string, fn);
+            }
+            int seen = 0;
+            for (int i = 0; i < *n && !seen; i++)
+                seen = strcmp((*names)[i], fn) == 0;
+            if (seen)
+                continue;
+            if (*n == cap) {
+                cap = cap ? 2 * cap : 16;
+                char **nn = realloc(*names, (size_t)cap * sizeof *nn);
+                if (!nn) {
+                    cJSON_Delete(idx);
+                    return mp_errorf(MP_ENOMEM, "out of memory");
+                }
+                *names = nn;
+            }
+            (*names)[(*n)++] = strdup(fn);
+        }
+        qsort(*names, (size_t)*n, sizeof **names, cmp_str);
+        *index_out = idx;
+        return 0;
+    }
+    DIR *d = opendir(dir);
+    if (!d)
+        return mp_syserrorf(errno == ENOENT ? MP_ENOENT : MP_EIO, "%s: cannot open directory", dir);
+    int cap = 0;
+    *n = 0;
+    *names = NULL;
+    struct dirent *de;
+    while ((de = readdir(d))) {
+        if (!has_suffix(de->d_name, ".safetensors"))
+            continue;
+        if (*n == cap) {
+            cap = cap ? 2 * cap : 16;
+            char **nn = realloc(*names, (size_t)cap * sizeof *nn);
+            if (!nn) {
+                closedir(d);
+                return mp_errorf(MP_ENOMEM, "out of memory");
+            }
+            *names = nn;
+        }
+        (*names)[(*n)++] = strdup(de->d_name);
+    }
+    closedir(d);
+    if (*n == 0)
+        return mp_errorf(MP_ENOENT, "%s: no *.safetensors files and no model.safetensors.index.json", dir);
+    qsort(*names, (size_t)*n, sizeof **names, cmp_str);
+    return 0;
+}
+
+static int build(mp_ckpt *c, raw_entry *ents, int n)
+{
+    qsort(ents, (size_t)n, sizeof *ents, cmp_name);
+    size_t total = 0;
+    for (int i = 0; i < n; i++) {
+        if (i > 0 && strcmp(ents[i].name, ents[i - 1].name) == 0)
+            return mp_errorf(MP_EFORMAT, "tensor '%s' appears in both %s and %s", ents[i].name,
+                             c->files[ents[i - 1].t.file].path, c->files[ents[i].t.file].path);
+        total += strlen(ents[i].name) + 1;
+    }
+    c->names = malloc(total ? total : 1);
+    c->tensors = calloc((size_t)(n ? n : 1), sizeof *c->tensors);
+    if (!c->names || !c->tensors)
+        return mp_errorf(MP_ENOMEM, "out of memory");
+    char *q = c->names;
+    for (int i = 0; i < n; i++) {
+        size_t l = strlen(ents[i].name) + 1;
+        memcpy(q, ents[i].name, l);
+        c->tensors[i] = ents[i].t;
+        c->tensors[i].name = q;
+        q += l;
+    }
+    c->ntensors = n;
+    return 0;
+}
+
+static void free_entries(raw_entry *e, int n)
+{
+    for (int i = 0; i < n; i++)
+        free(e[i].name);
+    free(e);
+}
+
+static int open_files(mp_ckpt *c, const char *dir, char **names, int nnames)
+{
+    c->files = calloc((size_t)nnames, sizeof *c->files);
+    if (!c->files)
+        return mp_errorf(MP_ENOMEM, "out of memory");
+    raw_entry *ents = NULL;
+    int nents = 0, cap = 0, rc = 0;
+    for (int i = 0; i < nnames; i++) {
+        char path[4096];
+        if (dir)
+            MP_CHECK_GOTO(path_join(path, sizeof path, dir, names[i]), out);
+        else
+            snprintf(path, sizeof path, "%s", names[i]);
+        rc = map_file(path, &c->files[i]);
+        if (rc == MP_ENOENT && c->sharded) {
+            rc = mp_errorf(MP_ENOENT, "%s: shard named in model.safetensors.index.json is missing", path);
+            goto out;
+        }
+        MP_CHECK_GOTO(rc, out);
+        c->nfiles = i + 1;
+        MP_CHECK_GOTO(parse_header(&c->files[i], i, &ents, &nents, &cap), out);
+    }
+    MP_CHECK_GOTO(build(c, ents, nents), out);
+out:
+    free_entries(ents, nents);
+    return rc;
+}
+
+static int check_index(const mp_ckpt *c, const cJSON *idx, char **names, int nnames)
+{
+    const cJSON *wm = cJSON_GetObjectItemCaseSensitive(idx, "weight_map");
+    for (const cJSON *it = wm->child; it; it = it->next) {
+        const mp_tensor *t = mp_ckpt_find(c, it->string);
+        if (!t)
+            return mp_errorf(MP_ENOENT, "%s/model.safetensors.index.json: tensor '%s' is mapped to %s but that "
+                             "file does not contain it", c->dir, it->string, it->valuestring);
+        const char *base = strrchr(c->files[t->file].path, '/');
+        base = base ? base + 1 : c->files[t->file].path;
+        if (strcmp(base, it->valuestring) != 0)
+            return mp_errorf(MP_EFORMAT, "%s/model.safetensors.index.json: tensor '%s' is mapped to %s but found "
+                             "in %s", c->dir, it->string, it->valuestring, base);
+    }
+    (void)names;
+    (void)nnames;
+    return 0;
+}
+
+int mp_ckpt_open(const char *dir, mp_ckpt **out)
+{
+    *out = NULL;
+    char **names = NULL;
+    int nnames = 0, rc = 0;
+    cJSON *idx = NULL;
+    mp_ckpt *c = calloc(1, sizeof *c);
+    if (!c)
+        return mp_errorf(MP_ENOMEM, "out of memory");
+    c->dir = strdup(dir);
+    MP_CHECK_GOTO(list_shards(dir, &names, &nnames, &idx), fail);
+    c->sharded = idx != NULL;
+    MP_CHECK_GOTO(open_files(c, dir, names, nnames), fail);
+    if (idx)
+        MP_CHECK_GOTO(check_index(c, idx, names, nnames), fail);
+    goto done;
+fail:
+    mp_ckpt_close(c);
+    c = NULL;
+done:
+    cJSON_Delete(idx);
+    for (int i = 0; i < nnames; i++)
+        free(names[i]);
+    free(names);
+    *out = c;
+    return rc;
+}
+
+int mp_ckpt_open_file(const char *path, mp_ckpt **out)
+{
+    *out = NULL;
+    mp_ckpt *c = calloc(1, sizeof *c);
+    if (!c)
+        return mp_errorf(MP_ENOMEM, "out of memory");
+    char *names[1] = {(char *)path};
+    c->dir = strdup(path);
+    int rc = open_files(c, NULL, names, 1);
+    if (rc < 0) {
+        mp_error_trace(__FILE__, __LINE__, __func__);
+        mp_ckpt_close(c);
+        return rc;
+    }
+    *out = c;
+    return 0;
+}
+
+void mp_ckpt_close(mp_ckpt *c)
+{
+    if (!c)
+        return;
+    for (int i = 0; i < c->nfiles; i++) {
+        if (c->files[i].map)
+            munmap(c->files[i].map, c->files[i].size);
+        free(c->files[i].path);
+    }
+    free(c->files);
+    free(c->tensors);
+    free(c->names);
+    free(c->dir);
+    free(c);
+}
+
+const mp_tensor *mp_ckpt_find(const mp_ckpt *c, const char *name)
+{
+    int lo = 0, hi = c->ntensors - 1;
+    while (lo <= hi) {
+        int mid = (lo + hi) / 2;
+        int r = strcmp(name, c->tensors[mid].name);
+        if (r == 0)
+            return &c->tensors[mid];
+        if (r < 0)
+            hi = mid - 1;
+        else
+            lo = mid + 1;
+    }
+    return NULL;
+}
+
+int mp_ckpt_get(const mp_ckpt *c, const char *name, const mp_tensor **out)
+{
+    *out = mp_ckpt_find(c, name);
+    if (!*out)
+        return mp_errorf(MP_ENOENT, "%s: tensor '%s' not found", c->dir, name);
+    return 0;
+}
+
+int mp_tensor_is_aux(const char *name) { return has_suffix(name, "_scale_inv"); }
+
+static int read_fp8_scaled(const mp_ckpt *c, const mp_tensor *t, const mp_tensor *s, int64_t first, int64_t n,
+                           float *out)
+{
+    if (t->ndim != 2 || s->ndim != 2)
+        return mp_errorf(MP_EFORMAT, "%s: FP8 tensor '%s' with scales must be 2-D", c->dir, t->name);
+    int64_t rows = t->shape[0], cols = t->shape[1];
+    int64_t br = (rows + MP_FP8_BLOCK - 1) / MP_FP8_BLOCK, bc = (cols + MP_FP8_BLOCK - 1) / MP_FP8_BLOCK;
+    if (s->shape[0] != br || s->shape[1] != bc)
+        return mp_errorf(MP_EFORMAT, "%s: tensor '%s' has shape [%lld, %lld]; expected [%lld, %lld] for %s", c->dir,
+                         s->name, (long long)s->shape[0], (long long)s->shape[1], (long long)br, (long long)bc,
+                         t->name);
+    float *scale = malloc((size_t)(br * bc) * sizeof *scale);
+    if (!scale)
+        return mp_errorf(MP_ENOMEM, "out of memory");
+    if (mp_convert_to_f32(s->dtype, s->data, (size_t)(br * bc), scale) != 0) {
+        free(scale);
+        return mp_errorf(MP_EFORMAT, "%s: scale tensor '%s' has non-float dtype %s", c->dir, s->name,
+                         mp_dtype_name(s->dtype));
+    }
+    mp_convert_to_f32(t->dtype, t->data + first, (size_t)n, out);
+    for (int64_t k = 0; k < n; k++) {
+        int64_t idx = first + k, i = idx / cols, j = idx % cols;
+        out[k] *= scale[(i / MP_FP8_BLOCK) * bc + j / MP_FP8_BLOCK];
+    }
+    free(scale);
+    return 0;
+}
+
+int mp_ckpt_read_f32(const mp_ckpt *c, const mp_tensor *t, int64_t first, int64_t n, float *out)
+{
+    if (first < 0 || n < 0 || first + n > t->numel)
+        return mp_errorf(MP_EINTERNAL, "%s: read of elements [%lld, %lld) outside tensor '%s' of %lld elements",
+                         c->dir, (long long)first, (long long)(first + n), t->name, (long long)t->numel);
+    if (!mp_dtype_is_float(t->dtype))
+        return mp_errorf(MP_EFORMAT, "%s: tensor '%s' has dtype %s; a floating-point weight is required", c->dir,
+                         t->name, mp_dtype_name(t->dtype));
+    if (t->dtype == MP_DT_F8_E4M3 || t->dtype == MP_DT_F8_E5M2) {
+        char sname[1024];
+        snprintf(sname, sizeof sname, "%s_scale_inv", t->name);
+        const mp_tensor *s = mp_ckpt_find(c, sname);
+        if (s)
+            return read_fp8_scaled(c, t, s, first, n, out);
+    }
+    size_t es = mp_dtype_size(t->dtype);
+    mp_convert_to_f32(t->dtype, t->data + (size_t)first * es, (size_t)n, out);
+    return 0;
+}
+
+int mp_ckpt_read_named_f32(const mp_ckpt *c, const char *name, float *out, int64_t cap)
+{
+    const mp_tensor *t;
+    MP_CHECK(mp_ckpt_get(c, name, &t));
+    if (t->numel > cap)
+        return mp_errorf(MP_EINTERNAL, "%s: tensor '%s' has %lld elements, buffer holds %lld", c->dir, name,
+                         (long long)t->numel, (long long)cap);
+    return mp_ckpt_read_f32(c, t, 0, t->numel, out);
+}

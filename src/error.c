@@ -1,0 +1,69 @@
+/* error.c - thread-local error message and trace (see error.h). */
+#include "error.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+static _Thread_local char msg_buf[2048];
+static _Thread_local char trace_buf[2048];
+
+int mp_errorf(int code, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg_buf, sizeof msg_buf, fmt, ap);
+    va_end(ap);
+    trace_buf[0] = '\0';
+    return code;
+}
+
+int mp_syserrorf(int code, const char *fmt, ...)
+{
+    int saved = errno;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg_buf, sizeof msg_buf, fmt, ap);
+    va_end(ap);
+    size_t len = strlen(msg_buf);
+    snprintf(msg_buf + len, sizeof msg_buf - len, ": %s", strerror(saved));
+    trace_buf[0] = '\0';
+    return code;
+}
+
+void mp_error_trace(const char *file, int line, const char *func)
+{
+    size_t len = strlen(trace_buf);
+    if (len + 8 >= sizeof trace_buf)
+        return;
+    snprintf(trace_buf + len, sizeof trace_buf - len, "  at %s:%d (%s)\n", file, line, func);
+}
+
+const char *mp_error_message(void) { return msg_buf; }
+const char *mp_error_trace_text(void) { return trace_buf; }
+
+void mp_error_clear(void)
+{
+    msg_buf[0] = '\0';
+    trace_buf[0] = '\0';
+}
+
+const char *mp_error_name(int code)
+{
+    switch (code) {
+    case MP_OK: return "ok";
+    case MP_EUSAGE: return "usage error";
+    case MP_ENOENT: return "missing file or tensor";
+    case MP_ECONFIG: return "invalid model configuration";
+    case MP_EFORMAT: return "malformed input file";
+    case MP_EIO: return "I/O error";
+    case MP_ENOMEM: return "out of memory";
+    case MP_EMPI: return "another rank failed";
+    case MP_EINTERNAL: return "internal error";
+    case MP_ENUMERIC: return "numerical error";
+    default: return "error";
+    }
+}
+
+int mp_exit_code(int code) { return code >= 0 ? 0 : (code >= -125 ? -code : 1); }
