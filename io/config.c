@@ -297,7 +297,12 @@ static int parse_arch(const jctx *j, mp_config *c)
     case MP_ARCH_QWEN2_MOE:
     case MP_ARCH_QWEN3_MOE:
     case MP_ARCH_OLMOE: {
-        MP_CHECK(get_pos(j, "num_experts", NULL, &c->n_experts));
+        /* transformers 5 writes qwen3_moe's count as num_local_experts;
+         * published checkpoints use num_experts. */
+        const char *ne = c->arch == MP_ARCH_QWEN3_MOE && !item(j, "num_experts") && item(j, "num_local_experts")
+                             ? "num_local_experts"
+                             : "num_experts";
+        MP_CHECK(get_pos(j, ne, NULL, &c->n_experts));
         MP_CHECK(get_pos(j, "num_experts_per_tok", NULL, &c->top_k));
         MP_CHECK(get_num(j, "rms_norm_eps", 1e-6, 0, &c->norm_eps));
         if (c->arch == MP_ARCH_OLMOE) {

@@ -61,7 +61,7 @@ int mp_tokens_read(const char *path, int vocab, mp_tokens *out)
         for (size_t i = 0; i < dims[0] * dims[1]; i++)
             if (out->ids[i] < 0 || out->ids[i] >= vocab) {
                 rc = mp_errorf(MP_EFORMAT, "%s: token id %d at [%zu, %zu] is outside the vocabulary [0, %d)", path,
-                               out->ids[i], i / dims[1], i % dims[1], vocab);
+                               out->ids[i], (size_t)(i / dims[1]), (size_t)(i % dims[1]), vocab);
                 goto out;
             }
 out:

@@ -1,0 +1,33 @@
+/* runtime.h - MPI start-up, agreement on errors, and clean aborts.
+ *
+ * Every collective step of a command is bracketed by mp_mpi_agree: each rank
+ * passes its local status, all ranks get the worst one back, so a failure on
+ * one rank ends the step on all of them instead of leaving the others waiting
+ * in the next collective. When agreement is impossible (an error in the
+ * middle of a collective sequence), mp_mpi_fail prints the message with the
+ * rank and calls MPI_Abort.  All functions here are collective over
+ * MPI_COMM_WORLD unless marked local. */
+#ifndef MP_RUNTIME_H
+#define MP_RUNTIME_H
+#include <mpi.h>
+
+/* MPI_Init_thread (FUNNELED) with MPI_ERRORS_RETURN on MPI_COMM_WORLD. */
+int mp_mpi_init(int *argc, char ***argv);
+void mp_mpi_finalize(void);
+int mp_mpi_rank(void); /* local */
+int mp_mpi_size(void); /* local */
+
+/* Collective: returns 0 when every rank passed rc >= 0. Otherwise a failed
+ * rank gets its own rc back, and a rank that was fine gets the lowest code of
+ * the failed ones (so every process exits with a meaningful status) with a
+ * message naming the first failing rank; only failed ranks print. */
+int mp_mpi_agree(int rc);
+/* Local: print "[rank N] moepack: error: ..." to stderr (the trace too when
+ * MOEPACK_TRACE is set); silent on ranks that only saw another rank fail. */
+void mp_mpi_report(int rc);
+/* Local, does not return: report and MPI_Abort with the exit code of rc. */
+void mp_mpi_fail(int rc) __attribute__((noreturn));
+/* Turn an MPI return code into an MP_EMPI error naming `what`. */
+int mp_mpi_check(int mpirc, const char *what);
+
+#endif

@@ -1,0 +1,366 @@
+/* main.c - the moepack command line: parses the subcommand, runs it on every
+ * rank, agrees on the outcome and turns an error into the exit status. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "error.h"
+#include "expert_scan.h"
+#include "fsutil.h"
+#include "gpu_info.h"
+#include "inspect.h"
+#include "model.h"
+#include "runtime.h"
+#include "synth.h"
+#include "tokens.h"
+
+static const char USAGE[] =
+    "usage: moepack <command> [options]\n"
+    "\n"
+    "commands:\n"
+    "  demo [--out DIR] [--arch A] [--seed S]\n"
+    "        build a tiny model in DIR (default ./moepack-demo) and run the pipeline on it\n"
+    "  synth --arch A --out DIR [--layers N --experts E --hidden D --ffn F --vocab V\n"
+    "        --heads H --kv-heads K --top-k K --n-seq N --seq-len T --seed S\n"
+    "        --dtype F32|BF16|F16 --shards N --layout per-expert|fused --delta-rank R]\n"
+    "        write a tiny synthetic checkpoint in the Hugging Face layout + tokens.h5\n"
+    "  inspect PATH [--json]\n"
+    "        architecture, MoE layers, parameter counts, dtypes and a tensor check\n"
+    "  run | calibrate --job FILE    (not implemented yet)\n"
+    "  eval | export                 (not implemented yet)\n"
+    "  version                       same as --version\n"
+    "\n"
+    "architectures: mixtral qwen2_moe qwen3_moe olmoe deepseek_v2 deepseek_v3 phimoe\n"
+    "exit status: 0 ok, 2 usage, 3 missing file/tensor, 4 bad config, 5 malformed file,\n"
+    "             6 I/O error, 7 out of memory, 8 MPI/other rank failed, 9 internal, 10 numeric\n";
+
+/* ---- option parsing ------------------------------------------------------------------------ */
+
+typedef struct {
+    int argc;
+    char **argv;
+    int i;
+} args;
+
+/* Next "--name" / "--name=value" option; *val is the value for options that take one. */
+static int next_opt(args *a, const char **name, const char **val, int takes_value(const char *))
+{
+    if (a->i >= a->argc)
+        return 0;
+    static char buf[128];
+    const char *s = a->argv[a->i++];
+    if (strncmp(s, "--", 2) != 0) {
+        *name = NULL;
+        *val = s; /* positional */
+        return 1;
+    }
+    const char *eq = strchr(s, '=');
+    if (eq) {
+        snprintf(buf, sizeof buf, "%.*s", (int)(eq - s), s);
+        *name = buf;
+        *val = eq + 1;
+        return 1;
+    }
+    *name = s;
+    *val = NULL;
+    if (takes_value(s)) {
+        if (a->i >= a->argc)
+            return mp_errorf(MP_EUSAGE, "option %s needs a value", s);
+        *val = a->argv[a->i++];
+    }
+    return 1;
+}
+
+static int parse_int(const char *opt, const char *v, int *out)
+{
+    char *end;
+    errno = 0;
+    long x = strtol(v ? v : "", &end, 10);
+    if (!v || !*v || *end || errno || x < -2147483647L || x > 2147483647L)
+        return mp_errorf(MP_EUSAGE, "option %s: '%s' is not an integer", opt, v ? v : "");
+    *out = (int)x;
+    return 0;
+}
+
+static int parse_u64(const char *opt, const char *v, uint64_t *out)
+{
+    char *end;
+    errno = 0;
+    unsigned long long x = strtoull(v ? v : "", &end, 10);
+    if (!v || !*v || *end || errno || v[0] == '-')
+        return mp_errorf(MP_EUSAGE, "option %s: '%s' is not a non-negative integer", opt, v ? v : "");
+    *out = x;
+    return 0;
+}
+
+static int always_value(const char *s) { return strcmp(s, "--json") != 0 && strcmp(s, "--quiet") != 0; }
+
+/* ---- synth ----------------------------------------------------------------------------------- */
+
+static int synth_option(mp_synth_opts *o, const char *name, const char *v, const char **out_dir)
+{
+    struct {
+        const char *name;
+        int *dst;
+    } ints[] = {{"--layers", &o->layers},   {"--experts", &o->experts}, {"--hidden", &o->hidden},
+                {"--ffn", &o->ffn},         {"--vocab", &o->vocab},     {"--heads", &o->heads},
+                {"--kv-heads", &o->kv_heads}, {"--top-k", &o->top_k},   {"--n-seq", &o->n_seq},
+                {"--seq-len", &o->seq_len}, {"--shards", &o->shards},   {"--delta-rank", &o->delta_rank}};
+    for (size_t k = 0; k < sizeof ints / sizeof ints[0]; k++)
+        if (strcmp(name, ints[k].name) == 0)
+            return parse_int(name, v, ints[k].dst);
+    if (strcmp(name, "--arch") == 0)
+        return mp_synth_parse_arch(v, &o->arch);
+    if (strcmp(name, "--out") == 0) {
+        *out_dir = v;
+        return 0;
+    }
+    if (strcmp(name, "--seed") == 0)
+        return parse_u64(name, v, &o->seed);
+    if (strcmp(name, "--dtype") == 0) {
+        if (mp_dtype_parse(v, &o->dtype) < 0)
+            return mp_errorf(MP_EUSAGE, "--dtype '%s': choose F32, BF16 or F16", v);
+        return 0;
+    }
+    if (strcmp(name, "--layout") == 0) {
+        if (strcmp(v, "per-expert") == 0)
+            o->layout = MP_LAYOUT_PER_EXPERT;
+        else if (strcmp(v, "fused") == 0)
+            o->layout = MP_LAYOUT_FUSED;
+        else
+            return mp_errorf(MP_EUSAGE, "--layout '%s': choose per-expert or fused", v);
+        return 0;
+    }
+    return mp_errorf(MP_EUSAGE, "synth: unknown option %s (see moepack --help)", name);
+}
+
+static int cmd_synth(args *a)
+{
+    mp_synth_opts o;
+    mp_synth_defaults(&o);
+    const char *out_dir = NULL, *name, *v;
+    int arch_given = 0, r;
+    int rc = 0;
+    while (rc == 0 && (r = next_opt(a, &name, &v, always_value)) != 0) {
+        if (r < 0)
+            rc = r;
+        else if (!name)
+            rc = mp_errorf(MP_EUSAGE, "synth: unexpected argument '%s'", v);
+        else {
+            arch_given |= strcmp(name, "--arch") == 0;
+            rc = synth_option(&o, name, v, &out_dir);
+        }
+    }
+    if (rc == 0 && (!arch_given || !out_dir))
+        rc = mp_errorf(MP_EUSAGE, "synth needs --arch A and --out DIR");
+    rc = mp_mpi_agree(rc);
+    if (rc == 0 && mp_mpi_rank() == 0) {
+        rc = mp_synth_write(&o, out_dir);
+        if (rc == 0)
+            printf("synth: wrote %s (%s, %d layers, %d experts, d %d, f %d, seed %llu) and %s/tokens.h5\n", out_dir,
+                   mp_arch_name(o.arch), o.layers, o.experts, o.hidden, o.ffn, (unsigned long long)o.seed, out_dir);
+    }
+    return mp_mpi_agree(rc);
+}
+
+/* ---- inspect --------------------------------------------------------------------------------- */
+
+static int flag_only(const char *s)
+{
+    (void)s;
+    return 0;
+}
+
+static int cmd_inspect(args *a)
+{
+    const char *path = NULL, *name, *v;
+    int json = 0, rc = 0, r;
+    while (rc == 0 && (r = next_opt(a, &name, &v, flag_only)) != 0) {
+        if (r < 0)
+            rc = r;
+        else if (!name && !path)
+            path = v;
+        else if (name && strcmp(name, "--json") == 0)
+            json = 1;
+        else
+            rc = mp_errorf(MP_EUSAGE, "inspect: unexpected argument '%s'", name ? name : v);
+    }
+    if (rc == 0 && !path)
+        rc = mp_errorf(MP_EUSAGE, "inspect needs a checkpoint directory");
+    rc = mp_mpi_agree(rc);
+    if (rc == 0 && mp_mpi_rank() == 0) {
+        mp_inspect_info info;
+        rc = mp_inspect_collect(path, &info);
+        if (rc == 0) {
+            rc = mp_inspect_print(&info, json, stdout);
+            if (rc == 0)
+                rc = mp_inspect_status(&info);
+            mp_inspect_free(&info);
+        }
+    }
+    return mp_mpi_agree(rc);
+}
+
+/* ---- demo ------------------------------------------------------------------------------------ */
+
+/* Reuse DIR/model when it was made with the same options, otherwise synthesise it. */
+static int demo_model(const mp_synth_opts *o, const char *out, const char *model_dir)
+{
+    char *want = NULL, *have = NULL, cfg[4400];
+    size_t n;
+    MP_CHECK(mp_synth_config_json(o, &want));
+    snprintf(cfg, sizeof cfg, "%s/config.json", model_dir);
+    struct stat st;
+    int rc = 0;
+    if (stat(model_dir, &st) == 0) {
+        if (mp_read_file(cfg, &have, &n) == 0 && strcmp(have, want) == 0) {
+            printf("demo: reusing %s\n", model_dir);
+        } else
+            rc = mp_errorf(MP_EUSAGE, "demo: %s exists but was made with other options; remove it or pass --out",
+                           model_dir);
+    } else {
+        rc = mp_mkdir_p(out);
+        if (rc == 0)
+            rc = mp_synth_write(o, model_dir);
+        if (rc == 0)
+            printf("demo: synthesised %s\n", model_dir);
+    }
+    free(want);
+    free(have);
+    return rc;
+}
+
+static int cmd_demo(args *a)
+{
+    mp_synth_opts o;
+    mp_synth_defaults(&o);
+    o.experts = 8;
+    const char *out = "moepack-demo", *name, *v;
+    int rc = 0, r;
+    while (rc == 0 && (r = next_opt(a, &name, &v, always_value)) != 0) {
+        if (r < 0)
+            rc = r;
+        else if (!name)
+            rc = mp_errorf(MP_EUSAGE, "demo: unexpected argument '%s'", v);
+        else if (strcmp(name, "--out") == 0)
+            out = v;
+        else if (strcmp(name, "--arch") == 0)
+            rc = mp_synth_parse_arch(v, &o.arch);
+        else if (strcmp(name, "--seed") == 0)
+            rc = parse_u64(name, v, &o.seed);
+        else
+            rc = mp_errorf(MP_EUSAGE, "demo: unknown option %s", name);
+    }
+    char model_dir[4200], tok[4300];
+    snprintf(model_dir, sizeof model_dir, "%s/model", out);
+    snprintf(tok, sizeof tok, "%s/tokens.h5", model_dir);
+    rc = mp_mpi_agree(rc);
+    int rank = mp_mpi_rank();
+    if (rc == 0 && rank == 0) {
+        printf("moepack demo: %d rank%s, output in %s\n", mp_mpi_size(), mp_mpi_size() == 1 ? "" : "s", out);
+        rc = demo_model(&o, out, model_dir);
+        if (rc == 0) {
+            mp_inspect_info info;
+            rc = mp_inspect_collect(model_dir, &info);
+            if (rc == 0) {
+                printf("\n== plan: the checkpoint\n");
+                mp_inspect_print(&info, 0, stdout);
+                rc = mp_inspect_status(&info);
+                mp_inspect_free(&info);
+            }
+        }
+        fflush(stdout);
+    }
+    MP_CHECK(mp_mpi_agree(rc));
+
+    /* every rank opens the checkpoint and the tokens, then reads its share of the experts */
+    mp_model *m = NULL;
+    mp_tokens t = {0};
+    rc = mp_model_open(model_dir, &m);
+    if (rc == 0)
+        rc = mp_tokens_read(tok, m->cfg.vocab, &t);
+    rc = mp_mpi_agree(rc);
+    mp_expert_scan_result res = {0};
+    if (rc == 0)
+        rc = mp_expert_scan(m, &res);
+    if (rc == 0 && rank == 0) {
+        printf("\n== experts: read by %d rank%s (%d units)\n", mp_mpi_size(), mp_mpi_size() == 1 ? "" : "s", res.n);
+        printf("   layer expert  |gate|_F   |up|_F     |down|_F   xxh64\n");
+        for (int i = 0; i < res.n; i++)
+            printf("   %5d %6d  %9.4f  %9.4f  %9.4f  %016llx\n", res.rec[i].layer, res.rec[i].expert, res.rec[i].fro[0],
+                   res.rec[i].fro[1], res.rec[i].fro[2], (unsigned long long)res.rec[i].hash);
+        printf("tokens: %d sequences x %d\n", t.n_seq, t.seq_len);
+        printf("expert digest: %016llx\n", (unsigned long long)res.digest);
+        printf("demo: the later stages (calibrate, decompose, measure, allocate, quantize, write, validate) "
+               "are not implemented yet\n");
+        fflush(stdout);
+    }
+    mp_expert_scan_free(&res);
+    mp_tokens_free(&t);
+    mp_model_close(m);
+    return rc;
+}
+
+/* ---- version --------------------------------------------------------------------------------- */
+
+static int cmd_version(void)
+{
+    if (mp_mpi_rank() != 0)
+        return 0;
+    char gpu[256], mpiv[MPI_MAX_LIBRARY_VERSION_STRING];
+    int len = 0;
+    mp_gpu_build_info(gpu, sizeof gpu);
+    MPI_Get_library_version(mpiv, &len);
+    char *nl = strchr(mpiv, '\n');
+    if (nl)
+        *nl = '\0';
+    printf("moepack %s\n", MOEPACK_VERSION);
+    printf("  MPI:  %s\n", mpiv);
+    printf("  GPU:  %s%s\n", MOEPACK_HAVE_CUDA ? "built with " : "", gpu);
+    int n = mp_gpu_device_count();
+    if (MOEPACK_HAVE_CUDA) {
+        if (n == 0)
+            printf("        no usable CUDA device on this machine\n");
+        for (int d = 0; d < n; d++) {
+            mp_gpu_describe(d, gpu, sizeof gpu);
+            printf("        %s\n", gpu);
+        }
+    }
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    int rc = mp_mpi_init(&argc, &argv);
+    if (rc < 0) {
+        fprintf(stderr, "moepack: error: %s\n", mp_error_message());
+        return mp_exit_code(rc);
+    }
+    const char *cmd = argc > 1 ? argv[1] : NULL;
+    args a = {argc, argv, 2};
+    if (!cmd) {
+        if (mp_mpi_rank() == 0)
+            fputs(USAGE, stderr);
+        rc = MP_EUSAGE;
+    } else if (!strcmp(cmd, "--help") || !strcmp(cmd, "-h") || !strcmp(cmd, "help")) {
+        if (mp_mpi_rank() == 0)
+            fputs(USAGE, stdout);
+    } else if (!strcmp(cmd, "--version") || !strcmp(cmd, "version"))
+        rc = cmd_version();
+    else if (!strcmp(cmd, "synth"))
+        rc = cmd_synth(&a);
+    else if (!strcmp(cmd, "inspect"))
+        rc = cmd_inspect(&a);
+    else if (!strcmp(cmd, "demo"))
+        rc = cmd_demo(&a);
+    else if (!strcmp(cmd, "run") || !strcmp(cmd, "calibrate") || !strcmp(cmd, "eval") || !strcmp(cmd, "export"))
+        rc = mp_errorf(MP_EUSAGE, "'%s' is not implemented yet in this version", cmd);
+    else
+        rc = mp_errorf(MP_EUSAGE, "unknown command '%s' (see moepack --help)", cmd);
+    mp_mpi_report(rc);
+    mp_mpi_finalize();
+    return mp_exit_code(rc);
+}
