@@ -280,6 +280,18 @@ static int list_shards(const char *dir, char ***names, int *n, cJSON **index_out
         *index_out = idx;
         return 0;
     }
+    char single[4200];
+    snprintf(single, sizeof single, "%s/model.safetensors", dir);
+    if (access(single, F_OK) == 0) { /* the usual unsharded checkpoint: other files are not weights */
+        *names = malloc(sizeof **names);
+        if (!*names || !((*names)[0] = strdup("model.safetensors"))) {
+            free(*names);
+            *names = NULL;
+            return mp_errorf(MP_ENOMEM, "out of memory");
+        }
+        *n = 1;
+        return 0;
+    }
     DIR *d = opendir(dir);
     if (!d)
         return mp_syserrorf(errno == ENOENT ? MP_ENOENT : MP_EIO, "%s: cannot open directory", dir);

@@ -1,8 +1,8 @@
 /* safetensors.h - memory-mapped reader for (sharded) safetensors checkpoints.
  *
- * A checkpoint is one `model.safetensors`, or the shards listed in
- * `model.safetensors.index.json` ("weight_map": tensor -> file), or, without an
- * index, every `*.safetensors` in the directory. Files are mmap'ed read-only;
+ * A checkpoint is the shards listed in `model.safetensors.index.json`
+ * ("weight_map": tensor -> file), else `model.safetensors` (other files next
+ * to it are ignored), else every `*.safetensors` in the directory. Files are mmap'ed read-only;
  * nothing is loaded whole. Every header is validated on open: 8-byte length
  * within the file, JSON object, known dtype, integer shape, data_offsets inside
  * the data area, no two tensors overlapping, and shape x dtype size equal to

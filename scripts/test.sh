@@ -1,0 +1,23 @@
+#!/bin/sh
+# test.sh - set up, build with -Wall -Wextra -Werror, and run the whole ctest suite
+# (MPI tests with 1, 2 and 4 ranks); then build and run it again under
+# AddressSanitizer + UndefinedBehaviorSanitizer (MOEPACK_TEST_SANITIZE=0 skips that).
+set -eu
+. "$(dirname "$0")/env.sh"
+"$ROOT/scripts/install-deps.sh"
+
+echo "== build ($ROOT/build)"
+mp_build "$ROOT/build"
+echo "== ctest"
+(cd "$ROOT/build" && ctest --output-on-failure -j "$JOBS")
+
+if [ "${MOEPACK_TEST_SANITIZE:-1}" != 0 ]; then
+    echo "== build with ASan + UBSan ($ROOT/build-asan)"
+    mp_build "$ROOT/build-asan" -DMOEPACK_SANITIZE=ON -DMOEPACK_CUDA=OFF -DCMAKE_BUILD_TYPE=Debug
+    echo "== ctest under ASan + UBSan"
+    # Open MPI's own allocations are not ours to fix: leak checking is off, everything else is on
+    (cd "$ROOT/build-asan" &&
+        ASAN_OPTIONS=detect_leaks=0:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+            ctest --output-on-failure -j "$JOBS")
+fi
+echo "== all tests passed"
