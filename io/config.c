@@ -211,7 +211,7 @@ static int find_arch(const jctx *j, mp_config *c)
                 return 0;
             }
     }
-    const cJSON *ar = item(j, "architectures");
+    const cJSON *ar = mt ? NULL : item(j, "architectures"); /* model_type, when present, decides */
     if (cJSON_IsArray(ar)) {
         const cJSON *a0 = cJSON_GetArrayItem(ar, 0);
         if (cJSON_IsString(a0))
