@@ -9,7 +9,8 @@ JOBS=$(nproc 2>/dev/null || echo 2)
 mp_build() {
     dir=$1
     shift
-    cmake -S "$ROOT" -B "$dir" -DMOEPACK_WERROR=ON -DCMAKE_CUDA_ARCHITECTURES=90 "$@" >"$dir.configure.log" 2>&1 ||
-        { cat "$dir.configure.log" >&2; return 1; }
+    mkdir -p "$dir"
+    cmake -S "$ROOT" -B "$dir" -DMOEPACK_WERROR=ON -DCMAKE_CUDA_ARCHITECTURES=90 "$@" >"$dir/configure.log" 2>&1 ||
+        { cat "$dir/configure.log" >&2; return 1; }
     cmake --build "$dir" -j "$JOBS"
 }
