@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "error.h"
+#include "fsutil.h"
 
 static const struct {
     mp_arch arch;
@@ -21,9 +22,27 @@ static const struct {
     {MP_ARCH_OLMOE, "olmoe", "OlmoeForCausalLM"},
     {MP_ARCH_DEEPSEEK_V2, "deepseek_v2", "DeepseekV2ForCausalLM"},
     {MP_ARCH_DEEPSEEK_V3, "deepseek_v3", "DeepseekV3ForCausalLM"},
-    {MP_ARCH_PHIMOE, "phimoe", "PhiMoEForCausalLM"},
+    {MP_ARCH_PHIMOE, "phimoe", "PhimoeForCausalLM"}, /* published: PhiMoEForCausalLM (matched ignoring case) */
 };
 #define N_ARCH ((int)(sizeof arch_table / sizeof arch_table[0]))
+
+int mp_arch_from_name(const char *model_type, mp_arch *out)
+{
+    for (int i = 0; i < N_ARCH; i++)
+        if (strcmp(model_type, arch_table[i].model_type) == 0) {
+            *out = arch_table[i].arch;
+            return 0;
+        }
+    return -1;
+}
+
+const char *mp_arch_class(mp_arch a)
+{
+    for (int i = 0; i < N_ARCH; i++)
+        if (arch_table[i].arch == a)
+            return arch_table[i].architecture;
+    return "?";
+}
 
 const char *mp_arch_name(mp_arch a)
 {
@@ -422,25 +441,11 @@ out:
 int mp_config_load(const char *path, mp_config *cfg)
 {
     memset(cfg, 0, sizeof *cfg);
-    FILE *fp = fopen(path, "rb");
-    if (!fp)
-        return mp_syserrorf(errno == ENOENT ? MP_ENOENT : MP_EIO, "%s: cannot open", path);
-    fseek(fp, 0, SEEK_END);
-    long len = ftell(fp);
-    fseek(fp, 0, SEEK_SET);
-    if (len < 0 || len > (64l << 20)) {
-        fclose(fp);
-        return mp_errorf(MP_ECONFIG, "%s: unreasonable size", path);
-    }
-    char *buf = malloc((size_t)len + 1);
-    if (!buf) {
-        fclose(fp);
-        return mp_errorf(MP_ENOMEM, "out of memory");
-    }
-    size_t got = fread(buf, 1, (size_t)len, fp);
-    fclose(fp);
-    buf[got] = '\0';
-    int rc = mp_config_parse(buf, path, cfg);
+    char *buf = NULL;
+    size_t n = 0;
+    MP_CHECK(mp_read_file(path, &buf, &n));
+    int rc = n > (64u << 20) ? mp_errorf(MP_ECONFIG, "%s: unreasonable size %zu bytes", path, n)
+                             : mp_config_parse(buf, path, cfg);
     free(buf);
     MP_CHECK(rc);
     return 0;

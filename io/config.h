@@ -81,7 +81,10 @@ typedef struct {
     unsigned char *is_moe;
 } mp_config;
 
-const char *mp_arch_name(mp_arch a);
+const char *mp_arch_name(mp_arch a);  /* model_type, e.g. "mixtral" */
+const char *mp_arch_class(mp_arch a); /* transformers class, e.g. "MixtralForCausalLM" */
+/* model_type -> arch; -1 (no message) when unknown. */
+int mp_arch_from_name(const char *model_type, mp_arch *out);
 /* Parse `path` (a config.json). On error *cfg is left zeroed. */
 int mp_config_load(const char *path, mp_config *cfg);
 /* Parse from a JSON text; `what` names the source in messages. */

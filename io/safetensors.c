@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "error.h"
+#include "fsutil.h"
 
 #define MAX_HEADER_BYTES (100u << 20) /* the format's own limit */
 
@@ -226,19 +227,10 @@ static int list_shards(const char *dir, char ***names, int *n, cJSON **index_out
     char path[4096];
     MP_CHECK(path_join(path, sizeof path, dir, "model.safetensors.index.json"));
     *index_out = NULL;
-    FILE *fp = fopen(path, "rb");
-    if (fp) {
-        fseek(fp, 0, SEEK_END);
-        long len = ftell(fp);
-        fseek(fp, 0, SEEK_SET);
-        char *buf = malloc((size_t)len + 1);
-        if (!buf) {
-            fclose(fp);
-            return mp_errorf(MP_ENOMEM, "out of memory");
-        }
-        size_t got = fread(buf, 1, (size_t)len, fp);
-        fclose(fp);
-        buf[got] = '\0';
+    if (access(path, F_OK) == 0) {
+        char *buf = NULL;
+        size_t got = 0;
+        MP_CHECK(mp_read_file(path, &buf, &got));
         cJSON *idx = cJSON_ParseWithLength(buf, got);
         free(buf);
         const cJSON *wm = idx ? cJSON_GetObjectItemCaseSensitive(idx, "weight_map") : NULL;

@@ -40,27 +40,10 @@ void mp_synth_defaults(mp_synth_opts *o)
     o->noise_scale = 0.05;
 }
 
-static const struct {
-    mp_arch arch;
-    const char *model_type, *class_name;
-} ARCHS[] = {
-    {MP_ARCH_MIXTRAL, "mixtral", "MixtralForCausalLM"},
-    {MP_ARCH_QWEN2_MOE, "qwen2_moe", "Qwen2MoeForCausalLM"},
-    {MP_ARCH_QWEN3_MOE, "qwen3_moe", "Qwen3MoeForCausalLM"},
-    {MP_ARCH_OLMOE, "olmoe", "OlmoeForCausalLM"},
-    {MP_ARCH_DEEPSEEK_V2, "deepseek_v2", "DeepseekV2ForCausalLM"},
-    {MP_ARCH_DEEPSEEK_V3, "deepseek_v3", "DeepseekV3ForCausalLM"},
-    {MP_ARCH_PHIMOE, "phimoe", "PhimoeForCausalLM"},
-};
-#define N_ARCHS (int)(sizeof ARCHS / sizeof ARCHS[0])
-
 int mp_synth_parse_arch(const char *name, mp_arch *out)
 {
-    for (int i = 0; i < N_ARCHS; i++)
-        if (strcmp(name, ARCHS[i].model_type) == 0) {
-            *out = ARCHS[i].arch;
-            return 0;
-        }
+    if (mp_arch_from_name(name, out) == 0)
+        return 0;
     return mp_errorf(MP_EUSAGE,
                      "unknown --arch '%s' (choose mixtral, qwen2_moe, qwen3_moe, olmoe, deepseek_v2, deepseek_v3, "
                      "phimoe)",
@@ -113,17 +96,14 @@ static void add_float(cJSON *j, const char *key, double v)
 int mp_synth_config_json(const mp_synth_opts *o, char **json)
 {
     MP_CHECK(check_opts(o));
-    int ai = 0;
-    while (ai < N_ARCHS && ARCHS[ai].arch != o->arch)
-        ai++;
-    if (ai == N_ARCHS)
+    if ((unsigned)o->arch >= MP_ARCH_COUNT)
         return mp_errorf(MP_EUSAGE, "synth: unsupported architecture");
     cJSON *j = cJSON_CreateObject();
     if (!j)
         return mp_errorf(MP_ENOMEM, "out of memory");
     cJSON *arr = cJSON_AddArrayToObject(j, "architectures");
-    cJSON_AddItemToArray(arr, cJSON_CreateString(ARCHS[ai].class_name));
-    cJSON_AddStringToObject(j, "model_type", ARCHS[ai].model_type);
+    cJSON_AddItemToArray(arr, cJSON_CreateString(mp_arch_class(o->arch)));
+    cJSON_AddStringToObject(j, "model_type", mp_arch_name(o->arch));
     cJSON_AddStringToObject(j, "dtype", torch_dtype(o->dtype));
     cJSON_AddStringToObject(j, "hidden_act", "silu");
     cJSON_AddNumberToObject(j, "hidden_size", o->hidden);
