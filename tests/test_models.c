@@ -4,6 +4,7 @@
  * ways (per-expert vs fused 3-D experts, one file vs 4 shards, f32 vs bf16)
  * read back as the same values. */
 #include <cjson/cJSON.h>
+#include <unistd.h>
 
 #include "fsutil.h"
 #include "inspect.h"
@@ -79,6 +80,37 @@ static mp_model *open_fixture(const char *name)
     return m;
 }
 
+/* `moepack inspect --json` agrees with the library's numbers */
+static void check_inspect_json(const char *name)
+{
+    char cmd[2400], out[600], dir[512];
+    snprintf(dir, sizeof dir, "%s/%s", MP_FIXTURES, name);
+    snprintf(out, sizeof out, "%s/inspect.%d.json", MP_TEST_TMP, (int)getpid());
+    /* the child initialises MPI, whose leftovers are not leak-checked (see tests/CMakeLists.txt) */
+    snprintf(cmd, sizeof cmd, "ASAN_OPTIONS=detect_leaks=0 '%s' inspect '%s' --json > '%s'", MOEPACK_BIN, dir, out);
+    CHECK(system(cmd) == 0);
+    char *text = NULL;
+    size_t n;
+    CHECK_OK(mp_read_file(out, &text, &n));
+    unlink(out);
+    cJSON *j = text ? cJSON_Parse(text) : NULL;
+    CHECK(j != NULL);
+    mp_inspect_info info;
+    CHECK_OK(mp_inspect_collect(dir, &info));
+    if (j && info.model) {
+        const cJSON *p = cJSON_GetObjectItem(j, "parameters");
+        CHECK(cJSON_GetObjectItem(p, "total")->valuedouble == (double)info.params_total);
+        CHECK(cJSON_GetObjectItem(p, "active_per_token")->valuedouble == (double)info.params_active);
+        CHECK(cJSON_GetObjectItem(j, "bytes")->valuedouble == (double)info.bytes_total);
+        CHECK(cJSON_IsTrue(cJSON_GetObjectItem(j, "ok")));
+        CHECK(cJSON_GetArraySize(cJSON_GetObjectItem(j, "moe_layers")) == mp_config_n_moe_layers(&info.model->cfg));
+        CHECK(!strcmp(cJSON_GetObjectItem(j, "architecture")->valuestring, mp_arch_name(info.model->cfg.arch)));
+    }
+    mp_inspect_free(&info);
+    cJSON_Delete(j);
+    free(text);
+}
+
 int main(void)
 {
     char *text = NULL;
@@ -105,6 +137,8 @@ int main(void)
         mp_model_close(m);
     }
     CHECK(models == 9);
+    check_inspect_json("qwen2_moe_f32");
+    check_inspect_json("olmoe_f32_sharded");
 
     /* the same seeds saved differently by transformers */
     static const struct {
