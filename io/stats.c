@@ -1,0 +1,176 @@
+/* stats.c - per-expert calibration statistics in HDF5 (see stats.h). */
+#define _GNU_SOURCE
+#include "stats.h"
+
+#include <hdf5.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "error.h"
+#include "fsutil.h"
+
+int mp_stats_alloc(mp_expert_stats *s, int64_t layer, int64_t expert, int64_t d, int64_t f)
+{
+    memset(s, 0, sizeof *s);
+    s->layer = layer, s->expert = expert, s->d = d, s->f = f;
+    s->G_in = calloc((size_t)(d * d), sizeof(double));
+    s->G_mid = calloc((size_t)(f * f), sizeof(double));
+    s->h_sq = calloc((size_t)f, sizeof(double));
+    s->prior_diag_in = calloc((size_t)d, sizeof(double));
+    s->prior_diag_mid = calloc((size_t)f, sizeof(double));
+    if (!s->G_in || !s->G_mid || !s->h_sq || !s->prior_diag_in || !s->prior_diag_mid) {
+        mp_stats_free(s);
+        return mp_errorf(MP_ENOMEM, "out of memory for the statistics of layer %lld expert %lld", (long long)layer,
+                         (long long)expert);
+    }
+    return 0;
+}
+
+void mp_stats_free(mp_expert_stats *s)
+{
+    free(s->G_in);
+    free(s->G_mid);
+    free(s->h_sq);
+    free(s->prior_diag_in);
+    free(s->prior_diag_mid);
+    memset(s, 0, sizeof *s);
+}
+
+void mp_stats_path(char *buf, size_t cap, const char *dir, int layer, int expert)
+{
+    snprintf(buf, cap, "%s/layer%04d/expert%04d.h5", dir, layer, expert);
+}
+
+static int put(hid_t f, const char *name, const double *v, int rank, hsize_t a, hsize_t b)
+{
+    hsize_t dims[2] = {a, b};
+    hid_t sp = H5Screate_simple(rank, dims, NULL), dcpl = H5Pcreate(H5P_DATASET_CREATE);
+    H5Pset_obj_track_times(dcpl, 0);
+    hid_t ds = H5Dcreate2(f, name, H5T_IEEE_F64LE, sp, H5P_DEFAULT, dcpl, H5P_DEFAULT);
+    int ok = ds >= 0 && H5Dwrite(ds, H5T_NATIVE_DOUBLE, H5S_ALL, H5S_ALL, H5P_DEFAULT, v) >= 0;
+    if (ds >= 0)
+        H5Dclose(ds);
+    H5Pclose(dcpl);
+    H5Sclose(sp);
+    return ok ? 0 : -1;
+}
+
+static int put_attr(hid_t f, const char *name, hid_t type, const void *v)
+{
+    hid_t sp = H5Screate(H5S_SCALAR);
+    hid_t a = H5Acreate2(f, name, type, sp, H5P_DEFAULT, H5P_DEFAULT);
+    int ok = a >= 0 && H5Awrite(a, type == H5T_STD_I64LE ? H5T_NATIVE_INT64 : H5T_NATIVE_DOUBLE, v) >= 0;
+    if (a >= 0)
+        H5Aclose(a);
+    H5Sclose(sp);
+    return ok ? 0 : -1;
+}
+
+int mp_stats_write(const char *path, const mp_expert_stats *s)
+{
+    char tmp[4200];
+    snprintf(tmp, sizeof tmp, "%s.tmp.%d", path, (int)getpid());
+    hid_t fcpl = H5Pcreate(H5P_FILE_CREATE);
+    H5Pset_obj_track_times(fcpl, 0);
+    hid_t f = H5Fcreate(tmp, H5F_ACC_TRUNC, fcpl, H5P_DEFAULT);
+    H5Pclose(fcpl);
+    if (f < 0)
+        return mp_errorf(MP_EIO, "%s: cannot create HDF5 file", tmp);
+    hid_t root = H5Gopen2(f, "/", H5P_DEFAULT);
+    int bad = put(f, "G_in", s->G_in, 2, (hsize_t)s->d, (hsize_t)s->d) |
+              put(f, "G_mid", s->G_mid, 2, (hsize_t)s->f, (hsize_t)s->f) |
+              put(f, "h_sq", s->h_sq, 1, (hsize_t)s->f, 0) |
+              put(f, "prior_diag_in", s->prior_diag_in, 1, (hsize_t)s->d, 0) |
+              put(f, "prior_diag_mid", s->prior_diag_mid, 1, (hsize_t)s->f, 0) |
+              put_attr(root, "layer", H5T_STD_I64LE, &s->layer) | put_attr(root, "expert", H5T_STD_I64LE, &s->expert) |
+              put_attr(root, "d", H5T_STD_I64LE, &s->d) | put_attr(root, "f", H5T_STD_I64LE, &s->f) |
+              put_attr(root, "count", H5T_STD_I64LE, &s->count) |
+              put_attr(root, "prior_tokens", H5T_STD_I64LE, &s->prior_tokens) |
+              put_attr(root, "weight_sum", H5T_IEEE_F64LE, &s->weight_sum);
+    H5Gclose(root);
+    if (H5Fclose(f) < 0 || bad) {
+        unlink(tmp);
+        return mp_errorf(MP_EIO, "%s: writing the statistics failed", path);
+    }
+    int rc = mp_commit_file(tmp, path);
+    if (rc < 0)
+        unlink(tmp);
+    return rc;
+}
+
+static int get(hid_t f, const char *path, const char *name, double *v, hsize_t n)
+{
+    hid_t ds = H5Dopen2(f, name, H5P_DEFAULT);
+    if (ds < 0)
+        return mp_errorf(MP_EFORMAT, "%s: dataset '%s' is missing", path, name);
+    hid_t sp = H5Dget_space(ds);
+    hssize_t np = H5Sget_simple_extent_npoints(sp);
+    H5Sclose(sp);
+    int ok = np == (hssize_t)n && H5Dread(ds, H5T_NATIVE_DOUBLE, H5S_ALL, H5S_ALL, H5P_DEFAULT, v) >= 0;
+    H5Dclose(ds);
+    return ok ? 0 : mp_errorf(MP_EFORMAT, "%s: dataset '%s' has the wrong size or cannot be read", path, name);
+}
+
+static int get_attr(hid_t f, const char *path, const char *name, hid_t mem, void *v)
+{
+    hid_t a = H5Aopen(f, name, H5P_DEFAULT);
+    int ok = a >= 0 && H5Aread(a, mem, v) >= 0;
+    if (a >= 0)
+        H5Aclose(a);
+    return ok ? 0 : mp_errorf(MP_EFORMAT, "%s: attribute '%s' is missing", path, name);
+}
+
+int mp_stats_read(const char *path, mp_expert_stats *s)
+{
+    memset(s, 0, sizeof *s);
+    if (access(path, R_OK) != 0)
+        return mp_syserrorf(MP_ENOENT, "%s: cannot open statistics", path);
+    hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    if (f < 0)
+        return mp_errorf(MP_EFORMAT, "%s: not an HDF5 file", path);
+    hid_t root = H5Gopen2(f, "/", H5P_DEFAULT);
+    int64_t layer = 0, expert = 0, d = 0, ff = 0;
+    int rc = get_attr(root, path, "layer", H5T_NATIVE_INT64, &layer);
+    if (rc == 0)
+        rc = get_attr(root, path, "expert", H5T_NATIVE_INT64, &expert);
+    if (rc == 0)
+        rc = get_attr(root, path, "d", H5T_NATIVE_INT64, &d);
+    if (rc == 0)
+        rc = get_attr(root, path, "f", H5T_NATIVE_INT64, &ff);
+    if (rc == 0 && (d <= 0 || ff <= 0 || d > 1 << 20 || ff > 1 << 20))
+        rc = mp_errorf(MP_EFORMAT, "%s: implausible dims d %lld f %lld", path, (long long)d, (long long)ff);
+    if (rc == 0)
+        rc = mp_stats_alloc(s, layer, expert, d, ff);
+    if (rc == 0)
+        rc = get_attr(root, path, "count", H5T_NATIVE_INT64, &s->count);
+    if (rc == 0)
+        rc = get_attr(root, path, "prior_tokens", H5T_NATIVE_INT64, &s->prior_tokens);
+    if (rc == 0)
+        rc = get_attr(root, path, "weight_sum", H5T_NATIVE_DOUBLE, &s->weight_sum);
+    if (rc == 0)
+        rc = get(f, path, "G_in", s->G_in, (hsize_t)(d * d));
+    if (rc == 0)
+        rc = get(f, path, "G_mid", s->G_mid, (hsize_t)(ff * ff));
+    if (rc == 0)
+        rc = get(f, path, "h_sq", s->h_sq, (hsize_t)ff);
+    if (rc == 0)
+        rc = get(f, path, "prior_diag_in", s->prior_diag_in, (hsize_t)d);
+    if (rc == 0)
+        rc = get(f, path, "prior_diag_mid", s->prior_diag_mid, (hsize_t)ff);
+    H5Gclose(root);
+    H5Fclose(f);
+    if (rc < 0)
+        mp_stats_free(s);
+    return rc;
+}
+
+void mp_stats_regularized(const mp_expert_stats *s, int which, double *out)
+{
+    int64_t n = which ? s->f : s->d;
+    const double *G = which ? s->G_mid : s->G_in, *pd = which ? s->prior_diag_mid : s->prior_diag_in;
+    memcpy(out, G, sizeof(double) * (size_t)(n * n));
+    for (int64_t i = 0; i < n && s->prior_tokens > 0; i++)
+        out[i * n + i] += (double)s->prior_tokens * pd[i];
+}

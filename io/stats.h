@@ -1,0 +1,40 @@
+/* stats.h - calibration statistics of one expert, as an HDF5 file.
+ *
+ * One file per (MoE layer, expert) unit; the shared expert of a layer is unit
+ * `expert = n_experts`. Datasets (fp64 unless noted):
+ *   G_in [d, d]      sum of x x^T over the tokens routed to the expert
+ *   G_mid [f, f]     sum of h h^T, h = silu(W_gate x) * (W_up x)
+ *   h_sq [f]         per-channel sum of h^2
+ *   prior_diag_in [d], prior_diag_mid [f]   the layer's average per-token
+ *                    diagonal (see mp_stats_regularized)
+ * and attributes layer, expert, d, f (int64), count (int64: tokens),
+ * weight_sum (sum of routing weights), prior_tokens (int64).
+ * Files are written under a temporary name and renamed; object timestamps
+ * are off, so equal statistics give byte-identical files. Local. */
+#ifndef MP_STATS_H
+#define MP_STATS_H
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct {
+    int64_t layer, expert, d, f;
+    int64_t count, prior_tokens;
+    double weight_sum;
+    double *G_in, *G_mid, *h_sq, *prior_diag_in, *prior_diag_mid;
+} mp_expert_stats;
+
+/* Allocate zeroed arrays for dims d, f. */
+int mp_stats_alloc(mp_expert_stats *s, int64_t layer, int64_t expert, int64_t d, int64_t f);
+void mp_stats_free(mp_expert_stats *s);
+int mp_stats_write(const char *path, const mp_expert_stats *s);
+int mp_stats_read(const char *path, mp_expert_stats *s);
+/* The Gram a later stage should use: G + prior_tokens * diag(prior_diag) for
+ * experts that saw fewer tokens than the threshold (a neutral prior: as if
+ * prior_tokens more tokens with the layer's average per-channel energy had
+ * been seen), G itself otherwise. which = 0: G_in [d, d], 1: G_mid [f, f].
+ * Never NaN: with no tokens at all in the layer the prior is the identity. */
+void mp_stats_regularized(const mp_expert_stats *s, int which, double *out);
+/* "DIR/layer0003/expert0012.h5" */
+void mp_stats_path(char *buf, size_t cap, const char *dir, int layer, int expert);
+
+#endif

@@ -1,0 +1,56 @@
+/* forward.h - the building blocks of the fp32 forward pass (BLAS sgemm).
+ *
+ * Covers Mixtral, Qwen2-MoE, Qwen3-MoE and OLMoE exactly as transformers
+ * computes them: RMSNorm (variance in fp32), rotary embeddings (rotate-half,
+ * "default" and "linear" rope), grouped-query causal attention with optional
+ * q/k biases and q/k RMSNorm (per head for Qwen3, over the whole projection
+ * for OLMoE), OLMoE's clip_qkv, the softmax router with top-k and optional
+ * renormalisation, SwiGLU experts, the shared expert with its sigmoid gate.
+ * All matrices are row-major; weights are [out, in] as in the checkpoints.
+ * A layer's non-expert weights are loaded (converted to fp32) by
+ * mp_layer_load and freed by mp_layer_free; experts are read on demand.
+ * Local (no MPI). Results for one token never depend on which other tokens
+ * share the call (every op works per sequence or per token list), which the
+ * calibration relies on for results independent of the number of ranks. */
+#ifndef MP_FORWARD_H
+#define MP_FORWARD_H
+#include <stdint.h>
+
+#include "model.h"
+
+typedef struct {
+    int layer, moe;
+    float *in_norm, *in_norm_b, *post_norm, *post_norm_b; /* [d] */
+    float *wq, *wk, *wv, *wo;                             /* [H hd, d], [KV hd, d], [KV hd, d], [d, H hd] */
+    float *bq, *bk, *bv, *bo;                             /* optional biases */
+    float *q_norm, *k_norm;                               /* [hd] (per head) or [H hd]/[KV hd] (full) */
+    float *router;                                        /* [E, d] */
+    float *sh_gate, *sh_up, *sh_down, *sh_gate_w;        /* shared expert [fs, d], [fs, d], [d, fs], gate [1, d] */
+    float *mlp_gate, *mlp_up, *mlp_down;                  /* dense MLP of non-MoE layers */
+} mp_layer_w;
+
+/* Fails with a clear message for architectures the forward pass does not cover yet. */
+int mp_forward_supported(const mp_config *c);
+int mp_layer_load(const mp_model *m, int l, mp_layer_w *w);
+void mp_layer_free(mp_layer_w *w);
+
+/* h[n, d] = embed[ids] */
+int mp_embed(const mp_model *m, const int32_t *ids, int n, float *h);
+/* out[n, d] = norm(x) * w (+ b); RMSNorm, or LayerNorm when c->layernorm */
+void mp_norm(const mp_config *c, const float *x, int n, int d, const float *w, const float *b, float *out);
+/* One sequence of S tokens at positions 0..S-1: out[S, d] = attention(x[S, d]) including o_proj.
+ * scratch: mp_attention_scratch(c, S) floats. */
+int64_t mp_attention_scratch(const mp_config *c, int S);
+int mp_attention(const mp_config *c, const mp_layer_w *w, const float *x, int S, float *out, float *scratch);
+/* logits[n, E] = x[n, d] router^T; idx/wt[n, k]: top-k experts (descending probability, ties to the
+ * lower index) and their routing weights (softmax, renormalised when the config says so). */
+void mp_route(const mp_config *c, const mp_layer_w *w, const float *x, int n, float *logits, int *idx, float *wt);
+/* SwiGLU MLP: hmid[n, f] = silu(x Wg^T) * (x Wu^T); y[n, d] = hmid Wd^T. hmid may be NULL. */
+int mp_swiglu(const float *wg, const float *wu, const float *wd, const float *x, int n, int d, int f, float *y,
+              float *hmid);
+/* The output head as fp32: *w [V, d] (the embedding when tied), *b [V] or NULL. Caller frees both. */
+int mp_head_load(const mp_model *m, float **w, float **b);
+/* logits[n, V] = x[n, d] w^T (+ b) */
+void mp_lm_head(const mp_config *c, const float *w, const float *b, const float *x, int n, float *logits);
+
+#endif
