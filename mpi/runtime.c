@@ -1,6 +1,7 @@
 /* runtime.c - MPI start-up, error agreement and aborts (see runtime.h). */
 #include "runtime.h"
 
+#include <cblas.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -17,6 +18,8 @@ int mp_mpi_init(int *argc, char ***argv)
     MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
     MPI_Comm_rank(MPI_COMM_WORLD, &g_rank);
     MPI_Comm_size(MPI_COMM_WORLD, &g_size);
+    /* one BLAS thread per rank: ranks fill the cores, and results must not depend on thread counts */
+    openblas_set_num_threads(1);
     return 0;
 }
 

@@ -1,0 +1,265 @@
+/* test_forward.c - run with mpiexec -n 1, 2, 4: the expert-parallel forward
+ * pass against transformers on every fixture model it covers (per-layer
+ * hidden states, router logits, final logits), the Gram matrices, counts and
+ * routing-weight sums against the forward-hook reference of qwen2_moe_f32,
+ * and a model whose router starves expert 3 (the job finishes, the expert
+ * gets the prior, nothing is NaN). Statistics are written under DIR for the
+ * cross-rank byte comparison (same_stats.sh).
+ *   usage: test_forward DIR */
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <unistd.h>
+
+#include "calibrate.h"
+#include "fsutil.h"
+#include "runtime.h"
+#include "stats.h"
+#include "synth.h"
+#include "testutil.h"
+
+typedef struct {
+    mp_ckpt *ref;
+    int L, S;
+    double err[64]; /* max |a - b| per observed tensor, normalised at the end */
+    double scale[64];
+    const char *name[64];
+} obs_ctx;
+
+static int slot(obs_ctx *o, const char *what, int index, int L)
+{
+    if (!strcmp(what, "hidden"))
+        return index;            /* 0 .. L + 1 */
+    if (!strcmp(what, "router")) /* L + 2 .. 2L + 1 */
+        return L + 2 + index;
+    (void)o;
+    return 2 * L + 2; /* logits */
+}
+
+static void ref_name(const char *what, int index, int L, char *buf, size_t cap)
+{
+    if (!strcmp(what, "hidden"))
+        snprintf(buf, cap, index == L ? "hidden_last_prenorm" : "hidden.%d", index == L + 1 ? L : index);
+    else if (!strcmp(what, "router"))
+        snprintf(buf, cap, "router_logits.%d", index);
+    else
+        snprintf(buf, cap, "logits");
+}
+
+static void observe(void *vctx, const char *what, int index, int seq0, int nseq, int width, const float *rows)
+{
+    obs_ctx *o = vctx;
+    char name[64];
+    ref_name(what, index, o->L, name, sizeof name);
+    const mp_tensor *t = mp_ckpt_find(o->ref, name);
+    if (!t)
+        return; /* e.g. no router logits for a dense layer */
+    int k = slot(o, what, index, o->L);
+    int64_t n = (int64_t)nseq * o->S * width, first = (int64_t)seq0 * o->S * width;
+    CHECK(first + n <= t->numel);
+    float *r = malloc(sizeof(float) * (size_t)n);
+    CHECK_OK(mp_ckpt_read_f32(o->ref, t, first, n, r));
+    for (int64_t i = 0; i < n; i++) {
+        double e = fabs((double)rows[i] - r[i]);
+        o->err[k] = e > o->err[k] || isnan(e) ? e : o->err[k];
+    }
+    /* the scale is the largest |value| of the whole reference tensor */
+    float *all = malloc(sizeof(float) * (size_t)t->numel);
+    CHECK_OK(mp_ckpt_read_f32(o->ref, t, 0, t->numel, all));
+    for (int64_t i = 0; i < t->numel; i++)
+        o->scale[k] = fabs(all[i]) > o->scale[k] ? fabs(all[i]) : o->scale[k];
+    o->name[k] = mp_ckpt_find(o->ref, name)->name;
+    free(all);
+    free(r);
+}
+
+static double rel_diff(const double *a, const double *b, int64_t n)
+{
+    double e = 0, s = 0;
+    for (int64_t i = 0; i < n; i++) {
+        e = fmax(e, fabs(a[i] - b[i]));
+        s = fmax(s, fabs(b[i]));
+    }
+    return s > 0 ? e / s : e;
+}
+
+static void check_grams(const char *stats, const mp_ckpt *ref, int E)
+{
+    char path[1024], name[64];
+    for (int u = 0; u <= E; u++) {
+        mp_expert_stats st;
+        mp_stats_path(path, sizeof path, stats, 1, u);
+        CHECK_OK(mp_stats_read(path, &st));
+        if (!st.G_in)
+            continue;
+        snprintf(name, sizeof name, u == E ? "gin.1.shared" : "gin.1.%d", u);
+        const mp_tensor *t = mp_ckpt_find(ref, name);
+        double *r = malloc(sizeof(double) * (size_t)(st.f > st.d ? st.f * st.f : st.d * st.d));
+        CHECK(t && t->numel == st.d * st.d);
+        float *rf = malloc(sizeof(float) * (size_t)(st.f > st.d ? st.f * st.f : st.d * st.d));
+        /* the reference is F64; read it exactly */
+        memcpy(r, t->data, sizeof(double) * (size_t)t->numel);
+        double e_in = rel_diff(st.G_in, r, st.d * st.d);
+        snprintf(name, sizeof name, u == E ? "gmid.1.shared" : "gmid.1.%d", u);
+        t = mp_ckpt_find(ref, name);
+        CHECK(t && t->numel == st.f * st.f);
+        memcpy(r, t->data, sizeof(double) * (size_t)t->numel);
+        double e_mid = rel_diff(st.G_mid, r, st.f * st.f);
+        printf("  gram layer 1 %s %d: tokens %lld, G_in rel err %.2e, G_mid rel err %.2e\n",
+               u == E ? "shared" : "expert", u, (long long)st.count, e_in, e_mid);
+        CHECK(e_in <= 1e-5 && e_mid <= 1e-5);
+        if (u < E) {
+            const mp_tensor *tc = mp_ckpt_find(ref, "count.1"), *tw = mp_ckpt_find(ref, "wsum.1");
+            CHECK(tc && ((const int64_t *)tc->data)[u] == st.count);
+            double ws;
+            memcpy(&ws, tw->data + 8 * u, 8);
+            CHECK_NEAR(st.weight_sum, ws, 1e-5 * fmax(1.0, ws));
+        }
+        free(r);
+        free(rf);
+        mp_stats_free(&st);
+    }
+}
+
+static void run_fixture(const char *name, double tol, const char *stats)
+{
+    char dir[512], refp[600];
+    snprintf(dir, sizeof dir, "%s/%s", MP_FIXTURES, name);
+    snprintf(refp, sizeof refp, "%s/ref.safetensors", dir);
+    mp_model *m = NULL;
+    obs_ctx o = {0};
+    CHECK_OK(mp_model_open(dir, &m));
+    CHECK_OK(mp_ckpt_open_file(refp, &o.ref));
+    if (!m || !o.ref)
+        return;
+    const mp_tensor *tt = mp_ckpt_find(o.ref, "tokens");
+    mp_tokens tok = {(int)tt->shape[0], (int)tt->shape[1], malloc(sizeof(int32_t) * (size_t)tt->numel)};
+    memcpy(tok.ids, tt->data, sizeof(int32_t) * (size_t)tt->numel);
+    o.L = m->cfg.n_layers, o.S = tok.seq_len;
+    mp_calib_opts opt = {stats, 16, 1, 1, observe, &o};
+    mp_calib_result res;
+    CHECK_OK(mp_calibrate(m, &tok, &opt, &res));
+    double err[64], sc[64];
+    MPI_Allreduce(o.err, err, 64, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+    MPI_Allreduce(o.scale, sc, 64, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+    double worst = 0;
+    int n = 0;
+    for (int k = 0; k < 64; k++)
+        if (sc[k] > 0) {
+            double r = err[k] / sc[k];
+            worst = r > worst || isnan(r) ? r : worst;
+            n++;
+        }
+    if (mp_mpi_rank() == 0) {
+        printf("%-18s %d tensors vs transformers: max relative error %.2e (tolerance %.0e), ppl %.4f\n", name, n,
+               worst, tol, exp(res.nll_sum / (double)res.n_pred));
+        CHECK(n >= 2 * o.L + 2);
+        CHECK(worst <= tol);
+        if (stats)
+            check_grams(stats, o.ref, m->cfg.n_experts);
+    }
+    free(tok.ids);
+    mp_ckpt_close(o.ref);
+    mp_model_close(m);
+}
+
+/* a qwen3-style model whose router rows 2 and 3 copy row 0: with top-2 and ties going to the lower
+ * index, expert 3 is never chosen */
+static void starved(const char *root)
+{
+    char dir[600], stats[700], path[1024];
+    snprintf(dir, sizeof dir, "%s/starved_model", root);
+    snprintf(stats, sizeof stats, "%s/starved_stats", root);
+    int rc = 0;
+    if (mp_mpi_rank() == 0) {
+        char cmd[1500];
+        snprintf(cmd, sizeof cmd, "rm -rf '%s' '%s'", dir, stats);
+        CHECK(system(cmd) == 0);
+        mp_synth_opts so;
+        mp_synth_defaults(&so);
+        so.arch = MP_ARCH_QWEN3_MOE, so.experts = 4, so.n_seq = 6, so.seq_len = 32, so.ffn = 32;
+        rc = mp_synth_write(&so, dir);
+        mp_model *m = NULL;
+        if (rc == 0)
+            rc = mp_model_open(dir, &m);
+        for (int l = 0; rc == 0 && l < m->cfg.n_layers; l++) {
+            char rn[MP_NAME_MAX];
+            mp_name_router(&m->cfg, m->layout, l, rn, sizeof rn);
+            const mp_tensor *t = mp_ckpt_find(m->ck, rn);
+            const mp_st_file *f = &m->ck->files[t->file];
+            size_t row = sizeof(float) * (size_t)m->cfg.hidden;
+            off_t off = (off_t)(t->data - f->map);
+            int fd = open(f->path, O_WRONLY);
+            CHECK(fd >= 0 && pwrite(fd, t->data, row, off + 2 * (off_t)row) == (ssize_t)row &&
+                  pwrite(fd, t->data, row, off + 3 * (off_t)row) == (ssize_t)row);
+            close(fd);
+        }
+        mp_model_close(m);
+        CHECK_OK(rc);
+    }
+    CHECK_OK(mp_mpi_agree(rc));
+    mp_model *m = NULL;
+    mp_tokens tok = {0};
+    snprintf(path, sizeof path, "%s/tokens.h5", dir);
+    CHECK_OK(mp_model_open(dir, &m));
+    CHECK_OK(mp_tokens_read(path, m ? m->cfg.vocab : 0, &tok));
+    mp_calib_opts opt = {stats, 16, 1, 1, NULL, NULL};
+    mp_calib_result res;
+    CHECK_OK(mp_calibrate(m, &tok, &opt, &res));
+    if (mp_mpi_rank() == 0) {
+        CHECK(res.n_starved >= 2); /* expert 3 of both layers */
+        CHECK(isfinite(res.nll_sum));
+        mp_expert_stats st;
+        mp_stats_path(path, sizeof path, stats, 1, 3);
+        CHECK_OK(mp_stats_read(path, &st));
+        CHECK(st.count == 0 && st.prior_tokens == 16 && st.weight_sum == 0);
+        double *G = malloc(sizeof(double) * (size_t)(st.d * st.d));
+        mp_stats_regularized(&st, 0, G);
+        int ok = 1;
+        for (int64_t i = 0; i < st.d * st.d; i++)
+            ok &= isfinite(G[i]) && (i % (st.d + 1) != 0 || G[i] > 0);
+        CHECK(ok);
+        free(G);
+        mp_stats_free(&st);
+        char *rep = NULL;
+        size_t n;
+        snprintf(path, sizeof path, "%s/layer0001/report.json", stats);
+        CHECK_OK(mp_read_file(path, &rep, &n));
+        CHECK(rep && strstr(rep, "{\"expert\": 3, \"tokens\": 0, \"prior\": true}"));
+        free(rep);
+        printf("starved expert: finished with %d starved experts, prior applied\n", res.n_starved);
+    }
+    mp_tokens_free(&tok);
+    mp_model_close(m);
+}
+
+int main(int argc, char **argv)
+{
+    CHECK_OK(mp_mpi_init(&argc, &argv));
+    if (argc < 2) {
+        fprintf(stderr, "usage: test_forward DIR\n");
+        return 2;
+    }
+    char stats[600];
+    snprintf(stats, sizeof stats, "%s/stats", argv[1]);
+    if (mp_mpi_rank() == 0) {
+        char cmd[700];
+        snprintf(cmd, sizeof cmd, "rm -rf '%s' && mkdir -p '%s'", argv[1], argv[1]);
+        CHECK(system(cmd) == 0);
+    }
+    MPI_Barrier(MPI_COMM_WORLD);
+    static const struct {
+        const char *name;
+        double tol;
+    } fx[] = {
+        {"mixtral_f32", 1e-4},  {"mixtral_fused", 1e-4},  {"olmoe_f32", 1e-4},      {"olmoe_f32_sharded", 1e-4},
+        {"qwen3_moe_f32", 1e-4}, {"mixtral_bf16", 5e-2},  {"qwen3_moe_bf16", 5e-2},
+    };
+    for (size_t i = 0; i < sizeof fx / sizeof fx[0]; i++)
+        run_fixture(fx[i].name, fx[i].tol, NULL);
+    run_fixture("qwen2_moe_f32", 1e-4, stats);
+    starved(argv[1]);
+    int f = t_failures, all = 0;
+    MPI_Allreduce(&f, &all, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
+    mp_mpi_finalize();
+    return all ? 1 : (mp_mpi_rank() == 0 ? t_done("forward") : 0);
+}
