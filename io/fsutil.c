@@ -3,6 +3,7 @@
 #include "fsutil.h"
 
 #include <errno.h>
+#include <ftw.h>
 #include <fcntl.h>
 #include <libgen.h>
 #include <stdio.h>
@@ -106,5 +107,20 @@ int mp_read_file(const char *path, char **out, size_t *n)
     *out = buf;
     if (n)
         *n = got;
+    return 0;
+}
+
+static int rm_entry(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
+{
+    (void)sb, (void)flag, (void)ftw;
+    return remove(p) == 0 || errno == ENOENT ? 0 : -1;
+}
+
+int mp_remove_tree(const char *path)
+{
+    if (access(path, F_OK) != 0)
+        return 0;
+    if (nftw(path, rm_entry, 16, FTW_DEPTH | FTW_PHYS) != 0)
+        return mp_syserrorf(MP_EIO, "%s: cannot remove", path);
     return 0;
 }

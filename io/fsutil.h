@@ -14,6 +14,8 @@ int mp_mkdir_p(const char *path);
 int mp_commit_file(const char *tmp, const char *final);
 /* Write `n` bytes to `path` atomically (through path.tmp.<pid>). */
 int mp_write_file_atomic(const char *path, const void *data, size_t n);
+/* rm -r; a missing path is fine. */
+int mp_remove_tree(const char *path);
 /* Read a whole file; *out is malloc'ed and NUL-terminated. */
 int mp_read_file(const char *path, char **out, size_t *n);
 /* fwrite that reports short writes (disk full, file size limit) as MP_EIO. */

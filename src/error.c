@@ -62,6 +62,7 @@ const char *mp_error_name(int code)
     case MP_EMPI: return "another rank failed";
     case MP_EINTERNAL: return "internal error";
     case MP_ENUMERIC: return "numerical error";
+    case MP_EMISMATCH: return "checkpoint directory belongs to another job";
     default: return "error";
     }
 }

@@ -19,6 +19,7 @@ enum {
     MP_EMPI = -8,      /* another rank failed / MPI error            exit 8 */
     MP_EINTERNAL = -9, /* a bug: an invariant does not hold          exit 9 */
     MP_ENUMERIC = -10, /* NaN/Inf or a failed factorisation          exit 10 */
+    MP_EMISMATCH = -11, /* checkpoint directory of another job        exit 11 */
 };
 
 /* Record an error message (printf format) and return `code`. */

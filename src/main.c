@@ -2,16 +2,19 @@
  * rank, agrees on the outcome and turns an error into the exit status. */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 
 #include "error.h"
+#include "calibrate.h"
 #include "expert_scan.h"
 #include "fsutil.h"
 #include "gpu_info.h"
 #include "inspect.h"
+#include "job.h"
 #include "model.h"
 #include "runtime.h"
 #include "synth.h"
@@ -29,13 +32,18 @@ static const char USAGE[] =
     "        write a tiny synthetic checkpoint in the Hugging Face layout + tokens.h5\n"
     "  inspect PATH [--json]\n"
     "        architecture, MoE layers, parameter counts, dtypes and a tensor check\n"
-    "  run | calibrate --job FILE    (not implemented yet)\n"
-    "  eval | export                 (not implemented yet)\n"
+    "  calibrate [--job FILE] [--set section.key=value ...] [--fresh] [--quiet]\n"
+    "        expert-parallel forward pass over the calibration tokens; per-expert statistics\n"
+    "        into checkpoint.dir/calib (run it under mpirun to shard experts and sequences)\n"
+    "  eval --model DIR --tokens FILE [--max-sequences N]\n"
+    "        perplexity of the model on the tokens (C forward pass)\n"
+    "  run | export                  (not implemented yet)\n"
     "  version                       same as --version\n"
     "\n"
     "architectures: mixtral qwen2_moe qwen3_moe olmoe deepseek_v2 deepseek_v3 phimoe\n"
     "exit status: 0 ok, 2 usage, 3 missing file/tensor, 4 bad config, 5 malformed file,\n"
-    "             6 I/O error, 7 out of memory, 8 MPI/other rank failed, 9 internal, 10 numeric\n";
+    "             6 I/O error, 7 out of memory, 8 MPI/other rank failed, 9 internal, 10 numeric,\n"
+    "             11 checkpoint directory of another job\n";
 
 /* ---- option parsing ------------------------------------------------------------------------ */
 
@@ -96,7 +104,10 @@ static int parse_u64(const char *opt, const char *v, uint64_t *out)
     return 0;
 }
 
-static int always_value(const char *s) { return strcmp(s, "--json") != 0 && strcmp(s, "--quiet") != 0; }
+static int always_value(const char *s)
+{
+    return strcmp(s, "--json") != 0 && strcmp(s, "--quiet") != 0 && strcmp(s, "--fresh") != 0;
+}
 
 /* ---- synth ----------------------------------------------------------------------------------- */
 
@@ -254,8 +265,10 @@ static int cmd_demo(args *a)
         else
             rc = mp_errorf(MP_EUSAGE, "demo: unknown option %s", name);
     }
-    char model_dir[4200], tok[4300];
-    snprintf(model_dir, sizeof model_dir, "%s/model", out);
+    char model_dir[3000], tok[3100];
+    if (rc == 0 && strlen(out) > 2800)
+        rc = mp_errorf(MP_EUSAGE, "demo: --out path is too long");
+    snprintf(model_dir, sizeof model_dir, "%.2900s/model", out);
     snprintf(tok, sizeof tok, "%s/tokens.h5", model_dir);
     rc = mp_mpi_agree(rc);
     int rank = mp_mpi_rank();
@@ -294,11 +307,142 @@ static int cmd_demo(args *a)
                    res.rec[i].fro[1], res.rec[i].fro[2], (unsigned long long)res.rec[i].hash);
         printf("tokens: %d sequences x %d\n", t.n_seq, t.seq_len);
         printf("expert digest: %016llx\n", (unsigned long long)res.digest);
-        printf("demo: the later stages (calibrate, decompose, measure, allocate, quantize, write, validate) "
-               "are not implemented yet\n");
         fflush(stdout);
     }
     mp_expert_scan_free(&res);
+
+    /* calibrate: expert-parallel forward pass and per-expert statistics */
+    mp_job job = {0};
+    job.min_tokens = 16;
+    snprintf(job.model_path, sizeof job.model_path, "%s", model_dir);
+    snprintf(job.tokens_path, sizeof job.tokens_path, "%s", tok);
+    snprintf(job.out_dir, sizeof job.out_dir, "%.2900s", out);
+    snprintf(job.ckpt_dir, sizeof job.ckpt_dir, "%.2900s/checkpoint", out);
+    if (rc == 0 && rank == 0)
+        rc = mp_job_claim_checkpoint(&job, mp_job_fingerprint(&job, m, &t), 1);
+    rc = mp_mpi_agree(rc);
+    char stats[4200];
+    snprintf(stats, sizeof stats, "%s/calib", job.ckpt_dir);
+    mp_calib_opts co = {stats, job.min_tokens, 1, 1, NULL, NULL};
+    mp_calib_result cr;
+    if (rc == 0 && rank == 0)
+        printf("\n== calibrate: expert-parallel forward pass, statistics in %s\n", stats), fflush(stdout);
+    if (rc == 0)
+        rc = mp_calibrate(m, &t, &co, &cr);
+    if (rc == 0 && rank == 0) {
+        printf("experts below %d tokens (neutral prior): %d\n", job.min_tokens, cr.n_starved);
+        printf("baseline perplexity: %.4f over %lld predicted tokens\n", exp(cr.nll_sum / (double)cr.n_pred),
+               (long long)cr.n_pred);
+        printf("demo: the later stages (decompose, measure, allocate, quantize, write, validate) "
+               "are not implemented yet\n");
+        fflush(stdout);
+    }
+    mp_tokens_free(&t);
+    mp_model_close(m);
+    return rc;
+}
+
+/* ---- calibrate / eval ------------------------------------------------------------------------ */
+
+/* Every rank opens the model and reads the tokens (they are small); agreed. */
+static int open_inputs(const char *model, const char *tokens, int max_seqs, mp_model **m, mp_tokens *t)
+{
+    int rc = mp_model_open(model, m);
+    if (rc == 0)
+        rc = mp_tokens_read(tokens, (*m)->cfg.vocab, t);
+    if (rc == 0 && max_seqs > 0 && max_seqs < t->n_seq)
+        t->n_seq = max_seqs;
+    if (rc == 0 && t->seq_len > (*m)->cfg.max_pos)
+        rc = mp_errorf(MP_EFORMAT, "%s: sequences of %d tokens are longer than the model's %d positions", tokens,
+                       t->seq_len, (*m)->cfg.max_pos);
+    return mp_mpi_agree(rc);
+}
+
+static int cmd_calibrate(args *a)
+{
+    const char *job_path = NULL, *name, *v;
+    char **sets = calloc((size_t)a->argc + 1, sizeof *sets);
+    int nsets = 0, fresh = 0, quiet = 0, rc = sets ? 0 : mp_errorf(MP_ENOMEM, "out of memory"), r;
+    while (rc == 0 && (r = next_opt(a, &name, &v, always_value)) != 0) {
+        if (r < 0)
+            rc = r;
+        else if (!name)
+            rc = mp_errorf(MP_EUSAGE, "calibrate: unexpected argument '%s'", v);
+        else if (!strcmp(name, "--job"))
+            job_path = v;
+        else if (!strcmp(name, "--set"))
+            sets[nsets++] = (char *)v;
+        else if (!strcmp(name, "--fresh"))
+            fresh = 1;
+        else if (!strcmp(name, "--quiet"))
+            quiet = 1;
+        else
+            rc = mp_errorf(MP_EUSAGE, "calibrate: unknown option %s", name);
+    }
+    mp_job job;
+    if (rc == 0)
+        rc = mp_job_load(job_path, sets, nsets, &job);
+    free(sets);
+    MP_CHECK(mp_mpi_agree(rc));
+    mp_model *m = NULL;
+    mp_tokens t = {0};
+    rc = open_inputs(job.model_path, job.tokens_path, job.max_sequences, &m, &t);
+    if (rc == 0 && mp_mpi_rank() == 0)
+        rc = mp_job_claim_checkpoint(&job, mp_job_fingerprint(&job, m, &t), fresh);
+    rc = mp_mpi_agree(rc);
+    char stats[4200];
+    snprintf(stats, sizeof stats, "%s/calib", job.ckpt_dir);
+    mp_calib_opts o = {stats, job.min_tokens, 1, quiet, NULL, NULL};
+    mp_calib_result res;
+    if (rc == 0)
+        rc = mp_calibrate(m, &t, &o, &res);
+    if (rc == 0 && mp_mpi_rank() == 0) {
+        printf("calibrate: %d sequences x %d tokens on %d rank%s; statistics in %s\n", t.n_seq, t.seq_len,
+               mp_mpi_size(), mp_mpi_size() == 1 ? "" : "s", stats);
+        printf("calibrate: %d expert%s below %d tokens got the neutral prior\n", res.n_starved,
+               res.n_starved == 1 ? "" : "s", job.min_tokens);
+        printf("calibrate: baseline perplexity %.4f (%lld predicted tokens)\n", exp(res.nll_sum / (double)res.n_pred),
+               (long long)res.n_pred);
+    }
+    mp_tokens_free(&t);
+    mp_model_close(m);
+    return rc;
+}
+
+static int cmd_eval(args *a)
+{
+    const char *model = NULL, *tokens = NULL, *name, *v;
+    int max_seqs = 0, rc = 0, r;
+    while (rc == 0 && (r = next_opt(a, &name, &v, always_value)) != 0) {
+        if (r < 0)
+            rc = r;
+        else if (!name)
+            rc = mp_errorf(MP_EUSAGE, "eval: unexpected argument '%s'", v);
+        else if (!strcmp(name, "--model"))
+            model = v;
+        else if (!strcmp(name, "--tokens"))
+            tokens = v;
+        else if (!strcmp(name, "--max-sequences"))
+            rc = parse_int(name, v, &max_seqs);
+        else if (!strcmp(name, "--compressed"))
+            rc = mp_errorf(MP_EUSAGE, "eval: --compressed is not implemented yet");
+        else
+            rc = mp_errorf(MP_EUSAGE, "eval: unknown option %s", name);
+    }
+    if (rc == 0 && (!model || !tokens))
+        rc = mp_errorf(MP_EUSAGE, "eval needs --model DIR and --tokens FILE");
+    MP_CHECK(mp_mpi_agree(rc));
+    mp_model *m = NULL;
+    mp_tokens t = {0};
+    rc = open_inputs(model, tokens, max_seqs, &m, &t);
+    mp_calib_opts o = {NULL, 0, 1, 1, NULL, NULL};
+    mp_calib_result res;
+    if (rc == 0)
+        rc = mp_calibrate(m, &t, &o, &res);
+    if (rc == 0 && mp_mpi_rank() == 0)
+        printf("eval: perplexity %.6f (mean NLL %.6f over %lld predicted tokens, %d sequences x %d)\n",
+               exp(res.nll_sum / (double)res.n_pred), res.nll_sum / (double)res.n_pred, (long long)res.n_pred, t.n_seq,
+               t.seq_len);
     mp_tokens_free(&t);
     mp_model_close(m);
     return rc;
@@ -356,7 +500,11 @@ int main(int argc, char **argv)
         rc = cmd_inspect(&a);
     else if (!strcmp(cmd, "demo"))
         rc = cmd_demo(&a);
-    else if (!strcmp(cmd, "run") || !strcmp(cmd, "calibrate") || !strcmp(cmd, "eval") || !strcmp(cmd, "export"))
+    else if (!strcmp(cmd, "calibrate"))
+        rc = cmd_calibrate(&a);
+    else if (!strcmp(cmd, "eval"))
+        rc = cmd_eval(&a);
+    else if (!strcmp(cmd, "run") || !strcmp(cmd, "export"))
         rc = mp_errorf(MP_EUSAGE, "'%s' is not implemented yet in this version", cmd);
     else
         rc = mp_errorf(MP_EUSAGE, "unknown command '%s' (see moepack --help)", cmd);

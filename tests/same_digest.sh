@@ -1,5 +1,5 @@
 #!/bin/sh
-# same_digest.sh DIR... - the demo's expert digest is identical for every rank count.
+# same_digest.sh DIR... - the demo's expert digest and baseline perplexity are identical for every rank count.
 set -eu
 first=""
 for d in "$@"; do

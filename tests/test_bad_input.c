@@ -7,6 +7,7 @@
 #include <stdint.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <hdf5.h>
 #include <unistd.h>
 
 #include "fsutil.h"
@@ -60,25 +61,32 @@ static void put_st(const char *dir, const char *header, uint64_t declared, size_
     free(b);
 }
 
-/* `moepack inspect dir` must exit with `code` and print `needle` on stderr */
-static void check_cli(const char *dir, int code, const char *needle)
+/* the shell command `cmd` (a moepack invocation) must exit with `code` and print `needle` on stderr */
+static void check_cmd(const char *cmd, int code, const char *needle)
 {
-    char cmd[2048], errf[700];
-    snprintf(errf, sizeof errf, "%s/stderr.txt", dir);
-    snprintf(cmd, sizeof cmd, "'%s' inspect '%s' >/dev/null 2>'%s'", MOEPACK_BIN, dir, errf);
-    int st = system(cmd);
-    char *err = NULL;
+    char full[6000], errf[700], *err = NULL;
+    snprintf(errf, sizeof errf, "%s/stderr.txt", g_root);
+    snprintf(full, sizeof full, "%s >/dev/null 2>'%s'", cmd, errf);
+    int st = system(full);
     size_t n;
     mp_read_file(errf, &err, &n);
-    int ok = WIFEXITED(st) && WEXITSTATUS(st) == -code && err && strstr(err, needle);
+    int ok = WIFEXITED(st) && WEXITSTATUS(st) == -code && err && (code == 0 || strstr(err, needle));
     t_checks++;
     if (!ok) {
         t_failures++;
-        fprintf(stderr, "CLI inspect %s: expected exit %d with '%s', got status %d, stderr: %s\n", dir, -code,
-                needle, WIFEXITED(st) ? WEXITSTATUS(st) : -1, err ? err : "(none)");
+        fprintf(stderr, "%s: expected exit %d with '%s', got status %d, stderr: %s\n", cmd, -code, needle,
+                WIFEXITED(st) ? WEXITSTATUS(st) : -1, err ? err : "(none)");
     }
     free(err);
     unlink(errf);
+}
+
+/* `moepack inspect dir` must exit with `code` and print `needle` on stderr */
+static void check_cli(const char *dir, int code, const char *needle)
+{
+    char cmd[2048];
+    snprintf(cmd, sizeof cmd, "'%s' inspect '%s'", MOEPACK_BIN, dir);
+    check_cmd(cmd, code, needle);
 }
 
 static void check_model(const char *dir, int code, const char *needle)
@@ -189,6 +197,70 @@ static void tokens_cases(void)
     CHECK_ERR(mp_tokens_read(p, 50, &t), MP_ENOENT, "none.h5");
 }
 
+/* an HDF5 file with dataset `tokens` of the given type and shape (values 1, 2, 3, ...) */
+static void put_tokens(const char *path, hid_t type, int rank, hsize_t a, hsize_t b)
+{
+    hsize_t dims[2] = {a, b};
+    int32_t *v = malloc(sizeof(int32_t) * (size_t)(a * (b ? b : 1)));
+    for (hsize_t i = 0; i < a * (b ? b : 1); i++)
+        v[i] = (int32_t)(i % 100) + 1;
+    hid_t f = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT), sp = H5Screate_simple(rank, dims, NULL);
+    hid_t ds = H5Dcreate2(f, "tokens", type, sp, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    CHECK(ds >= 0 && H5Dwrite(ds, H5T_NATIVE_INT32, H5S_ALL, H5S_ALL, H5P_DEFAULT, v) >= 0);
+    H5Dclose(ds), H5Sclose(sp), H5Fclose(f);
+    free(v);
+}
+
+static void calibrate_cases(void)
+{
+    const char *d = mkcase("calibrate");
+    char tok[700], tok2[700], cmd[4000], job[700], ck[700];
+    const char *model = MP_FIXTURES "/mixtral_f32"; /* vocab 128, 256 positions */
+    snprintf(ck, sizeof ck, "%s/ckpt", d);
+#define CALIB(tokfile, extra)                                                                                      \
+    snprintf(cmd, sizeof cmd, "'%s' calibrate --quiet --set model.path=%s --set calibration.tokens=%s "          \
+             "--set checkpoint.dir=%s %s", MOEPACK_BIN, model, tokfile, ck, extra)
+    snprintf(tok, sizeof tok, "%s/vocab.h5", d);
+    int32_t ids[8] = {1, 2, 3, 4, 5, 6, 130, 7};
+    CHECK_OK(mp_tokens_write(tok, ids, 2, 4));
+    CALIB(tok, "");
+    check_cmd(cmd, MP_EFORMAT, "token id 130 at [1, 2] is outside the vocabulary");
+    snprintf(tok, sizeof tok, "%s/float.h5", d);
+    put_tokens(tok, H5T_IEEE_F32LE, 2, 2, 4);
+    CALIB(tok, "");
+    check_cmd(cmd, MP_EFORMAT, "must be int32");
+    snprintf(tok, sizeof tok, "%s/flat.h5", d);
+    put_tokens(tok, H5T_STD_I32LE, 1, 8, 0);
+    CALIB(tok, "");
+    check_cmd(cmd, MP_EFORMAT, "must be 2-D");
+    snprintf(tok, sizeof tok, "%s/long.h5", d);
+    put_tokens(tok, H5T_STD_I32LE, 2, 1, 300);
+    CALIB(tok, "");
+    check_cmd(cmd, MP_EFORMAT, "longer than the model's 256 positions");
+    /* a checkpoint directory belongs to one job */
+    snprintf(tok, sizeof tok, "%s/a.h5", d);
+    put_tokens(tok, H5T_STD_I32LE, 2, 2, 8);
+    snprintf(tok2, sizeof tok2, "%s/b.h5", d);
+    put_tokens(tok2, H5T_STD_I32LE, 2, 3, 8);
+    CALIB(tok, "");
+    check_cmd(cmd, MP_OK, "");
+    CALIB(tok2, "");
+    check_cmd(cmd, MP_EMISMATCH, "made by another job");
+    CALIB(tok2, "--fresh");
+    check_cmd(cmd, MP_OK, "");
+    CALIB(tok2, "--set calibration.min_tokens=x");
+    check_cmd(cmd, MP_EUSAGE, "calibration.min_tokens=x");
+#undef CALIB
+    /* job file errors name the file and line */
+    snprintf(job, sizeof job, "%s/job.ini", d);
+    const char *ini = "[model]\npath = m\n[calibration]\ntokenz = t.h5\n";
+    put(d, "job.ini", ini, strlen(ini));
+    snprintf(cmd, sizeof cmd, "'%s' calibrate --job %s", MOEPACK_BIN, job);
+    check_cmd(cmd, MP_EUSAGE, "job.ini:4: ");
+    snprintf(cmd, sizeof cmd, "'%s' calibrate --job %s/nope.ini", MOEPACK_BIN, d);
+    check_cmd(cmd, MP_ENOENT, "nope.ini");
+}
+
 int main(void)
 {
     snprintf(g_root, sizeof g_root, "%s/bad_input.%d", MP_TEST_TMP, (int)getpid());
@@ -237,6 +309,7 @@ int main(void)
     check_model(d, MP_EFORMAT, "model.safetensors");
 
     tokens_cases();
+    calibrate_cases();
 
     /* command-line usage errors exit with 2 */
     char cmd[1024];

@@ -1,0 +1,38 @@
+/* job.h - job parameters (INI job file + --set overrides) and the fingerprint.
+ *
+ * Job file (every key can also come from --set section.key=value; --set wins):
+ *   [model]        path = DIR             Hugging Face checkpoint (required)
+ *   [calibration]  tokens = FILE          HDF5 dataset `tokens`, int32 [n_seq, seq_len] (required)
+ *                  min_tokens = 16        experts seeing fewer tokens get the neutral prior
+ *                  max_sequences = 0      use only the first N sequences (0 = all)
+ *   [checkpoint]   dir = DIR              stage results (default: <output.dir>/checkpoint)
+ *   [output]       dir = DIR              results (default: ./moepack-out)
+ * Relative paths in a job file are relative to the file's directory.
+ * Unknown sections/keys and bad values are MP_EUSAGE errors naming the file
+ * and line (or the --set argument).
+ *
+ * The fingerprint is XXH64 over config.json, every safetensors header, the
+ * calibration token ids and every parameter that changes results; it is kept
+ * in <checkpoint.dir>/job.json, and a checkpoint directory made by a job with
+ * another fingerprint is refused (MP_EMISMATCH) unless fresh is set. Local. */
+#ifndef MP_JOB_H
+#define MP_JOB_H
+#include <stdint.h>
+
+#include "model.h"
+#include "tokens.h"
+
+typedef struct {
+    char model_path[4096], tokens_path[4096], ckpt_dir[4096], out_dir[4096];
+    int min_tokens, max_sequences;
+} mp_job;
+
+/* path may be NULL (all keys from sets). sets: "section.key=value" strings. */
+int mp_job_load(const char *path, char *const *sets, int nsets, mp_job *job);
+/* Apply max_sequences to loaded tokens (drops the rest). */
+void mp_job_trim_tokens(const mp_job *job, mp_tokens *t);
+uint64_t mp_job_fingerprint(const mp_job *job, const mp_model *m, const mp_tokens *t);
+/* Create the checkpoint directory and job.json, or check an existing one. */
+int mp_job_claim_checkpoint(const mp_job *job, uint64_t fingerprint, int fresh);
+
+#endif
