@@ -508,6 +508,18 @@ static int read_fp8_scaled(const mp_ckpt *c, const mp_tensor *t, const mp_tensor
     return 0;
 }
 
+/* The values were copied out: drop the whole pages of [p, p + n) from this process's resident set
+ * (the page cache keeps them), so resident memory follows what a stage holds, not the model size. */
+static void release_pages(const unsigned char *p, size_t n)
+{
+    static size_t page = 0;
+    if (!page)
+        page = (size_t)sysconf(_SC_PAGESIZE);
+    uintptr_t a = ((uintptr_t)p + page - 1) & ~(uintptr_t)(page - 1), b = ((uintptr_t)p + n) & ~(uintptr_t)(page - 1);
+    if (b > a)
+        madvise((void *)a, b - a, MADV_DONTNEED);
+}
+
 int mp_ckpt_read_f32(const mp_ckpt *c, const mp_tensor *t, int64_t first, int64_t n, float *out)
 {
     if (first < 0 || n < 0 || first + n > t->numel)
@@ -524,7 +536,9 @@ int mp_ckpt_read_f32(const mp_ckpt *c, const mp_tensor *t, int64_t first, int64_
             return read_fp8_scaled(c, t, s, first, n, out);
     }
     size_t es = mp_dtype_size(t->dtype);
-    mp_convert_to_f32(t->dtype, t->data + (size_t)first * es, (size_t)n, out);
+    const unsigned char *src = t->data + (size_t)first * es;
+    mp_convert_to_f32(t->dtype, src, (size_t)n, out);
+    release_pages(src, (size_t)n * es);
     return 0;
 }
 

@@ -68,7 +68,9 @@ int mp_ckpt_get(const mp_ckpt *c, const char *name, const mp_tensor **out);
 int mp_tensor_is_aux(const char *name);
 
 /* Read elements [first, first+n) (row-major flat index) of `t` as fp32.
- * FP8 tensors with a scale_inv companion are dequantised. */
+ * FP8 tensors with a scale_inv companion are dequantised. The whole pages read
+ * are then released from the process's resident set (madvise DONTNEED; the
+ * data stay in the page cache), so memory is bounded by what callers keep. */
 int mp_ckpt_read_f32(const mp_ckpt *c, const mp_tensor *t, int64_t first, int64_t n, float *out);
 /* Read a whole tensor by name into `out` (capacity `cap` floats). */
 int mp_ckpt_read_named_f32(const mp_ckpt *c, const char *name, float *out, int64_t cap);

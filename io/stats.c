@@ -68,10 +68,12 @@ static int put_attr(hid_t f, const char *name, hid_t type, const void *v)
     return ok ? 0 : -1;
 }
 
-int mp_stats_write(const char *path, const mp_expert_stats *s)
+static void tmp_name(char *buf, size_t cap, const char *path) { snprintf(buf, cap, "%s.partial", path); }
+
+int mp_stats_write_begin(const char *path, const mp_expert_stats *s)
 {
     char tmp[4200];
-    snprintf(tmp, sizeof tmp, "%s.tmp.%d", path, (int)getpid());
+    tmp_name(tmp, sizeof tmp, path);
     hid_t fcpl = H5Pcreate(H5P_FILE_CREATE);
     H5Pset_obj_track_times(fcpl, 0);
     hid_t f = H5Fcreate(tmp, H5F_ACC_TRUNC, fcpl, H5P_DEFAULT);
@@ -82,15 +84,32 @@ int mp_stats_write(const char *path, const mp_expert_stats *s)
     int bad = put(f, "G_in", s->G_in, 2, (hsize_t)s->d, (hsize_t)s->d) |
               put(f, "G_mid", s->G_mid, 2, (hsize_t)s->f, (hsize_t)s->f) |
               put(f, "h_sq", s->h_sq, 1, (hsize_t)s->f, 0) |
-              put(f, "prior_diag_in", s->prior_diag_in, 1, (hsize_t)s->d, 0) |
-              put(f, "prior_diag_mid", s->prior_diag_mid, 1, (hsize_t)s->f, 0) |
               put_attr(root, "layer", H5T_STD_I64LE, &s->layer) | put_attr(root, "expert", H5T_STD_I64LE, &s->expert) |
               put_attr(root, "d", H5T_STD_I64LE, &s->d) | put_attr(root, "f", H5T_STD_I64LE, &s->f) |
               put_attr(root, "count", H5T_STD_I64LE, &s->count) |
-              put_attr(root, "prior_tokens", H5T_STD_I64LE, &s->prior_tokens) |
               put_attr(root, "weight_sum", H5T_IEEE_F64LE, &s->weight_sum);
     H5Gclose(root);
     if (H5Fclose(f) < 0 || bad) {
+        unlink(tmp);
+        return mp_errorf(MP_EIO, "%s: writing the statistics failed", path);
+    }
+    return 0;
+}
+
+int mp_stats_write_end(const char *path, int64_t prior_tokens, const double *prior_diag_in,
+                       const double *prior_diag_mid, int64_t d, int64_t f)
+{
+    char tmp[4200];
+    tmp_name(tmp, sizeof tmp, path);
+    hid_t h = H5Fopen(tmp, H5F_ACC_RDWR, H5P_DEFAULT);
+    if (h < 0)
+        return mp_errorf(MP_EIO, "%s: cannot reopen the partial statistics", tmp);
+    hid_t root = H5Gopen2(h, "/", H5P_DEFAULT);
+    int bad = put(h, "prior_diag_in", prior_diag_in, 1, (hsize_t)d, 0) |
+              put(h, "prior_diag_mid", prior_diag_mid, 1, (hsize_t)f, 0) |
+              put_attr(root, "prior_tokens", H5T_STD_I64LE, &prior_tokens);
+    H5Gclose(root);
+    if (H5Fclose(h) < 0 || bad) {
         unlink(tmp);
         return mp_errorf(MP_EIO, "%s: writing the statistics failed", path);
     }
@@ -98,6 +117,13 @@ int mp_stats_write(const char *path, const mp_expert_stats *s)
     if (rc < 0)
         unlink(tmp);
     return rc;
+}
+
+int mp_stats_write(const char *path, const mp_expert_stats *s)
+{
+    MP_CHECK(mp_stats_write_begin(path, s));
+    MP_CHECK(mp_stats_write_end(path, s->prior_tokens, s->prior_diag_in, s->prior_diag_mid, s->d, s->f));
+    return 0;
 }
 
 static int get(hid_t f, const char *path, const char *name, double *v, hsize_t n)

@@ -27,6 +27,13 @@ typedef struct {
 int mp_stats_alloc(mp_expert_stats *s, int64_t layer, int64_t expert, int64_t d, int64_t f);
 void mp_stats_free(mp_expert_stats *s);
 int mp_stats_write(const char *path, const mp_expert_stats *s);
+/* The same in two steps, so that the Grams need not stay in memory until the
+ * layer's prior is known: begin writes everything but the prior to a
+ * temporary file next to `path`; end adds prior_tokens and the prior
+ * diagonals and commits the file under `path` (on error nothing is left). */
+int mp_stats_write_begin(const char *path, const mp_expert_stats *s);
+int mp_stats_write_end(const char *path, int64_t prior_tokens, const double *prior_diag_in,
+                       const double *prior_diag_mid, int64_t d, int64_t f);
 int mp_stats_read(const char *path, mp_expert_stats *s);
 /* The Gram a later stage should use: G + prior_tokens * diag(prior_diag) for
  * experts that saw fewer tokens than the threshold (a neutral prior: as if

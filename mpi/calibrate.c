@@ -124,31 +124,39 @@ out:
     return rc;
 }
 
+/* What the layer prior needs of one unit owned by this rank: the Grams themselves are already on disk. */
+typedef struct {
+    int owned;
+    int64_t count, f, prior_tokens;
+    double *diag_in, *diag_mid; /* diag(G_in) [d], diag(G_mid) [f]; replaced by the prior diagonals */
+} unit_sum;
+
+static void unit_sum_free(unit_sum *u)
+{
+    free(u->diag_in);
+    free(u->diag_mid);
+    memset(u, 0, sizeof *u);
+}
+
 /* The layer's average per-token diagonal of G_in and G_mid over its routed experts, exactly the same on
  * every rank: each entry of the reduced array has a single non-zero contributor, and the sums over
- * experts run in expert order. Then set the prior of starved experts. */
-static int layer_prior(const ctx *c, int l, mp_expert_stats *st, int *n_starved)
+ * experts run in expert order. Sets each owned unit's prior (tokens and diagonals). Collective. */
+static int layer_prior(const ctx *c, int l, unit_sum *us, int *n_starved)
 {
     int E = c->E, d = c->d, f = c->m->cfg.moe_ffn;
     int64_t w = 1 + d + f;
     double *a = calloc((size_t)(E * w), sizeof(double)), *b = calloc((size_t)(E * w), sizeof(double));
-    if (!a || !b) {
-        free(a), free(b);
-        return mp_errorf(MP_ENOMEM, "out of memory");
-    }
-    for (int u = 0; u < E; u++)
-        if (st[u].G_in) {
-            a[u * w] = (double)st[u].count;
-            for (int i = 0; i < d; i++)
-                a[u * w + 1 + i] = st[u].G_in[(int64_t)i * d + i];
-            for (int i = 0; i < f; i++)
-                a[u * w + 1 + d + i] = st[u].G_mid[(int64_t)i * f + i];
+    int rc = a && b ? 0 : mp_errorf(MP_ENOMEM, "out of memory");
+    for (int u = 0; u < E && rc == 0; u++)
+        if (us[u].owned) {
+            a[u * w] = (double)us[u].count;
+            memcpy(a + u * w + 1, us[u].diag_in, sizeof(double) * (size_t)d);
+            memcpy(a + u * w + 1 + d, us[u].diag_mid, sizeof(double) * (size_t)f);
         }
+    MP_CHECK(mp_mpi_agree(rc));
     int mrc = MPI_Allreduce(a, b, (int)(E * w), MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
-    if (mrc != MPI_SUCCESS) {
-        free(a), free(b);
+    if (mrc != MPI_SUCCESS)
         mp_mpi_fail(mp_mpi_check(mrc, "MPI_Allreduce (layer prior)"));
-    }
     double tot = 0;
     memset(a, 0, sizeof(double) * (size_t)w);
     for (int u = 0; u < E; u++) {
@@ -161,48 +169,40 @@ static int layer_prior(const ctx *c, int l, mp_expert_stats *st, int *n_starved)
         int64_t cnt = (int64_t)b[u * w];
         if (cnt < c->o->min_tokens)
             (*n_starved)++;
-        if (!st[u].G_in)
+        if (!us[u].owned)
             continue;
-        st[u].prior_tokens = cnt < c->o->min_tokens ? c->o->min_tokens - cnt : 0;
+        us[u].prior_tokens = cnt < c->o->min_tokens ? c->o->min_tokens - cnt : 0;
         for (int i = 0; i < d; i++)
-            st[u].prior_diag_in[i] = tot > 0 && a[1 + i] > 0 ? a[1 + i] / tot : 1.0;
+            us[u].diag_in[i] = tot > 0 && a[1 + i] > 0 ? a[1 + i] / tot : 1.0;
         for (int i = 0; i < f; i++)
-            st[u].prior_diag_mid[i] = tot > 0 && a[1 + d + i] > 0 ? a[1 + d + i] / tot : 1.0;
+            us[u].diag_mid[i] = tot > 0 && a[1 + d + i] > 0 ? a[1 + d + i] / tot : 1.0;
     }
-    /* the shared expert sees every token: only starved when there are almost no tokens */
-    if (st[E].G_in) {
-        st[E].prior_tokens = st[E].count < c->o->min_tokens ? c->o->min_tokens - st[E].count : 0;
+    /* the shared expert sees every token: its own average, starved only with almost no tokens */
+    unit_sum *sh = &us[E];
+    if (sh->owned) {
+        sh->prior_tokens = sh->count < c->o->min_tokens ? c->o->min_tokens - sh->count : 0;
         for (int i = 0; i < d; i++)
-            st[E].prior_diag_in[i] = st[E].count > 0 && st[E].G_in[(int64_t)i * d + i] > 0
-                                         ? st[E].G_in[(int64_t)i * d + i] / (double)st[E].count
-                                         : 1.0;
-        for (int64_t i = 0; i < st[E].f; i++)
-            st[E].prior_diag_mid[i] = st[E].count > 0 && st[E].G_mid[i * st[E].f + i] > 0
-                                          ? st[E].G_mid[i * st[E].f + i] / (double)st[E].count
-                                          : 1.0;
+            sh->diag_in[i] = sh->count > 0 && sh->diag_in[i] > 0 ? sh->diag_in[i] / (double)sh->count : 1.0;
+        for (int64_t i = 0; i < sh->f; i++)
+            sh->diag_mid[i] = sh->count > 0 && sh->diag_mid[i] > 0 ? sh->diag_mid[i] / (double)sh->count : 1.0;
     }
-    if (c->rank == 0 && c->o->stats_dir) {
+    if (c->rank == 0) {
         /* report.json: every expert with its token count, the starved ones flagged */
         size_t cap = 256 + (size_t)E * 96, k = 0;
         char *rep = malloc(cap);
-        if (!rep) {
-            free(a), free(b);
-            return mp_errorf(MP_ENOMEM, "out of memory");
-        }
-        k += (size_t)snprintf(rep + k, cap - k, "{\n  \"layer\": %d,\n  \"min_tokens\": %d,\n  \"experts\": [\n", l,
-                              c->o->min_tokens);
-        for (int u = 0; u < E; u++)
-            k += (size_t)snprintf(rep + k, cap - k, "    {\"expert\": %d, \"tokens\": %lld, \"prior\": %s}%s\n", u,
-                                  (long long)b[u * w], b[u * w] < c->o->min_tokens ? "true" : "false",
-                                  u + 1 < E ? "," : "");
-        k += (size_t)snprintf(rep + k, cap - k, "  ]\n}\n");
-        char path[4200];
-        snprintf(path, sizeof path, "%s/layer%04d/report.json", c->o->stats_dir, l);
-        int rc = mp_write_file_atomic(path, rep, k);
-        free(rep);
-        if (rc < 0) {
-            free(a), free(b);
-            MP_CHECK(rc);
+        rc = rep ? 0 : mp_errorf(MP_ENOMEM, "out of memory");
+        if (rep) {
+            k += (size_t)snprintf(rep + k, cap - k, "{\n  \"layer\": %d,\n  \"min_tokens\": %d,\n  \"experts\": [\n",
+                                  l, c->o->min_tokens);
+            for (int u = 0; u < E; u++)
+                k += (size_t)snprintf(rep + k, cap - k, "    {\"expert\": %d, \"tokens\": %lld, \"prior\": %s}%s\n",
+                                      u, (long long)b[u * w], b[u * w] < c->o->min_tokens ? "true" : "false",
+                                      u + 1 < E ? "," : "");
+            k += (size_t)snprintf(rep + k, cap - k, "  ]\n}\n");
+            char path[4200];
+            snprintf(path, sizeof path, "%s/layer%04d/report.json", c->o->stats_dir, l);
+            rc = mp_write_file_atomic(path, rep, k);
+            free(rep);
         }
         if (!c->o->quiet)
             for (int u = 0; u < E; u++)
@@ -211,7 +211,7 @@ static int layer_prior(const ctx *c, int l, mp_expert_stats *st, int *n_starved)
                            (long long)b[u * w], c->o->min_tokens);
     }
     free(a), free(b);
-    return 0;
+    return rc;
 }
 
 /* Alltoallv with 64-bit element counts checked against INT_MAX. */
@@ -251,8 +251,8 @@ static int moe_layer(const ctx *c, const mp_layer_w *lw, int l, const float *x, 
     item *smeta = NULL, *rmeta = NULL;
     float *sx = NULL, *rx = NULL, *ry = NULL, *sy = NULL;
     int64_t *ix = NULL, nsend = 0, nrecv = 0;
-    mp_expert_stats *st = calloc((size_t)E + 1, sizeof *st);
-    if (!logits || !wt || !idx || !scnt || !st) {
+    unit_sum *us = calloc((size_t)E + 1, sizeof *us);
+    if (!logits || !wt || !idx || !scnt || !us) {
         rc = mp_errorf(MP_ENOMEM, "out of memory routing %lld tokens", (long long)T);
         goto sync; /* the other ranks are heading for the exchange: agree first */
     }
@@ -322,7 +322,12 @@ sync:
     MP_CHECK_GOTO(mp_mpi_agree(rc), done);
     MP_CHECK_GOTO(exchange(smeta, scnt, rmeta, rcnt, size, sizeof(item), MPI_BYTE, (int)sizeof(item)), done);
     MP_CHECK_GOTO(exchange(sx, scnt, rx, rcnt, size, sizeof(float), MPI_FLOAT, d), done);
-    /* owner: every unit this rank owns, in unit order */
+    char ldir[4200];
+    snprintf(ldir, sizeof ldir, "%s/layer%04d", c->o->stats_dir ? c->o->stats_dir : ".", l);
+    if (c->o->stats_dir)
+        rc = mp_mkdir_p(ldir);
+    MP_CHECK_GOTO(mp_mpi_agree(rc), done);
+    /* owner: every unit this rank owns, in unit order; statistics go to disk unit by unit */
     for (int u = 0; u <= E && rc == 0; u++) {
         if (mp_calib_owner(l, u, E, size) != rank || (u == E && !has_shared))
             continue;
@@ -330,7 +335,25 @@ sync:
         for (int64_t i = 0; i < nrecv; i++)
             if (rmeta[i].unit == u)
                 ix[n++] = i;
-        rc = run_unit(c, lw, l, u, rmeta, rx, ix, n, ry, c->o->stats_dir ? &st[u] : NULL);
+        mp_expert_stats st = {0};
+        rc = run_unit(c, lw, l, u, rmeta, rx, ix, n, ry, c->o->stats_dir ? &st : NULL);
+        if (rc < 0 || !c->o->stats_dir)
+            continue;
+        unit_sum *su = &us[u];
+        su->owned = 1, su->count = st.count, su->f = st.f;
+        su->diag_in = malloc(sizeof(double) * (size_t)d);
+        su->diag_mid = malloc(sizeof(double) * (size_t)st.f);
+        if (!su->diag_in || !su->diag_mid)
+            rc = mp_errorf(MP_ENOMEM, "out of memory");
+        for (int i = 0; i < d && rc == 0; i++)
+            su->diag_in[i] = st.G_in[(int64_t)i * d + i];
+        for (int64_t i = 0; i < st.f && rc == 0; i++)
+            su->diag_mid[i] = st.G_mid[i * st.f + i];
+        char path[4300];
+        mp_stats_path(path, sizeof path, c->o->stats_dir, l, u);
+        if (rc == 0)
+            rc = mp_stats_write_begin(path, &st);
+        mp_stats_free(&st);
     }
     MP_CHECK_GOTO(mp_mpi_agree(rc), done);
     MP_CHECK_GOTO(exchange(ry, rcnt, sy, scnt, size, sizeof(float), MPI_FLOAT, d), done);
@@ -351,27 +374,24 @@ sync:
     free(ys);
     MP_CHECK_GOTO(mp_mpi_agree(rc), done);
     if (c->o->stats_dir) {
-        char dir[4200], path[4300];
-        snprintf(dir, sizeof dir, "%s/layer%04d", c->o->stats_dir, l);
-        rc = mp_mkdir_p(dir);
-        MP_CHECK_GOTO(mp_mpi_agree(rc), done);
-        rc = layer_prior(c, l, st, n_starved);
+        char path[4300];
+        rc = layer_prior(c, l, us, n_starved);
         for (int u = 0; u <= E && rc == 0; u++)
-            if (st[u].G_in) {
+            if (us[u].owned) {
                 mp_stats_path(path, sizeof path, c->o->stats_dir, l, u);
-                rc = mp_stats_write(path, &st[u]);
+                rc = mp_stats_write_end(path, us[u].prior_tokens, us[u].diag_in, us[u].diag_mid, d, us[u].f);
             }
         rc = mp_mpi_agree(rc);
         if (rc == 0 && rank == 0) {
-            snprintf(path, sizeof path, "%s/DONE", dir);
+            snprintf(path, sizeof path, "%s/DONE", ldir);
             rc = mp_write_file_atomic(path, "", 0);
         }
         rc = mp_mpi_agree(rc);
     }
 done:
-    for (int u = 0; st && u <= E; u++)
-        mp_stats_free(&st[u]);
-    free(st);
+    for (int u = 0; us && u <= E; u++)
+        unit_sum_free(&us[u]);
+    free(us);
     free(logits), free(wt), free(idx), free(scnt);
     free(smeta), free(sx), free(sy), free(rmeta), free(rx), free(ry), free(ix);
     return rc;
