@@ -438,6 +438,7 @@ int mp_calibrate(const mp_model *m, const mp_tokens *tok, const mp_calib_opts *o
     if (rc == 0)
         rc = mp_embed(m, tok->ids + (int64_t)c.seq0 * S, (int)c.T, h);
     MP_CHECK_GOTO(mp_mpi_agree(rc), out);
+    double t_start = MPI_Wtime();
     if (o->observe && c.T)
         o->observe(o->observe_ctx, "hidden", 0, c.seq0, c.nseq, d, h);
     for (int l = 0; l < cfg->n_layers; l++) {
@@ -466,8 +467,11 @@ int mp_calibrate(const mp_model *m, const mp_tokens *tok, const mp_calib_opts *o
         mp_layer_free(&lw);
         if (o->observe && c.T)
             o->observe(o->observe_ctx, "hidden", l + 1, c.seq0, c.nseq, d, h);
-        if (c.rank == 0 && !o->quiet)
-            printf("calibrate: layer %d/%d done\n", l + 1, cfg->n_layers), fflush(stdout);
+        if (c.rank == 0 && !o->quiet) {
+            double el = MPI_Wtime() - t_start, eta = el / (l + 1) * (cfg->n_layers - l - 1);
+            printf("calibrate: layer %d/%d done (%.1f s, ETA %.1f s)\n", l + 1, cfg->n_layers, el, eta);
+            fflush(stdout);
+        }
     }
     {
         float *nw = NULL, *nb = NULL;
