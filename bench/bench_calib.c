@@ -101,10 +101,10 @@ int main(int argc, char **argv)
     double peak = sgemm_gflops(1024);
     char stats[700];
     snprintf(stats, sizeof stats, "%s/stats-np%d", tmp[0] ? tmp : "/tmp", mp_mpi_size());
-    mp_calib_opts o = {stats, 16, 1, 1, NULL, NULL};
+    mp_calib_opts o = {.stats_dir = stats, .min_tokens = 16, .want_nll = 1, .quiet = 1};
     mp_calib_result res;
     /* the forward pass alone (no statistics), then the whole calibration */
-    mp_calib_opts fo = {NULL, 16, 1, 1, NULL, NULL};
+    mp_calib_opts fo = {.stats_dir = NULL, .min_tokens = 16, .want_nll = 1, .quiet = 1};
     MPI_Barrier(MPI_COMM_WORLD);
     double t0 = now();
     rc = mp_calibrate(m, &t, &fo, &res);

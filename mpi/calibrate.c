@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "error.h"
 #include "expert_scan.h"
@@ -15,8 +16,24 @@
 #include "fsutil.h"
 #include "runtime.h"
 #include "stats.h"
+#include "store.h"
 
 #define CHUNK 256 /* tokens per statistics block, in global token order */
+
+void mp_progress(const mp_calib_opts *o, const char *stage, int done, int total, double elapsed, double eta)
+{
+    if (o->log_json)
+        printf("{\"event\": \"progress\", \"stage\": \"%s\", \"layers_done\": %d, \"layers\": %d, "
+               "\"elapsed_s\": %.3f, \"eta_s\": %.3f}\n",
+               stage, done, total, elapsed, eta);
+    else if (o->quiet)
+        return;
+    else if (isatty(STDOUT_FILENO))
+        printf("\r%s: layer %d/%d (%.1f s, ETA %.1f s)%s", stage, done, total, elapsed, eta, done == total ? "\n" : "");
+    else
+        printf("%s: layer %d/%d done (%.1f s, ETA %.1f s)\n", stage, done, total, elapsed, eta);
+    fflush(stdout);
+}
 
 int mp_calib_owner(int l, int u, int n_experts, int nranks)
 {
@@ -36,7 +53,8 @@ typedef struct {
     const mp_calib_opts *o;
     int rank, size, E, K, d, S;
     int seq0, nseq;
-    int64_t T; /* local tokens */
+    int64_t T;   /* local tokens */
+    int collect; /* statistics for the current layer (0: committed already, forward only) */
 } ctx;
 
 static int cmp_item_g(const void *a, const void *b, void *base)
@@ -324,7 +342,7 @@ sync:
     MP_CHECK_GOTO(exchange(sx, scnt, rx, rcnt, size, sizeof(float), MPI_FLOAT, d), done);
     char ldir[4200];
     snprintf(ldir, sizeof ldir, "%s/layer%04d", c->o->stats_dir ? c->o->stats_dir : ".", l);
-    if (c->o->stats_dir)
+    if (c->collect)
         rc = mp_mkdir_p(ldir);
     MP_CHECK_GOTO(mp_mpi_agree(rc), done);
     /* owner: every unit this rank owns, in unit order; statistics go to disk unit by unit */
@@ -336,8 +354,8 @@ sync:
             if (rmeta[i].unit == u)
                 ix[n++] = i;
         mp_expert_stats st = {0};
-        rc = run_unit(c, lw, l, u, rmeta, rx, ix, n, ry, c->o->stats_dir ? &st : NULL);
-        if (rc < 0 || !c->o->stats_dir)
+        rc = run_unit(c, lw, l, u, rmeta, rx, ix, n, ry, c->collect ? &st : NULL);
+        if (rc < 0 || !c->collect)
             continue;
         unit_sum *su = &us[u];
         su->owned = 1, su->count = st.count, su->f = st.f;
@@ -354,6 +372,7 @@ sync:
         if (rc == 0)
             rc = mp_stats_write_begin(path, &st);
         mp_stats_free(&st);
+        mp_fault_point("calibrate: unit written (uncommitted)");
     }
     MP_CHECK_GOTO(mp_mpi_agree(rc), done);
     MP_CHECK_GOTO(exchange(ry, rcnt, sy, scnt, size, sizeof(float), MPI_FLOAT, d), done);
@@ -373,19 +392,37 @@ sync:
     }
     free(ys);
     MP_CHECK_GOTO(mp_mpi_agree(rc), done);
-    if (c->o->stats_dir) {
+    if (c->collect) {
         char path[4300];
-        rc = layer_prior(c, l, us, n_starved);
+        uint64_t *h = calloc((size_t)(2 * (E + 1)), sizeof *h);
+        rc = h ? layer_prior(c, l, us, n_starved) : mp_errorf(MP_ENOMEM, "out of memory");
         for (int u = 0; u <= E && rc == 0; u++)
             if (us[u].owned) {
                 mp_stats_path(path, sizeof path, c->o->stats_dir, l, u);
                 rc = mp_stats_write_end(path, us[u].prior_tokens, us[u].diag_in, us[u].diag_mid, d, us[u].f);
+                if (rc == 0)
+                    rc = mp_file_xxh64(path, &h[u]);
+                h[E + 1 + u] = 1;
+                mp_fault_point("calibrate: unit committed");
             }
         rc = mp_mpi_agree(rc);
+        /* every checksum has exactly one contributor: the sum is exact */
+        if (rc == 0 && MPI_Allreduce(MPI_IN_PLACE, h, 2 * (E + 1), MPI_UINT64_T, MPI_SUM, MPI_COMM_WORLD) != MPI_SUCCESS)
+            mp_mpi_fail(mp_errorf(MP_EMPI, "MPI_Allreduce (unit checksums) failed"));
         if (rc == 0 && rank == 0) {
-            snprintf(path, sizeof path, "%s/DONE", ldir);
-            rc = mp_write_file_atomic(path, "", 0);
+            const char *names[4097];
+            static char nbuf[4097][24];
+            int n = 0;
+            uint64_t hs[4097];
+            for (int u = 0; u <= E; u++)
+                if (h[E + 1 + u]) {
+                    snprintf(nbuf[n], sizeof nbuf[n], "expert%04d.h5", u);
+                    names[n] = nbuf[n], hs[n] = h[u], n++;
+                }
+            mp_fault_point("calibrate: before layer manifest");
+            rc = mp_store_commit_layer(c->o->stats_dir, l, names, hs, n, *n_starved);
         }
+        free(h);
         rc = mp_mpi_agree(rc);
     }
 done:
@@ -421,7 +458,7 @@ int mp_calibrate(const mp_model *m, const mp_tokens *tok, const mp_calib_opts *o
 {
     const mp_config *cfg = &m->cfg;
     memset(res, 0, sizeof *res);
-    ctx c = {m, o, mp_mpi_rank(), mp_mpi_size(), cfg->n_experts, cfg->top_k, cfg->hidden, tok->seq_len, 0, 0, 0};
+    ctx c = {m, o, mp_mpi_rank(), mp_mpi_size(), cfg->n_experts, cfg->top_k, cfg->hidden, tok->seq_len, 0, 0, 0, 0};
     int64_t lo, hi;
     mp_shard_range(tok->n_seq, c.rank, c.size, &lo, &hi);
     c.seq0 = (int)lo, c.nseq = (int)(hi - lo), c.T = (int64_t)c.nseq * c.S;
@@ -458,8 +495,25 @@ int mp_calibrate(const mp_model *m, const mp_tokens *tok, const mp_calib_opts *o
         }
         MP_CHECK_GOTO(mp_mpi_agree(rc), out);
         if (lw.moe) {
-            int starved = 0;
-            MP_CHECK_GOTO(moe_layer(&c, &lw, l, x, y, &starved), out);
+            int starved = 0, committed = 0;
+            c.collect = o->stats_dir != NULL;
+            if (c.collect && o->resume) {
+                /* a committed, intact layer is not redone: its forward pass runs without statistics */
+                char why[600] = "";
+                int st[2] = {0, 0};
+                if (c.rank == 0)
+                    rc = mp_store_layer_ok(o->stats_dir, l, &st[0], &st[1], why, sizeof why);
+                MP_CHECK_GOTO(mp_mpi_agree(rc), out);
+                MPI_Bcast(st, 2, MPI_INT, 0, MPI_COMM_WORLD);
+                committed = st[0], starved = st[1];
+                if (c.rank == 0 && why[0])
+                    fprintf(stderr, "moepack: note: damaged unit %s; recomputing layer %d\n", why, l);
+                if (committed) {
+                    c.collect = 0;
+                    res->n_resumed++;
+                }
+            }
+            MP_CHECK_GOTO(moe_layer(&c, &lw, l, x, y, committed ? &(int){0} : &starved), out);
             res->n_starved += starved;
             for (int64_t i = 0; i < c.T * d; i++)
                 h[i] += y[i];
@@ -467,10 +521,14 @@ int mp_calibrate(const mp_model *m, const mp_tokens *tok, const mp_calib_opts *o
         mp_layer_free(&lw);
         if (o->observe && c.T)
             o->observe(o->observe_ctx, "hidden", l + 1, c.seq0, c.nseq, d, h);
-        if (c.rank == 0 && !o->quiet) {
-            double el = MPI_Wtime() - t_start, eta = el / (l + 1) * (cfg->n_layers - l - 1);
-            printf("calibrate: layer %d/%d done (%.1f s, ETA %.1f s)\n", l + 1, cfg->n_layers, el, eta);
-            fflush(stdout);
+        double el = MPI_Wtime() - t_start, eta = el / (l + 1) * (cfg->n_layers - l - 1);
+        if (c.rank == 0)
+            mp_progress(o, "calibrate", l + 1, cfg->n_layers, el, eta);
+        mp_fault_point("calibrate: layer finished");
+        if (l + 1 < cfg->n_layers) {
+            char where[64];
+            snprintf(where, sizeof where, "after layer %d of %d", l, cfg->n_layers);
+            MP_CHECK_GOTO(mp_should_stop(el / (l + 1), where), out);
         }
     }
     {

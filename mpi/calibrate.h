@@ -20,8 +20,11 @@
  * Statistics (see stats.h) go to `stats_dir`/layerLLLL/expertEEEE.h5, written
  * by the owner; experts with fewer than `min_tokens` tokens get the neutral
  * prior and are listed in `stats_dir`/layerLLLL/report.json by rank 0, which
- * writes the commit marker `stats_dir`/layerLLLL/DONE last. Collective over
- * MPI_COMM_WORLD; every failure is agreed on by all ranks. */
+ * writes the layer's manifest `stats_dir`/layerLLLL/DONE last (store.h:
+ * unit names and checksums). With `resume`, intact committed layers keep
+ * their files and only run forward. After each layer all ranks agree whether
+ * to stop (signal, --walltime: MP_ESTOPPED). Collective over MPI_COMM_WORLD;
+ * every failure is agreed on by all ranks. */
 #ifndef MP_CALIBRATE_H
 #define MP_CALIBRATE_H
 #include <stdint.h>
@@ -40,7 +43,8 @@ typedef struct {
     const char *stats_dir; /* NULL: collect nothing, only run the forward pass */
     int min_tokens;        /* experts below this get the prior (default 16) */
     int want_nll;          /* compute logits and the next-token NLL */
-    int quiet;
+    int resume;            /* keep layers whose manifest and units are intact (forward only) */
+    int quiet, log_json;   /* progress: none / JSON lines on stdout */
     mp_calib_observer observe;
     void *observe_ctx;
 } mp_calib_opts;
@@ -49,7 +53,11 @@ typedef struct {
     double nll_sum;   /* root only: sum of -log p(next token) */
     int64_t n_pred;   /* root only: number of predicted tokens */
     int n_starved;    /* experts below min_tokens, all layers */
+    int n_resumed;    /* layers found committed and kept */
 } mp_calib_result;
+
+/* Rank 0: a progress line (terminal: updated in place; log: one line per layer; --log-json: JSON). */
+void mp_progress(const mp_calib_opts *o, const char *stage, int done, int total, double elapsed, double eta);
 
 /* Local: owner rank of unit u (0..E-1 routed, E = shared) of layer l. */
 int mp_calib_owner(int l, int u, int n_experts, int nranks);

@@ -2,8 +2,10 @@
 #include "runtime.h"
 
 #include <cblas.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "error.h"
 
@@ -77,4 +79,64 @@ void mp_mpi_fail(int rc)
     int code = mp_exit_code(rc < 0 ? rc : MP_EINTERNAL);
     MPI_Abort(MPI_COMM_WORLD, code);
     exit(code);
+}
+
+static volatile sig_atomic_t g_signal = 0;
+static double g_deadline = 0; /* MPI_Wtime() value, 0 = none */
+
+static void on_signal(int sig) { g_signal = sig; }
+
+void mp_signals_install(void)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGUSR1, &sa, NULL);
+    signal(SIGXFSZ, SIG_IGN);
+}
+
+int mp_signal_received(void) { return g_signal; }
+
+void mp_walltime_set(double seconds) { g_deadline = seconds > 0 ? MPI_Wtime() + seconds : 0; }
+
+int mp_should_stop(double next_unit_s, const char *where)
+{
+    int mine[2] = {g_signal, 0}, all[2];
+    if (g_rank == 0 && g_deadline > 0 && MPI_Wtime() + 1.5 * next_unit_s > g_deadline)
+        mine[1] = 1;
+    int mrc = MPI_Allreduce(mine, all, 2, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+    if (mrc != MPI_SUCCESS)
+        mp_mpi_fail(mp_mpi_check(mrc, "MPI_Allreduce (stop agreement)"));
+    if (all[0])
+        return mp_errorf(MP_ESTOPPED, "stopped %s on %s; everything before is committed, run again to resume", where,
+                         all[0] == SIGTERM ? "SIGTERM" : all[0] == SIGUSR1 ? "SIGUSR1" : "a signal");
+    if (all[1])
+        return mp_errorf(MP_ESTOPPED,
+                         "stopped %s: the next unit would overrun --walltime; everything before is committed, run "
+                         "again to resume",
+                         where);
+    return 0;
+}
+
+void mp_fault_point(const char *where)
+{
+    static int init = 0, target_rank = -1, trace = 0;
+    static long target = -1, count = 0;
+    if (!init) {
+        init = 1;
+        const char *f = getenv("MOEPACK_FAULT");
+        if (f && sscanf(f, "%d:%ld", &target_rank, &target) != 2)
+            target_rank = -1;
+        trace = getenv("MOEPACK_FAULT_TRACE") != NULL;
+    }
+    count++;
+    if (trace)
+        fprintf(stderr, "fault point rank %d #%ld %s\n", g_rank, count, where);
+    if (g_rank == target_rank && count == target) {
+        fprintf(stderr, "[rank %d] moepack: fault injection: SIGKILL at point %ld (%s)\n", g_rank, count, where);
+        fflush(stderr);
+        raise(SIGKILL);
+    }
 }

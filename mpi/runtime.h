@@ -27,6 +27,22 @@ int mp_mpi_agree(int rc);
 void mp_mpi_report(int rc);
 /* Local, does not return: report and MPI_Abort with the exit code of rc. */
 void mp_mpi_fail(int rc) __attribute__((noreturn));
+/* Local: install SIGTERM/SIGUSR1 handlers that only record the signal (the
+ * work stops at the next unit boundary), and ignore SIGXFSZ so that a file
+ * size limit turns into a write error instead of killing the rank. */
+void mp_signals_install(void);
+/* Local: the signal received so far (0 if none). */
+int mp_signal_received(void);
+/* Set the wall-clock budget in seconds from now (0 = none). Local. */
+void mp_walltime_set(double seconds);
+/* Collective, at a unit boundary: MP_ESTOPPED (with a message) when any rank
+ * received SIGTERM/SIGUSR1, or when rank 0 expects the next unit, estimated to
+ * take `next_unit_s` seconds, to overrun the wall-clock budget; else 0. */
+int mp_should_stop(double next_unit_s, const char *where);
+/* Local fault injection for restart tests: with MOEPACK_FAULT=rank:n in the
+ * environment, the n-th call on that rank (counting from 1) kills the process
+ * with SIGKILL. MOEPACK_FAULT_TRACE=1 prints every point (rank, count, where). */
+void mp_fault_point(const char *where);
 /* Turn an MPI return code into an MP_EMPI error naming `what`. */
 int mp_mpi_check(int mpirc, const char *what);
 

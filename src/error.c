@@ -63,6 +63,7 @@ const char *mp_error_name(int code)
     case MP_EINTERNAL: return "internal error";
     case MP_ENUMERIC: return "numerical error";
     case MP_EMISMATCH: return "checkpoint directory belongs to another job";
+    case MP_ESTOPPED: return "stopped at a unit boundary (resumable)";
     default: return "error";
     }
 }

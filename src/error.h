@@ -20,6 +20,8 @@ enum {
     MP_EINTERNAL = -9, /* a bug: an invariant does not hold          exit 9 */
     MP_ENUMERIC = -10, /* NaN/Inf or a failed factorisation          exit 10 */
     MP_EMISMATCH = -11, /* checkpoint directory of another job        exit 11 */
+    MP_ESTOPPED = -12,  /* stopped cleanly at a unit boundary (signal exit 12
+                           or --walltime); run again to resume */
 };
 
 /* Record an error message (printf format) and return `code`. */

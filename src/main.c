@@ -323,7 +323,7 @@ static int cmd_demo(args *a)
     rc = mp_mpi_agree(rc);
     char stats[4200];
     snprintf(stats, sizeof stats, "%s/calib", job.ckpt_dir);
-    mp_calib_opts co = {stats, job.min_tokens, 1, 1, NULL, NULL};
+    mp_calib_opts co = {.stats_dir = stats, .min_tokens = job.min_tokens, .want_nll = 1, .quiet = 1};
     mp_calib_result cr;
     if (rc == 0 && rank == 0)
         printf("\n== calibrate: expert-parallel forward pass, statistics in %s\n", stats), fflush(stdout);
@@ -392,7 +392,7 @@ static int cmd_calibrate(args *a)
     rc = mp_mpi_agree(rc);
     char stats[4200];
     snprintf(stats, sizeof stats, "%s/calib", job.ckpt_dir);
-    mp_calib_opts o = {stats, job.min_tokens, 1, quiet, NULL, NULL};
+    mp_calib_opts o = {.stats_dir = stats, .min_tokens = job.min_tokens, .want_nll = 1, .quiet = quiet};
     mp_calib_result res;
     if (rc == 0)
         rc = mp_calibrate(m, &t, &o, &res);
@@ -435,7 +435,7 @@ static int cmd_eval(args *a)
     mp_model *m = NULL;
     mp_tokens t = {0};
     rc = open_inputs(model, tokens, max_seqs, &m, &t);
-    mp_calib_opts o = {NULL, 0, 1, 1, NULL, NULL};
+    mp_calib_opts o = {.stats_dir = NULL, .min_tokens = 0, .want_nll = 1, .quiet = 1};
     mp_calib_result res;
     if (rc == 0)
         rc = mp_calibrate(m, &t, &o, &res);

@@ -135,7 +135,7 @@ static void run_fixture(const char *name, double tol, const char *stats)
     mp_tokens tok = {(int)tt->shape[0], (int)tt->shape[1], malloc(sizeof(int32_t) * (size_t)tt->numel)};
     memcpy(tok.ids, tt->data, sizeof(int32_t) * (size_t)tt->numel);
     o.L = m->cfg.n_layers, o.S = tok.seq_len;
-    mp_calib_opts opt = {stats, 16, 1, 1, observe, &o};
+    mp_calib_opts opt = {.stats_dir = stats, .min_tokens = 16, .want_nll = 1, .quiet = 1, .observe = observe, .observe_ctx = &o};
     mp_calib_result res;
     CHECK_OK(mp_calibrate(m, &tok, &opt, &res));
     double err[64], sc[64];
@@ -222,7 +222,7 @@ static void starved(const char *root)
     snprintf(path, sizeof path, "%s/tokens.h5", dir);
     CHECK_OK(mp_model_open(dir, &m));
     CHECK_OK(mp_tokens_read(path, m ? m->cfg.vocab : 0, &tok));
-    mp_calib_opts opt = {stats, 16, 1, 1, NULL, NULL};
+    mp_calib_opts opt = {.stats_dir = stats, .min_tokens = 16, .want_nll = 1, .quiet = 1};
     mp_calib_result res;
     CHECK_OK(mp_calibrate(m, &tok, &opt, &res));
     if (mp_mpi_rank() == 0) {
