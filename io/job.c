@@ -129,12 +129,10 @@ void mp_job_trim_tokens(const mp_job *job, mp_tokens *t)
         t->n_seq = job->max_sequences;
 }
 
-uint64_t mp_job_fingerprint(const mp_job *job, const mp_model *m, const mp_tokens *t)
+static uint64_t hash_model(const mp_model *m)
 {
     XXH64_state_t *s = XXH64_createState();
-    XXH64_reset(s, 0);
-    static const char tag[] = "moepack fingerprint v1; stats chunk 256";
-    XXH64_update(s, tag, sizeof tag);
+    XXH64_reset(s, 1);
     char cfgp[4200], *cfg = NULL;
     size_t n = 0;
     snprintf(cfgp, sizeof cfgp, "%s/config.json", m->dir);
@@ -143,48 +141,89 @@ uint64_t mp_job_fingerprint(const mp_job *job, const mp_model *m, const mp_token
     free(cfg);
     for (int i = 0; i < m->ck->nfiles; i++)
         XXH64_update(s, m->ck->files[i].map, m->ck->files[i].data_off);
-    int32_t dims[2] = {t->n_seq, t->seq_len};
-    XXH64_update(s, dims, sizeof dims);
-    XXH64_update(s, t->ids, sizeof(int32_t) * (size_t)t->n_seq * (size_t)t->seq_len);
-    int32_t par[2] = {job->min_tokens, job->max_sequences};
-    XXH64_update(s, par, sizeof par);
     uint64_t h = XXH64_digest(s);
     XXH64_freeState(s);
     return h;
 }
 
-int mp_job_claim_checkpoint(const mp_job *job, uint64_t fp, int fresh)
+void mp_job_fingerprint(const mp_job *job, const mp_model *m, const mp_tokens *t, mp_fingerprint *fp)
 {
-    char path[4200], hex[17];
-    snprintf(hex, sizeof hex, "%016llx", (unsigned long long)fp);
+    fp->model = hash_model(m);
+    int32_t dims[2] = {t->n_seq, t->seq_len};
+    XXH64_state_t *s = XXH64_createState();
+    XXH64_reset(s, 2);
+    XXH64_update(s, dims, sizeof dims);
+    XXH64_update(s, t->ids, sizeof(int32_t) * (size_t)t->n_seq * (size_t)t->seq_len);
+    fp->tokens = XXH64_digest(s);
+    /* the version tag covers choices fixed in the code (statistics chunk of 256 tokens, format) */
+    static const char tag[] = "moepack results v1; stats chunk 256";
+    int32_t par[2] = {job->min_tokens, job->max_sequences};
+    XXH64_reset(s, 3);
+    XXH64_update(s, tag, sizeof tag);
+    XXH64_update(s, par, sizeof par);
+    fp->params = XXH64_digest(s);
+    uint64_t parts[3] = {fp->model, fp->tokens, fp->params};
+    fp->all = XXH64(parts, sizeof parts, 0);
+    XXH64_freeState(s);
+}
+
+static const char *jstr(const cJSON *j, const char *k)
+{
+    const cJSON *v = cJSON_GetObjectItem(j, k);
+    return cJSON_IsString(v) ? v->valuestring : "?";
+}
+
+int mp_job_claim_checkpoint(const mp_job *job, const mp_fingerprint *fp, int fresh, int *resumed)
+{
+    char path[4200], hex[4][17];
+    const uint64_t v[4] = {fp->all, fp->model, fp->tokens, fp->params};
+    for (int i = 0; i < 4; i++)
+        snprintf(hex[i], sizeof hex[i], "%016llx", (unsigned long long)v[i]);
+    *resumed = 0;
     MP_CHECK(mp_mkdir_p(job->ckpt_dir));
     snprintf(path, sizeof path, "%s/job.json", job->ckpt_dir);
-    char *old = NULL;
-    size_t n;
     if (access(path, F_OK) == 0) {
+        char *old = NULL;
+        size_t n;
         MP_CHECK(mp_read_file(path, &old, &n));
         cJSON *j = cJSON_Parse(old);
-        const cJSON *f = j ? cJSON_GetObjectItem(j, "fingerprint") : NULL;
-        int same = cJSON_IsString(f) && !strcmp(f->valuestring, hex);
-        char was[64];
-        snprintf(was, sizeof was, "%s", cJSON_IsString(f) ? f->valuestring : "unreadable");
-        cJSON_Delete(j);
         free(old);
-        if (!same && !fresh)
+        int same = j && !strcmp(jstr(j, "fingerprint"), hex[0]);
+        if (!same && !fresh) {
+            char what[512] = "";
+            if (j && strcmp(jstr(j, "model_fingerprint"), hex[1]))
+                strcat(what, " the model (config.json or tensor headers) differs;");
+            if (j && strcmp(jstr(j, "tokens_fingerprint"), hex[2]))
+                strcat(what, " the calibration tokens differ;");
+            if (j && strcmp(jstr(j, "params_fingerprint"), hex[3])) {
+                const cJSON *mt = cJSON_GetObjectItem(j, "min_tokens"), *ms = cJSON_GetObjectItem(j, "max_sequences");
+                size_t k = strlen(what);
+                snprintf(what + k, sizeof what - k, " parameters differ (min_tokens %d vs %d, max_sequences %d vs %d);",
+                         cJSON_IsNumber(mt) ? mt->valueint : -1, job->min_tokens, cJSON_IsNumber(ms) ? ms->valueint : -1,
+                         job->max_sequences);
+            }
+            if (!j)
+                strcat(what, " its job.json is unreadable;");
+            cJSON_Delete(j);
             return mp_errorf(MP_EMISMATCH,
-                             "%s: checkpoint directory was made by another job (fingerprint %s, this job %s): the "
-                             "model, tokens or parameters differ; use another checkpoint.dir or --fresh",
-                             job->ckpt_dir, was, hex);
-        if (!same) {
+                             "%s: checkpoint directory was made by another job:%s use another checkpoint.dir, or "
+                             "--fresh to discard its results",
+                             job->ckpt_dir, what);
+        }
+        cJSON_Delete(j);
+        if (same && !fresh)
+            *resumed = 1;
+        else {
             char calib[4300];
             snprintf(calib, sizeof calib, "%s/calib", job->ckpt_dir);
             MP_CHECK(mp_remove_tree(calib));
         }
     }
     cJSON *j = cJSON_CreateObject();
-    cJSON_AddStringToObject(j, "fingerprint", hex);
-    cJSON_AddStringToObject(j, "model", job->model_path);
-    cJSON_AddStringToObject(j, "tokens", job->tokens_path);
+    cJSON_AddStringToObject(j, "fingerprint", hex[0]);
+    cJSON_AddStringToObject(j, "model_fingerprint", hex[1]);
+    cJSON_AddStringToObject(j, "tokens_fingerprint", hex[2]);
+    cJSON_AddStringToObject(j, "params_fingerprint", hex[3]);
     cJSON_AddNumberToObject(j, "min_tokens", job->min_tokens);
     cJSON_AddNumberToObject(j, "max_sequences", job->max_sequences);
     char *txt = cJSON_Print(j);

@@ -13,8 +13,9 @@
  *
  * The fingerprint is XXH64 over config.json, every safetensors header, the
  * calibration token ids and every parameter that changes results; it is kept
- * in <checkpoint.dir>/job.json, and a checkpoint directory made by a job with
- * another fingerprint is refused (MP_EMISMATCH) unless fresh is set. Local. */
+ * in <checkpoint.dir>/job.json with its parts, and a checkpoint directory
+ * made by a job with another fingerprint is refused (MP_EMISMATCH, naming
+ * what differs) unless fresh is set, which discards the old results. Local. */
 #ifndef MP_JOB_H
 #define MP_JOB_H
 #include <stdint.h>
@@ -31,8 +32,16 @@ typedef struct {
 int mp_job_load(const char *path, char *const *sets, int nsets, mp_job *job);
 /* Apply max_sequences to loaded tokens (drops the rest). */
 void mp_job_trim_tokens(const mp_job *job, mp_tokens *t);
-uint64_t mp_job_fingerprint(const mp_job *job, const mp_model *m, const mp_tokens *t);
-/* Create the checkpoint directory and job.json, or check an existing one. */
-int mp_job_claim_checkpoint(const mp_job *job, uint64_t fingerprint, int fresh);
+typedef struct {
+    uint64_t model;  /* config.json + every safetensors header */
+    uint64_t tokens; /* token ids and shape (after max_sequences) */
+    uint64_t params; /* result-changing parameters */
+    uint64_t all;    /* of the three */
+} mp_fingerprint;
+void mp_job_fingerprint(const mp_job *job, const mp_model *m, const mp_tokens *t, mp_fingerprint *fp);
+/* Create the checkpoint directory and job.json, or check an existing one:
+ * a mismatch says which part differs (model, tokens, parameters). *resumed
+ * is set when the directory already belonged to this job. */
+int mp_job_claim_checkpoint(const mp_job *job, const mp_fingerprint *fp, int fresh, int *resumed);
 
 #endif

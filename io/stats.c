@@ -10,6 +10,7 @@
 
 #include "error.h"
 #include "fsutil.h"
+#include "h5util.h"
 
 int mp_stats_alloc(mp_expert_stats *s, int64_t layer, int64_t expert, int64_t d, int64_t f)
 {
@@ -46,8 +47,7 @@ void mp_stats_path(char *buf, size_t cap, const char *dir, int layer, int expert
 static int put(hid_t f, const char *name, const double *v, int rank, hsize_t a, hsize_t b)
 {
     hsize_t dims[2] = {a, b};
-    hid_t sp = H5Screate_simple(rank, dims, NULL), dcpl = H5Pcreate(H5P_DATASET_CREATE);
-    H5Pset_obj_track_times(dcpl, 0);
+    hid_t sp = H5Screate_simple(rank, dims, NULL), dcpl = mp_h5_dcpl();
     hid_t ds = H5Dcreate2(f, name, H5T_IEEE_F64LE, sp, H5P_DEFAULT, dcpl, H5P_DEFAULT);
     int ok = ds >= 0 && H5Dwrite(ds, H5T_NATIVE_DOUBLE, H5S_ALL, H5S_ALL, H5P_DEFAULT, v) >= 0;
     if (ds >= 0)
@@ -74,12 +74,9 @@ int mp_stats_write_begin(const char *path, const mp_expert_stats *s)
 {
     char tmp[4200];
     tmp_name(tmp, sizeof tmp, path);
-    hid_t fcpl = H5Pcreate(H5P_FILE_CREATE);
-    H5Pset_obj_track_times(fcpl, 0);
-    hid_t f = H5Fcreate(tmp, H5F_ACC_TRUNC, fcpl, H5P_DEFAULT);
-    H5Pclose(fcpl);
+    hid_t f = mp_h5_create_mem();
     if (f < 0)
-        return mp_errorf(MP_EIO, "%s: cannot create HDF5 file", tmp);
+        MP_CHECK(MP_EINTERNAL);
     hid_t root = H5Gopen2(f, "/", H5P_DEFAULT);
     int bad = put(f, "G_in", s->G_in, 2, (hsize_t)s->d, (hsize_t)s->d) |
               put(f, "G_mid", s->G_mid, 2, (hsize_t)s->f, (hsize_t)s->f) |
@@ -89,11 +86,11 @@ int mp_stats_write_begin(const char *path, const mp_expert_stats *s)
               put_attr(root, "count", H5T_STD_I64LE, &s->count) |
               put_attr(root, "weight_sum", H5T_IEEE_F64LE, &s->weight_sum);
     H5Gclose(root);
-    if (H5Fclose(f) < 0 || bad) {
-        unlink(tmp);
-        return mp_errorf(MP_EIO, "%s: writing the statistics failed", path);
+    if (bad) {
+        H5Fclose(f);
+        return mp_errorf(MP_EINTERNAL, "%s: HDF5 could not build the statistics", path);
     }
-    return 0;
+    return mp_h5_save(f, tmp);
 }
 
 int mp_stats_write_end(const char *path, int64_t prior_tokens, const double *prior_diag_in,
@@ -101,22 +98,21 @@ int mp_stats_write_end(const char *path, int64_t prior_tokens, const double *pri
 {
     char tmp[4200];
     tmp_name(tmp, sizeof tmp, path);
-    hid_t h = H5Fopen(tmp, H5F_ACC_RDWR, H5P_DEFAULT);
+    hid_t h = mp_h5_open_mem(tmp);
     if (h < 0)
-        return mp_errorf(MP_EIO, "%s: cannot reopen the partial statistics", tmp);
+        MP_CHECK(MP_EIO);
     hid_t root = H5Gopen2(h, "/", H5P_DEFAULT);
     int bad = put(h, "prior_diag_in", prior_diag_in, 1, (hsize_t)d, 0) |
               put(h, "prior_diag_mid", prior_diag_mid, 1, (hsize_t)f, 0) |
               put_attr(root, "prior_tokens", H5T_STD_I64LE, &prior_tokens);
     H5Gclose(root);
-    if (H5Fclose(h) < 0 || bad) {
-        unlink(tmp);
-        return mp_errorf(MP_EIO, "%s: writing the statistics failed", path);
+    if (bad) {
+        H5Fclose(h);
+        return mp_errorf(MP_EINTERNAL, "%s: HDF5 could not add the prior", path);
     }
-    int rc = mp_commit_file(tmp, path);
-    if (rc < 0)
-        unlink(tmp);
-    return rc;
+    MP_CHECK(mp_h5_save(h, path));
+    unlink(tmp);
+    return 0;
 }
 
 int mp_stats_write(const char *path, const mp_expert_stats *s)
@@ -153,6 +149,7 @@ int mp_stats_read(const char *path, mp_expert_stats *s)
     memset(s, 0, sizeof *s);
     if (access(path, R_OK) != 0)
         return mp_syserrorf(MP_ENOENT, "%s: cannot open statistics", path);
+    mp_h5_init();
     hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
     if (f < 0)
         return mp_errorf(MP_EFORMAT, "%s: not an HDF5 file", path);

@@ -9,6 +9,7 @@
 
 #include "error.h"
 #include "fsutil.h"
+#include "h5util.h"
 
 int mp_tokens_read(const char *path, int vocab, mp_tokens *out)
 {
@@ -79,34 +80,22 @@ out:
 
 int mp_tokens_write(const char *path, const int32_t *ids, int n_seq, int seq_len)
 {
-    char tmp[4200];
-    snprintf(tmp, sizeof tmp, "%s.tmp.%d", path, (int)getpid());
-    /* no object timestamps: the same tokens give the same bytes */
-    hid_t fcpl = H5Pcreate(H5P_FILE_CREATE);
-    H5Pset_obj_track_times(fcpl, 0);
-    hid_t f = H5Fcreate(tmp, H5F_ACC_TRUNC, fcpl, H5P_DEFAULT);
-    H5Pclose(fcpl);
+    hid_t f = mp_h5_create_mem();
     if (f < 0)
-        return mp_errorf(MP_EIO, "%s: cannot create HDF5 file", tmp);
+        MP_CHECK(MP_EINTERNAL);
     hsize_t dims[2] = {(hsize_t)n_seq, (hsize_t)seq_len};
-    hid_t sp = H5Screate_simple(2, dims, NULL), dcpl = H5Pcreate(H5P_DATASET_CREATE);
-    H5Pset_obj_track_times(dcpl, 0);
+    hid_t sp = H5Screate_simple(2, dims, NULL), dcpl = mp_h5_dcpl();
     hid_t ds = H5Dcreate2(f, "tokens", H5T_STD_I32LE, sp, H5P_DEFAULT, dcpl, H5P_DEFAULT);
     H5Pclose(dcpl);
-    int rc = 0;
-    if (ds < 0 || H5Dwrite(ds, H5T_NATIVE_INT32, H5S_ALL, H5S_ALL, H5P_DEFAULT, ids) < 0)
-        rc = mp_errorf(MP_EIO, "%s: writing dataset 'tokens' failed", tmp);
+    int bad = ds < 0 || H5Dwrite(ds, H5T_NATIVE_INT32, H5S_ALL, H5S_ALL, H5P_DEFAULT, ids) < 0;
     if (ds >= 0)
         H5Dclose(ds);
     H5Sclose(sp);
-    if (H5Fclose(f) < 0 && rc == 0)
-        rc = mp_errorf(MP_EIO, "%s: closing HDF5 file failed", tmp);
-    if (rc == 0)
-        rc = mp_commit_file(tmp, path);
-    if (rc < 0) {
-        unlink(tmp);
-        MP_CHECK(rc);
+    if (bad) {
+        H5Fclose(f);
+        return mp_errorf(MP_EINTERNAL, "%s: HDF5 could not build dataset 'tokens'", path);
     }
+    MP_CHECK(mp_h5_save(f, path));
     return 0;
 }
 

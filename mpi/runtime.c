@@ -63,6 +63,11 @@ void mp_mpi_report(int rc)
 {
     if (rc >= 0 || (g_peer_failed && !getenv("MOEPACK_TRACE")))
         return; /* the failing rank prints its own message */
+    if (rc == MP_ESTOPPED) { /* agreed by all ranks: not an error, said once */
+        if (g_rank == 0)
+            fprintf(stderr, "moepack: %s\n", mp_error_message());
+        return;
+    }
     const char *trace = mp_error_trace_text();
     if (g_size > 1)
         fprintf(stderr, "[rank %d] moepack: error: %s\n", g_rank, mp_error_message());
@@ -135,8 +140,11 @@ void mp_fault_point(const char *where)
     if (trace)
         fprintf(stderr, "fault point rank %d #%ld %s\n", g_rank, count, where);
     if (g_rank == target_rank && count == target) {
-        fprintf(stderr, "[rank %d] moepack: fault injection: SIGKILL at point %ld (%s)\n", g_rank, count, where);
+        const char *sig = getenv("MOEPACK_FAULT_SIGNAL");
+        int s = sig && !strcmp(sig, "USR1") ? SIGUSR1 : sig && !strcmp(sig, "TERM") ? SIGTERM : SIGKILL;
+        fprintf(stderr, "[rank %d] moepack: fault injection: %s at point %ld (%s)\n", g_rank,
+                s == SIGKILL ? "SIGKILL" : s == SIGUSR1 ? "SIGUSR1" : "SIGTERM", count, where);
         fflush(stderr);
-        raise(SIGKILL);
+        raise(s);
     }
 }

@@ -41,7 +41,8 @@ void mp_walltime_set(double seconds);
 int mp_should_stop(double next_unit_s, const char *where);
 /* Local fault injection for restart tests: with MOEPACK_FAULT=rank:n in the
  * environment, the n-th call on that rank (counting from 1) kills the process
- * with SIGKILL. MOEPACK_FAULT_TRACE=1 prints every point (rank, count, where). */
+ * with SIGKILL (MOEPACK_FAULT_SIGNAL=USR1 or TERM: raises that signal instead).
+ * MOEPACK_FAULT_TRACE=1 prints every point (rank, count, where). */
 void mp_fault_point(const char *where);
 /* Turn an MPI return code into an MP_EMPI error naming `what`. */
 int mp_mpi_check(int mpirc, const char *what);

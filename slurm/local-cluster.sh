@@ -75,10 +75,18 @@ node_state() {
 }
 
 do_stop() {
-    # running jobs first, so that no job step outlives the cluster
-    if pid_alive "$DIR/slurmctld.pid" && command -v scancel >/dev/null; then
-        scancel --quiet --full --signal=KILL --user="$(id -un)" 2>/dev/null || true
-        scancel --quiet --user="$(id -un)" 2>/dev/null || true
+    # jobs first: their slurmstepd and tasks would outlive slurmd. SIGKILL
+    # right away (this is teardown), then wait until slurmctld has none left.
+    if pid_alive "$DIR/slurmctld.pid" && pid_alive "$DIR/slurmd.pid"; then
+        local i
+        scancel --full --signal=KILL --state=RUNNING 2>/dev/null || true
+        scancel --state=PENDING 2>/dev/null || true
+        scancel --state=SUSPENDED 2>/dev/null || true
+        for i in $(seq 1 60); do
+            [ -z "$(squeue -h -o %i -t RUNNING,COMPLETING,SUSPENDED 2>/dev/null)" ] && break
+            [ "$i" -eq 1 ] && say "waiting for jobs to end"
+            sleep 0.5
+        done
     fi
     stop_daemon slurmd "$DIR/slurmd.pid"
     stop_daemon slurmctld "$DIR/slurmctld.pid"
@@ -119,6 +127,8 @@ TaskPlugin=task/none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 SchedulerType=sched/backfill
+# schedule within seconds (a requeued job becomes eligible cred_expire+1 s later)
+SchedulerParameters=bf_interval=2,sched_interval=2
 MpiDefault=none
 ReturnToService=2
 JobRequeue=1

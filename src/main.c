@@ -13,6 +13,7 @@
 #include "expert_scan.h"
 #include "fsutil.h"
 #include "gpu_info.h"
+#include "h5util.h"
 #include "inspect.h"
 #include "job.h"
 #include "model.h"
@@ -32,18 +33,21 @@ static const char USAGE[] =
     "        write a tiny synthetic checkpoint in the Hugging Face layout + tokens.h5\n"
     "  inspect PATH [--json]\n"
     "        architecture, MoE layers, parameter counts, dtypes and a tensor check\n"
-    "  calibrate [--job FILE] [--set section.key=value ...] [--fresh] [--quiet]\n"
+    "  run [--job FILE] [--set section.key=value ...] [--fresh] [--walltime S] [--quiet] [--log-json]\n"
+    "        the pipeline stages implemented so far (calibration), resuming from checkpoint.dir;\n"
+    "        SIGTERM/SIGUSR1 or --walltime stop at the next layer with exit status 12\n"
+    "  calibrate [same options as run]\n"
     "        expert-parallel forward pass over the calibration tokens; per-expert statistics\n"
     "        into checkpoint.dir/calib (run it under mpirun to shard experts and sequences)\n"
     "  eval --model DIR --tokens FILE [--max-sequences N]\n"
     "        perplexity of the model on the tokens (C forward pass)\n"
-    "  run | export                  (not implemented yet)\n"
+    "  export                        (not implemented yet)\n"
     "  version                       same as --version\n"
     "\n"
     "architectures: mixtral qwen2_moe qwen3_moe olmoe deepseek_v2 deepseek_v3 phimoe\n"
     "exit status: 0 ok, 2 usage, 3 missing file/tensor, 4 bad config, 5 malformed file,\n"
     "             6 I/O error, 7 out of memory, 8 MPI/other rank failed, 9 internal, 10 numeric,\n"
-    "             11 checkpoint directory of another job\n";
+    "             11 checkpoint directory of another job, 12 stopped (signal/walltime), resumable\n";
 
 /* ---- option parsing ------------------------------------------------------------------------ */
 
@@ -106,7 +110,8 @@ static int parse_u64(const char *opt, const char *v, uint64_t *out)
 
 static int always_value(const char *s)
 {
-    return strcmp(s, "--json") != 0 && strcmp(s, "--quiet") != 0 && strcmp(s, "--fresh") != 0;
+    return strcmp(s, "--json") != 0 && strcmp(s, "--quiet") != 0 && strcmp(s, "--fresh") != 0 &&
+           strcmp(s, "--log-json") != 0;
 }
 
 /* ---- synth ----------------------------------------------------------------------------------- */
@@ -318,8 +323,12 @@ static int cmd_demo(args *a)
     snprintf(job.tokens_path, sizeof job.tokens_path, "%s", tok);
     snprintf(job.out_dir, sizeof job.out_dir, "%.2900s", out);
     snprintf(job.ckpt_dir, sizeof job.ckpt_dir, "%.2900s/checkpoint", out);
-    if (rc == 0 && rank == 0)
-        rc = mp_job_claim_checkpoint(&job, mp_job_fingerprint(&job, m, &t), 1);
+    mp_fingerprint fp;
+    int resumed = 0;
+    if (rc == 0 && rank == 0) {
+        mp_job_fingerprint(&job, m, &t, &fp);
+        rc = mp_job_claim_checkpoint(&job, &fp, 1, &resumed);
+    }
     rc = mp_mpi_agree(rc);
     char stats[4200];
     snprintf(stats, sizeof stats, "%s/calib", job.ckpt_dir);
@@ -358,16 +367,20 @@ static int open_inputs(const char *model, const char *tokens, int max_seqs, mp_m
     return mp_mpi_agree(rc);
 }
 
-static int cmd_calibrate(args *a)
+/* `run` and `calibrate`: the stages up to `last` (only calibration exists so far), resuming from the
+ * checkpoint directory when it belongs to the same job. */
+static int cmd_run(args *a, const char *cmdname)
 {
     const char *job_path = NULL, *name, *v;
     char **sets = calloc((size_t)a->argc + 1, sizeof *sets);
-    int nsets = 0, fresh = 0, quiet = 0, rc = sets ? 0 : mp_errorf(MP_ENOMEM, "out of memory"), r;
+    int nsets = 0, fresh = 0, quiet = 0, log_json = 0, r;
+    int rc = sets ? 0 : mp_errorf(MP_ENOMEM, "out of memory");
+    double walltime = 0;
     while (rc == 0 && (r = next_opt(a, &name, &v, always_value)) != 0) {
         if (r < 0)
             rc = r;
         else if (!name)
-            rc = mp_errorf(MP_EUSAGE, "calibrate: unexpected argument '%s'", v);
+            rc = mp_errorf(MP_EUSAGE, "%s: unexpected argument '%s'", cmdname, v);
         else if (!strcmp(name, "--job"))
             job_path = v;
         else if (!strcmp(name, "--set"))
@@ -376,33 +389,61 @@ static int cmd_calibrate(args *a)
             fresh = 1;
         else if (!strcmp(name, "--quiet"))
             quiet = 1;
-        else
-            rc = mp_errorf(MP_EUSAGE, "calibrate: unknown option %s", name);
+        else if (!strcmp(name, "--log-json"))
+            log_json = 1;
+        else if (!strcmp(name, "--walltime")) {
+            char *end;
+            walltime = strtod(v, &end);
+            if (*end || walltime <= 0)
+                rc = mp_errorf(MP_EUSAGE, "--walltime '%s': expected a positive number of seconds", v);
+        } else
+            rc = mp_errorf(MP_EUSAGE, "%s: unknown option %s", cmdname, name);
     }
     mp_job job;
     if (rc == 0)
         rc = mp_job_load(job_path, sets, nsets, &job);
     free(sets);
     MP_CHECK(mp_mpi_agree(rc));
+    mp_walltime_set(walltime);
     mp_model *m = NULL;
     mp_tokens t = {0};
+    int resumed = 0;
     rc = open_inputs(job.model_path, job.tokens_path, job.max_sequences, &m, &t);
-    if (rc == 0 && mp_mpi_rank() == 0)
-        rc = mp_job_claim_checkpoint(&job, mp_job_fingerprint(&job, m, &t), fresh);
+    if (rc == 0 && mp_mpi_rank() == 0) {
+        mp_fingerprint fp;
+        mp_job_fingerprint(&job, m, &t, &fp);
+        rc = mp_job_claim_checkpoint(&job, &fp, fresh, &resumed);
+        if (rc == 0 && resumed && !quiet && !log_json)
+            printf("%s: resuming the job in %s\n", cmdname, job.ckpt_dir);
+    }
     rc = mp_mpi_agree(rc);
+    MPI_Bcast(&resumed, 1, MPI_INT, 0, MPI_COMM_WORLD);
     char stats[4200];
     snprintf(stats, sizeof stats, "%s/calib", job.ckpt_dir);
-    mp_calib_opts o = {.stats_dir = stats, .min_tokens = job.min_tokens, .want_nll = 1, .quiet = quiet};
+    mp_calib_opts o = {.stats_dir = stats, .min_tokens = job.min_tokens, .want_nll = 1, .resume = resumed,
+                       .quiet = quiet, .log_json = log_json};
     mp_calib_result res;
     if (rc == 0)
         rc = mp_calibrate(m, &t, &o, &res);
     if (rc == 0 && mp_mpi_rank() == 0) {
-        printf("calibrate: %d sequences x %d tokens on %d rank%s; statistics in %s\n", t.n_seq, t.seq_len,
-               mp_mpi_size(), mp_mpi_size() == 1 ? "" : "s", stats);
-        printf("calibrate: %d expert%s below %d tokens got the neutral prior\n", res.n_starved,
-               res.n_starved == 1 ? "" : "s", job.min_tokens);
-        printf("calibrate: baseline perplexity %.4f (%lld predicted tokens)\n", exp(res.nll_sum / (double)res.n_pred),
-               (long long)res.n_pred);
+        double ppl = exp(res.nll_sum / (double)res.n_pred);
+        if (log_json)
+            printf("{\"event\": \"stage_done\", \"stage\": \"calibrate\", \"layers_resumed\": %d, "
+                   "\"starved_experts\": %d, \"perplexity\": %.6f, \"predicted_tokens\": %lld}\n",
+                   res.n_resumed, res.n_starved, ppl, (long long)res.n_pred);
+        else {
+            printf("calibrate: %d sequences x %d tokens on %d rank%s; statistics in %s", t.n_seq, t.seq_len,
+                   mp_mpi_size(), mp_mpi_size() == 1 ? "" : "s", stats);
+            printf(res.n_resumed ? " (%d layer%s kept from before)\n" : "\n", res.n_resumed,
+                   res.n_resumed == 1 ? "" : "s");
+            printf("calibrate: %d expert%s below %d tokens got the neutral prior\n", res.n_starved,
+                   res.n_starved == 1 ? "" : "s", job.min_tokens);
+            printf("calibrate: baseline perplexity %.4f (%lld predicted tokens)\n", ppl, (long long)res.n_pred);
+            if (!strcmp(cmdname, "run"))
+                printf("run: later stages (decompose, measure, allocate, quantize, write, validate) are not "
+                       "implemented yet\n");
+        }
+        fflush(stdout);
     }
     mp_tokens_free(&t);
     mp_model_close(m);
@@ -478,11 +519,13 @@ static int cmd_version(void)
 
 int main(int argc, char **argv)
 {
+    mp_signals_install(); /* before MPI: a signal during start-up is kept for the first unit boundary */
     int rc = mp_mpi_init(&argc, &argv);
     if (rc < 0) {
         fprintf(stderr, "moepack: error: %s\n", mp_error_message());
         return mp_exit_code(rc);
     }
+    mp_h5_init();
     const char *cmd = argc > 1 ? argv[1] : NULL;
     args a = {argc, argv, 2};
     if (!cmd) {
@@ -500,11 +543,11 @@ int main(int argc, char **argv)
         rc = cmd_inspect(&a);
     else if (!strcmp(cmd, "demo"))
         rc = cmd_demo(&a);
-    else if (!strcmp(cmd, "calibrate"))
-        rc = cmd_calibrate(&a);
+    else if (!strcmp(cmd, "calibrate") || !strcmp(cmd, "run"))
+        rc = cmd_run(&a, cmd);
     else if (!strcmp(cmd, "eval"))
         rc = cmd_eval(&a);
-    else if (!strcmp(cmd, "run") || !strcmp(cmd, "export"))
+    else if (!strcmp(cmd, "export"))
         rc = mp_errorf(MP_EUSAGE, "'%s' is not implemented yet in this version", cmd);
     else
         rc = mp_errorf(MP_EUSAGE, "unknown command '%s' (see moepack --help)", cmd);

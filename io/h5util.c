@@ -1,0 +1,88 @@
+/* h5util.c - in-memory HDF5 files committed atomically (see h5util.h). */
+#include "h5util.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "error.h"
+#include "fsutil.h"
+
+void mp_h5_init(void)
+{
+    static int done = 0;
+    if (!done) {
+        H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+        done = 1;
+    }
+}
+
+static hid_t mem_fapl(void)
+{
+    hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
+    H5Pset_fapl_core(fapl, 1 << 20, 0);
+    return fapl;
+}
+
+static void mem_name(char *buf, size_t cap)
+{
+    static unsigned long n = 0;
+    snprintf(buf, cap, "moepack-mem-%lu.h5", n++);
+}
+
+hid_t mp_h5_create_mem(void)
+{
+    mp_h5_init();
+    char name[64];
+    mem_name(name, sizeof name);
+    hid_t fcpl = H5Pcreate(H5P_FILE_CREATE), fapl = mem_fapl();
+    H5Pset_obj_track_times(fcpl, 0);
+    hid_t f = H5Fcreate(name, H5F_ACC_EXCL, fcpl, fapl);
+    H5Pclose(fcpl);
+    H5Pclose(fapl);
+    if (f < 0)
+        mp_errorf(MP_EINTERNAL, "HDF5: cannot create an in-memory file");
+    return f;
+}
+
+hid_t mp_h5_open_mem(const char *path)
+{
+    mp_h5_init();
+    char *buf = NULL, name[64];
+    size_t n = 0;
+    if (mp_read_file(path, &buf, &n) < 0)
+        return -1;
+    hid_t fapl = mem_fapl();
+    H5Pset_file_image(fapl, buf, n);
+    free(buf);
+    mem_name(name, sizeof name);
+    hid_t f = H5Fopen(name, H5F_ACC_RDWR, fapl);
+    H5Pclose(fapl);
+    if (f < 0)
+        mp_errorf(MP_EFORMAT, "%s: not a readable HDF5 file", path);
+    return f;
+}
+
+int mp_h5_save(hid_t f, const char *path)
+{
+    int rc = 0;
+    if (H5Fflush(f, H5F_SCOPE_GLOBAL) < 0)
+        rc = mp_errorf(MP_EINTERNAL, "%s: HDF5 could not finish the file", path);
+    ssize_t n = rc == 0 ? H5Fget_file_image(f, NULL, 0) : -1;
+    void *buf = n > 0 ? malloc((size_t)n) : NULL;
+    if (rc == 0 && !buf)
+        rc = mp_errorf(MP_ENOMEM, "%s: out of memory for the file image", path);
+    if (rc == 0 && H5Fget_file_image(f, buf, (size_t)n) != n)
+        rc = mp_errorf(MP_EINTERNAL, "%s: HDF5 could not produce the file image", path);
+    H5Fclose(f);
+    if (rc == 0)
+        rc = mp_write_file_atomic(path, buf, (size_t)n);
+    free(buf);
+    return rc;
+}
+
+hid_t mp_h5_dcpl(void)
+{
+    hid_t d = H5Pcreate(H5P_DATASET_CREATE);
+    H5Pset_obj_track_times(d, 0);
+    return d;
+}

@@ -1,0 +1,26 @@
+/* h5util.h - HDF5 files built in memory and committed like any other file.
+ *
+ * moepack's HDF5 outputs are small enough to assemble with the core driver
+ * (no backing store) and then write in one piece through
+ * mp_write_file_atomic: the bytes on disk appear complete under their final
+ * name or not at all, a full disk is a clean MP_EIO naming the file (HDF5's
+ * own write path can leave its library state broken), and no object
+ * timestamps are stored, so equal contents give equal bytes. HDF5's
+ * automatic error printing is switched off by mp_h5_init; errors come back
+ * as moepack messages. Local. */
+#ifndef MP_H5UTIL_H
+#define MP_H5UTIL_H
+#include <hdf5.h>
+
+/* Silence HDF5's error stack printing (once per process). */
+void mp_h5_init(void);
+/* A new, empty in-memory file; < 0 (with an error set) on failure. */
+hid_t mp_h5_create_mem(void);
+/* An in-memory, writable copy of the file at `path`. */
+hid_t mp_h5_open_mem(const char *path);
+/* Write the in-memory file `f` to `path` atomically and close `f` (also on error). */
+int mp_h5_save(hid_t f, const char *path);
+/* Create a dataset creation property list without timestamps. */
+hid_t mp_h5_dcpl(void);
+
+#endif

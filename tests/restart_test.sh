@@ -1,0 +1,116 @@
+#!/bin/bash
+# restart_test.sh MPIEXEC MOEPACK OUTDIR - the checkpoint store under faults.
+#  1. kill -9 of a random rank at 12 random fault points (seeded), spread over
+#     the calibration stage, then resume (sometimes after a second crash, and
+#     with another rank count): the committed tree equals an uninterrupted run;
+#  2. SIGUSR1 and SIGTERM at a unit boundary and inside a unit, and --walltime:
+#     exit status 12, and the resumed run equals the uninterrupted one;
+#  3. a truncated unit and a corrupted unit are detected and recomputed;
+#  4. a full file system (small tmpfs) fails with exit 6 naming the file; a
+#     wrong fingerprint is refused (exit 11) and the directory left untouched.
+# Every mpiexec runs under `timeout`: a rank that dies must not leave the
+# others hanging.
+set -u
+MPIEXEC=$1 BIN=$2 OUT=$3
+rm -rf "$OUT"
+mkdir -p "$OUT"
+fail() { echo "FAIL: $*" >&2; exit 1; }
+"$BIN" synth --arch qwen2_moe --out "$OUT/model" --layers 3 --experts 6 --ffn 48 --n-seq 12 --seq-len 48 \
+    --seed 5 >/dev/null || fail "synth"
+run() { # run NP CKPT [extra args...]; prints nothing, returns the exit status
+    local np=$1 ck=$2
+    shift 2
+    timeout -k 10 120 "$MPIEXEC" --oversubscribe -n "$np" "$BIN" run --quiet --set model.path="$OUT/model" \
+        --set calibration.tokens="$OUT/model/tokens.h5" --set checkpoint.dir="$ck" "$@" >"${LOG:-$ck.log}" 2>&1
+}
+same() { diff -r "$OUT/ref" "$1" >/dev/null || { diff -r "$OUT/ref" "$1" | head -5; fail "$1 differs from the reference"; }; }
+
+run 2 "$OUT/ref" || fail "reference run: $(cat "$OUT/ref.log")"
+[ -f "$OUT/ref/calib/layer0002/DONE" ] || fail "reference incomplete"
+
+# how many fault points each rank passes
+MOEPACK_FAULT_TRACE=1 run 2 "$OUT/trace" || fail "trace run"
+n0=$(grep -c "fault point rank 0" "$OUT/trace.log")
+n1=$(grep -c "fault point rank 1" "$OUT/trace.log")
+echo "fault points: rank 0: $n0, rank 1: $n1"
+[ "$n0" -gt 10 ] && [ "$n1" -gt 10 ] || fail "too few fault points"
+
+RANDOM=20261123
+for i in $(seq 1 12); do
+    ck="$OUT/crash$i"
+    r=$((RANDOM % 2))
+    n=$([ $r = 0 ] && echo "$n0" || echo "$n1")
+    p=$((1 + RANDOM % n))
+    MOEPACK_FAULT=$r:$p run 2 "$ck"
+    st=$?
+    [ $st -ne 0 ] && [ $st -ne 124 ] || fail "crash run $i (rank $r, point $p) exited with $st"
+    extra=""
+    if [ $((i % 3)) = 0 ]; then # a second crash before the resume
+        p2=$((1 + RANDOM % n0))
+        MOEPACK_FAULT=0:$p2 run 2 "$ck"
+        extra=", then rank 0 at point $p2"
+    fi
+    np=$([ $((i % 2)) = 0 ] && echo 3 || echo 2)
+    run $np "$ck" || fail "resume $i: $(tail -3 "$ck.log")"
+    same "$ck"
+    echo "crash $i: SIGKILL of rank $r at point $p$extra, resumed with $np ranks: identical"
+done
+
+for sig in USR1 TERM; do
+    for r in 0 1; do
+        ck="$OUT/sig$sig$r"
+        p=$([ $r = 0 ] && echo $((n0 / 2)) || echo 5)
+        MOEPACK_FAULT=$r:$p MOEPACK_FAULT_SIGNAL=$sig run 2 "$ck"
+        st=$?
+        [ $st = 12 ] || fail "SIG$sig on rank $r at point $p: exit $st, expected 12: $(tail -3 "$ck.log")"
+        grep -q "stopped after layer" "$ck.log" || fail "no stop message: $(cat "$ck.log")"
+        run 2 "$ck" || fail "resume after SIG$sig"
+        same "$ck"
+        echo "SIG$sig on rank $r at point $p: exit 12, resumed: identical"
+    done
+done
+
+ck="$OUT/wall"
+run 2 "$ck" --walltime 0.001
+st=$?
+[ $st = 12 ] || fail "--walltime: exit $st, expected 12"
+run 2 "$ck" || fail "resume after --walltime"
+same "$ck"
+echo "--walltime: exit 12, resumed: identical"
+
+ck="$OUT/damaged"
+cp -r "$OUT/ref" "$ck"
+truncate -s 100 "$ck/calib/layer0001/expert0003.h5"
+printf 'X' | dd of="$ck/calib/layer0002/expert0000.h5" bs=1 seek=3000 conv=notrunc 2>/dev/null
+run 2 "$ck" || fail "run over damaged units: $(cat "$ck.log")"
+grep -q "damaged unit .*layer0001/expert0003.h5" "$ck.log" || fail "truncated unit not reported: $(cat "$ck.log")"
+grep -q "damaged unit .*layer0002/expert0000.h5" "$ck.log" || fail "corrupted unit not reported"
+same "$ck"
+echo "truncated + corrupted units: detected, recomputed, identical"
+
+# a full checkpoint file system: a 640 KiB tmpfs (needs mount rights; skipped otherwise)
+ck="$OUT/fullfs/ckpt"
+mkdir -p "$OUT/fullfs"
+if mount -t tmpfs -o size=640k moepack-test "$OUT/fullfs" 2>/dev/null; then
+    LOG="$OUT/full.log" run 2 "$ck"
+    st=$?
+    grep -q "expert.*\.h5" "$OUT/full.log"
+    named=$?
+    log=$(cat "$OUT/full.log")
+    umount "$OUT/fullfs"
+    [ $st = 6 ] || fail "full file system: exit $st, expected 6: $log"
+    [ $named = 0 ] || fail "full file system: the message does not name the file: $log"
+    echo "full file system: exit 6 naming the file"
+else
+    echo "full file system: SKIPPED (no permission to mount a small tmpfs)"
+fi
+ck="$OUT/other"
+cp -r "$OUT/ref" "$ck"
+run 2 "$ck" --set calibration.min_tokens=3
+st=$?
+[ $st = 11 ] || fail "fingerprint mismatch: exit $st, expected 11"
+grep -q "parameters differ (min_tokens 16 vs 3" "$ck.log" || fail "mismatch not explained: $(cat "$ck.log")"
+same "$ck"
+echo "another job's checkpoint: refused with exit 11, left untouched"
+rm -rf "$OUT"
+echo "restart test: all passed"

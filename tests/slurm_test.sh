@@ -1,0 +1,269 @@
+#!/bin/bash
+# slurm_test.sh BUILD_DIR - end-to-end test of slurm/moepack.sbatch on a
+# one-node Slurm cluster started on this machine (slurm/local-cluster.sh):
+#   1. synthesise a model big enough that calibration takes about a minute;
+#   2. reference: `mpirun -np 2 moepack run` straight through into ref/checkpoint;
+#   3. submit moepack.sbatch (2 tasks) with a job file whose checkpoint is
+#      slurm/checkpoint; once a layer is committed, send the batch shell
+#      SIGUSR1 as Slurm does before a time limit (`scancel --signal=USR1
+#      --batch`); the ranks must stop at a layer boundary with exit 12, the
+#      script must requeue the job, and the requeued job must resume and finish;
+#   4. the two checkpoint `calib` trees must be identical byte for byte;
+#   5. a job that fails (missing model) must end FAILED with moepack's exit code
+#      and not be requeued.
+# Exit 0 = passed, 77 = skipped (not root, or Slurm/munge/MPI missing), else failed.
+# Daemons and the temporary directory are removed on exit whatever happens
+# (SLURM_TEST_KEEP=1 keeps the directory for inspection).
+# Knobs: SLURM_TEST_TIMEOUT (s, default 420), SLURM_TEST_SYNTH (synth options),
+# SLURM_TEST_INTERRUPT=scancel|timelimit (timelimit: let Slurm send the signal
+# from --time/--signal instead; slower, timing within Slurm's 30 s check),
+# MOEPACK_LAUNCHER=srun|mpirun (default srun when `srun --mpi=list` has pmix),
+# MPIEXEC (default mpirun), SLURM_TEST_RUN_BIN (program used for `run` instead of
+# BUILD_DIR/moepack, e.g. a stand-in with the same exit codes, to debug the Slurm side).
+set -eu
+
+[ $# -ge 1 ] || { echo "usage: $0 BUILD_DIR" >&2; exit 2; }
+BUILD=$(cd "$1" && pwd -P)
+SRC=$(cd "$(dirname "$0")/.." && pwd -P)
+BIN=$BUILD/moepack
+MPIEXEC=${MPIEXEC:-mpirun}
+TOTAL=${SLURM_TEST_TIMEOUT:-420}
+SYNTH_OPTS=${SLURM_TEST_SYNTH:---layers 10 --hidden 256 --ffn 512 --experts 8 --n-seq 256 --seq-len 256}
+INTERRUPT=${SLURM_TEST_INTERRUPT:-scancel}
+T0=$(date +%s)
+DEADLINE=$((T0 + TOTAL))
+
+say() { printf '[slurm_test %4ds] %s\n' "$(($(date +%s) - T0))" "$*"; }
+skip() { echo "slurm_test: SKIPPED: $*"; exit 77; }
+fail() {
+    echo "slurm_test: FAILED: $*" >&2
+    if [ -n "${T:-}" ] && [ -f "$T/slurm.out" ]; then
+        echo "--- job output ($T/slurm.out)" >&2
+        tail -n 40 "$T/slurm.out" >&2
+    fi
+    if [ -n "${JOBID:-}" ]; then
+        echo "--- scontrol show job $JOBID" >&2
+        scontrol show job "$JOBID" >&2 2>/dev/null || true
+    fi
+    exit 1
+}
+left() { echo $((DEADLINE - $(date +%s))); }
+
+# ---- skip conditions
+[ "$(id -u)" -eq 0 ] || skip "needs root (slurmd, SlurmUser=root)"
+for b in munged munge unmunge slurmctld slurmd sbatch squeue scontrol scancel sinfo srun timeout "$MPIEXEC"; do
+    command -v "$b" >/dev/null 2>&1 || skip "$b not found (apt install slurmctld slurmd slurm-client munge)"
+done
+[ -x "$BIN" ] || fail "$BIN not found (build first)"
+RUN_BIN=${SLURM_TEST_RUN_BIN:-$BIN}
+if [ -z "${SLURM_TEST_RUN_BIN:-}" ]; then
+    "$BIN" --help 2>&1 | grep -qE "^ *run \[?--job" || skip "$BIN has no job engine (moepack run --job)"
+fi
+
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+
+# ---- temporary directory and cleanup
+T=$(mktemp -d "${TMPDIR:-/tmp}/moepack-slurm-test.XXXXXX")
+chmod 0755 "$T" # munged wants a socket path nobody else can write
+CLUSTER=$T/cluster
+JOBID=""
+cleanup() {
+    rc=$?
+    trap - EXIT INT TERM
+    if [ -f "$CLUSTER/slurm.conf" ]; then
+        "$SRC/slurm/local-cluster.sh" stop "$CLUSTER" >/dev/null 2>&1 || true
+    fi
+    if [ "${SLURM_TEST_KEEP:-0}" = 1 ]; then
+        echo "slurm_test: kept $T"
+    else
+        rm -rf "$T"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'echo "slurm_test: interrupted" >&2; exit 1' INT TERM
+
+# ---- cluster on two free ports (a real Slurm may own 6817/6818)
+port_free() {
+    local hex
+    hex=$(printf '%04X' "$1")
+    ! cat /proc/net/tcp /proc/net/tcp6 2>/dev/null | awk '{print $2}' | grep -qi ":$hex\$"
+}
+port=${SLURM_TEST_PORT:-16817}
+while ! port_free "$port" || ! port_free $((port + 1)); do
+    port=$((port + 2))
+done
+export SLURMCTLD_PORT=$port SLURMD_PORT=$((port + 1))
+say "starting a one-node cluster in $CLUSTER (ports $SLURMCTLD_PORT/$SLURMD_PORT)"
+"$SRC/slurm/local-cluster.sh" start "$CLUSTER" || fail "local cluster did not start"
+export SLURM_CONF=$CLUSTER/slurm.conf
+if [ -z "${MOEPACK_LAUNCHER:-}" ]; then
+    if srun --mpi=list 2>&1 | grep -qw pmix; then
+        MOEPACK_LAUNCHER=srun
+    else
+        MOEPACK_LAUNCHER=mpirun
+    fi
+fi
+export MOEPACK_LAUNCHER MOEPACK=$RUN_BIN
+say "launcher inside the job: $MOEPACK_LAUNCHER"
+
+# ---- model and job files
+say "synth --arch qwen2_moe $SYNTH_OPTS"
+# shellcheck disable=SC2086 # word splitting of the options is intended
+timeout "$(left)" "$BIN" synth --arch qwen2_moe --out "$T/model" $SYNTH_OPTS >"$T/synth.log" 2>&1 ||
+    { cat "$T/synth.log"; fail "synth failed"; }
+write_job() { # write_job NAME
+    mkdir -p "$T/$1"
+    cat >"$T/$1.ini" <<EOF
+; written by tests/slurm_test.sh
+[model]
+path = $T/model
+[calibration]
+tokens = $T/model/tokens.h5
+[checkpoint]
+dir = $T/$1/checkpoint
+[output]
+dir = $T/$1
+EOF
+}
+write_job ref
+write_job slurm
+ndone() { find "$1/checkpoint/calib" -name DONE 2>/dev/null | wc -l; }
+
+# ---- reference run, uninterrupted
+say "reference: $MPIEXEC -np 2 moepack run --job ref.ini"
+t=$(date +%s)
+rc=0
+timeout "$(left)" "$MPIEXEC" --oversubscribe -np 2 "$RUN_BIN" run --job "$T/ref.ini" --quiet \
+    >"$T/ref.log" 2>&1 || rc=$?
+[ "$rc" -eq 0 ] || { cat "$T/ref.log"; fail "reference run exited $rc"; }
+REF_S=$(($(date +%s) - t))
+NLAYERS=$(ndone "$T/ref")
+say "reference finished in ${REF_S} s, $NLAYERS layers committed"
+[ "$NLAYERS" -ge 3 ] || fail "reference committed $NLAYERS layers; need at least 3 to stop in the middle"
+
+# ---- the Slurm job
+job_field() { # job_field NAME: a field of `scontrol show job` ("" once purged)
+    scontrol -o show job "$JOBID" 2>/dev/null | tr ' ' '\n' | sed -n "s/^$1=//p" | head -n 1
+}
+wait_for() { # wait_for SECONDS WHAT COMMAND...: poll COMMAND every second
+    local limit=$1 what=$2 end
+    shift 2
+    end=$(($(date +%s) + limit))
+    [ "$end" -le "$DEADLINE" ] || end=$DEADLINE
+    until "$@"; do
+        [ "$(date +%s)" -lt "$end" ] || fail "timed out waiting for $what"
+        sleep 1
+    done
+}
+sbatch_opts=(--parsable -D "$T" --job-name=moepack-test --nodes=1 --ntasks-per-node=2
+    --cpus-per-task=1 --output="$T/slurm.out")
+if [ "$INTERRUPT" = timelimit ]; then
+    # Slurm signals 110 s before the 2 min limit, i.e. 10 s after the start
+    # plus up to 30 s (its check interval); each restart gets a fresh limit,
+    # so a run longer than 40 s is stopped more than once
+    sbatch_opts+=(--time=2 --signal=B:USR1@110)
+else
+    sbatch_opts+=(--time=15 --signal=B:USR1@60)
+fi
+t=$(date +%s)
+JOBID=$(sbatch "${sbatch_opts[@]}" "$SRC/slurm/moepack.sbatch" "$T/slurm.ini" --quiet) ||
+    fail "sbatch failed"
+say "submitted job $JOBID: sbatch ${sbatch_opts[*]:1} slurm/moepack.sbatch slurm.ini --quiet"
+first_layer() { [ "$(ndone "$T/slurm")" -ge 1 ]; }
+wait_for 120 "the job to commit its first layer" first_layer
+say "job $JOBID is $(job_field JobState), $(ndone "$T/slurm") layer(s) committed"
+if [ "$INTERRUPT" = timelimit ]; then
+    say "waiting for Slurm to send SIGUSR1 (--signal=B:USR1@110 with --time=2)"
+else
+    say "scancel --signal=USR1 --batch $JOBID (what --signal=B:USR1 does before the time limit)"
+    scancel --signal=USR1 --batch "$JOBID" || fail "scancel --signal failed"
+fi
+requeued() { grep -q "requeueing job $JOBID" "$T/slurm.out" 2>/dev/null; }
+wait_for 120 "the job to stop with exit 12 and requeue itself" requeued
+AT_STOP=$(ndone "$T/slurm")
+say "stopped with exit 12 and requeued after $AT_STOP of $NLAYERS layers; state $(job_field JobState), restarts $(job_field Restarts)"
+[ "$AT_STOP" -ge 1 ] && [ "$AT_STOP" -lt "$NLAYERS" ] ||
+    fail "expected a partial checkpoint at the stop, found $AT_STOP of $NLAYERS layers"
+# the files of the committed layers, to check that the restart keeps them
+# (same inode and mtime) instead of computing them again
+committed_files() {
+    find "$T/slurm/checkpoint/calib" -name DONE -exec dirname {} \; |
+        while IFS= read -r d; do find "$d" -type f; done | sort
+}
+committed_files | xargs stat -c '%i %Y %s %n' >"$T/at_stop.lst"
+finished() { # finished LOG: the job has ended
+    local st
+    st=$(job_field JobState)
+    case $st in
+    COMPLETED | FAILED | CANCELLED | TIMEOUT | NODE_FAIL | OUT_OF_MEMORY | BOOT_FAIL | DEADLINE | PREEMPTED)
+        return 0
+        ;;
+    "") # purged after MinJobAge: the log has the last word
+        grep -qE "moepack (finished|failed|stopped .* not requeueing)" "$1"
+        return
+        ;;
+    esac
+    return 1
+}
+wait_for "$(left)" "the requeued job to finish" finished "$T/slurm.out"
+SLURM_S=$(($(date +%s) - t))
+STATE=$(job_field JobState)
+RESTARTS=$(job_field Restarts)
+EXITCODE=$(job_field ExitCode)
+say "job $JOBID ended: state ${STATE:-purged}, restarts ${RESTARTS:-?}, exit ${EXITCODE:-?}, ${SLURM_S} s from submission"
+echo "--- job output ($T/slurm.out)"
+tr '\r' '\n' <"$T/slurm.out" | grep -v '^ *$' | sed 's/^/    /'
+echo "---"
+[ -z "$STATE" ] || [ "$STATE" = COMPLETED ] || fail "job ended $STATE"
+[ -z "$EXITCODE" ] || [ "$EXITCODE" = 0:0 ] || fail "job exit code $EXITCODE"
+[ -z "$RESTARTS" ] || [ "$RESTARTS" -ge 1 ] || fail "job was not requeued (Restarts=$RESTARTS)"
+if [ "$INTERRUPT" = scancel ] && [ -n "$RESTARTS" ] && [ "$RESTARTS" -ne 1 ]; then
+    fail "expected exactly one restart, got $RESTARTS"
+fi
+n=$(grep -c "moepack.sbatch.*start [0-9]* on" "$T/slurm.out")
+[ "$n" -ge 2 ] || fail "the output shows $n start(s), expected a start after the requeue"
+tail -n 1 "$T/slurm.out" | grep -q "moepack finished (exit 0)" || fail "last line of the job output is not 'moepack finished (exit 0)'"
+[ "$(ndone "$T/slurm")" -ge "$NLAYERS" ] || fail "the job committed $(ndone "$T/slurm") of $NLAYERS layers"
+
+cut -d' ' -f4- "$T/at_stop.lst" | xargs stat -c '%i %Y %s %n' | cmp -s - "$T/at_stop.lst" ||
+    fail "files of layers committed before the stop were rewritten after the restart"
+say "the $AT_STOP layers committed before the stop were kept by the restart ($(wc -l <"$T/at_stop.lst") files unchanged)"
+ppl() { tr '\r' '\n' <"$1" | grep -E 'baseline perplexity' | tail -n 1; }
+if [ -n "$(ppl "$T/ref.log")" ]; then
+    [ "$(ppl "$T/ref.log")" = "$(ppl "$T/slurm.out")" ] ||
+        fail "perplexity differs: reference '$(ppl "$T/ref.log")', job '$(ppl "$T/slurm.out")'"
+fi
+
+# ---- same bytes as the uninterrupted run
+say "comparing ref/checkpoint/calib with slurm/checkpoint/calib"
+diff -r "$T/ref/checkpoint/calib" "$T/slurm/checkpoint/calib" ||
+    fail "the calib trees differ"
+nfiles=0
+while IFS= read -r f; do
+    cmp -s "$f" "$T/slurm/checkpoint/calib/${f#"$T/ref/checkpoint/calib/"}" || fail "$f differs"
+    nfiles=$((nfiles + 1))
+done < <(find "$T/ref/checkpoint/calib" -type f)
+say "identical: $nfiles files, $(du -sh "$T/slurm/checkpoint/calib" | cut -f1)"
+
+# ---- a failing job: exit code passed through, no requeue
+printf '[model]\npath = %s/no-such-model\n[calibration]\ntokens = %s/model/tokens.h5\n[output]\ndir = %s/bad\n' \
+    "$T" "$T" "$T" >"$T/bad.ini"
+JOBID=$(sbatch --parsable -D "$T" --job-name=moepack-bad --nodes=1 --ntasks-per-node=2 --cpus-per-task=1 \
+    --time=5 --output="$T/bad.out" "$SRC/slurm/moepack.sbatch" "$T/bad.ini" --quiet) || fail "sbatch failed"
+say "submitted job $JOBID with a missing model"
+wait_for 90 "the failing job to end" finished "$T/bad.out"
+STATE=$(job_field JobState)
+RESTARTS=$(job_field Restarts)
+EXITCODE=$(job_field ExitCode)
+say "job $JOBID ended: state ${STATE:-purged}, restarts ${RESTARTS:-?}, exit ${EXITCODE:-?}"
+grep -E '^\[moepack.sbatch' "$T/bad.out" | sed 's/^/    /'
+tail -n 1 "$T/bad.out" | grep -qE "moepack failed \(exit [0-9]+\)" || fail "no 'moepack failed' in the job output"
+code=$(tail -n 1 "$T/bad.out" | sed -n 's/.*moepack failed (exit \([0-9]*\)).*/\1/p')
+[ "$code" != 12 ] || fail "a missing model gave exit 12"
+[ -z "$STATE" ] || [ "$STATE" = FAILED ] || fail "failing job ended $STATE, expected FAILED"
+[ -z "$EXITCODE" ] || [ "$EXITCODE" = "$code:0" ] || fail "Slurm exit code $EXITCODE, moepack said $code"
+[ -z "$RESTARTS" ] || [ "$RESTARTS" -eq 0 ] || fail "failing job was requeued"
+JOBID=""
+
+say "PASSED (reference ${REF_S} s, Slurm job ${SLURM_S} s with one stop and requeue)"
