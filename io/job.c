@@ -211,9 +211,10 @@ int mp_job_claim_checkpoint(const mp_job *job, const mp_fingerprint *fp, int fre
                              job->ckpt_dir, what);
         }
         cJSON_Delete(j);
-        if (same && !fresh)
+        if (same && !fresh) {
             *resumed = 1;
-        else {
+            return 0; /* job.json is already right: a finished job can be rerun on a read-only directory */
+        } else {
             char calib[4300];
             snprintf(calib, sizeof calib, "%s/calib", job->ckpt_dir);
             MP_CHECK(mp_remove_tree(calib));

@@ -6,8 +6,9 @@
 #  2. SIGUSR1 and SIGTERM at a unit boundary and inside a unit, and --walltime:
 #     exit status 12, and the resumed run equals the uninterrupted one;
 #  3. a truncated unit and a corrupted unit are detected and recomputed;
-#  4. a full file system (small tmpfs) fails with exit 6 naming the file; a
-#     wrong fingerprint is refused (exit 11) and the directory left untouched.
+#  4. a full file system (small tmpfs) fails with exit 6 naming the file, and
+#     so does a read-only one (leaving the store as it was); a wrong
+#     fingerprint is refused (exit 11) and the directory left untouched.
 # Every mpiexec runs under `timeout`: a rank that dies must not leave the
 # others hanging.
 set -u
@@ -104,6 +105,25 @@ if mount -t tmpfs -o size=640k moepack-test "$OUT/fullfs" 2>/dev/null; then
 else
     echo "full file system: SKIPPED (no permission to mount a small tmpfs)"
 fi
+# a read-only checkpoint directory: the committed layers are kept, the first write fails cleanly
+mkdir -p "$OUT/rofs"
+if mount -t tmpfs -o size=4m moepack-test "$OUT/rofs" 2>/dev/null; then
+    cp -r "$OUT/ref" "$OUT/rofs/ck"
+    rm "$OUT/rofs/ck/calib/layer0002/DONE"
+    mount -o remount,ro "$OUT/rofs"
+    LOG="$OUT/ro.log" run 2 "$OUT/rofs/ck"
+    st=$?
+    log=$(cat "$OUT/ro.log")
+    diff -r "$OUT/ref" "$OUT/rofs/ck" | grep -v "Only in $OUT/ref/calib/layer0002: DONE" | grep -q . && ro_changed=1 || ro_changed=0
+    umount "$OUT/rofs"
+    [ $st = 6 ] || fail "read-only checkpoint directory: exit $st, expected 6: $log"
+    echo "$log" | grep -q "Read-only file system" || fail "read-only: unclear message: $log"
+    [ $ro_changed = 0 ] || fail "read-only: the store changed"
+    echo "read-only checkpoint directory: exit 6 ($(echo "$log" | head -1 | cut -c1-100)...), store unchanged"
+else
+    echo "read-only checkpoint directory: SKIPPED (no permission to mount a tmpfs)"
+fi
+
 ck="$OUT/other"
 cp -r "$OUT/ref" "$ck"
 run 2 "$ck" --set calibration.min_tokens=3
