@@ -160,8 +160,7 @@ sbatch_opts=(--parsable -D "$T" --job-name=moepack-test --nodes=1 --ntasks-per-n
     --cpus-per-task=1 --output="$T/slurm.out")
 if [ "$INTERRUPT" = timelimit ]; then
     # Slurm signals 110 s before the 2 min limit, i.e. 10 s after the start
-    # plus up to 30 s (its check interval); each restart gets a fresh limit,
-    # so a run longer than 40 s is stopped more than once
+    # plus up to 30 s (its check interval); the limit is raised after the stop
     sbatch_opts+=(--time=2 --signal=B:USR1@110)
 else
     sbatch_opts+=(--time=15 --signal=B:USR1@60)
@@ -191,6 +190,12 @@ committed_files() {
     find "$T/slurm/checkpoint/calib" -name DONE -exec dirname {} \; |
         while IFS= read -r d; do find "$d" -type f; done | sort
 }
+if [ "$INTERRUPT" = timelimit ]; then
+    # the job has shown that Slurm's warning signal stops it; a 2 min limit is
+    # too short for a resumed run to get far, so lift it for the rest
+    scontrol update jobid="$JOBID" TimeLimit=15 || fail "scontrol update TimeLimit failed"
+    say "raised the time limit to 15 min so that the requeued job can finish"
+fi
 committed_files | xargs stat -c '%i %Y %s %n' >"$T/at_stop.lst"
 finished() { # finished LOG: the job has ended
     local st
