@@ -44,6 +44,17 @@ static int set_int(int *dst, const char *v, int lo)
     return 0;
 }
 
+static int set_double(double *dst, const char *v, double lo, double hi)
+{
+    char *end;
+    errno = 0;
+    double x = strtod(v, &end);
+    if (!*v || *end || errno || !(x >= lo && x <= hi))
+        return -1;
+    *dst = x;
+    return 0;
+}
+
 /* 0 ok, -1 bad value, -2 unknown key */
 static int apply(mp_job *j, const char *base, const char *sec, const char *key, const char *v)
 {
@@ -59,6 +70,29 @@ static int apply(mp_job *j, const char *base, const char *sec, const char *key, 
         return set_path(j->ckpt_dir, base, v);
     if (!strcmp(sec, "output") && !strcmp(key, "dir"))
         return set_path(j->out_dir, base, v);
+    if (!strcmp(sec, "delta")) {
+        if (!strcmp(key, "enabled")) {
+            if (!strcmp(v, "true") || !strcmp(v, "1") || !strcmp(v, "yes"))
+                return j->delta_enabled = 1, 0;
+            if (!strcmp(v, "false") || !strcmp(v, "0") || !strcmp(v, "no"))
+                return j->delta_enabled = 0, 0;
+            return -1;
+        }
+        if (!strcmp(key, "weights"))
+            return strcmp(v, "activation") && strcmp(v, "frequency")
+                       ? -1
+                       : (snprintf(j->delta_weights, sizeof j->delta_weights, "%s", v), 0);
+        if (!strcmp(key, "solver"))
+            return strcmp(v, "auto") && strcmp(v, "lapack") && strcmp(v, "randomized")
+                       ? -1
+                       : (snprintf(j->delta_solver, sizeof j->delta_solver, "%s", v), 0);
+        if (!strcmp(key, "rank"))
+            return set_int(&j->delta_rank, v, 0);
+        if (!strcmp(key, "fraction"))
+            return set_double(&j->delta_fraction, v, 0.0, 1.0);
+        if (!strcmp(key, "lambda"))
+            return set_double(&j->delta_lambda, v, 1e-300, 1.0);
+    }
     return -2;
 }
 
@@ -77,6 +111,11 @@ int mp_job_load(const char *path, char *const *sets, int nsets, mp_job *job)
 {
     memset(job, 0, sizeof *job);
     job->min_tokens = 16;
+    job->delta_enabled = 1;
+    snprintf(job->delta_weights, sizeof job->delta_weights, "activation");
+    snprintf(job->delta_solver, sizeof job->delta_solver, "auto");
+    job->delta_fraction = 0.5;
+    job->delta_lambda = 1e-6;
     if (path) {
         if (access(path, R_OK) != 0)
             return mp_syserrorf(MP_ENOENT, "job file %s", path);
@@ -156,11 +195,15 @@ void mp_job_fingerprint(const mp_job *job, const mp_model *m, const mp_tokens *t
     XXH64_update(s, t->ids, sizeof(int32_t) * (size_t)t->n_seq * (size_t)t->seq_len);
     fp->tokens = XXH64_digest(s);
     /* the version tag covers choices fixed in the code (statistics chunk of 256 tokens, format) */
-    static const char tag[] = "moepack results v1; stats chunk 256";
-    int32_t par[2] = {job->min_tokens, job->max_sequences};
+    static const char tag[] = "moepack results v2; stats chunk 256";
+    int32_t par[4] = {job->min_tokens, job->max_sequences, job->delta_enabled, job->delta_rank};
+    double dpar[2] = {job->delta_fraction, job->delta_lambda};
     XXH64_reset(s, 3);
     XXH64_update(s, tag, sizeof tag);
     XXH64_update(s, par, sizeof par);
+    XXH64_update(s, dpar, sizeof dpar);
+    XXH64_update(s, job->delta_weights, strlen(job->delta_weights));
+    XXH64_update(s, job->delta_solver, strlen(job->delta_solver));
     fp->params = XXH64_digest(s);
     uint64_t parts[3] = {fp->model, fp->tokens, fp->params};
     fp->all = XXH64(parts, sizeof parts, 0);

@@ -7,6 +7,8 @@
  *                  max_sequences = 0      use only the first N sequences (0 = all)
  *   [checkpoint]   dir = DIR              stage results (default: <output.dir>/checkpoint)
  *   [output]       dir = DIR              results (default: ./moepack-out)
+ *   [delta]        enabled = true, weights = activation|frequency, fraction = 0.5,
+ *                  rank = 0 (fixed rank when > 0), lambda = 1e-6, solver = auto|lapack|randomized
  * Relative paths in a job file are relative to the file's directory.
  * Unknown sections/keys and bad values are MP_EUSAGE errors naming the file
  * and line (or the --set argument).
@@ -26,6 +28,13 @@
 typedef struct {
     char model_path[4096], tokens_path[4096], ckpt_dir[4096], out_dir[4096];
     int min_tokens, max_sequences;
+    /* [delta]: D2 decomposition */
+    int delta_enabled;      /* 1 */
+    char delta_weights[16]; /* "activation" | "frequency" */
+    double delta_fraction;  /* 0.5: r = floor(fraction m n / (m + n)) */
+    int delta_rank;         /* 0; > 0: this rank for every delta */
+    double delta_lambda;    /* 1e-6 */
+    char delta_solver[16];  /* "auto" | "lapack" | "randomized" */
 } mp_job;
 
 /* path may be NULL (all keys from sets). sets: "section.key=value" strings. */

@@ -78,14 +78,18 @@ int mp_stats_write_begin(const char *path, const mp_expert_stats *s)
     if (f < 0)
         MP_CHECK(MP_EINTERNAL);
     hid_t root = H5Gopen2(f, "/", H5P_DEFAULT);
-    int bad = put(f, "G_in", s->G_in, 2, (hsize_t)s->d, (hsize_t)s->d) |
+    double *x_sq = malloc(sizeof(double) * (size_t)s->d);
+    for (int64_t i = 0; x_sq && i < s->d; i++)
+        x_sq[i] = s->G_in[i * s->d + i];
+    int bad = (x_sq == NULL) | put(f, "G_in", s->G_in, 2, (hsize_t)s->d, (hsize_t)s->d) |
               put(f, "G_mid", s->G_mid, 2, (hsize_t)s->f, (hsize_t)s->f) |
-              put(f, "h_sq", s->h_sq, 1, (hsize_t)s->f, 0) |
+              put(f, "h_sq", s->h_sq, 1, (hsize_t)s->f, 0) | (x_sq ? put(f, "x_sq", x_sq, 1, (hsize_t)s->d, 0) : 1) |
               put_attr(root, "layer", H5T_STD_I64LE, &s->layer) | put_attr(root, "expert", H5T_STD_I64LE, &s->expert) |
               put_attr(root, "d", H5T_STD_I64LE, &s->d) | put_attr(root, "f", H5T_STD_I64LE, &s->f) |
               put_attr(root, "count", H5T_STD_I64LE, &s->count) |
               put_attr(root, "weight_sum", H5T_IEEE_F64LE, &s->weight_sum);
     H5Gclose(root);
+    free(x_sq);
     if (bad) {
         H5Fclose(f);
         return mp_errorf(MP_EINTERNAL, "%s: HDF5 could not build the statistics", path);
@@ -196,4 +200,23 @@ void mp_stats_regularized(const mp_expert_stats *s, int which, double *out)
     memcpy(out, G, sizeof(double) * (size_t)(n * n));
     for (int64_t i = 0; i < n && s->prior_tokens > 0; i++)
         out[i * n + i] += (double)s->prior_tokens * pd[i];
+}
+
+int mp_stats_read_summary(const char *path, int64_t d, int64_t f, int64_t *count, double *x_sq, double *h_sq)
+{
+    if (access(path, R_OK) != 0)
+        return mp_syserrorf(MP_ENOENT, "%s: cannot open statistics", path);
+    mp_h5_init();
+    hid_t h = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    if (h < 0)
+        return mp_errorf(MP_EFORMAT, "%s: not an HDF5 file", path);
+    hid_t root = H5Gopen2(h, "/", H5P_DEFAULT);
+    int rc = get_attr(root, path, "count", H5T_NATIVE_INT64, count);
+    if (rc == 0)
+        rc = get(h, path, "x_sq", x_sq, (hsize_t)d);
+    if (rc == 0)
+        rc = get(h, path, "h_sq", h_sq, (hsize_t)f);
+    H5Gclose(root);
+    H5Fclose(h);
+    return rc;
 }

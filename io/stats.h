@@ -4,7 +4,8 @@
  * `expert = n_experts`. Datasets (fp64 unless noted):
  *   G_in [d, d]      sum of x x^T over the tokens routed to the expert
  *   G_mid [f, f]     sum of h h^T, h = silu(W_gate x) * (W_up x)
- *   h_sq [f]         per-channel sum of h^2
+ *   h_sq [f]         per-channel sum of h^2 (= diag G_mid)
+ *   x_sq [d]         diag G_in
  *   prior_diag_in [d], prior_diag_mid [f]   the layer's average per-token
  *                    diagonal (see mp_stats_regularized)
  * and attributes layer, expert, d, f (int64), count (int64: tokens),
@@ -35,6 +36,8 @@ int mp_stats_write_begin(const char *path, const mp_expert_stats *s);
 int mp_stats_write_end(const char *path, int64_t prior_tokens, const double *prior_diag_in,
                        const double *prior_diag_mid, int64_t d, int64_t f);
 int mp_stats_read(const char *path, mp_expert_stats *s);
+/* Only the token count and the two diagonals (cheap): x_sq [d], h_sq [f]. */
+int mp_stats_read_summary(const char *path, int64_t d, int64_t f, int64_t *count, double *x_sq, double *h_sq);
 /* The Gram a later stage should use: G + prior_tokens * diag(prior_diag) for
  * experts that saw fewer tokens than the threshold (a neutral prior: as if
  * prior_tokens more tokens with the layer's average per-channel energy had

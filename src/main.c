@@ -10,6 +10,7 @@
 
 #include "error.h"
 #include "calibrate.h"
+#include "decomp_stage.h"
 #include "expert_scan.h"
 #include "fsutil.h"
 #include "gpu_info.h"
@@ -439,12 +440,27 @@ static int cmd_run(args *a, const char *cmdname)
             printf("calibrate: %d expert%s below %d tokens got the neutral prior\n", res.n_starved,
                    res.n_starved == 1 ? "" : "s", job.min_tokens);
             printf("calibrate: baseline perplexity %.4f (%lld predicted tokens)\n", ppl, (long long)res.n_pred);
-            if (!strcmp(cmdname, "run"))
-                printf("run: later stages (decompose, measure, allocate, quantize, write, validate) are not "
-                       "implemented yet\n");
         }
         fflush(stdout);
     }
+    if (rc == 0 && !strcmp(cmdname, "run") && job.delta_enabled) {
+        char ddir[4200];
+        snprintf(ddir, sizeof ddir, "%s/decomp", job.ckpt_dir);
+        mp_decomp_result dr;
+        rc = mp_decompose(m, &job, stats, ddir, resumed, &o, &dr);
+        if (rc == 0 && mp_mpi_rank() == 0) {
+            if (log_json)
+                printf("{\"event\": \"stage_done\", \"stage\": \"decompose\", \"layers\": %d, \"layers_resumed\": %d, "
+                       "\"lambda_raised\": %d, \"seconds\": %.3f}\n",
+                       dr.n_layers_done, dr.n_resumed, dr.n_lambda_raised, dr.seconds);
+            else
+                printf("decompose: %d MoE layers (%d kept from before), factors in %s; %d Gram%s needed a larger "
+                       "lambda\n",
+                       dr.n_layers_done, dr.n_resumed, ddir, dr.n_lambda_raised, dr.n_lambda_raised == 1 ? "" : "s");
+        }
+    }
+    if (rc == 0 && !strcmp(cmdname, "run") && mp_mpi_rank() == 0 && !log_json)
+        printf("run: later stages (measure, allocate, quantize, write, validate) are not implemented yet\n");
     mp_tokens_free(&t);
     mp_model_close(m);
     return rc;

@@ -1,0 +1,307 @@
+/* decomp_stage.c - distributed D2 decomposition stage (see decomp_stage.h). */
+#define _GNU_SOURCE
+#include "decomp_stage.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "decompose.h"
+#include "error.h"
+#include "expert_scan.h"
+#include "fsutil.h"
+#include "h5util.h"
+#include "runtime.h"
+#include "stats.h"
+#include "store.h"
+
+static const char *PN[3] = {"gate", "up", "down"};
+
+static int put_f32(hid_t f, const char *name, const float *v, hsize_t a, hsize_t b)
+{
+    hsize_t dims[2] = {a, b};
+    hid_t sp = H5Screate_simple(b ? 2 : 1, dims, NULL), dcpl = mp_h5_dcpl();
+    hid_t ds = H5Dcreate2(f, name, H5T_IEEE_F32LE, sp, H5P_DEFAULT, dcpl, H5P_DEFAULT);
+    int ok = ds >= 0 && (a * (b ? b : 1) == 0 || H5Dwrite(ds, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, v) >= 0);
+    if (ds >= 0)
+        H5Dclose(ds);
+    H5Pclose(dcpl), H5Sclose(sp);
+    return ok ? 0 : -1;
+}
+
+static int put_f64(hid_t f, const char *name, const double *v, hsize_t n)
+{
+    hid_t sp = H5Screate_simple(1, &n, NULL), dcpl = mp_h5_dcpl();
+    hid_t ds = H5Dcreate2(f, name, H5T_IEEE_F64LE, sp, H5P_DEFAULT, dcpl, H5P_DEFAULT);
+    int ok = ds >= 0 && H5Dwrite(ds, H5T_NATIVE_DOUBLE, H5S_ALL, H5S_ALL, H5P_DEFAULT, v) >= 0;
+    if (ds >= 0)
+        H5Dclose(ds);
+    H5Pclose(dcpl), H5Sclose(sp);
+    return ok ? 0 : -1;
+}
+
+static int put_attr(hid_t f, const char *name, int is_int, double v)
+{
+    hid_t sp = H5Screate(H5S_SCALAR), root = H5Gopen2(f, "/", H5P_DEFAULT);
+    hid_t a = H5Acreate2(root, name, is_int ? H5T_STD_I64LE : H5T_IEEE_F64LE, sp, H5P_DEFAULT, H5P_DEFAULT);
+    int64_t iv = (int64_t)v;
+    int ok = a >= 0 && H5Awrite(a, is_int ? H5T_NATIVE_INT64 : H5T_NATIVE_DOUBLE, is_int ? (void *)&iv : (void *)&v) >= 0;
+    if (a >= 0)
+        H5Aclose(a);
+    H5Gclose(root), H5Sclose(sp);
+    return ok ? 0 : -1;
+}
+
+typedef struct {
+    const mp_model *m;
+    const mp_job *job;
+    const char *stats_dir, *dir;
+    int rank, size, E;
+} dctx;
+
+static void dims(const mp_config *c, int p, int64_t *rows, int64_t *cols)
+{
+    *rows = p == 2 ? c->hidden : c->moe_ffn;
+    *cols = p == 2 ? c->moe_ffn : c->hidden;
+}
+
+/* the base of every projection of layer l on every rank: base[p] [m, n] */
+static int layer_base(const dctx *x, int l, float *base[3])
+{
+    const mp_config *c = &x->m->cfg;
+    int E = x->E, rc = 0;
+    int64_t d = c->hidden, f = c->moe_ffn, *count = calloc((size_t)E, sizeof(int64_t));
+    double *xs = malloc(sizeof(double) * (size_t)(E * d)), *hs = malloc(sizeof(double) * (size_t)(E * f));
+    if (!count || !xs || !hs)
+        rc = mp_errorf(MP_ENOMEM, "out of memory");
+    char path[4300];
+    for (int e = 0; e < E && rc == 0; e++) {
+        mp_stats_path(path, sizeof path, x->stats_dir, l, e);
+        rc = mp_stats_read_summary(path, d, f, &count[e], xs + e * d, hs + e * f);
+    }
+    mp_weight_source src = strcmp(x->job->delta_weights, "frequency") ? MP_WEIGHTS_ACTIVATION : MP_WEIGHTS_FREQUENCY;
+    int *cnt = malloc(sizeof(int) * (size_t)x->size * 2), *dsp = cnt ? cnt + x->size : NULL;
+    for (int p = 0; p < 3; p++) {
+        int64_t rows, cols, lo, hi;
+        dims(c, p, &rows, &cols);
+        mp_shard_range(rows, x->rank, x->size, &lo, &hi);
+        const float *W[4096];
+        const double *gd[4096];
+        float *buf = rc == 0 ? malloc(sizeof(float) * (size_t)((hi - lo) * cols * E + 1)) : NULL;
+        if (rc == 0 && (!buf || !cnt))
+            rc = mp_errorf(MP_ENOMEM, "out of memory for the base of layer %d", l);
+        for (int e = 0; e < E && rc == 0; e++) {
+            mp_block_loc b;
+            mp_expert_block(c, x->m->layout, l, e, (mp_proj)p, &b);
+            const mp_tensor *t;
+            rc = mp_ckpt_get(x->m->ck, b.name, &t);
+            if (rc == 0)
+                rc = mp_ckpt_read_f32(x->m->ck, t, b.first + lo * cols, (hi - lo) * cols, buf + (int64_t)e * (hi - lo) * cols);
+            W[e] = buf + (int64_t)e * (hi - lo) * cols;
+            gd[e] = p == 2 ? hs + e * f : xs + e * d;
+        }
+        if (rc == 0)
+            mp_base_rows(E, hi - lo, cols, W, count, gd, src, base[p] + lo * cols);
+        free(buf);
+        MP_CHECK(mp_mpi_agree(rc));
+        for (int r = 0; r < x->size; r++) {
+            int64_t a, b;
+            mp_shard_range(rows, r, x->size, &a, &b);
+            cnt[r] = (int)((b - a) * cols), dsp[r] = (int)(a * cols);
+        }
+        int mrc = MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, base[p], cnt, dsp, MPI_FLOAT, MPI_COMM_WORLD);
+        if (mrc != MPI_SUCCESS)
+            mp_mpi_fail(mp_mpi_check(mrc, "MPI_Allgatherv (base)"));
+    }
+    free(cnt), free(count), free(xs), free(hs);
+    return 0;
+}
+
+/* the owner's work for expert e of layer l: factors of the three deltas into one file */
+static int decompose_expert(const dctx *x, int l, int e, float *const base[3], int *lambda_raised, uint64_t *hash)
+{
+    const mp_config *c = &x->m->cfg;
+    const mp_job *j = x->job;
+    char path[4300];
+    mp_expert_stats st;
+    mp_stats_path(path, sizeof path, x->stats_dir, l, e);
+    MP_CHECK(mp_stats_read(path, &st));
+    hid_t f = mp_h5_create_mem();
+    int rc = f < 0 ? MP_EINTERNAL : 0;
+    for (int p = 0; p < 3 && rc == 0; p++) {
+        int64_t rows, cols;
+        dims(c, p, &rows, &cols);
+        int64_t k = rows < cols ? rows : cols;
+        int64_t r = j->delta_rank > 0 ? j->delta_rank : mp_rank_for_fraction(j->delta_fraction, rows, cols);
+        r = r > k ? k : r;
+        float *w = malloc(sizeof(float) * (size_t)(rows * cols));
+        double *D = malloc(sizeof(double) * (size_t)(rows * cols)), *G = malloc(sizeof(double) * (size_t)(cols * cols));
+        double *S = malloc(sizeof(double) * (size_t)(cols * cols)), *sig = calloc((size_t)k, sizeof(double));
+        double *U = malloc(sizeof(double) * (size_t)(rows * r + 1)), *V = malloc(sizeof(double) * (size_t)(r * cols + 1));
+        float *Uf = malloc(sizeof(float) * (size_t)(rows * r + 1)), *Vf = malloc(sizeof(float) * (size_t)(r * cols + 1));
+        if (!w || !D || !G || !S || !sig || !U || !V || !Uf || !Vf)
+            rc = mp_errorf(MP_ENOMEM, "out of memory decomposing expert %d of layer %d", e, l);
+        if (rc == 0)
+            rc = mp_model_read_expert(x->m, l, e, (mp_proj)p, w);
+        if (rc == 0) {
+            for (int64_t i = 0; i < rows * cols; i++)
+                D[i] = (double)w[i] - (double)base[p][i];
+            mp_stats_regularized(&st, p == 2, G);
+            double lam = j->delta_lambda;
+            rc = mp_whiten(G, cols, &lam, S);
+            if (rc == 0 && lam > j->delta_lambda) {
+                (*lambda_raised)++;
+                fprintf(stderr, "moepack: note: layer %d expert %d %s: Gram regularised with lambda %.1e (asked %.1e)\n",
+                        l, e, PN[p], lam, j->delta_lambda);
+            }
+            int randomized = !strcmp(j->delta_solver, "randomized") || (!strcmp(j->delta_solver, "auto") && r <= k / 8);
+            if (rc == 0)
+                rc = randomized ? mp_whitened_rsvd(D, rows, cols, S, r, 8, 2, 0x5eedULL + (uint64_t)(l * 4099 + e * 3 + p),
+                                                   U, V, sig)
+                                : mp_whitened_svd(D, rows, cols, S, r, U, V, sig);
+            if (rc < 0)
+                mp_errorf(rc, "layer %d expert %d %s: %s", l, e, PN[p], mp_error_message());
+            /* ||Delta S||_F^2: the loss of rank 0 */
+            double energy = 0;
+            if (rc == 0) {
+                cblas_dtrmm(CblasRowMajor, CblasRight, CblasLower, CblasNoTrans, CblasNonUnit, (int)rows, (int)cols, 1.0,
+                            S, (int)cols, D, (int)cols);
+                for (int64_t i = 0; i < rows * cols; i++)
+                    energy += D[i] * D[i];
+                for (int64_t i = 0; i < rows * r; i++)
+                    Uf[i] = (float)U[i];
+                for (int64_t i = 0; i < r * cols; i++)
+                    Vf[i] = (float)V[i];
+                char nm[32];
+                int bad = 0;
+                snprintf(nm, sizeof nm, "U_%s", PN[p]);
+                bad |= put_f32(f, nm, Uf, (hsize_t)rows, (hsize_t)r);
+                snprintf(nm, sizeof nm, "V_%s", PN[p]);
+                bad |= put_f32(f, nm, Vf, (hsize_t)r, (hsize_t)cols);
+                snprintf(nm, sizeof nm, "sigma_%s", PN[p]);
+                bad |= put_f64(f, nm, sig, (hsize_t)k);
+                snprintf(nm, sizeof nm, "rank_%s", PN[p]);
+                bad |= put_attr(f, nm, 1, (double)r);
+                snprintf(nm, sizeof nm, "lambda_%s", PN[p]);
+                bad |= put_attr(f, nm, 0, lam);
+                snprintf(nm, sizeof nm, "energy_%s", PN[p]);
+                bad |= put_attr(f, nm, 0, energy);
+                if (bad)
+                    rc = mp_errorf(MP_EINTERNAL, "HDF5 could not build the factors of layer %d expert %d", l, e);
+            }
+        }
+        free(w), free(D), free(G), free(S), free(sig), free(U), free(V), free(Uf), free(Vf);
+    }
+    mp_stats_free(&st);
+    if (rc < 0) {
+        if (f >= 0)
+            H5Fclose(f);
+        return rc;
+    }
+    snprintf(path, sizeof path, "%s/layer%04d/expert%04d.h5", x->dir, l, e);
+    MP_CHECK(mp_h5_save(f, path));
+    return mp_file_xxh64(path, hash);
+}
+
+int mp_decompose(const mp_model *m, const mp_job *job, const char *stats_dir, const char *dir, int resume,
+                 const mp_calib_opts *progress, mp_decomp_result *res)
+{
+    const mp_config *c = &m->cfg;
+    dctx x = {m, job, stats_dir, dir, mp_mpi_rank(), mp_mpi_size(), c->n_experts};
+    memset(res, 0, sizeof *res);
+    double t0 = MPI_Wtime();
+    int nmoe = mp_config_n_moe_layers(c), done = 0, rc = 0;
+    float *base[3] = {0};
+    for (int p = 0; p < 3; p++) {
+        base[p] = malloc(sizeof(float) * (size_t)c->hidden * (size_t)c->moe_ffn);
+        if (!base[p])
+            rc = mp_errorf(MP_ENOMEM, "out of memory for the base");
+    }
+    MP_CHECK_GOTO(mp_mpi_agree(rc), out);
+    for (int l = 0; l < c->n_layers; l++) {
+        if (!c->is_moe[l])
+            continue;
+        int st[2] = {0, 0};
+        char why[600] = "", ldir[4200];
+        if (resume && x.rank == 0)
+            rc = mp_store_layer_ok(dir, l, &st[0], &st[1], why, sizeof why);
+        MP_CHECK_GOTO(mp_mpi_agree(rc), out);
+        MPI_Bcast(st, 2, MPI_INT, 0, MPI_COMM_WORLD);
+        if (x.rank == 0 && why[0])
+            fprintf(stderr, "moepack: note: damaged unit %s; recomputing layer %d\n", why, l);
+        if (st[0]) {
+            res->n_resumed++;
+        } else {
+            snprintf(ldir, sizeof ldir, "%s/layer%04d", dir, l);
+            rc = mp_mkdir_p(ldir);
+            MP_CHECK_GOTO(mp_mpi_agree(rc), out);
+            MP_CHECK_GOTO(layer_base(&x, l, base), out);
+            int E = x.E, raised = 0;
+            uint64_t *h = calloc((size_t)(2 * (E + 1)), sizeof *h);
+            rc = h ? 0 : mp_errorf(MP_ENOMEM, "out of memory");
+            if (rc == 0 && x.rank == 0) { /* the base is the same on every rank: rank 0 writes it */
+                hid_t f = mp_h5_create_mem();
+                int64_t rows, cols;
+                int bad = f < 0;
+                for (int p = 0; p < 3 && !bad; p++) {
+                    char nm[32];
+                    dims(c, p, &rows, &cols);
+                    snprintf(nm, sizeof nm, "base_%s", PN[p]);
+                    bad |= put_f32(f, nm, base[p], (hsize_t)rows, (hsize_t)cols);
+                }
+                char path[4300];
+                snprintf(path, sizeof path, "%s/base.h5", ldir);
+                rc = bad ? (f >= 0 ? (H5Fclose(f), 0) : 0, mp_errorf(MP_EINTERNAL, "HDF5 could not build the base"))
+                         : mp_h5_save(f, path);
+                if (rc == 0)
+                    rc = mp_file_xxh64(path, &h[E]);
+                h[2 * E + 1] = 1;
+            }
+            for (int e = 0; e < E && rc == 0; e++)
+                if (mp_calib_owner(l, e, E, x.size) == x.rank) {
+                    rc = decompose_expert(&x, l, e, base, &raised, &h[e]);
+                    h[E + 1 + e] = 1;
+                    mp_fault_point("decompose: unit committed");
+                }
+            rc = mp_mpi_agree(rc);
+            if (rc == 0) {
+                MPI_Allreduce(MPI_IN_PLACE, h, 2 * (E + 1), MPI_UINT64_T, MPI_SUM, MPI_COMM_WORLD);
+                MPI_Allreduce(MPI_IN_PLACE, &raised, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
+                res->n_lambda_raised += raised;
+            }
+            if (rc == 0 && x.rank == 0) {
+                static char nbuf[4097][24];
+                const char *names[4097];
+                uint64_t hs[4097];
+                int n = 0;
+                for (int e = 0; e <= E; e++)
+                    if (h[E + 1 + e]) {
+                        snprintf(nbuf[n], sizeof nbuf[n], e == E ? "base.h5" : "expert%04d.h5", e);
+                        names[n] = nbuf[n], hs[n] = h[e], n++;
+                    }
+                mp_fault_point("decompose: before layer manifest");
+                rc = mp_store_commit_layer(dir, l, names, hs, n, 0);
+            }
+            free(h);
+            MP_CHECK_GOTO(mp_mpi_agree(rc), out);
+        }
+        done++;
+        res->n_layers_done++;
+        double el = MPI_Wtime() - t0;
+        if (x.rank == 0)
+            mp_progress(progress, "decompose", done, nmoe, el, el / done * (nmoe - done));
+        mp_fault_point("decompose: layer finished");
+        if (done < nmoe) {
+            char where[64];
+            snprintf(where, sizeof where, "in decompose after layer %d", l);
+            MP_CHECK_GOTO(mp_should_stop(el / done, where), out);
+        }
+    }
+    res->seconds = MPI_Wtime() - t0;
+out:
+    for (int p = 0; p < 3; p++)
+        free(base[p]);
+    return rc;
+}

@@ -1,0 +1,38 @@
+/* decomp_stage.h - the D2 decomposition stage, distributed over the expert owners.
+ *
+ * For each MoE layer (in order) and projection p in {gate, up, down}:
+ *  1. the base W_b (decompose.h: mp_base_rows) is computed by rows: rank k
+ *     computes rows [mp_shard_range(m, k, P)] from those rows of all experts
+ *     (importance weights from the calibration statistics' diagonals and
+ *     token counts), and MPI_Allgatherv gives every rank the whole base. The
+ *     value of each row does not depend on P.
+ *  2. the owner of expert e (the calibration owner, mp_calib_owner) forms
+ *     Delta = W_e - W_b, whitens with its regularised Gram (stats.h:
+ *     mp_stats_regularized; G_in for gate/up, G_mid for down), and factors it
+ *     at the rank of the job's policy with LAPACK (dgesdd) or the seeded
+ *     randomized SVD ("auto": randomized when r <= min(m, n) / 8).
+ * Outputs in `dir`/layerLLLL: base.h5 (rank 0: base_gate, base_up, base_down,
+ * fp32 [m, n]) and expertEEEE.h5 (owner: U_p fp32 [m, r], V_p fp32 [r, n],
+ * sigma_p fp64 (the whole spectrum with LAPACK; the first r + p values with
+ * the randomized solver), attributes rank_p, lambda_p (the regularisation
+ * used), energy_p = ||Delta S||_F^2, so the truncation loss of every rank up
+ * to the computed spectrum is energy - sum of the kept sigma^2). Committed per
+ * layer with a manifest (store.h); with `resume`, intact layers are kept.
+ * Collective over MPI_COMM_WORLD; failures are agreed on; MP_ESTOPPED
+ * between layers on a signal or --walltime. */
+#ifndef MP_DECOMPOSE_STAGE_H
+#define MP_DECOMPOSE_STAGE_H
+#include "calibrate.h"
+#include "job.h"
+#include "model.h"
+
+typedef struct {
+    int n_layers_done, n_resumed;
+    int n_lambda_raised; /* factorisations that needed a larger lambda */
+    double seconds;
+} mp_decomp_result;
+
+int mp_decompose(const mp_model *m, const mp_job *job, const char *stats_dir, const char *dir, int resume,
+                 const mp_calib_opts *progress, mp_decomp_result *res);
+
+#endif
