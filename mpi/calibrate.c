@@ -525,11 +525,9 @@ int mp_calibrate(const mp_model *m, const mp_tokens *tok, const mp_calib_opts *o
         if (c.rank == 0)
             mp_progress(o, "calibrate", l + 1, cfg->n_layers, el, eta);
         mp_fault_point("calibrate: layer finished");
-        if (l + 1 < cfg->n_layers) {
-            char where[64];
-            snprintf(where, sizeof where, "after layer %d of %d", l, cfg->n_layers);
-            MP_CHECK_GOTO(mp_should_stop(el / (l + 1), where), out);
-        }
+        char where[64];
+        snprintf(where, sizeof where, "in calibrate after layer %d of %d", l, cfg->n_layers);
+        MP_CHECK_GOTO(mp_should_stop(el / (l + 1), where), out);
     }
     {
         float *nw = NULL, *nb = NULL;

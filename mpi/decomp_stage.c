@@ -293,11 +293,9 @@ int mp_decompose(const mp_model *m, const mp_job *job, const char *stats_dir, co
         if (x.rank == 0)
             mp_progress(progress, "decompose", done, nmoe, el, el / done * (nmoe - done));
         mp_fault_point("decompose: layer finished");
-        if (done < nmoe) {
-            char where[64];
-            snprintf(where, sizeof where, "in decompose after layer %d", l);
-            MP_CHECK_GOTO(mp_should_stop(el / done, where), out);
-        }
+        char where[64];
+        snprintf(where, sizeof where, "in decompose after layer %d", l);
+        MP_CHECK_GOTO(mp_should_stop(el / done, where), out);
     }
     res->seconds = MPI_Wtime() - t0;
 out:

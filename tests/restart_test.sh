@@ -1,7 +1,7 @@
 #!/bin/bash
 # restart_test.sh MPIEXEC MOEPACK OUTDIR - the checkpoint store under faults.
 #  1. kill -9 of a random rank at 12 random fault points (seeded), spread over
-#     the calibration stage, then resume (sometimes after a second crash, and
+#     all stages (calibration, decomposition), then resume (sometimes after a second crash, and
 #     with another rank count): the committed tree equals an uninterrupted run;
 #  2. SIGUSR1 and SIGTERM at a unit boundary and inside a unit, and --walltime:
 #     exit status 12, and the resumed run equals the uninterrupted one;
@@ -57,14 +57,18 @@ for i in $(seq 1 12); do
     echo "crash $i: SIGKILL of rank $r at point $p$extra, resumed with $np ranks: identical"
 done
 
+# the first decomposition point of each rank
+dec0=$(grep "fault point rank 0" "$OUT/trace.log" | grep -n decompose | head -1 | cut -d: -f1)
+dec1=$(grep "fault point rank 1" "$OUT/trace.log" | grep -n decompose | head -1 | cut -d: -f1)
+[ -n "$dec0" ] && [ -n "$dec1" ] || fail "no decomposition fault points"
 for sig in USR1 TERM; do
-    for r in 0 1; do
+    for r in 0 1; do # calibration on rank 0, decomposition on rank 1, and the other way round
         ck="$OUT/sig$sig$r"
-        p=$([ $r = 0 ] && echo $((n0 / 2)) || echo 5)
+        if [ $sig = USR1 ]; then p=$([ $r = 0 ] && echo 5 || echo "$dec1"); else p=$([ $r = 0 ] && echo "$dec0" || echo 5); fi
         MOEPACK_FAULT=$r:$p MOEPACK_FAULT_SIGNAL=$sig run 2 "$ck"
         st=$?
         [ $st = 12 ] || fail "SIG$sig on rank $r at point $p: exit $st, expected 12: $(tail -3 "$ck.log")"
-        grep -q "stopped after layer" "$ck.log" || fail "no stop message: $(cat "$ck.log")"
+        grep -q "stopped in [a-z]* after layer" "$ck.log" || fail "no stop message: $(cat "$ck.log")"
         run 2 "$ck" || fail "resume after SIG$sig"
         same "$ck"
         echo "SIG$sig on rank $r at point $p: exit 12, resumed: identical"

@@ -55,7 +55,6 @@ for b in munged munge unmunge slurmctld slurmd sbatch squeue scontrol scancel si
     command -v "$b" >/dev/null 2>&1 || skip "$b not found (apt install slurmctld slurmd slurm-client munge)"
 done
 [ -x "$BIN" ] || fail "$BIN not found (build first)"
-RUN_BIN=${SLURM_TEST_RUN_BIN:-$BIN}
 if [ -z "${SLURM_TEST_RUN_BIN:-}" ]; then
     "$BIN" --help 2>&1 | grep -qE "^ *run \[?--job" || skip "$BIN has no job engine (moepack run --job)"
 fi
@@ -66,6 +65,9 @@ export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 T=$(mktemp -d "${TMPDIR:-/tmp}/moepack-slurm-test.XXXXXX")
 chmod 0755 "$T" # munged wants a socket path nobody else can write
 CLUSTER=$T/cluster
+# a private copy of the binary: a rebuild during the test must not change it
+cp "$BIN" "$T/moepack"
+BIN=$T/moepack
 JOBID=""
 cleanup() {
     rc=$?
@@ -104,6 +106,7 @@ if [ -z "${MOEPACK_LAUNCHER:-}" ]; then
         MOEPACK_LAUNCHER=mpirun
     fi
 fi
+RUN_BIN=${SLURM_TEST_RUN_BIN:-$BIN}
 export MOEPACK_LAUNCHER MOEPACK=$RUN_BIN
 say "launcher inside the job: $MOEPACK_LAUNCHER"
 
@@ -240,16 +243,23 @@ if [ -n "$(ppl "$T/ref.log")" ]; then
         fail "perplexity differs: reference '$(ppl "$T/ref.log")', job '$(ppl "$T/slurm.out")'"
 fi
 
-# ---- same bytes as the uninterrupted run
-say "comparing ref/checkpoint/calib with slurm/checkpoint/calib"
-diff -r "$T/ref/checkpoint/calib" "$T/slurm/checkpoint/calib" ||
-    fail "the calib trees differ"
-nfiles=0
-while IFS= read -r f; do
-    cmp -s "$f" "$T/slurm/checkpoint/calib/${f#"$T/ref/checkpoint/calib/"}" || fail "$f differs"
-    nfiles=$((nfiles + 1))
-done < <(find "$T/ref/checkpoint/calib" -type f)
-say "identical: $nfiles files, $(du -sh "$T/slurm/checkpoint/calib" | cut -f1)"
+# ---- same bytes as the uninterrupted run: calib and every other stage directory
+for stage in "$T/ref/checkpoint"/*/; do
+    stage=$(basename "$stage")
+    say "comparing ref/checkpoint/$stage with slurm/checkpoint/$stage"
+    [ -d "$T/slurm/checkpoint/$stage" ] || fail "the job wrote no checkpoint/$stage"
+    if ! diff -rq "$T/ref/checkpoint/$stage" "$T/slurm/checkpoint/$stage" >"$T/diff.txt" 2>&1; then
+        head -n 20 "$T/diff.txt"
+        fail "checkpoint/$stage differs ($(wc -l <"$T/diff.txt") differences)"
+    fi
+    nfiles=0
+    while IFS= read -r f; do
+        cmp -s "$f" "$T/slurm/checkpoint/$stage/${f#"$T/ref/checkpoint/$stage/"}" || fail "$f differs"
+        nfiles=$((nfiles + 1))
+    done < <(find "$T/ref/checkpoint/$stage" -type f)
+    say "identical: $nfiles files, $(du -sh "$T/slurm/checkpoint/$stage" | cut -f1)"
+done
+[ -d "$T/ref/checkpoint/calib" ] || fail "no checkpoint/calib in the reference"
 
 # ---- a failing job: exit code passed through, no requeue
 printf '[model]\npath = %s/no-such-model\n[calibration]\ntokens = %s/model/tokens.h5\n[output]\ndir = %s/bad\n' \
