@@ -92,6 +92,19 @@ static int apply(mp_job *j, const char *base, const char *sec, const char *key, 
             return set_double(&j->delta_fraction, v, 0.0, 1.0);
         if (!strcmp(key, "lambda"))
             return set_double(&j->delta_lambda, v, 1e-300, 1.0);
+        if (!strcmp(key, "target_ratio"))
+            return set_double(&j->delta_target_ratio, v, 0.0, 0.999);
+        if (!strcmp(key, "candidates")) {
+            char buf[512], *save = NULL;
+            snprintf(buf, sizeof buf, "%s", v);
+            j->n_candidates = 0;
+            for (char *tok = strtok_r(buf, ", ", &save); tok; tok = strtok_r(NULL, ", ", &save)) {
+                if (j->n_candidates == 16 || set_double(&j->candidates[j->n_candidates], tok, 1e-9, 1.0) < 0)
+                    return -1;
+                j->n_candidates++;
+            }
+            return j->n_candidates ? 0 : -1;
+        }
     }
     return -2;
 }
@@ -204,6 +217,9 @@ void mp_job_fingerprint(const mp_job *job, const mp_model *m, const mp_tokens *t
     XXH64_update(s, dpar, sizeof dpar);
     XXH64_update(s, job->delta_weights, strlen(job->delta_weights));
     XXH64_update(s, job->delta_solver, strlen(job->delta_solver));
+    XXH64_update(s, &job->delta_target_ratio, sizeof job->delta_target_ratio);
+    XXH64_update(s, &job->n_candidates, sizeof job->n_candidates);
+    XXH64_update(s, job->candidates, sizeof(double) * (size_t)job->n_candidates);
     fp->params = XXH64_digest(s);
     uint64_t parts[3] = {fp->model, fp->tokens, fp->params};
     fp->all = XXH64(parts, sizeof parts, 0);

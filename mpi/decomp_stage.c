@@ -59,6 +59,7 @@ typedef struct {
     const mp_job *job;
     const char *stats_dir, *dir;
     int rank, size, E;
+    double fraction; /* the fraction in force (job, solved from target_ratio, or the largest candidate) */
 } dctx;
 
 static void dims(const mp_config *c, int p, int64_t *rows, int64_t *cols)
@@ -67,8 +68,9 @@ static void dims(const mp_config *c, int p, int64_t *rows, int64_t *cols)
     *cols = p == 2 ? c->moe_ffn : c->hidden;
 }
 
-/* the base of every projection of layer l on every rank: base[p] [m, n] */
-static int layer_base(const dctx *x, int l, float *base[3])
+/* the base of every projection of layer l on every rank: base[p] [m, n]; and the static pruning score
+ * of each intermediate channel j of the base, score[j] = (sum_e h_sq_e[j]) * ||(W_b,down)[:, j]||^2 */
+static int layer_base(const dctx *x, int l, float *base[3], double *score)
 {
     const mp_config *c = &x->m->cfg;
     int E = x->E, rc = 0;
@@ -115,6 +117,14 @@ static int layer_base(const dctx *x, int l, float *base[3])
         if (mrc != MPI_SUCCESS)
             mp_mpi_fail(mp_mpi_check(mrc, "MPI_Allgatherv (base)"));
     }
+    for (int64_t j = 0; j < f; j++) {
+        double sh = 0, col = 0;
+        for (int e = 0; e < E; e++)
+            sh += hs[e * f + j];
+        for (int64_t r = 0; r < d; r++)
+            col += (double)base[2][r * f + j] * base[2][r * f + j];
+        score[j] = sh * col;
+    }
     free(cnt), free(count), free(xs), free(hs);
     return 0;
 }
@@ -134,7 +144,7 @@ static int decompose_expert(const dctx *x, int l, int e, float *const base[3], i
         int64_t rows, cols;
         dims(c, p, &rows, &cols);
         int64_t k = rows < cols ? rows : cols;
-        int64_t r = j->delta_rank > 0 ? j->delta_rank : mp_rank_for_fraction(j->delta_fraction, rows, cols);
+        int64_t r = j->delta_rank > 0 ? j->delta_rank : mp_rank_for_fraction(x->fraction, rows, cols);
         r = r > k ? k : r;
         float *w = malloc(sizeof(float) * (size_t)(rows * cols));
         double *D = malloc(sizeof(double) * (size_t)(rows * cols)), *G = malloc(sizeof(double) * (size_t)(cols * cols));
@@ -188,6 +198,13 @@ static int decompose_expert(const dctx *x, int l, int e, float *const base[3], i
                 bad |= put_attr(f, nm, 0, lam);
                 snprintf(nm, sizeof nm, "energy_%s", PN[p]);
                 bad |= put_attr(f, nm, 0, energy);
+                if (j->n_candidates > 0) { /* nested factors: the first r_c columns/rows are the rank-r_c ones */
+                    double cr[16];
+                    for (int q = 0; q < j->n_candidates; q++)
+                        cr[q] = (double)mp_rank_for_fraction(j->candidates[q], rows, cols);
+                    snprintf(nm, sizeof nm, "candidate_ranks_%s", PN[p]);
+                    bad |= put_f64(f, nm, cr, (hsize_t)j->n_candidates);
+                }
                 if (bad)
                     rc = mp_errorf(MP_EINTERNAL, "HDF5 could not build the factors of layer %d expert %d", l, e);
             }
@@ -209,11 +226,25 @@ int mp_decompose(const mp_model *m, const mp_job *job, const char *stats_dir, co
                  const mp_calib_opts *progress, mp_decomp_result *res)
 {
     const mp_config *c = &m->cfg;
-    dctx x = {m, job, stats_dir, dir, mp_mpi_rank(), mp_mpi_size(), c->n_experts};
+    dctx x = {m, job, stats_dir, dir, mp_mpi_rank(), mp_mpi_size(), c->n_experts, job->delta_fraction};
     memset(res, 0, sizeof *res);
+    if (job->delta_target_ratio > 0) {
+        x.fraction = mp_fraction_for_ratio(c, job->delta_target_ratio);
+        if (x.fraction < 0)
+            return mp_errorf(MP_EUSAGE,
+                             "delta.target_ratio %.3f cannot be reached: with dense bases the model compresses by "
+                             "at most %.3f",
+                             job->delta_target_ratio, mp_compression_ratio(c, 0.0));
+    }
+    for (int q = 0; q < job->n_candidates; q++)
+        x.fraction = q == 0 || job->candidates[q] > x.fraction ? job->candidates[q] : x.fraction;
+    res->fraction = x.fraction;
     double t0 = MPI_Wtime();
     int nmoe = mp_config_n_moe_layers(c), done = 0, rc = 0;
     float *base[3] = {0};
+    double *score = malloc(sizeof(double) * (size_t)c->moe_ffn);
+    if (!score)
+        rc = mp_errorf(MP_ENOMEM, "out of memory");
     for (int p = 0; p < 3; p++) {
         base[p] = malloc(sizeof(float) * (size_t)c->hidden * (size_t)c->moe_ffn);
         if (!base[p])
@@ -237,7 +268,7 @@ int mp_decompose(const mp_model *m, const mp_job *job, const char *stats_dir, co
             snprintf(ldir, sizeof ldir, "%s/layer%04d", dir, l);
             rc = mp_mkdir_p(ldir);
             MP_CHECK_GOTO(mp_mpi_agree(rc), out);
-            MP_CHECK_GOTO(layer_base(&x, l, base), out);
+            MP_CHECK_GOTO(layer_base(&x, l, base, score), out);
             int E = x.E, raised = 0;
             uint64_t *h = calloc((size_t)(2 * (E + 1)), sizeof *h);
             rc = h ? 0 : mp_errorf(MP_ENOMEM, "out of memory");
@@ -251,6 +282,7 @@ int mp_decompose(const mp_model *m, const mp_job *job, const char *stats_dir, co
                     snprintf(nm, sizeof nm, "base_%s", PN[p]);
                     bad |= put_f32(f, nm, base[p], (hsize_t)rows, (hsize_t)cols);
                 }
+                bad |= f >= 0 && put_f64(f, "prune_score", score, (hsize_t)c->moe_ffn);
                 char path[4300];
                 snprintf(path, sizeof path, "%s/base.h5", ldir);
                 rc = bad ? (f >= 0 ? (H5Fclose(f), 0) : 0, mp_errorf(MP_EINTERNAL, "HDF5 could not build the base"))
@@ -301,5 +333,6 @@ int mp_decompose(const mp_model *m, const mp_job *job, const char *stats_dir, co
 out:
     for (int p = 0; p < 3; p++)
         free(base[p]);
+    free(score);
     return rc;
 }

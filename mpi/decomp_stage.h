@@ -9,10 +9,14 @@
  *  2. the owner of expert e (the calibration owner, mp_calib_owner) forms
  *     Delta = W_e - W_b, whitens with its regularised Gram (stats.h:
  *     mp_stats_regularized; G_in for gate/up, G_mid for down), and factors it
- *     at the rank of the job's policy with LAPACK (dgesdd) or the seeded
+ *     at the rank of the job's policy (delta.rank; else the fraction, solved
+ *     from delta.target_ratio when set; with delta.candidates the largest
+ *     candidate, the factors being nested) with LAPACK (dgesdd) or the seeded
  *     randomized SVD ("auto": randomized when r <= min(m, n) / 8).
  * Outputs in `dir`/layerLLLL: base.h5 (rank 0: base_gate, base_up, base_down,
- * fp32 [m, n]) and expertEEEE.h5 (owner: U_p fp32 [m, r], V_p fp32 [r, n],
+ * fp32 [m, n], and prune_score fp64 [f]: per intermediate channel j of the
+ * base, (sum over experts of sum h_j^2) * ||(W_b,down)[:, j]||^2, the static
+ * score of D2-MoE's structured pruning of the base) and expertEEEE.h5 (owner: U_p fp32 [m, r], V_p fp32 [r, n],
  * sigma_p fp64 (the whole spectrum with LAPACK; the first r + p values with
  * the randomized solver), attributes rank_p, lambda_p (the regularisation
  * used), energy_p = ||Delta S||_F^2, so the truncation loss of every rank up
@@ -30,6 +34,7 @@ typedef struct {
     int n_layers_done, n_resumed;
     int n_lambda_raised; /* factorisations that needed a larger lambda */
     double seconds;
+    double fraction; /* the parameter fraction the ranks were taken from */
 } mp_decomp_result;
 
 int mp_decompose(const mp_model *m, const mp_job *job, const char *stats_dir, const char *dir, int resume,

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "error.h"
+#include "registry.h"
 #include "rng.h"
 
 void mp_base_rows(int E, int64_t nrows, int64_t n, const float *const *W, const int64_t *count,
@@ -173,4 +174,39 @@ out:
 int64_t mp_rank_for_fraction(double delta, int64_t m, int64_t n)
 {
     return (int64_t)floor(delta * (double)m * (double)n / (double)(m + n));
+}
+
+double mp_compression_ratio(const mp_config *c, double delta)
+{
+    mp_tensor_spec *sp = NULL;
+    int n = 0;
+    if (mp_registry_list(c, MP_LAYOUT_PER_EXPERT, &sp, &n) < 0)
+        return NAN;
+    double total = 0;
+    for (int i = 0; i < n; i++) {
+        double ne = 1;
+        for (int k = 0; k < sp[i].ndim; k++)
+            ne *= (double)sp[i].shape[k];
+        total += ne;
+    }
+    free(sp);
+    double d = c->hidden, f = c->moe_ffn, r = (double)mp_rank_for_fraction(delta, c->moe_ffn, c->hidden);
+    double per_layer_before = c->n_experts * 3 * f * d, per_layer_after = 3 * f * d + c->n_experts * 3 * r * (f + d);
+    double compressed = total + mp_config_n_moe_layers(c) * (per_layer_after - per_layer_before);
+    return 1.0 - compressed / total;
+}
+
+double mp_fraction_for_ratio(const mp_config *cfg, double ratio)
+{
+    if (mp_compression_ratio(cfg, 0.0) < ratio)
+        return -1;
+    double lo = 0, hi = 1;
+    for (int it = 0; it < 60; it++) {
+        double mid = 0.5 * (lo + hi);
+        if (mp_compression_ratio(cfg, mid) >= ratio)
+            lo = mid;
+        else
+            hi = mid;
+    }
+    return lo;
 }

@@ -21,6 +21,8 @@
 #define MP_DECOMPOSE_H
 #include <stdint.h>
 
+#include "config.h"
+
 typedef enum { MP_WEIGHTS_FREQUENCY, MP_WEIGHTS_ACTIVATION } mp_weight_source;
 
 /* Rows [r0, r1) of the base. W[i] points at expert i's rows [r0, r1) (row-major, n columns);
@@ -37,5 +39,12 @@ int mp_whitened_rsvd(const double *Delta, int64_t m, int64_t n, const double *S,
                      uint64_t seed, double *U, double *V, double *sigma);
 /* r = floor(delta m n / (m + n)) */
 int64_t mp_rank_for_fraction(double delta, int64_t m, int64_t n);
+
+/* Overall compression ratio 1 - compressed/original of the whole model (every parameter the registry
+ * lists) when each MoE layer keeps a dense base and every expert's three deltas at fraction delta. */
+double mp_compression_ratio(const mp_config *c, double delta);
+/* The largest delta whose compression ratio is at least `ratio` (bisection); -1 when even delta = 0
+ * does not compress that much (the base alone is larger than the budget). */
+double mp_fraction_for_ratio(const mp_config *c, double ratio);
 
 #endif

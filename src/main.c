@@ -11,6 +11,7 @@
 #include "error.h"
 #include "calibrate.h"
 #include "decomp_stage.h"
+#include "decompose.h"
 #include "expert_scan.h"
 #include "fsutil.h"
 #include "gpu_info.h"
@@ -454,9 +455,10 @@ static int cmd_run(args *a, const char *cmdname)
                        "\"lambda_raised\": %d, \"seconds\": %.3f}\n",
                        dr.n_layers_done, dr.n_resumed, dr.n_lambda_raised, dr.seconds);
             else
-                printf("decompose: %d MoE layers (%d kept from before), factors in %s; %d Gram%s needed a larger "
-                       "lambda\n",
-                       dr.n_layers_done, dr.n_resumed, ddir, dr.n_lambda_raised, dr.n_lambda_raised == 1 ? "" : "s");
+                printf("decompose: %d MoE layers (%d kept from before), fraction %.4f (overall compression %.1f%%), "
+                       "factors in %s; %d Gram%s needed a larger lambda\n",
+                       dr.n_layers_done, dr.n_resumed, dr.fraction, 100 * mp_compression_ratio(&m->cfg, dr.fraction),
+                       ddir, dr.n_lambda_raised, dr.n_lambda_raised == 1 ? "" : "s");
         }
     }
     if (rc == 0 && !strcmp(cmdname, "run") && mp_mpi_rank() == 0 && !log_json)

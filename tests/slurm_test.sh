@@ -1,14 +1,17 @@
 #!/bin/bash
 # slurm_test.sh BUILD_DIR - end-to-end test of slurm/moepack.sbatch on a
 # one-node Slurm cluster started on this machine (slurm/local-cluster.sh):
-#   1. synthesise a model big enough that calibration takes about a minute;
+#   1. synthesise a model on which `moepack run` takes about a minute on 2 cores;
 #   2. reference: `mpirun -np 2 moepack run` straight through into ref/checkpoint;
 #   3. submit moepack.sbatch (2 tasks) with a job file whose checkpoint is
 #      slurm/checkpoint; once a layer is committed, send the batch shell
 #      SIGUSR1 as Slurm does before a time limit (`scancel --signal=USR1
 #      --batch`); the ranks must stop at a layer boundary with exit 12, the
-#      script must requeue the job, and the requeued job must resume and finish;
-#   4. the two checkpoint `calib` trees must be identical byte for byte;
+#      script must requeue the job (Restarts=1), and the requeued job must keep
+#      the committed layers (same inodes and mtimes), resume and finish
+#      (COMPLETED, exit 0:0);
+#   4. every stage directory of the two checkpoints (calib, decomp, ...) must be
+#      identical byte for byte, and the printed perplexity the same;
 #   5. a job that fails (missing model) must end FAILED with moepack's exit code
 #      and not be requeued.
 # Exit 0 = passed, 77 = skipped (not root, or Slurm/munge/MPI missing), else failed.

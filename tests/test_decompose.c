@@ -8,6 +8,7 @@
 #include <cblas.h>
 #include <lapacke.h>
 
+#include "config.h"
 #include "decompose.h"
 #include "model.h"
 #include "rng.h"
@@ -173,9 +174,31 @@ static void numpy_reference(void)
     mp_model_close(m);
 }
 
+/* DESIGN.md's worked example: Mixtral-8x7B with a dense base, overall 20/40/60 % compression
+ * <-> delta ~ .668/.461/.254 <-> r = 2127/1467/808 */
+static void ratio_example(void)
+{
+    mp_config c;
+    CHECK_OK(mp_config_load(MP_FIXTURES "/configs/mixtral-8x7b.json", &c));
+    static const double ratio[3] = {0.2, 0.4, 0.6}, delta[3] = {0.668, 0.461, 0.254};
+    static const int64_t rank[3] = {2127, 1467, 808};
+    for (int i = 0; i < 3; i++) {
+        double dl = mp_fraction_for_ratio(&c, ratio[i]);
+        int64_t r = mp_rank_for_fraction(dl, c.moe_ffn, c.hidden);
+        printf("mixtral-8x7b: ratio %.0f%% -> delta %.4f -> rank %lld (DESIGN.md: %.3f, %lld)\n", 100 * ratio[i], dl,
+               (long long)r, delta[i], (long long)rank[i]);
+        CHECK(fabs(dl - delta[i]) < 0.003);
+        CHECK(llabs(r - rank[i]) <= 8);
+        CHECK(mp_compression_ratio(&c, dl) >= ratio[i]);
+    }
+    CHECK(mp_fraction_for_ratio(&c, 0.9) < 0); /* the dense bases alone exceed that budget */
+    mp_config_free(&c);
+}
+
 int main(void)
 {
     identity_tests();
+    ratio_example();
     numpy_reference();
     return t_done("decompose");
 }
