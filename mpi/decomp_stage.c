@@ -168,7 +168,7 @@ static int decompose_expert(const dctx *x, int l, int e, float *const base[3], i
             }
             int randomized = !strcmp(j->delta_solver, "randomized") || (!strcmp(j->delta_solver, "auto") && r <= k / 8);
             if (rc == 0)
-                rc = randomized ? mp_whitened_rsvd(D, rows, cols, S, r, 8, 2, 0x5eedULL + (uint64_t)(l * 4099 + e * 3 + p),
+                rc = randomized ? mp_whitened_rsvd(D, rows, cols, S, r, 16, 3, 0x5eedULL + (uint64_t)(l * 4099 + e * 3 + p),
                                                    U, V, sig)
                                 : mp_whitened_svd(D, rows, cols, S, r, U, V, sig);
             if (rc < 0)
