@@ -83,7 +83,7 @@ static int apply(mp_job *j, const char *base, const char *sec, const char *key, 
                        ? -1
                        : (snprintf(j->delta_weights, sizeof j->delta_weights, "%s", v), 0);
         if (!strcmp(key, "solver"))
-            return strcmp(v, "auto") && strcmp(v, "lapack") && strcmp(v, "randomized")
+            return strcmp(v, "auto") && strcmp(v, "lapack") && strcmp(v, "randomized") && strcmp(v, "scalapack")
                        ? -1
                        : (snprintf(j->delta_solver, sizeof j->delta_solver, "%s", v), 0);
         if (!strcmp(key, "rank"))

@@ -10,7 +10,7 @@
  *   [delta]        enabled = true, weights = activation|frequency, fraction = 0.5,
  *                  rank = 0 (fixed rank when > 0), target_ratio = 0 (solve the fraction for
  *                  this overall compression ratio when > 0), candidates = (comma-separated
- *                  fractions for the allocator), lambda = 1e-6, solver = auto|lapack|randomized
+ *                  fractions for the allocator), lambda = 1e-6, solver = auto|lapack|randomized|scalapack
  * Relative paths in a job file are relative to the file's directory.
  * Unknown sections/keys and bad values are MP_EUSAGE errors naming the file
  * and line (or the --set argument).
@@ -36,7 +36,7 @@ typedef struct {
     double delta_fraction;  /* 0.5: r = floor(fraction m n / (m + n)) */
     int delta_rank;         /* 0; > 0: this rank for every delta */
     double delta_lambda;    /* 1e-6 */
-    char delta_solver[16];  /* "auto" | "lapack" | "randomized" */
+    char delta_solver[16];  /* "auto" | "lapack" | "randomized" | "scalapack" */
     double delta_target_ratio; /* 0; > 0: solve the fraction for this overall compression ratio */
     int n_candidates;          /* candidate fractions for the global allocator (factors kept at the largest) */
     double candidates[16];

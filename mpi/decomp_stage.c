@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "blacs_svd.h"
 #include "decompose.h"
 #include "error.h"
 #include "expert_scan.h"
@@ -129,97 +130,119 @@ static int layer_base(const dctx *x, int l, float *base[3], double *score)
     return 0;
 }
 
-/* the owner's work for expert e of layer l: factors of the three deltas into one file */
-static int decompose_expert(const dctx *x, int l, int e, float *const base[3], int *lambda_raised, uint64_t *hash)
+/* Expert e of layer l: factors of its three deltas into one file. Local to the owner, or, with
+ * `collective` (the ScaLAPACK solver), called by every rank: the owner prepares the matrices and writes
+ * the file, all ranks factor. */
+static int decompose_expert(const dctx *x, int l, int e, float *const base[3], int collective, int *lambda_raised,
+                            uint64_t *hash)
 {
     const mp_config *c = &x->m->cfg;
     const mp_job *j = x->job;
+    int owner = mp_calib_owner(l, e, x->E, x->size) == x->rank, rc = 0;
     char path[4300];
-    mp_expert_stats st;
-    mp_stats_path(path, sizeof path, x->stats_dir, l, e);
-    MP_CHECK(mp_stats_read(path, &st));
-    hid_t f = mp_h5_create_mem();
-    int rc = f < 0 ? MP_EINTERNAL : 0;
+    mp_expert_stats st = {0};
+    hid_t f = -1;
+    if (owner) {
+        mp_stats_path(path, sizeof path, x->stats_dir, l, e);
+        rc = mp_stats_read(path, &st);
+        if (rc == 0 && (f = mp_h5_create_mem()) < 0)
+            rc = MP_EINTERNAL;
+    }
+    if (collective)
+        rc = mp_mpi_agree(rc);
     for (int p = 0; p < 3 && rc == 0; p++) {
         int64_t rows, cols;
         dims(c, p, &rows, &cols);
         int64_t k = rows < cols ? rows : cols;
         int64_t r = j->delta_rank > 0 ? j->delta_rank : mp_rank_for_fraction(x->fraction, rows, cols);
         r = r > k ? k : r;
-        float *w = malloc(sizeof(float) * (size_t)(rows * cols));
-        double *D = malloc(sizeof(double) * (size_t)(rows * cols)), *G = malloc(sizeof(double) * (size_t)(cols * cols));
-        double *S = malloc(sizeof(double) * (size_t)(cols * cols)), *sig = calloc((size_t)k, sizeof(double));
-        double *U = malloc(sizeof(double) * (size_t)(rows * r + 1)), *V = malloc(sizeof(double) * (size_t)(r * cols + 1));
-        float *Uf = malloc(sizeof(float) * (size_t)(rows * r + 1)), *Vf = malloc(sizeof(float) * (size_t)(r * cols + 1));
-        if (!w || !D || !G || !S || !sig || !U || !V || !Uf || !Vf)
-            rc = mp_errorf(MP_ENOMEM, "out of memory decomposing expert %d of layer %d", e, l);
-        if (rc == 0)
-            rc = mp_model_read_expert(x->m, l, e, (mp_proj)p, w);
-        if (rc == 0) {
-            for (int64_t i = 0; i < rows * cols; i++)
-                D[i] = (double)w[i] - (double)base[p][i];
-            mp_stats_regularized(&st, p == 2, G);
-            double lam = j->delta_lambda;
+        float *w = NULL, *Uf = NULL, *Vf = NULL;
+        double *D = NULL, *G = NULL, *S = NULL, *sig = NULL, *U = NULL, *V = NULL, lam = j->delta_lambda, energy = 0;
+        if (owner) {
+            w = malloc(sizeof(float) * (size_t)(rows * cols));
+            D = malloc(sizeof(double) * (size_t)(rows * cols)), G = malloc(sizeof(double) * (size_t)(cols * cols));
+            S = malloc(sizeof(double) * (size_t)(cols * cols)), sig = calloc((size_t)k, sizeof(double));
+            U = malloc(sizeof(double) * (size_t)(rows * r + 1)), V = malloc(sizeof(double) * (size_t)(r * cols + 1));
+            Uf = malloc(sizeof(float) * (size_t)(rows * r + 1)), Vf = malloc(sizeof(float) * (size_t)(r * cols + 1));
+            if (!w || !D || !G || !S || !sig || !U || !V || !Uf || !Vf)
+                rc = mp_errorf(MP_ENOMEM, "out of memory decomposing expert %d of layer %d", e, l);
+            if (rc == 0)
+                rc = mp_model_read_expert(x->m, l, e, (mp_proj)p, w);
+            if (rc == 0) {
+                for (int64_t i = 0; i < rows * cols; i++)
+                    D[i] = (double)w[i] - (double)base[p][i];
+                mp_stats_regularized(&st, p == 2, G);
+            }
+        }
+        if (collective) {
+            rc = mp_mpi_agree(rc);
+            if (rc == 0)
+                rc = mp_pwhitened_svd(mp_calib_owner(l, e, x->E, x->size), D, rows, cols, G, &lam, r, U, V, sig);
+            for (int64_t i = 0; owner && rc == 0 && i < k; i++)
+                energy += sig[i] * sig[i]; /* the whole spectrum holds all the energy */
+        } else if (rc == 0) {
             rc = mp_whiten(G, cols, &lam, S);
-            if (rc == 0 && lam > j->delta_lambda) {
+            int randomized = !strcmp(j->delta_solver, "randomized") || (!strcmp(j->delta_solver, "auto") && r <= k / 8);
+            if (rc == 0)
+                rc = randomized ? mp_whitened_rsvd(D, rows, cols, S, r, 16, 3,
+                                                   0x5eedULL + (uint64_t)(l * 4099 + e * 3 + p), U, V, sig)
+                                : mp_whitened_svd(D, rows, cols, S, r, U, V, sig);
+            if (rc == 0) { /* ||Delta S||_F^2: the loss of rank 0 */
+                cblas_dtrmm(CblasRowMajor, CblasRight, CblasLower, CblasNoTrans, CblasNonUnit, (int)rows, (int)cols,
+                            1.0, S, (int)cols, D, (int)cols);
+                for (int64_t i = 0; i < rows * cols; i++)
+                    energy += D[i] * D[i];
+            }
+        }
+        if (rc < 0)
+            mp_errorf(rc, "layer %d expert %d %s: %s", l, e, PN[p], mp_error_message());
+        if (rc == 0 && owner) {
+            if (lam > j->delta_lambda) {
                 (*lambda_raised)++;
                 fprintf(stderr, "moepack: note: layer %d expert %d %s: Gram regularised with lambda %.1e (asked %.1e)\n",
                         l, e, PN[p], lam, j->delta_lambda);
             }
-            int randomized = !strcmp(j->delta_solver, "randomized") || (!strcmp(j->delta_solver, "auto") && r <= k / 8);
-            if (rc == 0)
-                rc = randomized ? mp_whitened_rsvd(D, rows, cols, S, r, 16, 3, 0x5eedULL + (uint64_t)(l * 4099 + e * 3 + p),
-                                                   U, V, sig)
-                                : mp_whitened_svd(D, rows, cols, S, r, U, V, sig);
-            if (rc < 0)
-                mp_errorf(rc, "layer %d expert %d %s: %s", l, e, PN[p], mp_error_message());
-            /* ||Delta S||_F^2: the loss of rank 0 */
-            double energy = 0;
-            if (rc == 0) {
-                cblas_dtrmm(CblasRowMajor, CblasRight, CblasLower, CblasNoTrans, CblasNonUnit, (int)rows, (int)cols, 1.0,
-                            S, (int)cols, D, (int)cols);
-                for (int64_t i = 0; i < rows * cols; i++)
-                    energy += D[i] * D[i];
-                for (int64_t i = 0; i < rows * r; i++)
-                    Uf[i] = (float)U[i];
-                for (int64_t i = 0; i < r * cols; i++)
-                    Vf[i] = (float)V[i];
-                char nm[32];
-                int bad = 0;
-                snprintf(nm, sizeof nm, "U_%s", PN[p]);
-                bad |= put_f32(f, nm, Uf, (hsize_t)rows, (hsize_t)r);
-                snprintf(nm, sizeof nm, "V_%s", PN[p]);
-                bad |= put_f32(f, nm, Vf, (hsize_t)r, (hsize_t)cols);
-                snprintf(nm, sizeof nm, "sigma_%s", PN[p]);
-                bad |= put_f64(f, nm, sig, (hsize_t)k);
-                snprintf(nm, sizeof nm, "rank_%s", PN[p]);
-                bad |= put_attr(f, nm, 1, (double)r);
-                snprintf(nm, sizeof nm, "lambda_%s", PN[p]);
-                bad |= put_attr(f, nm, 0, lam);
-                snprintf(nm, sizeof nm, "energy_%s", PN[p]);
-                bad |= put_attr(f, nm, 0, energy);
-                if (j->n_candidates > 0) { /* nested factors: the first r_c columns/rows are the rank-r_c ones */
-                    double cr[16];
-                    for (int q = 0; q < j->n_candidates; q++)
-                        cr[q] = (double)mp_rank_for_fraction(j->candidates[q], rows, cols);
-                    snprintf(nm, sizeof nm, "candidate_ranks_%s", PN[p]);
-                    bad |= put_f64(f, nm, cr, (hsize_t)j->n_candidates);
-                }
-                if (bad)
-                    rc = mp_errorf(MP_EINTERNAL, "HDF5 could not build the factors of layer %d expert %d", l, e);
+            for (int64_t i = 0; i < rows * r; i++)
+                Uf[i] = (float)U[i];
+            for (int64_t i = 0; i < r * cols; i++)
+                Vf[i] = (float)V[i];
+            char nm[32];
+            int bad = 0;
+            snprintf(nm, sizeof nm, "U_%s", PN[p]);
+            bad |= put_f32(f, nm, Uf, (hsize_t)rows, (hsize_t)r);
+            snprintf(nm, sizeof nm, "V_%s", PN[p]);
+            bad |= put_f32(f, nm, Vf, (hsize_t)r, (hsize_t)cols);
+            snprintf(nm, sizeof nm, "sigma_%s", PN[p]);
+            bad |= put_f64(f, nm, sig, (hsize_t)k);
+            snprintf(nm, sizeof nm, "rank_%s", PN[p]);
+            bad |= put_attr(f, nm, 1, (double)r);
+            snprintf(nm, sizeof nm, "lambda_%s", PN[p]);
+            bad |= put_attr(f, nm, 0, lam);
+            snprintf(nm, sizeof nm, "energy_%s", PN[p]);
+            bad |= put_attr(f, nm, 0, energy);
+            if (j->n_candidates > 0) { /* nested factors: the first r_c columns/rows are the rank-r_c ones */
+                double cr[16];
+                for (int q = 0; q < j->n_candidates; q++)
+                    cr[q] = (double)mp_rank_for_fraction(j->candidates[q], rows, cols);
+                snprintf(nm, sizeof nm, "candidate_ranks_%s", PN[p]);
+                bad |= put_f64(f, nm, cr, (hsize_t)j->n_candidates);
             }
+            if (bad)
+                rc = mp_errorf(MP_EINTERNAL, "HDF5 could not build the factors of layer %d expert %d", l, e);
         }
         free(w), free(D), free(G), free(S), free(sig), free(U), free(V), free(Uf), free(Vf);
+        if (collective) /* the owner's writing may have failed: every rank leaves the loop together */
+            rc = mp_mpi_agree(rc);
     }
     mp_stats_free(&st);
-    if (rc < 0) {
-        if (f >= 0)
-            H5Fclose(f);
-        return rc;
-    }
-    snprintf(path, sizeof path, "%s/layer%04d/expert%04d.h5", x->dir, l, e);
-    MP_CHECK(mp_h5_save(f, path));
-    return mp_file_xxh64(path, hash);
+    if (owner && rc == 0) {
+        snprintf(path, sizeof path, "%s/layer%04d/expert%04d.h5", x->dir, l, e);
+        rc = mp_h5_save(f, path);
+        if (rc == 0)
+            rc = mp_file_xxh64(path, hash);
+    } else if (f >= 0)
+        H5Fclose(f);
+    return collective ? mp_mpi_agree(rc) : rc;
 }
 
 int mp_decompose(const mp_model *m, const mp_job *job, const char *stats_dir, const char *dir, int resume,
@@ -291,12 +314,20 @@ int mp_decompose(const mp_model *m, const mp_job *job, const char *stats_dir, co
                     rc = mp_file_xxh64(path, &h[E]);
                 h[2 * E + 1] = 1;
             }
-            for (int e = 0; e < E && rc == 0; e++)
-                if (mp_calib_owner(l, e, E, x.size) == x.rank) {
-                    rc = decompose_expert(&x, l, e, base, &raised, &h[e]);
+            /* ScaLAPACK for every expert in turn (all ranks) when asked, or with auto when the layer has
+             * fewer experts than ranks; otherwise each owner factors its experts alone */
+            int collective = !strcmp(job->delta_solver, "scalapack") || (!strcmp(job->delta_solver, "auto") && E < x.size);
+            if (collective)
+                rc = mp_mpi_agree(rc);
+            for (int e = 0; e < E && rc == 0; e++) {
+                int mine = mp_calib_owner(l, e, E, x.size) == x.rank;
+                if (collective || mine)
+                    rc = decompose_expert(&x, l, e, base, collective, &raised, &h[e]);
+                if (mine) {
                     h[E + 1 + e] = 1;
                     mp_fault_point("decompose: unit committed");
                 }
+            }
             rc = mp_mpi_agree(rc);
             if (rc == 0) {
                 MPI_Allreduce(MPI_IN_PLACE, h, 2 * (E + 1), MPI_UINT64_T, MPI_SUM, MPI_COMM_WORLD);
