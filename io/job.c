@@ -14,6 +14,7 @@
 
 #include "error.h"
 #include "fsutil.h"
+#include "store.h"
 
 typedef struct {
     mp_job *job;
@@ -78,8 +79,10 @@ static int apply(mp_job *j, const char *base, const char *sec, const char *key, 
                 return j->delta_enabled = 0, 0;
             return -1;
         }
+        if (!strcmp(key, "fisher"))
+            return set_path(j->fisher_path, base, v);
         if (!strcmp(key, "weights"))
-            return strcmp(v, "activation") && strcmp(v, "frequency")
+            return strcmp(v, "activation") && strcmp(v, "frequency") && strcmp(v, "fisher")
                        ? -1
                        : (snprintf(j->delta_weights, sizeof j->delta_weights, "%s", v), 0);
         if (!strcmp(key, "solver"))
@@ -165,6 +168,8 @@ int mp_job_load(const char *path, char *const *sets, int nsets, mp_job *job)
         return mp_errorf(MP_EUSAGE, "%s: model.path is not set", path ? path : "job");
     if (!job->tokens_path[0])
         return mp_errorf(MP_EUSAGE, "%s: calibration.tokens is not set", path ? path : "job");
+    if (!strcmp(job->delta_weights, "fisher") && !job->fisher_path[0])
+        return mp_errorf(MP_EUSAGE, "%s: delta.weights = fisher needs delta.fisher = FILE", path ? path : "job");
     if (!job->out_dir[0])
         snprintf(job->out_dir, sizeof job->out_dir, "moepack-out");
     if (!job->ckpt_dir[0]) {
@@ -216,6 +221,12 @@ void mp_job_fingerprint(const mp_job *job, const mp_model *m, const mp_tokens *t
     XXH64_update(s, par, sizeof par);
     XXH64_update(s, dpar, sizeof dpar);
     XXH64_update(s, job->delta_weights, strlen(job->delta_weights));
+    if (!strcmp(job->delta_weights, "fisher")) { /* the Fisher file's contents change the base */
+        uint64_t fh = 0;
+        if (mp_file_xxh64(job->fisher_path, &fh) < 0)
+            mp_error_clear(); /* a missing file is reported by the stage that reads it */
+        XXH64_update(s, &fh, sizeof fh);
+    }
     XXH64_update(s, job->delta_solver, strlen(job->delta_solver));
     XXH64_update(s, &job->delta_target_ratio, sizeof job->delta_target_ratio);
     XXH64_update(s, &job->n_candidates, sizeof job->n_candidates);

@@ -7,7 +7,7 @@
  *                  max_sequences = 0      use only the first N sequences (0 = all)
  *   [checkpoint]   dir = DIR              stage results (default: <output.dir>/checkpoint)
  *   [output]       dir = DIR              results (default: ./moepack-out)
- *   [delta]        enabled = true, weights = activation|frequency, fraction = 0.5,
+ *   [delta]        enabled = true, weights = activation|frequency|fisher, fisher = FILE, fraction = 0.5,
  *                  rank = 0 (fixed rank when > 0), target_ratio = 0 (solve the fraction for
  *                  this overall compression ratio when > 0), candidates = (comma-separated
  *                  fractions for the allocator), lambda = 1e-6, solver = auto|lapack|randomized|scalapack
@@ -32,7 +32,8 @@ typedef struct {
     int min_tokens, max_sequences;
     /* [delta]: D2 decomposition */
     int delta_enabled;      /* 1 */
-    char delta_weights[16]; /* "activation" | "frequency" */
+    char delta_weights[16]; /* "activation" | "frequency" | "fisher" */
+    char fisher_path[4096]; /* delta.fisher: per-element Fisher file (see mpi/decomp_stage.h) */
     double delta_fraction;  /* 0.5: r = floor(fraction m n / (m + n)) */
     int delta_rank;         /* 0; > 0: this rank for every delta */
     double delta_lambda;    /* 1e-6 */

@@ -69,6 +69,43 @@ static void dims(const mp_config *c, int p, int64_t *rows, int64_t *cols)
     *cols = p == 2 ? c->moe_ffn : c->hidden;
 }
 
+/* rows [lo, hi) of the Fisher weights of expert e, projection p, layer l: dataset layerL/expertE/{gate,up,down},
+ * float32 [m, n] */
+static int read_fisher_rows(const char *path, int l, int e, int p, int64_t rows, int64_t cols, int64_t lo, int64_t hi,
+                            float *out)
+{
+    char name[96];
+    snprintf(name, sizeof name, "layer%d/expert%d/%s", l, e, PN[p]);
+    mp_h5_init();
+    hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    if (f < 0)
+        return mp_errorf(MP_ENOENT, "%s: cannot open the Fisher file", path);
+    hid_t ds = H5Dopen2(f, name, H5P_DEFAULT);
+    int rc = 0;
+    if (ds < 0)
+        rc = mp_errorf(MP_ENOENT, "%s: dataset '%s' is missing", path, name);
+    hid_t sp = ds >= 0 ? H5Dget_space(ds) : -1;
+    hsize_t dm[2] = {0, 0};
+    if (rc == 0 && (H5Sget_simple_extent_ndims(sp) != 2 || H5Sget_simple_extent_dims(sp, dm, NULL) < 0 ||
+                    dm[0] != (hsize_t)rows || dm[1] != (hsize_t)cols))
+        rc = mp_errorf(MP_EFORMAT, "%s: dataset '%s' must be [%lld, %lld]", path, name, (long long)rows,
+                       (long long)cols);
+    if (rc == 0 && hi > lo) {
+        hsize_t start[2] = {(hsize_t)lo, 0}, count[2] = {(hsize_t)(hi - lo), (hsize_t)cols};
+        H5Sselect_hyperslab(sp, H5S_SELECT_SET, start, NULL, count, NULL);
+        hid_t ms = H5Screate_simple(2, count, NULL);
+        if (H5Dread(ds, H5T_NATIVE_FLOAT, ms, sp, H5P_DEFAULT, out) < 0)
+            rc = mp_errorf(MP_EFORMAT, "%s: cannot read dataset '%s' as float", path, name);
+        H5Sclose(ms);
+    }
+    if (sp >= 0)
+        H5Sclose(sp);
+    if (ds >= 0)
+        H5Dclose(ds);
+    H5Fclose(f);
+    return rc;
+}
+
 /* the base of every projection of layer l on every rank: base[p] [m, n]; and the static pruning score
  * of each intermediate channel j of the base, score[j] = (sum_e h_sq_e[j]) * ||(W_b,down)[:, j]||^2 */
 static int layer_base(const dctx *x, int l, float *base[3], double *score)
@@ -90,10 +127,12 @@ static int layer_base(const dctx *x, int l, float *base[3], double *score)
         int64_t rows, cols, lo, hi;
         dims(c, p, &rows, &cols);
         mp_shard_range(rows, x->rank, x->size, &lo, &hi);
-        const float *W[4096];
+        const float *W[4096], *F[4096];
         const double *gd[4096];
+        int fisher = !strcmp(x->job->delta_weights, "fisher");
         float *buf = rc == 0 ? malloc(sizeof(float) * (size_t)((hi - lo) * cols * E + 1)) : NULL;
-        if (rc == 0 && (!buf || !cnt))
+        float *fb = rc == 0 && fisher ? malloc(sizeof(float) * (size_t)((hi - lo) * cols * E + 1)) : NULL;
+        if (rc == 0 && (!buf || !cnt || (fisher && !fb)))
             rc = mp_errorf(MP_ENOMEM, "out of memory for the base of layer %d", l);
         for (int e = 0; e < E && rc == 0; e++) {
             mp_block_loc b;
@@ -104,10 +143,17 @@ static int layer_base(const dctx *x, int l, float *base[3], double *score)
                 rc = mp_ckpt_read_f32(x->m->ck, t, b.first + lo * cols, (hi - lo) * cols, buf + (int64_t)e * (hi - lo) * cols);
             W[e] = buf + (int64_t)e * (hi - lo) * cols;
             gd[e] = p == 2 ? hs + e * f : xs + e * d;
+            if (fisher && rc == 0) {
+                F[e] = fb + (int64_t)e * (hi - lo) * cols;
+                rc = read_fisher_rows(x->job->fisher_path, l, e, p, rows, cols, lo, hi, (float *)F[e]);
+            }
         }
-        if (rc == 0)
+        if (rc == 0 && fisher)
+            mp_base_rows_elem(E, hi - lo, cols, W, F, base[p] + lo * cols);
+        else if (rc == 0)
             mp_base_rows(E, hi - lo, cols, W, count, gd, src, base[p] + lo * cols);
         free(buf);
+        free(fb);
         MP_CHECK(mp_mpi_agree(rc));
         for (int r = 0; r < x->size; r++) {
             int64_t a, b;

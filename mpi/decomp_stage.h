@@ -4,7 +4,11 @@
  *  1. the base W_b (decompose.h: mp_base_rows) is computed by rows: rank k
  *     computes rows [mp_shard_range(m, k, P)] from those rows of all experts
  *     (importance weights from the calibration statistics' diagonals and
- *     token counts), and MPI_Allgatherv gives every rank the whole base. The
+ *     token counts, or, with delta.weights = fisher, per-element weights
+ *     from the HDF5 file delta.fisher: one float32 dataset
+ *     `layer<L>/expert<E>/<gate|up|down>` [m, n] per expert and projection,
+ *     e.g. the sum over calibration tokens of the squared gradient of the
+ *     loss with respect to each weight; negative values count as 0), and MPI_Allgatherv gives every rank the whole base. The
  *     value of each row does not depend on P.
  *  2. the owner of expert e (the calibration owner, mp_calib_owner) forms
  *     Delta = W_e - W_b, whitens with its regularised Gram (stats.h:

@@ -39,6 +39,21 @@ void mp_base_rows(int E, int64_t nrows, int64_t n, const float *const *W, const 
     free(acc), free(wsum), free(wc);
 }
 
+void mp_base_rows_elem(int E, int64_t nrows, int64_t n, const float *const *W, const float *const *F, float *out)
+{
+    for (int64_t r = 0; r < nrows; r++)
+        for (int64_t c = 0; c < n; c++) {
+            double ws = 0, acc = 0, plain = 0;
+            for (int i = 0; i < E; i++) {
+                double w = F[i][r * n + c] > 0 ? F[i][r * n + c] : 0.0;
+                ws += w;
+                acc += w * W[i][r * n + c];
+                plain += W[i][r * n + c];
+            }
+            out[r * n + c] = (float)(ws > 0 ? acc / ws : plain / E);
+        }
+}
+
 int mp_whiten(const double *G, int64_t n, double *lambda, double *S)
 {
     double md = 0;

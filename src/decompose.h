@@ -29,6 +29,9 @@ typedef enum { MP_WEIGHTS_FREQUENCY, MP_WEIGHTS_ACTIVATION } mp_weight_source;
  * count[i] = tokens of expert i; gdiag[i][n] = diag of expert i's input Gram. out[(r1-r0) * n]. */
 void mp_base_rows(int E, int64_t nrows, int64_t n, const float *const *W, const int64_t *count,
                   const double *const *gdiag, mp_weight_source src, float *out);
+/* The same with per-element weights (the "fisher" source): F[i] points at expert i's weights for the
+ * same rows, [nrows, n]. */
+void mp_base_rows_elem(int E, int64_t nrows, int64_t n, const float *const *W, const float *const *F, float *out);
 /* S [n, n] lower (upper part zeroed) from G [n, n]; *lambda in: starting value, out: used value. */
 int mp_whiten(const double *G, int64_t n, double *lambda, double *S);
 /* Factors of rank r of Delta [m, n] with whitening S [n, n]. U [m, r], V [r, n], sigma [min(m, n)]

@@ -95,6 +95,58 @@ int main(int argc, char **argv)
         CHECK(worst_drop > 3);
         CHECK(worst_tail < 0.01);
     }
+    /* delta.weights = fisher with a file in which only expert 1 has weight: its delta vanishes */
+    char fisher[700], dec2[700];
+    snprintf(fisher, sizeof fisher, "%s-fisher.h5", argv[1]); /* outside DIR: not compared across ranks */
+    snprintf(dec2, sizeof dec2, "%s/out/decomp-fisher", argv[1]);
+    if (mp_mpi_rank() == 0) {
+        hid_t f = H5Fcreate(fisher, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+        static const char *pn[3] = {"gate", "up", "down"};
+        float *v = malloc(sizeof(float) * 64 * 64);
+        for (int l = 0; l < 2; l++)
+            for (int e = 0; e < 4; e++) {
+                char g1[64], nm[96];
+                snprintf(g1, sizeof g1, "layer%d", l);
+                if (e == 0) {
+                    hid_t g = H5Gcreate2(f, g1, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+                    H5Gclose(g);
+                }
+                snprintf(nm, sizeof nm, "layer%d/expert%d", l, e);
+                hid_t g = H5Gcreate2(f, nm, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+                H5Gclose(g);
+                for (int i = 0; i < 64 * 64; i++)
+                    v[i] = e == 1 ? 1.0f : 0.0f;
+                for (int p = 0; p < 3; p++) {
+                    hsize_t dm[2] = {64, 64};
+                    hid_t sp = H5Screate_simple(2, dm, NULL);
+                    snprintf(nm, sizeof nm, "layer%d/expert%d/%s", l, e, pn[p]);
+                    hid_t ds = H5Dcreate2(f, nm, H5T_IEEE_F32LE, sp, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+                    H5Dwrite(ds, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, v);
+                    H5Dclose(ds), H5Sclose(sp);
+                }
+            }
+        free(v);
+        H5Fclose(f);
+    }
+    MPI_Barrier(MPI_COMM_WORLD);
+    char fset[800];
+    snprintf(fset, sizeof fset, "delta.fisher=%s", fisher);
+    char *sets2[] = {"model.path=x", "calibration.tokens=y", "delta.weights=fisher", fset};
+    CHECK_OK(mp_job_load(NULL, sets2, 4, &job));
+    CHECK_OK(mp_decompose(m, &job, stats, dec2, 0, &o, &dr));
+    if (mp_mpi_rank() == 0) {
+        char path[800];
+        snprintf(path, sizeof path, "%s/layer0001/expert0001.h5", dec2);
+        hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT), root = H5Gopen2(f, "/", H5P_DEFAULT);
+        double en = attr(root, "energy_gate");
+        H5Gclose(root), H5Fclose(f);
+        printf("fisher weights on expert 1 only: its delta energy %.3g\n", en);
+        CHECK(en == 0.0);
+    }
+    /* a missing Fisher file is an error naming it, on every rank */
+    char *sets3[] = {"model.path=x", "calibration.tokens=y", "delta.weights=fisher", "delta.fisher=/nonexistent.h5"};
+    CHECK_OK(mp_job_load(NULL, sets3, 4, &job));
+    CHECK_ERR(mp_decompose(m, &job, stats, dec2, 0, &o, &dr), MP_ENOENT, "");
     mp_tokens_free(&t);
     mp_model_close(m);
     int fl = t_failures, all = 0;

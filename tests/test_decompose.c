@@ -195,9 +195,25 @@ static void ratio_example(void)
     mp_config_free(&c);
 }
 
+/* per-element (Fisher) weights: only expert 1 counts -> the base is W_1; equal or zero weights -> mean */
+static void fisher_weights(void)
+{
+    float w0[6] = {1, 2, 3, 4, 5, 6}, w1[6] = {-1, 0, 7, 8, 9, 10}, one[6] = {1, 1, 1, 1, 1, 1}, zero[6] = {0};
+    const float *W[2] = {w0, w1}, *only1[2] = {zero, one}, *eq[2] = {one, one}, *none[2] = {zero, zero};
+    float out[6];
+    mp_base_rows_elem(2, 2, 3, W, only1, out);
+    CHECK(!memcmp(out, w1, sizeof out));
+    mp_base_rows_elem(2, 2, 3, W, eq, out);
+    for (int i = 0; i < 6; i++)
+        CHECK(out[i] == 0.5f * (w0[i] + w1[i]));
+    mp_base_rows_elem(2, 2, 3, W, none, out);
+    CHECK(out[2] == 5.0f);
+}
+
 int main(void)
 {
     identity_tests();
+    fisher_weights();
     ratio_example();
     numpy_reference();
     return t_done("decompose");
