@@ -2,6 +2,7 @@
 #include "model.h"
 
 #include <stdarg.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -174,5 +175,16 @@ int mp_model_read_expert(const mp_model *m, int l, int e, mp_proj p, float *out)
     const mp_tensor *t;
     MP_CHECK(mp_ckpt_get(m->ck, b.name, &t));
     MP_CHECK(mp_ckpt_read_f32(m->ck, t, b.first, b.rows * b.cols, out));
+    return 0;
+}
+
+int mp_model_check_finite(const mp_model *m, int l, int e, mp_proj p, const float *w)
+{
+    mp_block_loc b;
+    mp_expert_block(&m->cfg, m->layout, l, e, p, &b);
+    for (int64_t i = 0; i < b.rows * b.cols; i++)
+        if (!isfinite(w[i]))
+            return mp_errorf(MP_ENUMERIC, "%s: tensor %s: non-finite value at element %lld (layer %d, expert %d, %s)",
+                             m->dir, b.name, (long long)(b.first + i), l, e, mp_proj_name(p));
     return 0;
 }

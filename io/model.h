@@ -41,5 +41,8 @@ int mp_model_check(const mp_model *m, mp_problem **problems, int *nproblems);
 
 /* Read expert e's projection p of layer l as fp32 [rows, cols] (see mp_expert_block). */
 int mp_model_read_expert(const mp_model *m, int l, int e, mp_proj p, float *out);
+/* MP_ENUMERIC naming the tensor, the element and the expert when w (as read by
+ * mp_model_read_expert) holds a NaN or an infinity; 0 otherwise. */
+int mp_model_check_finite(const mp_model *m, int l, int e, mp_proj p, const float *w);
 
 #endif

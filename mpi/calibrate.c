@@ -87,9 +87,11 @@ static int run_unit(const ctx *c, const mp_layer_w *lw, int l, int u, const item
         if (!wg)
             return mp_errorf(MP_ENOMEM, "out of memory for expert %d of layer %d", u, l);
         wu = wg + fd, wd = wu + fd;
-        MP_CHECK_GOTO(mp_model_read_expert(c->m, l, u, MP_PROJ_GATE, wg), out);
-        MP_CHECK_GOTO(mp_model_read_expert(c->m, l, u, MP_PROJ_UP, wu), out);
-        MP_CHECK_GOTO(mp_model_read_expert(c->m, l, u, MP_PROJ_DOWN, wd), out);
+        float *ws[3] = {wg, wu, wd};
+        for (int p = 0; p < 3; p++) {
+            MP_CHECK_GOTO(mp_model_read_expert(c->m, l, u, (mp_proj)p, ws[p]), out);
+            MP_CHECK_GOTO(mp_model_check_finite(c->m, l, u, (mp_proj)p, ws[p]), out);
+        }
     }
     if (st)
         MP_CHECK_GOTO(mp_stats_alloc(st, l, u, d, f), out);

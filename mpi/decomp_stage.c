@@ -214,6 +214,8 @@ static int decompose_expert(const dctx *x, int l, int e, float *const base[3], i
                 rc = mp_errorf(MP_ENOMEM, "out of memory decomposing expert %d of layer %d", e, l);
             if (rc == 0)
                 rc = mp_model_read_expert(x->m, l, e, (mp_proj)p, w);
+            if (rc == 0)
+                rc = mp_model_check_finite(x->m, l, e, (mp_proj)p, w);
             if (rc == 0) {
                 for (int64_t i = 0; i < rows * cols; i++)
                     D[i] = (double)w[i] - (double)base[p][i];

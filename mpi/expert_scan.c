@@ -31,17 +31,14 @@ static int scan_one(const mp_model *m, int l, int e, float *buf, mp_expert_recor
             XXH64_freeState(st);
             MP_CHECK(rc);
         }
-        double s = 0;
-        for (int64_t i = 0; i < n; i++) {
-            if (!isfinite(buf[i])) {
-                XXH64_freeState(st);
-                mp_block_loc b;
-                mp_expert_block(c, m->layout, l, e, (mp_proj)p, &b);
-                return mp_errorf(MP_ENUMERIC, "%s: tensor %s: non-finite value at element %lld of expert %d",
-                                 m->dir, b.name, (long long)(b.first + i), e);
-            }
-            s += (double)buf[i] * buf[i];
+        rc = mp_model_check_finite(m, l, e, (mp_proj)p, buf);
+        if (rc < 0) {
+            XXH64_freeState(st);
+            MP_CHECK(rc);
         }
+        double s = 0;
+        for (int64_t i = 0; i < n; i++)
+            s += (double)buf[i] * buf[i];
         r->fro[p] = sqrt(s);
         XXH64_update(st, buf, (size_t)n * sizeof(float));
     }

@@ -36,6 +36,9 @@ start | stop | status | env) ;;
     ;;
 esac
 
+if [ "$cmd" != start ] && [ ! -d "$DIR" ]; then
+    [ "$cmd" = env ] || { echo "local-cluster: no cluster in $DIR"; exit 0; }
+fi
 mkdir -p "$DIR"
 DIR=$(cd "$DIR" && pwd -P)
 CONF=$DIR/slurm.conf
@@ -99,7 +102,7 @@ write_config() {
     line=$(slurmd -C | head -n 1) || die "slurmd -C failed"
     cpus=$(echo "$line" | sed -n 's/.*CPUs=\([0-9]*\).*/\1/p')
     mem=$(echo "$line" | sed -n 's/.*RealMemory=\([0-9]*\).*/\1/p')
-    [ -n "$cpus" ] && [ -n "$mem" ] || die "cannot parse 'slurmd -C': $line"
+    if [ -z "$cpus" ] || [ -z "$mem" ]; then die "cannot parse 'slurmd -C': $line"; fi
     mkdir -p "$DIR/state" "$DIR/spool" "$DIR/log"
     : >"$DIR/plugstack.conf" # no SPANK plugins from /etc/slurm
     cat >"$CONF.tmp" <<EOF

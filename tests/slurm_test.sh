@@ -72,9 +72,20 @@ CLUSTER=$T/cluster
 cp "$BIN" "$T/moepack"
 BIN=$T/moepack
 JOBID=""
+CHILD=""    # a long foreground step, run in the background so that traps fire at once
+WATCHDOG="" # cleans up if this shell is killed without running its trap (SIGKILL)
 cleanup() {
     rc=$?
     trap - EXIT INT TERM
+    [ -z "$WATCHDOG" ] || kill "$WATCHDOG" 2>/dev/null || true
+    if [ -n "$CHILD" ]; then # ranks stop at the next layer; give them 10 s
+        kill -TERM "$CHILD" 2>/dev/null || true
+        for _ in $(seq 1 20); do
+            kill -0 "$CHILD" 2>/dev/null || break
+            sleep 0.5
+        done
+        kill -KILL "$CHILD" 2>/dev/null || true
+    fi
     if [ -f "$CLUSTER/slurm.conf" ]; then
         "$SRC/slurm/local-cluster.sh" stop "$CLUSTER" >/dev/null 2>&1 || true
     fi
@@ -86,7 +97,22 @@ cleanup() {
     exit "$rc"
 }
 trap cleanup EXIT
-trap 'echo "slurm_test: interrupted" >&2; exit 1' INT TERM
+exec 3>&2 # the trap's message reaches the real stderr even inside a redirected step
+trap 'echo "slurm_test: interrupted, cleaning up" >&3; exit 1' INT TERM
+# shellcheck disable=SC2016 # the script's $1..$5 are its arguments
+setsid bash -c 'while kill -0 "$1" 2>/dev/null; do sleep 2; done
+    [ -f "$3/slurm.conf" ] && "$2" stop "$3"; [ "$4" = 1 ] || rm -rf "$5"' \
+    watchdog $$ "$SRC/slurm/local-cluster.sh" "$CLUSTER" "${SLURM_TEST_KEEP:-0}" "$T" \
+    </dev/null >/dev/null 2>&1 &
+WATCHDOG=$!
+run_child() { # run_child COMMAND...: run it, return its status
+    local rc=0
+    "$@" &
+    CHILD=$!
+    wait "$CHILD" || rc=$?
+    CHILD=""
+    return "$rc"
+}
 
 # ---- cluster on two free ports (a real Slurm may own 6817/6818)
 port_free() {
@@ -116,7 +142,7 @@ say "launcher inside the job: $MOEPACK_LAUNCHER"
 # ---- model and job files
 say "synth --arch qwen2_moe $SYNTH_OPTS"
 # shellcheck disable=SC2086 # word splitting of the options is intended
-timeout "$(left)" "$BIN" synth --arch qwen2_moe --out "$T/model" $SYNTH_OPTS >"$T/synth.log" 2>&1 ||
+run_child timeout "$(left)" "$BIN" synth --arch qwen2_moe --out "$T/model" $SYNTH_OPTS >"$T/synth.log" 2>&1 ||
     { cat "$T/synth.log"; fail "synth failed"; }
 write_job() { # write_job NAME
     mkdir -p "$T/$1"
@@ -140,7 +166,7 @@ ndone() { find "$1/checkpoint/calib" -name DONE 2>/dev/null | wc -l; }
 say "reference: $MPIEXEC -np 2 moepack run --job ref.ini"
 t=$(date +%s)
 rc=0
-timeout "$(left)" "$MPIEXEC" --oversubscribe -np 2 "$RUN_BIN" run --job "$T/ref.ini" --quiet \
+run_child timeout "$(left)" "$MPIEXEC" --oversubscribe -np 2 "$RUN_BIN" run --job "$T/ref.ini" --quiet \
     >"$T/ref.log" 2>&1 || rc=$?
 [ "$rc" -eq 0 ] || { cat "$T/ref.log"; fail "reference run exited $rc"; }
 REF_S=$(($(date +%s) - t))
@@ -188,8 +214,9 @@ requeued() { grep -q "requeueing job $JOBID" "$T/slurm.out" 2>/dev/null; }
 wait_for 120 "the job to stop with exit 12 and requeue itself" requeued
 AT_STOP=$(ndone "$T/slurm")
 say "stopped with exit 12 and requeued after $AT_STOP of $NLAYERS layers; state $(job_field JobState), restarts $(job_field Restarts)"
-[ "$AT_STOP" -ge 1 ] && [ "$AT_STOP" -lt "$NLAYERS" ] ||
+if [ "$AT_STOP" -lt 1 ] || [ "$AT_STOP" -ge "$NLAYERS" ]; then
     fail "expected a partial checkpoint at the stop, found $AT_STOP of $NLAYERS layers"
+fi
 # the files of the committed layers, to check that the restart keeps them
 # (same inode and mtime) instead of computing them again
 committed_files() {

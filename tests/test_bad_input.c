@@ -250,6 +250,32 @@ static void calibrate_cases(void)
     check_cmd(cmd, MP_OK, "");
     CALIB(tok2, "--set calibration.min_tokens=x");
     check_cmd(cmd, MP_EUSAGE, "calibration.min_tokens=x");
+    /* NaN in an expert weight: exit 10 naming the tensor and element */
+    {
+        char md[700];
+        snprintf(md, sizeof md, "%s/nan_model", d);
+        mp_mkdir_p(md);
+        copy(MP_FIXTURES "/qwen3_moe_f32", md, "config.json", 0);
+        copy(MP_FIXTURES "/qwen3_moe_f32", md, "model.safetensors", 0);
+        char mf[800];
+        snprintf(mf, sizeof mf, "%s/model.safetensors", md);
+        mp_ckpt *ck = NULL;
+        CHECK_OK(mp_ckpt_open_file(mf, &ck));
+        const mp_tensor *t = ck ? mp_ckpt_find(ck, "model.layers.1.mlp.experts.2.up_proj.weight") : NULL;
+        CHECK(t != NULL);
+        if (t) {
+            off_t off = (off_t)(t->data - ck->files[0].map) + 5 * 4;
+            float nan = NAN;
+            FILE *fp = fopen(mf, "r+b");
+            CHECK(fp && fseeko(fp, off, SEEK_SET) == 0 && fwrite(&nan, 4, 1, fp) == 1);
+            if (fp)
+                fclose(fp);
+        }
+        mp_ckpt_close(ck);
+        snprintf(cmd, sizeof cmd, "'%s' run --quiet --set model.path=%s --set calibration.tokens=%s "
+                 "--set checkpoint.dir=%s/nan_ckpt", MOEPACK_BIN, md, tok, d);
+        check_cmd(cmd, MP_ENUMERIC, "tensor model.layers.1.mlp.experts.2.up_proj.weight: non-finite value at element 5");
+    }
 #undef CALIB
     /* job file errors name the file and line */
     snprintf(job, sizeof job, "%s/job.ini", d);

@@ -10,7 +10,10 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <hdf5.h>
+
 #include "calibrate.h"
+#include "decomp_stage.h"
 #include "fsutil.h"
 #include "runtime.h"
 #include "stats.h"
@@ -247,6 +250,24 @@ static void starved(const char *root)
         CHECK(rep && strstr(rep, "{\"expert\": 3, \"tokens\": 0, \"prior\": true}"));
         free(rep);
         printf("starved expert: finished with %d starved experts, prior applied\n", res.n_starved);
+    }
+    /* the decomposition of a starved expert uses the prior: finite factors */
+    mp_job job;
+    char *sets[] = {"model.path=x", "calibration.tokens=y", "delta.solver=lapack"}; /* byte-comparable */
+    CHECK_OK(mp_job_load(NULL, sets, 3, &job));
+    char dec[800];
+    snprintf(dec, sizeof dec, "%s/starved_decomp", root);
+    mp_decomp_result dr;
+    CHECK_OK(mp_decompose(m, &job, stats, dec, 0, &opt, &dr));
+    if (mp_mpi_rank() == 0) {
+        snprintf(path, sizeof path, "%s/layer0001/expert0003.h5", dec);
+        hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT), root_g = H5Gopen2(f, "/", H5P_DEFAULT);
+        double en = NAN;
+        hid_t a = H5Aopen(root_g, "energy_up", H5P_DEFAULT);
+        H5Aread(a, H5T_NATIVE_DOUBLE, &en);
+        H5Aclose(a), H5Gclose(root_g), H5Fclose(f);
+        printf("starved expert decomposed with the prior: energy_up %.4g\n", en);
+        CHECK(isfinite(en) && en > 0);
     }
     mp_tokens_free(&tok);
     mp_model_close(m);

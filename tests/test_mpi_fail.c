@@ -96,7 +96,7 @@ int main(int argc, char **argv)
     rc = mp_expert_scan(m, &r);
     CHECK(rc == MP_ENUMERIC);
     if (rank == size - 1)
-        CHECK(strstr(mp_error_message(), "non-finite value at element 7 of expert 5") != NULL);
+        CHECK(strstr(mp_error_message(), "non-finite value at element 7 (layer 2, expert 5, down)") != NULL);
     else
         CHECK(strstr(mp_error_message(), "rank") != NULL);
     mp_model_close(m);
