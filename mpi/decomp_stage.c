@@ -20,6 +20,9 @@
 
 static const char *PN[3] = {"gate", "up", "down"};
 
+/* above this many bytes of working memory for one delta, `auto` factors it with ScaLAPACK on all ranks */
+#define MP_LOCAL_SVD_MAX ((int64_t)16 << 30)
+
 static int put_f32(hid_t f, const char *name, const float *v, hsize_t a, hsize_t b)
 {
     hsize_t dims[2] = {a, b};
@@ -364,7 +367,9 @@ int mp_decompose(const mp_model *m, const mp_job *job, const char *stats_dir, co
             }
             /* ScaLAPACK for every expert in turn (all ranks) when asked, or with auto when the layer has
              * fewer experts than ranks; otherwise each owner factors its experts alone */
-            int collective = !strcmp(job->delta_solver, "scalapack") || (!strcmp(job->delta_solver, "auto") && E < x.size);
+            int64_t big = (int64_t)c->hidden * c->moe_ffn * 8 * 6; /* bytes one rank needs for one delta */
+            int collective = !strcmp(job->delta_solver, "scalapack") ||
+                             (!strcmp(job->delta_solver, "auto") && x.size > 1 && (E < x.size || big > MP_LOCAL_SVD_MAX));
             if (collective)
                 rc = mp_mpi_agree(rc);
             for (int e = 0; e < E && rc == 0; e++) {
