@@ -478,6 +478,8 @@ int mp_calibrate(const mp_model *m, const mp_tokens *tok, const mp_calib_opts *o
         rc = mp_embed(m, tok->ids + (int64_t)c.seq0 * S, (int)c.T, h);
     MP_CHECK_GOTO(mp_mpi_agree(rc), out);
     double t_start = MPI_Wtime();
+    if (!o->stats_dir)
+        mp_note_progress(); /* nothing to commit (eval): a signal stops at the next layer */
     if (o->observe && c.T)
         o->observe(o->observe_ctx, "hidden", 0, c.seq0, c.nseq, d, h);
     for (int l = 0; l < cfg->n_layers; l++) {
@@ -516,6 +518,8 @@ int mp_calibrate(const mp_model *m, const mp_tokens *tok, const mp_calib_opts *o
                 }
             }
             MP_CHECK_GOTO(moe_layer(&c, &lw, l, x, y, committed ? &(int){0} : &starved), out);
+            if (c.collect)
+                mp_note_progress();
             res->n_starved += starved;
             for (int64_t i = 0; i < c.T * d; i++)
                 h[i] += y[i];

@@ -402,6 +402,7 @@ int mp_decompose(const mp_model *m, const mp_job *job, const char *stats_dir, co
             }
             free(h);
             MP_CHECK_GOTO(mp_mpi_agree(rc), out);
+            mp_note_progress();
         }
         done++;
         res->n_layers_done++;

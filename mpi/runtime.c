@@ -88,6 +88,9 @@ void mp_mpi_fail(int rc)
 
 static volatile sig_atomic_t g_signal = 0;
 static double g_deadline = 0; /* MPI_Wtime() value, 0 = none */
+static long g_progress = 0;   /* units committed by this run (the same count on every rank) */
+
+void mp_note_progress(void) { g_progress++; }
 
 static void on_signal(int sig) { g_signal = sig; }
 
@@ -114,6 +117,8 @@ int mp_should_stop(double next_unit_s, const char *where)
     int mrc = MPI_Allreduce(mine, all, 2, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
     if (mrc != MPI_SUCCESS)
         mp_mpi_fail(mp_mpi_check(mrc, "MPI_Allreduce (stop agreement)"));
+    if (!g_progress && (all[0] || all[1]))
+        return 0; /* nothing new committed yet: a restart must always make progress, so go on to the next unit */
     if (all[0])
         return mp_errorf(MP_ESTOPPED, "stopped %s on %s; everything before is committed, run again to resume", where,
                          all[0] == SIGTERM ? "SIGTERM" : all[0] == SIGUSR1 ? "SIGUSR1" : "a signal");

@@ -37,8 +37,12 @@ int mp_signal_received(void);
 void mp_walltime_set(double seconds);
 /* Collective, at a unit boundary: MP_ESTOPPED (with a message) when any rank
  * received SIGTERM/SIGUSR1, or when rank 0 expects the next unit, estimated to
- * take `next_unit_s` seconds, to overrun the wall-clock budget; else 0. */
+ * take `next_unit_s` seconds, to overrun the wall-clock budget; else 0. A stop
+ * is honoured only once this run has committed a new unit (mp_note_progress),
+ * so that a job restarted again and again still finishes. */
 int mp_should_stop(double next_unit_s, const char *where);
+/* Local, called on every rank when a unit (a layer of a stage) is newly committed. */
+void mp_note_progress(void);
 /* Local fault injection for restart tests: with MOEPACK_FAULT=rank:n in the
  * environment, the n-th call on that rank (counting from 1) kills the process
  * with SIGKILL (MOEPACK_FAULT_SIGNAL=USR1 or TERM: raises that signal instead).

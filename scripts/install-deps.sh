@@ -10,6 +10,8 @@ set -eu
 
 PKGS="build-essential cmake pkg-config libopenmpi-dev openmpi-bin libscalapack-openmpi-dev
 libhdf5-openmpi-dev hdf5-tools libopenblas-dev liblapacke-dev libcjson-dev libinih-dev libxxhash-dev"
+# only for the test suite: the Slurm end-to-end test runs a one-node cluster on localhost
+PKGS="$PKGS slurmctld slurmd slurm-client munge"
 
 advice() {
     cat <<MSG
