@@ -251,6 +251,48 @@ static int demo_model(const mp_synth_opts *o, const char *out, const char *model
     return rc;
 }
 
+/* the relative whitened truncation loss of every projection, averaged over the experts of each layer */
+static void demo_losses(const mp_model *m, const char *ddir)
+{
+    static const char *pn[3] = {"gate", "up", "down"};
+    printf("   layer  rank  loss gate  loss up  loss down   (||(W - W_b - U V) X||^2 / ||(W - W_b) X||^2)\n");
+    for (int l = 0; l < m->cfg.n_layers; l++) {
+        if (!m->cfg.is_moe[l])
+            continue;
+        double loss[3] = {0, 0, 0};
+        int64_t rank = 0;
+        for (int e = 0; e < m->cfg.n_experts; e++) {
+            char path[4400];
+            snprintf(path, sizeof path, "%s/layer%04d/expert%04d.h5", ddir, l, e);
+            hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT), root = f >= 0 ? H5Gopen2(f, "/", H5P_DEFAULT) : -1;
+            for (int p = 0; p < 3 && root >= 0; p++) {
+                char nm[32];
+                double energy = 0, kept = 0, sig[8192];
+                snprintf(nm, sizeof nm, "energy_%s", pn[p]);
+                hid_t at = H5Aopen(root, nm, H5P_DEFAULT);
+                H5Aread(at, H5T_NATIVE_DOUBLE, &energy), H5Aclose(at);
+                snprintf(nm, sizeof nm, "rank_%s", pn[p]);
+                at = H5Aopen(root, nm, H5P_DEFAULT);
+                H5Aread(at, H5T_NATIVE_INT64, &rank), H5Aclose(at);
+                snprintf(nm, sizeof nm, "sigma_%s", pn[p]);
+                hid_t ds = H5Dopen2(f, nm, H5P_DEFAULT), sp = H5Dget_space(ds);
+                if (H5Sget_simple_extent_npoints(sp) <= 8192 &&
+                    H5Dread(ds, H5T_NATIVE_DOUBLE, H5S_ALL, H5S_ALL, H5P_DEFAULT, sig) >= 0)
+                    for (int64_t j = 0; j < rank; j++)
+                        kept += sig[j] * sig[j];
+                H5Sclose(sp), H5Dclose(ds);
+                loss[p] += energy > 0 ? (energy - kept) / energy / m->cfg.n_experts : 0;
+            }
+            if (root >= 0)
+                H5Gclose(root);
+            if (f >= 0)
+                H5Fclose(f);
+        }
+        printf("   %5d  %4lld  %8.2f%%  %6.2f%%  %8.2f%%\n", l, (long long)rank, 100 * loss[0], 100 * loss[1],
+               100 * loss[2]);
+    }
+}
+
 static int cmd_demo(args *a)
 {
     mp_synth_opts o;
@@ -344,8 +386,26 @@ static int cmd_demo(args *a)
         printf("experts below %d tokens (neutral prior): %d\n", job.min_tokens, cr.n_starved);
         printf("baseline perplexity: %.4f over %lld predicted tokens\n", exp(cr.nll_sum / (double)cr.n_pred),
                (long long)cr.n_pred);
-        printf("demo: the later stages (decompose, measure, allocate, quantize, write, validate) "
-               "are not implemented yet\n");
+        fflush(stdout);
+    }
+    /* decompose: D2 base + whitened low-rank deltas at the default fraction */
+    char *dsets[] = {"model.path=demo", "calibration.tokens=demo"};
+    mp_job dj;
+    if (rc == 0)
+        rc = mp_job_load(NULL, dsets, 2, &dj);
+    char ddir[4300];
+    snprintf(ddir, sizeof ddir, "%s/decomp", job.ckpt_dir);
+    mp_decomp_result dr;
+    if (rc == 0 && rank == 0)
+        printf("\n== decompose: base + whitened low-rank deltas (fraction %.2f), factors in %s\n", dj.delta_fraction,
+               ddir), fflush(stdout);
+    if (rc == 0)
+        rc = mp_decompose(m, &dj, stats, ddir, 0, &co, &dr);
+    if (rc == 0 && rank == 0) {
+        demo_losses(m, ddir);
+        printf("overall compression at this fraction: %.1f%% of all parameters\n",
+               100 * mp_compression_ratio(&m->cfg, dr.fraction));
+        printf("demo: the later stages (measure, allocate, quantize, write, validate) are not implemented yet\n");
         fflush(stdout);
     }
     mp_tokens_free(&t);
