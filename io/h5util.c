@@ -86,3 +86,29 @@ hid_t mp_h5_dcpl(void)
     H5Pset_obj_track_times(d, 0);
     return d;
 }
+
+int mp_h5_put(hid_t loc, const char *name, hid_t file_type, hid_t mem_type, const void *v, int rank, hsize_t a,
+              hsize_t b)
+{
+    hsize_t dims[2] = {a, b};
+    hid_t sp = H5Screate_simple(rank, dims, NULL), dcpl = mp_h5_dcpl();
+    hid_t ds = H5Dcreate2(loc, name, file_type, sp, H5P_DEFAULT, dcpl, H5P_DEFAULT);
+    int empty = a == 0 || (rank == 2 && b == 0);
+    int ok = ds >= 0 && (empty || H5Dwrite(ds, mem_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, v) >= 0);
+    if (ds >= 0)
+        H5Dclose(ds);
+    H5Pclose(dcpl);
+    H5Sclose(sp);
+    return ok ? 0 : -1;
+}
+
+int mp_h5_put_attr(hid_t loc, const char *name, hid_t file_type, hid_t mem_type, const void *v)
+{
+    hid_t sp = H5Screate(H5S_SCALAR);
+    hid_t at = H5Acreate2(loc, name, file_type, sp, H5P_DEFAULT, H5P_DEFAULT);
+    int ok = at >= 0 && H5Awrite(at, mem_type, v) >= 0;
+    if (at >= 0)
+        H5Aclose(at);
+    H5Sclose(sp);
+    return ok ? 0 : -1;
+}

@@ -22,5 +22,11 @@ hid_t mp_h5_open_mem(const char *path);
 int mp_h5_save(hid_t f, const char *path);
 /* Create a dataset creation property list without timestamps. */
 hid_t mp_h5_dcpl(void);
+/* Dataset `name` in `loc`, stored as file_type, of rank 1 ([a]) or 2 ([a, b]), written from v (mem_type);
+ * no timestamps; a dataset with no elements is created empty. 0, or -1 on failure (the caller names the file). */
+int mp_h5_put(hid_t loc, const char *name, hid_t file_type, hid_t mem_type, const void *v, int rank, hsize_t a,
+              hsize_t b);
+/* Scalar attribute `name` on `loc` (a file: its root group). 0 or -1. */
+int mp_h5_put_attr(hid_t loc, const char *name, hid_t file_type, hid_t mem_type, const void *v);
 
 #endif

@@ -46,26 +46,12 @@ void mp_stats_path(char *buf, size_t cap, const char *dir, int layer, int expert
 
 static int put(hid_t f, const char *name, const double *v, int rank, hsize_t a, hsize_t b)
 {
-    hsize_t dims[2] = {a, b};
-    hid_t sp = H5Screate_simple(rank, dims, NULL), dcpl = mp_h5_dcpl();
-    hid_t ds = H5Dcreate2(f, name, H5T_IEEE_F64LE, sp, H5P_DEFAULT, dcpl, H5P_DEFAULT);
-    int ok = ds >= 0 && H5Dwrite(ds, H5T_NATIVE_DOUBLE, H5S_ALL, H5S_ALL, H5P_DEFAULT, v) >= 0;
-    if (ds >= 0)
-        H5Dclose(ds);
-    H5Pclose(dcpl);
-    H5Sclose(sp);
-    return ok ? 0 : -1;
+    return mp_h5_put(f, name, H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, v, rank, a, b);
 }
 
 static int put_attr(hid_t f, const char *name, hid_t type, const void *v)
 {
-    hid_t sp = H5Screate(H5S_SCALAR);
-    hid_t a = H5Acreate2(f, name, type, sp, H5P_DEFAULT, H5P_DEFAULT);
-    int ok = a >= 0 && H5Awrite(a, type == H5T_STD_I64LE ? H5T_NATIVE_INT64 : H5T_NATIVE_DOUBLE, v) >= 0;
-    if (a >= 0)
-        H5Aclose(a);
-    H5Sclose(sp);
-    return ok ? 0 : -1;
+    return mp_h5_put_attr(f, name, type, type == H5T_STD_I64LE ? H5T_NATIVE_INT64 : H5T_NATIVE_DOUBLE, v);
 }
 
 static void tmp_name(char *buf, size_t cap, const char *path) { snprintf(buf, cap, "%s.partial", path); }

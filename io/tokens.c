@@ -83,14 +83,7 @@ int mp_tokens_write(const char *path, const int32_t *ids, int n_seq, int seq_len
     hid_t f = mp_h5_create_mem();
     if (f < 0)
         MP_CHECK(MP_EINTERNAL);
-    hsize_t dims[2] = {(hsize_t)n_seq, (hsize_t)seq_len};
-    hid_t sp = H5Screate_simple(2, dims, NULL), dcpl = mp_h5_dcpl();
-    hid_t ds = H5Dcreate2(f, "tokens", H5T_STD_I32LE, sp, H5P_DEFAULT, dcpl, H5P_DEFAULT);
-    H5Pclose(dcpl);
-    int bad = ds < 0 || H5Dwrite(ds, H5T_NATIVE_INT32, H5S_ALL, H5S_ALL, H5P_DEFAULT, ids) < 0;
-    if (ds >= 0)
-        H5Dclose(ds);
-    H5Sclose(sp);
+    int bad = mp_h5_put(f, "tokens", H5T_STD_I32LE, H5T_NATIVE_INT32, ids, 2, (hsize_t)n_seq, (hsize_t)seq_len) < 0;
     if (bad) {
         H5Fclose(f);
         return mp_errorf(MP_EINTERNAL, "%s: HDF5 could not build dataset 'tokens'", path);

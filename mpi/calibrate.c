@@ -14,6 +14,7 @@
 #include "expert_scan.h"
 #include "forward.h"
 #include "fsutil.h"
+#include "layer_commit.h"
 #include "runtime.h"
 #include "stats.h"
 #include "store.h"
@@ -234,6 +235,13 @@ static int layer_prior(const ctx *c, int l, unit_sum *us, int *n_starved)
     return rc;
 }
 
+/* the units of a layer: the routed experts and the shared one (unit E) */
+static void expert_file_name(int u, int n, char *buf, size_t cap)
+{
+    (void)n;
+    snprintf(buf, cap, "expert%04d.h5", u);
+}
+
 /* Alltoallv with 64-bit element counts checked against INT_MAX. */
 static int exchange(const void *sbuf, const int64_t *scnt, void *rbuf, const int64_t *rcnt, int size, size_t elem,
                     MPI_Datatype type, int per)
@@ -407,25 +415,9 @@ sync:
                 h[E + 1 + u] = 1;
                 mp_fault_point("calibrate: unit committed");
             }
-        rc = mp_mpi_agree(rc);
-        /* every checksum has exactly one contributor: the sum is exact */
-        if (rc == 0 && MPI_Allreduce(MPI_IN_PLACE, h, 2 * (E + 1), MPI_UINT64_T, MPI_SUM, MPI_COMM_WORLD) != MPI_SUCCESS)
-            mp_mpi_fail(mp_errorf(MP_EMPI, "MPI_Allreduce (unit checksums) failed"));
-        if (rc == 0 && rank == 0) {
-            const char *names[4097];
-            static char nbuf[4097][24];
-            int n = 0;
-            uint64_t hs[4097];
-            for (int u = 0; u <= E; u++)
-                if (h[E + 1 + u]) {
-                    snprintf(nbuf[n], sizeof nbuf[n], "expert%04d.h5", u);
-                    names[n] = nbuf[n], hs[n] = h[u], n++;
-                }
-            mp_fault_point("calibrate: before layer manifest");
-            rc = mp_store_commit_layer(c->o->stats_dir, l, names, hs, n, *n_starved);
-        }
+        rc = mp_commit_layer_units(rc, c->o->stats_dir, l, h, E + 1, expert_file_name, *n_starved,
+                                   "calibrate: before layer manifest");
         free(h);
-        rc = mp_mpi_agree(rc);
     }
 done:
     for (int u = 0; us && u <= E; u++)

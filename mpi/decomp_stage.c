@@ -14,6 +14,7 @@
 #include "expert_scan.h"
 #include "fsutil.h"
 #include "h5util.h"
+#include "layer_commit.h"
 #include "runtime.h"
 #include "stats.h"
 #include "store.h"
@@ -25,37 +26,19 @@ static const char *PN[3] = {"gate", "up", "down"};
 
 static int put_f32(hid_t f, const char *name, const float *v, hsize_t a, hsize_t b)
 {
-    hsize_t dims[2] = {a, b};
-    hid_t sp = H5Screate_simple(b ? 2 : 1, dims, NULL), dcpl = mp_h5_dcpl();
-    hid_t ds = H5Dcreate2(f, name, H5T_IEEE_F32LE, sp, H5P_DEFAULT, dcpl, H5P_DEFAULT);
-    int ok = ds >= 0 && (a * (b ? b : 1) == 0 || H5Dwrite(ds, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, v) >= 0);
-    if (ds >= 0)
-        H5Dclose(ds);
-    H5Pclose(dcpl), H5Sclose(sp);
-    return ok ? 0 : -1;
+    return mp_h5_put(f, name, H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, v, b ? 2 : 1, a, b);
 }
 
 static int put_f64(hid_t f, const char *name, const double *v, hsize_t n)
 {
-    hid_t sp = H5Screate_simple(1, &n, NULL), dcpl = mp_h5_dcpl();
-    hid_t ds = H5Dcreate2(f, name, H5T_IEEE_F64LE, sp, H5P_DEFAULT, dcpl, H5P_DEFAULT);
-    int ok = ds >= 0 && H5Dwrite(ds, H5T_NATIVE_DOUBLE, H5S_ALL, H5S_ALL, H5P_DEFAULT, v) >= 0;
-    if (ds >= 0)
-        H5Dclose(ds);
-    H5Pclose(dcpl), H5Sclose(sp);
-    return ok ? 0 : -1;
+    return mp_h5_put(f, name, H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, v, 1, n, 0);
 }
 
 static int put_attr(hid_t f, const char *name, int is_int, double v)
 {
-    hid_t sp = H5Screate(H5S_SCALAR), root = H5Gopen2(f, "/", H5P_DEFAULT);
-    hid_t a = H5Acreate2(root, name, is_int ? H5T_STD_I64LE : H5T_IEEE_F64LE, sp, H5P_DEFAULT, H5P_DEFAULT);
     int64_t iv = (int64_t)v;
-    int ok = a >= 0 && H5Awrite(a, is_int ? H5T_NATIVE_INT64 : H5T_NATIVE_DOUBLE, is_int ? (void *)&iv : (void *)&v) >= 0;
-    if (a >= 0)
-        H5Aclose(a);
-    H5Gclose(root), H5Sclose(sp);
-    return ok ? 0 : -1;
+    return is_int ? mp_h5_put_attr(f, name, H5T_STD_I64LE, H5T_NATIVE_INT64, &iv)
+                  : mp_h5_put_attr(f, name, H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, &v);
 }
 
 typedef struct {
@@ -296,6 +279,15 @@ static int decompose_expert(const dctx *x, int l, int e, float *const base[3], i
     return collective ? mp_mpi_agree(rc) : rc;
 }
 
+/* the units of a layer: expert e's factors, and the base as the last unit (E) */
+static void unit_file_name(int u, int n, char *buf, size_t cap)
+{
+    if (u == n - 1)
+        snprintf(buf, cap, "base.h5");
+    else
+        snprintf(buf, cap, "expert%04d.h5", u);
+}
+
 int mp_decompose(const mp_model *m, const mp_job *job, const char *stats_dir, const char *dir, int resume,
                  const mp_calib_opts *progress, mp_decomp_result *res)
 {
@@ -381,27 +373,13 @@ int mp_decompose(const mp_model *m, const mp_job *job, const char *stats_dir, co
                     mp_fault_point("decompose: unit committed");
                 }
             }
-            rc = mp_mpi_agree(rc);
+            rc = mp_commit_layer_units(rc, dir, l, h, E + 1, unit_file_name, 0, "decompose: before layer manifest");
             if (rc == 0) {
-                MPI_Allreduce(MPI_IN_PLACE, h, 2 * (E + 1), MPI_UINT64_T, MPI_SUM, MPI_COMM_WORLD);
                 MPI_Allreduce(MPI_IN_PLACE, &raised, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
                 res->n_lambda_raised += raised;
             }
-            if (rc == 0 && x.rank == 0) {
-                static char nbuf[4097][24];
-                const char *names[4097];
-                uint64_t hs[4097];
-                int n = 0;
-                for (int e = 0; e <= E; e++)
-                    if (h[E + 1 + e]) {
-                        snprintf(nbuf[n], sizeof nbuf[n], e == E ? "base.h5" : "expert%04d.h5", e);
-                        names[n] = nbuf[n], hs[n] = h[e], n++;
-                    }
-                mp_fault_point("decompose: before layer manifest");
-                rc = mp_store_commit_layer(dir, l, names, hs, n, 0);
-            }
             free(h);
-            MP_CHECK_GOTO(mp_mpi_agree(rc), out);
+            MP_CHECK_GOTO(rc, out);
             mp_note_progress();
         }
         done++;
