@@ -361,12 +361,15 @@ static int cmd_demo(args *a)
     mp_expert_scan_free(&res);
 
     /* calibrate: expert-parallel forward pass and per-expert statistics */
-    mp_job job = {0};
-    job.min_tokens = 16;
-    snprintf(job.model_path, sizeof job.model_path, "%s", model_dir);
-    snprintf(job.tokens_path, sizeof job.tokens_path, "%s", tok);
-    snprintf(job.out_dir, sizeof job.out_dir, "%.2900s", out);
-    snprintf(job.ckpt_dir, sizeof job.ckpt_dir, "%.2900s/checkpoint", out);
+    /* the demo's job: every key at its default but the paths */
+    char set_model[3100], set_tok[3200], set_out[3000];
+    snprintf(set_model, sizeof set_model, "model.path=%s", model_dir);
+    snprintf(set_tok, sizeof set_tok, "calibration.tokens=%s", tok);
+    snprintf(set_out, sizeof set_out, "output.dir=%.2900s", out);
+    char *sets[] = {set_model, set_tok, set_out};
+    mp_job job;
+    if (rc == 0)
+        rc = mp_job_load(NULL, sets, 3, &job);
     mp_fingerprint fp;
     int resumed = 0;
     if (rc == 0 && rank == 0) {
@@ -389,18 +392,14 @@ static int cmd_demo(args *a)
         fflush(stdout);
     }
     /* decompose: D2 base + whitened low-rank deltas at the default fraction */
-    char *dsets[] = {"model.path=demo", "calibration.tokens=demo"};
-    mp_job dj;
-    if (rc == 0)
-        rc = mp_job_load(NULL, dsets, 2, &dj);
     char ddir[4300];
     snprintf(ddir, sizeof ddir, "%s/decomp", job.ckpt_dir);
     mp_decomp_result dr;
     if (rc == 0 && rank == 0)
-        printf("\n== decompose: base + whitened low-rank deltas (fraction %.2f), factors in %s\n", dj.delta_fraction,
+        printf("\n== decompose: base + whitened low-rank deltas (fraction %.2f), factors in %s\n", job.delta_fraction,
                ddir), fflush(stdout);
     if (rc == 0)
-        rc = mp_decompose(m, &dj, stats, ddir, 0, &co, &dr);
+        rc = mp_decompose(m, &job, stats, ddir, 0, &co, &dr);
     if (rc == 0 && rank == 0) {
         demo_losses(m, ddir);
         printf("overall compression at this fraction: %.1f%% of all parameters\n",
