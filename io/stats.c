@@ -105,13 +105,6 @@ int mp_stats_write_end(const char *path, int64_t prior_tokens, const double *pri
     return 0;
 }
 
-int mp_stats_write(const char *path, const mp_expert_stats *s)
-{
-    MP_CHECK(mp_stats_write_begin(path, s));
-    MP_CHECK(mp_stats_write_end(path, s->prior_tokens, s->prior_diag_in, s->prior_diag_mid, s->d, s->f));
-    return 0;
-}
-
 static int get(hid_t f, const char *path, const char *name, double *v, hsize_t n)
 {
     hid_t ds = H5Dopen2(f, name, H5P_DEFAULT);

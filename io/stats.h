@@ -27,8 +27,7 @@ typedef struct {
 /* Allocate zeroed arrays for dims d, f. */
 int mp_stats_alloc(mp_expert_stats *s, int64_t layer, int64_t expert, int64_t d, int64_t f);
 void mp_stats_free(mp_expert_stats *s);
-int mp_stats_write(const char *path, const mp_expert_stats *s);
-/* The same in two steps, so that the Grams need not stay in memory until the
+/* Written in two steps, so that the Grams need not stay in memory until the
  * layer's prior is known: begin writes everything but the prior to a
  * temporary file next to `path`; end adds prior_tokens and the prior
  * diagonals and commits the file under `path` (on error nothing is left). */

@@ -243,7 +243,7 @@ static void expert_file_name(int u, int n, char *buf, size_t cap)
 }
 
 /* Alltoallv with 64-bit element counts checked against INT_MAX. */
-static int exchange(const void *sbuf, const int64_t *scnt, void *rbuf, const int64_t *rcnt, int size, size_t elem,
+static int exchange(const void *sbuf, const int64_t *scnt, void *rbuf, const int64_t *rcnt, int size,
                     MPI_Datatype type, int per)
 {
     int *sc = malloc(sizeof(int) * (size_t)size * 4), *sd = sc + size, *rc = sd + size, *rd = rc + size;
@@ -258,7 +258,6 @@ static int exchange(const void *sbuf, const int64_t *scnt, void *rbuf, const int
         sc[r] = (int)(scnt[r] * per), sd[r] = (int)so, rc[r] = (int)(rcnt[r] * per), rd[r] = (int)ro;
         so += scnt[r] * per, ro += rcnt[r] * per;
     }
-    (void)elem;
     int mrc = MPI_Alltoallv(sbuf, sc, sd, type, rbuf, rc, rd, type, MPI_COMM_WORLD);
     free(sc);
     if (mrc != MPI_SUCCESS)
@@ -348,8 +347,8 @@ sync:
         rc = mp_errorf(MP_ENOMEM, "out of memory receiving %lld tokens", (long long)nrecv);
     /* every rank reaches the exchanges; a local allocation failure is agreed on first */
     MP_CHECK_GOTO(mp_mpi_agree(rc), done);
-    MP_CHECK_GOTO(exchange(smeta, scnt, rmeta, rcnt, size, sizeof(item), MPI_BYTE, (int)sizeof(item)), done);
-    MP_CHECK_GOTO(exchange(sx, scnt, rx, rcnt, size, sizeof(float), MPI_FLOAT, d), done);
+    MP_CHECK_GOTO(exchange(smeta, scnt, rmeta, rcnt, size, MPI_BYTE, (int)sizeof(item)), done);
+    MP_CHECK_GOTO(exchange(sx, scnt, rx, rcnt, size, MPI_FLOAT, d), done);
     char ldir[4200];
     snprintf(ldir, sizeof ldir, "%s/layer%04d", c->o->stats_dir ? c->o->stats_dir : ".", l);
     if (c->collect)
@@ -385,7 +384,7 @@ sync:
         mp_fault_point("calibrate: unit written (uncommitted)");
     }
     MP_CHECK_GOTO(mp_mpi_agree(rc), done);
-    MP_CHECK_GOTO(exchange(ry, rcnt, sy, scnt, size, sizeof(float), MPI_FLOAT, d), done);
+    MP_CHECK_GOTO(exchange(ry, rcnt, sy, scnt, size, MPI_FLOAT, d), done);
     /* combine in slot order: routed experts in top-k order, then the shared expert */
     float *ys = calloc((size_t)(T * J * d + 1), sizeof(float));
     if (!ys)

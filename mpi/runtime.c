@@ -105,8 +105,6 @@ void mp_signals_install(void)
     signal(SIGXFSZ, SIG_IGN);
 }
 
-int mp_signal_received(void) { return g_signal; }
-
 void mp_walltime_set(double seconds) { g_deadline = seconds > 0 ? MPI_Wtime() + seconds : 0; }
 
 int mp_should_stop(double next_unit_s, const char *where)

@@ -31,8 +31,6 @@ void mp_mpi_fail(int rc) __attribute__((noreturn));
  * work stops at the next unit boundary), and ignore SIGXFSZ so that a file
  * size limit turns into a write error instead of killing the rank. */
 void mp_signals_install(void);
-/* Local: the signal received so far (0 if none). */
-int mp_signal_received(void);
 /* Set the wall-clock budget in seconds from now (0 = none). Local. */
 void mp_walltime_set(double seconds);
 /* Collective, at a unit boundary: MP_ESTOPPED (with a message) when any rank
