@@ -7,13 +7,8 @@
 #include <xxhash.h>
 
 #include "error.h"
+#include "plan.h"
 #include "runtime.h"
-
-void mp_shard_range(int64_t n, int rank, int size, int64_t *lo, int64_t *hi)
-{
-    *lo = n * rank / size;
-    *hi = n * (rank + 1) / size;
-}
 
 static int scan_one(const mp_model *m, int l, int e, float *buf, mp_expert_record *r)
 {

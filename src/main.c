@@ -9,9 +9,7 @@
 #include <sys/stat.h>
 
 #include "error.h"
-#include "calibrate.h"
-#include "decomp_stage.h"
-#include "decompose.h"
+#include "ep_forward.h"
 #include "expert_scan.h"
 #include "fsutil.h"
 #include "gpu_info.h"
@@ -19,9 +17,11 @@
 #include "inspect.h"
 #include "job.h"
 #include "model.h"
+#include "pipeline.h"
 #include "runtime.h"
 #include "synth.h"
 #include "tokens.h"
+#include "weights.h"
 
 static const char USAGE[] =
     "usage: moepack <command> [options]\n"
@@ -35,8 +35,8 @@ static const char USAGE[] =
     "        write a tiny synthetic checkpoint in the Hugging Face layout + tokens.h5\n"
     "  inspect PATH [--json]\n"
     "        architecture, MoE layers, parameter counts, dtypes and a tensor check\n"
-    "  run [--job FILE] [--set section.key=value ...] [--fresh] [--walltime S] [--quiet] [--log-json]\n"
-    "        the pipeline stages implemented so far (calibration), resuming from checkpoint.dir;\n"
+    "  run [--job FILE] [--set section.key=value ...] [--fresh] [--until STAGE] [--walltime S] [--quiet] [--log-json]\n"
+    "        the pipeline stages implemented so far (calibrate, decompose), resuming from checkpoint.dir;\n"
     "        SIGTERM/SIGUSR1 or --walltime stop at the next layer with exit status 12\n"
     "  calibrate [same options as run]\n"
     "        expert-parallel forward pass over the calibration tokens; per-expert statistics\n"
@@ -251,48 +251,6 @@ static int demo_model(const mp_synth_opts *o, const char *out, const char *model
     return rc;
 }
 
-/* the relative whitened truncation loss of every projection, averaged over the experts of each layer */
-static void demo_losses(const mp_model *m, const char *ddir)
-{
-    static const char *pn[3] = {"gate", "up", "down"};
-    printf("   layer  rank  loss gate  loss up  loss down   (||(W - W_b - U V) X||^2 / ||(W - W_b) X||^2)\n");
-    for (int l = 0; l < m->cfg.n_layers; l++) {
-        if (!m->cfg.is_moe[l])
-            continue;
-        double loss[3] = {0, 0, 0};
-        int64_t rank = 0;
-        for (int e = 0; e < m->cfg.n_experts; e++) {
-            char path[4400];
-            snprintf(path, sizeof path, "%s/layer%04d/expert%04d.h5", ddir, l, e);
-            hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT), root = f >= 0 ? H5Gopen2(f, "/", H5P_DEFAULT) : -1;
-            for (int p = 0; p < 3 && root >= 0; p++) {
-                char nm[32];
-                double energy = 0, kept = 0, sig[8192];
-                snprintf(nm, sizeof nm, "energy_%s", pn[p]);
-                hid_t at = H5Aopen(root, nm, H5P_DEFAULT);
-                H5Aread(at, H5T_NATIVE_DOUBLE, &energy), H5Aclose(at);
-                snprintf(nm, sizeof nm, "rank_%s", pn[p]);
-                at = H5Aopen(root, nm, H5P_DEFAULT);
-                H5Aread(at, H5T_NATIVE_INT64, &rank), H5Aclose(at);
-                snprintf(nm, sizeof nm, "sigma_%s", pn[p]);
-                hid_t ds = H5Dopen2(f, nm, H5P_DEFAULT), sp = H5Dget_space(ds);
-                if (H5Sget_simple_extent_npoints(sp) <= 8192 &&
-                    H5Dread(ds, H5T_NATIVE_DOUBLE, H5S_ALL, H5S_ALL, H5P_DEFAULT, sig) >= 0)
-                    for (int64_t j = 0; j < rank; j++)
-                        kept += sig[j] * sig[j];
-                H5Sclose(sp), H5Dclose(ds);
-                loss[p] += energy > 0 ? (energy - kept) / energy / m->cfg.n_experts : 0;
-            }
-            if (root >= 0)
-                H5Gclose(root);
-            if (f >= 0)
-                H5Fclose(f);
-        }
-        printf("   %5d  %4lld  %8.2f%%  %6.2f%%  %8.2f%%\n", l, (long long)rank, 100 * loss[0], 100 * loss[1],
-               100 * loss[2]);
-    }
-}
-
 static int cmd_demo(args *a)
 {
     mp_synth_opts o;
@@ -360,8 +318,7 @@ static int cmd_demo(args *a)
     }
     mp_expert_scan_free(&res);
 
-    /* calibrate: expert-parallel forward pass and per-expert statistics */
-    /* the demo's job: every key at its default but the paths */
+    /* the pipeline on the demo's job: every key at its default but the paths */
     char set_model[3100], set_tok[3200], set_out[3000];
     snprintf(set_model, sizeof set_model, "model.path=%s", model_dir);
     snprintf(set_tok, sizeof set_tok, "calibration.tokens=%s", tok);
@@ -370,41 +327,13 @@ static int cmd_demo(args *a)
     mp_job job;
     if (rc == 0)
         rc = mp_job_load(NULL, sets, 3, &job);
-    mp_fingerprint fp;
-    int resumed = 0;
-    if (rc == 0 && rank == 0) {
-        mp_job_fingerprint(&job, m, &t, &fp);
-        rc = mp_job_claim_checkpoint(&job, &fp, 1, &resumed);
-    }
     rc = mp_mpi_agree(rc);
-    char stats[4200];
-    snprintf(stats, sizeof stats, "%s/calib", job.ckpt_dir);
-    mp_calib_opts co = {.stats_dir = stats, .min_tokens = job.min_tokens, .want_nll = 1, .quiet = 1};
-    mp_calib_result cr;
-    if (rc == 0 && rank == 0)
-        printf("\n== calibrate: expert-parallel forward pass, statistics in %s\n", stats), fflush(stdout);
+    mp_run run;
+    mp_run_opts ro = {.quiet = 0};
     if (rc == 0)
-        rc = mp_calibrate(m, &t, &co, &cr);
+        rc = mp_pipeline_run(&job, m, &t, &ro, &run);
     if (rc == 0 && rank == 0) {
-        printf("experts below %d tokens (neutral prior): %d\n", job.min_tokens, cr.n_starved);
-        printf("baseline perplexity: %.4f over %lld predicted tokens\n", exp(cr.nll_sum / (double)cr.n_pred),
-               (long long)cr.n_pred);
-        fflush(stdout);
-    }
-    /* decompose: D2 base + whitened low-rank deltas at the default fraction */
-    char ddir[4300];
-    snprintf(ddir, sizeof ddir, "%s/decomp", job.ckpt_dir);
-    mp_decomp_result dr;
-    if (rc == 0 && rank == 0)
-        printf("\n== decompose: base + whitened low-rank deltas (fraction %.2f), factors in %s\n", job.delta_fraction,
-               ddir), fflush(stdout);
-    if (rc == 0)
-        rc = mp_decompose(m, &job, stats, ddir, 0, &co, &dr);
-    if (rc == 0 && rank == 0) {
-        demo_losses(m, ddir);
-        printf("overall compression at this fraction: %.1f%% of all parameters\n",
-               100 * mp_compression_ratio(&m->cfg, dr.fraction));
-        printf("demo: the later stages (measure, allocate, quantize, write, validate) are not implemented yet\n");
+        printf("\ndemo: the later stages (measure, allocate, quantize, write, validate) are not implemented yet\n");
         fflush(stdout);
     }
     mp_tokens_free(&t);
@@ -428,13 +357,14 @@ static int open_inputs(const char *model, const char *tokens, int max_seqs, mp_m
     return mp_mpi_agree(rc);
 }
 
-/* `run` and `calibrate`: the stages up to `last` (only calibration exists so far), resuming from the
- * checkpoint directory when it belongs to the same job. */
+/* `run` and `calibrate`: the stages up to the last (or calibration), resuming from the checkpoint
+ * directory when it belongs to the same job. */
 static int cmd_run(args *a, const char *cmdname)
 {
     const char *job_path = NULL, *name, *v;
     char **sets = calloc((size_t)a->argc + 1, sizeof *sets);
-    int nsets = 0, fresh = 0, quiet = 0, log_json = 0, r;
+    int nsets = 0, r;
+    mp_run_opts o = {.until = !strcmp(cmdname, "calibrate") ? "calibrate" : NULL};
     int rc = sets ? 0 : mp_errorf(MP_ENOMEM, "out of memory");
     double walltime = 0;
     while (rc == 0 && (r = next_opt(a, &name, &v, always_value)) != 0) {
@@ -447,12 +377,16 @@ static int cmd_run(args *a, const char *cmdname)
         else if (!strcmp(name, "--set"))
             sets[nsets++] = (char *)v;
         else if (!strcmp(name, "--fresh"))
-            fresh = 1;
+            o.fresh = 1;
         else if (!strcmp(name, "--quiet"))
-            quiet = 1;
+            o.quiet = 1;
         else if (!strcmp(name, "--log-json"))
-            log_json = 1;
-        else if (!strcmp(name, "--walltime")) {
+            o.log_json = 1;
+        else if (!strcmp(name, "--until") && strcmp(cmdname, "calibrate")) {
+            o.until = v;
+            if (mp_stage_index(v) < 0)
+                rc = mp_errorf(MP_EUSAGE, "--until '%s': not a stage (calibrate, decompose)", v);
+        } else if (!strcmp(name, "--walltime")) {
             char *end;
             walltime = strtod(v, &end);
             if (*end || walltime <= 0)
@@ -468,60 +402,12 @@ static int cmd_run(args *a, const char *cmdname)
     mp_walltime_set(walltime);
     mp_model *m = NULL;
     mp_tokens t = {0};
-    int resumed = 0;
     rc = open_inputs(job.model_path, job.tokens_path, job.max_sequences, &m, &t);
-    if (rc == 0 && mp_mpi_rank() == 0) {
-        mp_fingerprint fp;
-        mp_job_fingerprint(&job, m, &t, &fp);
-        rc = mp_job_claim_checkpoint(&job, &fp, fresh, &resumed);
-        if (rc == 0 && resumed && !quiet && !log_json)
-            printf("%s: resuming the job in %s\n", cmdname, job.ckpt_dir);
-    }
-    rc = mp_mpi_agree(rc);
-    MPI_Bcast(&resumed, 1, MPI_INT, 0, MPI_COMM_WORLD);
-    char stats[4200];
-    snprintf(stats, sizeof stats, "%s/calib", job.ckpt_dir);
-    mp_calib_opts o = {.stats_dir = stats, .min_tokens = job.min_tokens, .want_nll = 1, .resume = resumed,
-                       .quiet = quiet, .log_json = log_json};
-    mp_calib_result res;
+    mp_run run;
     if (rc == 0)
-        rc = mp_calibrate(m, &t, &o, &res);
-    if (rc == 0 && mp_mpi_rank() == 0) {
-        double ppl = exp(res.nll_sum / (double)res.n_pred);
-        if (log_json)
-            printf("{\"event\": \"stage_done\", \"stage\": \"calibrate\", \"layers_resumed\": %d, "
-                   "\"starved_experts\": %d, \"perplexity\": %.6f, \"predicted_tokens\": %lld}\n",
-                   res.n_resumed, res.n_starved, ppl, (long long)res.n_pred);
-        else {
-            printf("calibrate: %d sequences x %d tokens on %d rank%s; statistics in %s", t.n_seq, t.seq_len,
-                   mp_mpi_size(), mp_mpi_size() == 1 ? "" : "s", stats);
-            printf(res.n_resumed ? " (%d layer%s kept from before)\n" : "\n", res.n_resumed,
-                   res.n_resumed == 1 ? "" : "s");
-            printf("calibrate: %d expert%s below %d tokens got the neutral prior\n", res.n_starved,
-                   res.n_starved == 1 ? "" : "s", job.min_tokens);
-            printf("calibrate: baseline perplexity %.4f (%lld predicted tokens)\n", ppl, (long long)res.n_pred);
-        }
-        fflush(stdout);
-    }
-    if (rc == 0 && !strcmp(cmdname, "run") && job.delta_enabled) {
-        char ddir[4200];
-        snprintf(ddir, sizeof ddir, "%s/decomp", job.ckpt_dir);
-        mp_decomp_result dr;
-        rc = mp_decompose(m, &job, stats, ddir, resumed, &o, &dr);
-        if (rc == 0 && mp_mpi_rank() == 0) {
-            if (log_json)
-                printf("{\"event\": \"stage_done\", \"stage\": \"decompose\", \"layers\": %d, \"layers_resumed\": %d, "
-                       "\"lambda_raised\": %d, \"seconds\": %.3f}\n",
-                       dr.n_layers_done, dr.n_resumed, dr.n_lambda_raised, dr.seconds);
-            else
-                printf("decompose: %d MoE layers (%d kept from before), fraction %.4f (overall compression %.1f%%), "
-                       "factors in %s; %d Gram%s needed a larger lambda\n",
-                       dr.n_layers_done, dr.n_resumed, dr.fraction, 100 * mp_compression_ratio(&m->cfg, dr.fraction),
-                       ddir, dr.n_lambda_raised, dr.n_lambda_raised == 1 ? "" : "s");
-        }
-    }
-    if (rc == 0 && !strcmp(cmdname, "run") && mp_mpi_rank() == 0 && !log_json)
-        printf("run: later stages (measure, allocate, quantize, write, validate) are not implemented yet\n");
+        rc = mp_pipeline_run(&job, m, &t, &o, &run);
+    if (rc == 0 && mp_mpi_rank() == 0 && !o.log_json && !o.quiet && !o.until)
+        printf("\nrun: later stages (measure, allocate, quantize, write, validate) are not implemented yet\n");
     mp_tokens_free(&t);
     mp_model_close(m);
     return rc;
@@ -553,14 +439,20 @@ static int cmd_eval(args *a)
     mp_model *m = NULL;
     mp_tokens t = {0};
     rc = open_inputs(model, tokens, max_seqs, &m, &t);
-    mp_calib_opts o = {.stats_dir = NULL, .min_tokens = 0, .want_nll = 1, .quiet = 1};
-    mp_calib_result res;
-    if (rc == 0)
-        rc = mp_calibrate(m, &t, &o, &res);
+    mp_weights w;
+    double nll = 0;
+    int64_t npred = 0;
+    if (rc == 0) {
+        mp_model_weights(m, &w);
+        rc = mp_epf_run(&w, &t, NULL, NULL, &nll, &npred);
+    }
+    if (rc == 0 && mp_mpi_rank() == 0 && !(npred > 0 && isfinite(exp(nll / (double)npred))))
+        rc = mp_errorf(MP_ENUMERIC, "%s: the perplexity is not finite (%lld predicted tokens)", tokens,
+                       (long long)npred);
+    rc = mp_mpi_agree(rc);
     if (rc == 0 && mp_mpi_rank() == 0)
         printf("eval: perplexity %.6f (mean NLL %.6f over %lld predicted tokens, %d sequences x %d)\n",
-               exp(res.nll_sum / (double)res.n_pred), res.nll_sum / (double)res.n_pred, (long long)res.n_pred, t.n_seq,
-               t.seq_len);
+               exp(nll / (double)npred), nll / (double)npred, (long long)npred, t.n_seq, t.seq_len);
     mp_tokens_free(&t);
     mp_model_close(m);
     return rc;
