@@ -82,10 +82,8 @@ int mp_expert_scan(const mp_model *m, mp_expert_scan_result *out)
                 counts[r] = (int)((b - a) * (int64_t)sizeof *all);
                 displs[r] = (int)(a * (int64_t)sizeof *all);
             }
-        int mrc = MPI_Gatherv(mine, (int)((hi - lo) * (int64_t)sizeof *mine), MPI_BYTE, all, counts, displs,
-                              MPI_BYTE, 0, MPI_COMM_WORLD);
-        if (mrc != MPI_SUCCESS)
-            mp_mpi_fail(mp_mpi_check(mrc, "MPI_Gatherv (expert records)"));
+        MP_MPI(MPI_Gatherv(mine, (int)((hi - lo) * (int64_t)sizeof *mine), MPI_BYTE, all, counts, displs, MPI_BYTE, 0,
+                           MPI_COMM_WORLD));
     }
     free(mine);
     free(counts);

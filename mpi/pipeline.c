@@ -4,6 +4,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "calibrate.h"
@@ -161,8 +162,10 @@ static void print_stage(const mp_run *r, int s, FILE *out)
 {
     const mp_stage *st = &STAGES[s];
     if (r->o->log_json) {
-        fprintf(out, "{\"event\": \"stage_done\", \"stage\": \"%s\", \"kept\": %s, \"layers\": %d, \"layers_kept\": %d",
-                st->name, r->ran[s] == 2 ? "true" : "false", r->layers[s], r->kept[s]);
+        fprintf(out,
+                "{\"event\": \"stage_done\", \"stage\": \"%s\", \"kept\": %s, \"layers\": %d, \"layers_kept\": %d, "
+                "\"peak_rss_bytes\": %.0f",
+                st->name, r->ran[s] == 2 ? "true" : "false", r->layers[s], r->kept[s], r->peak_rss[s]);
         for (int i = 0; i < r->sum[s].n; i++)
             fprintf(out, ", \"%s\": %.17g", r->sum[s].key[i], r->sum[s].val[i]);
         fprintf(out, "}\n");
@@ -210,6 +213,10 @@ int mp_pipeline_run(const mp_job *job, const mp_model *m, const mp_tokens *tok, 
         if (!STAGES[s].enabled(job))
             continue;
         MP_CHECK(run_stage(r, s));
+        struct rusage ru;
+        getrusage(RUSAGE_SELF, &ru);
+        double rss = (double)ru.ru_maxrss * 1024.0;
+        MP_MPI(MPI_Allreduce(&rss, &r->peak_rss[s], 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD));
         if (r->rank == 0)
             print_stage(r, s, stdout);
         mp_fault_point("pipeline: between stages");

@@ -27,4 +27,29 @@ void mp_seq_range(int64_t n_seq, int rank, int size, int64_t *lo, int64_t *hi);
 /* owner rank of unit u (0..E-1 routed, E = shared) of layer l */
 int mp_unit_owner(int l, int u, int n_experts, int nranks);
 
+enum { MP_PLAN_CALIBRATE, MP_PLAN_DECOMPOSE, MP_PLAN_NSTAGES };
+
+typedef struct {
+    int64_t peak_bytes;  /* resident memory of the busiest rank */
+    int64_t ckpt_bytes;  /* checkpoint bytes the busiest rank writes */
+    int64_t ckpt_total;  /* checkpoint bytes of the stage, all ranks */
+    int64_t out_bytes;   /* output bytes (the stages so far write none) */
+    double flops;        /* floating-point work of the busiest rank */
+} mp_plan_stage;
+
+typedef struct {
+    int ranks, n_seq, seq_len, moe_layers, units_per_rank; /* units: (MoE layer, expert) of the busiest rank */
+    int64_t seqs_per_rank;
+    int64_t model_bytes;     /* the checkpoint as stored */
+    double delta_fraction;   /* the rank policy's fraction */
+    mp_plan_stage st[MP_PLAN_NSTAGES];
+} mp_plan;
+
+/* The plan of a job on `ranks` ranks: n_seq x seq_len calibration tokens, model_bytes on disk, the
+ * decomposition at `fraction` (its largest rank). */
+void mp_plan_make(const mp_config *c, int ranks, int n_seq, int seq_len, int64_t model_bytes, double fraction,
+                  mp_plan *p);
+/* A table for people, or JSON. */
+void mp_plan_print(const mp_plan *p, const mp_config *c, int json, FILE *out);
+
 #endif

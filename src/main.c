@@ -18,6 +18,9 @@
 #include "job.h"
 #include "model.h"
 #include "pipeline.h"
+#include "plan.h"
+#include "config.h"
+#include "decompose.h"
 #include "runtime.h"
 #include "synth.h"
 #include "tokens.h"
@@ -38,6 +41,8 @@ static const char USAGE[] =
     "  run [--job FILE] [--set section.key=value ...] [--fresh] [--until STAGE] [--walltime S] [--quiet] [--log-json]\n"
     "        the pipeline stages implemented so far (calibrate, decompose), resuming from checkpoint.dir;\n"
     "        SIGTERM/SIGUSR1 or --walltime stop at the next layer with exit status 12\n"
+    "  plan [--job FILE] [--set section.key=value ...] --ranks N [--sequences N --seq-len T] [--json]\n"
+    "        peak memory, checkpoint disk and work per rank and stage, before submitting a job\n"
     "  calibrate [same options as run]\n"
     "        expert-parallel forward pass over the calibration tokens; per-expert statistics\n"
     "        into checkpoint.dir/calib (run it under mpirun to shard experts and sequences)\n"
@@ -413,6 +418,103 @@ static int cmd_run(args *a, const char *cmdname)
     return rc;
 }
 
+/* ---- plan ------------------------------------------------------------------------------------ */
+
+/* `plan`: the job's plan for --ranks N (ownership, memory, disk, work per stage) without running it.
+ * The model may be a config.json alone (a published one): its bytes are then those of bf16 tensors. */
+static int cmd_plan(args *a)
+{
+    const char *job_path = NULL, *name, *v;
+    char **sets = calloc((size_t)a->argc + 1, sizeof *sets);
+    int nsets = 0, r, ranks = 0, json = 0, n_seq = 0, seq_len = 0;
+    int rc = sets ? 0 : mp_errorf(MP_ENOMEM, "out of memory");
+    while (rc == 0 && (r = next_opt(a, &name, &v, always_value)) != 0) {
+        if (r < 0)
+            rc = r;
+        else if (!name)
+            rc = mp_errorf(MP_EUSAGE, "plan: unexpected argument '%s'", v);
+        else if (!strcmp(name, "--job"))
+            job_path = v;
+        else if (!strcmp(name, "--set"))
+            sets[nsets++] = (char *)v;
+        else if (!strcmp(name, "--json"))
+            json = 1;
+        else if (!strcmp(name, "--ranks"))
+            rc = parse_int(name, v, &ranks);
+        else if (!strcmp(name, "--sequences"))
+            rc = parse_int(name, v, &n_seq);
+        else if (!strcmp(name, "--seq-len"))
+            rc = parse_int(name, v, &seq_len);
+        else
+            rc = mp_errorf(MP_EUSAGE, "plan: unknown option %s", name);
+    }
+    if (rc == 0 && ranks < 1)
+        rc = mp_errorf(MP_EUSAGE, "plan needs --ranks N (N >= 1)");
+    if (rc == 0 && (n_seq < 0 || seq_len < 0 || (n_seq > 0) != (seq_len > 0)))
+        rc = mp_errorf(MP_EUSAGE, "plan: give both --sequences N and --seq-len T (positive), or neither");
+    mp_job job;
+    int have_tokens = n_seq > 0;
+    if (rc == 0) { /* the tokens file is optional when the shape is given */
+        int extra = 0;
+        char tokset[32] = "calibration.tokens=-";
+        sets[nsets] = tokset;
+        for (int i = 0; i < nsets; i++)
+            extra |= !strncmp(sets[i], "calibration.tokens=", 19);
+        rc = mp_job_load(job_path, sets, nsets + (have_tokens && !extra), &job);
+    }
+    free(sets);
+    mp_config cfg = {0};
+    int64_t model_bytes = 0;
+    if (rc == 0 && mp_mpi_rank() == 0) {
+        char cp[4200];
+        struct stat st;
+        int cfg_only = stat(job.model_path, &st) == 0 && S_ISREG(st.st_mode); /* model.path = a config.json */
+        snprintf(cp, sizeof cp, cfg_only ? "%s" : "%s/config.json", job.model_path);
+        rc = mp_config_load(cp, &cfg);
+        mp_model *m = NULL;
+        if (rc == 0 && !cfg_only && mp_model_open_unchecked(job.model_path, &m) == 0) {
+            for (int i = 0; i < m->ck->nfiles; i++)
+                model_bytes += (int64_t)m->ck->files[i].size;
+            mp_model_close(m);
+        } else if (rc == 0) { /* a config.json alone: the tensors the registry lists, in bf16 */
+            mp_error_clear();
+            mp_tensor_spec *sp = NULL;
+            int ns = 0;
+            rc = mp_registry_list(&cfg, MP_LAYOUT_PER_EXPERT, &sp, &ns);
+            for (int i = 0; i < ns; i++) {
+                int64_t n = 1;
+                for (int k = 0; k < sp[i].ndim; k++)
+                    n *= sp[i].shape[k];
+                model_bytes += 2 * n;
+            }
+            free(sp);
+        }
+        if (rc == 0 && !have_tokens) {
+            mp_tokens t = {0};
+            rc = mp_tokens_read(job.tokens_path, cfg.vocab, &t);
+            if (rc == 0) {
+                n_seq = job.max_sequences > 0 && job.max_sequences < t.n_seq ? job.max_sequences : t.n_seq;
+                seq_len = t.seq_len;
+            }
+            mp_tokens_free(&t);
+        }
+        if (rc == 0) {
+            double fraction = job.delta_fraction;
+            if (job.delta_target_ratio > 0)
+                fraction = mp_fraction_for_ratio(&cfg, job.delta_target_ratio);
+            for (int q = 0; q < job.n_candidates; q++)
+                fraction = q == 0 || job.candidates[q] > fraction ? job.candidates[q] : fraction;
+            if (job.delta_rank > 0) /* a fixed rank: the fraction that gives it for the gate/up shape */
+                fraction = (double)job.delta_rank * (cfg.hidden + cfg.moe_ffn) / ((double)cfg.hidden * cfg.moe_ffn);
+            mp_plan p;
+            mp_plan_make(&cfg, ranks, n_seq, seq_len, model_bytes, fraction, &p);
+            mp_plan_print(&p, &cfg, json, stdout);
+        }
+        mp_config_free(&cfg);
+    }
+    return mp_mpi_agree(rc);
+}
+
 static int cmd_eval(args *a)
 {
     const char *model = NULL, *tokens = NULL, *name, *v;
@@ -516,6 +618,8 @@ int main(int argc, char **argv)
         rc = cmd_run(&a, cmd);
     else if (!strcmp(cmd, "eval"))
         rc = cmd_eval(&a);
+    else if (!strcmp(cmd, "plan"))
+        rc = cmd_plan(&a);
     else if (!strcmp(cmd, "export"))
         rc = mp_errorf(MP_EUSAGE, "'%s' is not implemented yet in this version", cmd);
     else
