@@ -169,7 +169,7 @@ static void print_stage(const mp_run *r, int s, FILE *out)
         for (int i = 0; i < r->sum[s].n; i++)
             fprintf(out, ", \"%s\": %.17g", r->sum[s].key[i], r->sum[s].val[i]);
         fprintf(out, "}\n");
-    } else if (!r->o->quiet) {
+    } else { /* --quiet silences progress, not results */
         if (r->ran[s] == 2)
             fprintf(out, "%s: every layer kept from before (same stage fingerprint %016llx)\n", st->name,
                     (unsigned long long)r->fp[s]);
@@ -201,8 +201,7 @@ int mp_pipeline_run(const mp_job *job, const mp_model *m, const mp_tokens *tok, 
         mp_job_fingerprint(m, tok, &fp);
         rc = mp_job_stage_fingerprints(job, &fp, ids, MP_NSTAGES);
         if (rc == 0)
-            rc = mp_job_claim(job, &fp, ids, MP_NSTAGES, o->fresh, o->quiet || o->log_json ? NULL : stdout,
-                              &r->resumed);
+            rc = mp_job_claim(job, &fp, ids, MP_NSTAGES, o->fresh, o->log_json ? stderr : stdout, &r->resumed);
         for (int s = 0; s < MP_NSTAGES; s++)
             r->fp[s] = ids[s].fp;
     }

@@ -34,7 +34,7 @@ enum { MP_STAGE_CALIBRATE, MP_STAGE_DECOMPOSE, MP_NSTAGES };
 typedef struct {
     const char *until;     /* the last stage to run (NULL: all) */
     int fresh;             /* discard every stage's results first */
-    int quiet, log_json;   /* progress and summaries: none / JSON lines on stdout */
+    int quiet, log_json;   /* quiet: no progress or stage headers (summaries stay); log_json: JSON lines */
     mp_observer observe;   /* tests: intermediate results of the calibration forward pass */
     void *observe_ctx;
 } mp_run_opts;
