@@ -13,6 +13,7 @@
 #define LBL(label) ((label) ? (label) : "block")
 #define GPTQ_MAX_RETRIES 6
 #define GPTQ_LEAF 16 /* columns handled by the scalar kernel; wider spans recurse with sgemm */
+#define GPTQ_ROWS 8  /* rows the scalar kernel interleaves */
 #define LOSS_ROWS 128
 
 /* ---- formats -------------------------------------------------------------------------------------- */
@@ -217,6 +218,10 @@ typedef struct {
     float zs; /* signed zero point: an integer in [-half, half - 1] (0 when symmetric) */
 } qparam;
 
+/* fminf/fmaxf are library calls at -O2; operands here are finite */
+static inline float min_f(float a, float b) { return b < a ? b : a; }
+static inline float max_f(float a, float b) { return b > a ? b : a; }
+
 /* Scale and zero of a group with range [mn, mx] (see quant.h); sh/zh: the fp16 words stored. */
 static int qparam_make(float mn, float mx, int bits, int symmetric, const char *label, qparam *p, uint16_t *sh,
                        uint16_t *zh)
@@ -258,8 +263,8 @@ static int qparam_make(float mn, float mx, int bits, int symmetric, const char *
  * round half to even. */
 static inline uint16_t qcode(float w, qparam p, int half, float *val)
 {
-    float t = w / p.s + p.zs;
-    t = fminf(fmaxf(t, (float)-half), (float)(half - 1));
+    float t = w / p.s + p.zs, lo = (float)-half, hi = (float)(half - 1);
+    t = t < lo ? lo : t > hi ? hi : t; /* fminf/fmaxf are library calls at -O2; t is finite */
     float q = rintf(t);
     *val = (q - p.zs) * p.s;
     return (uint16_t)((int)q + half);
@@ -302,8 +307,8 @@ static int params_static(const mp_qtensor *q, const float *src, const unsigned c
             float mn = INFINITY, mx = -INFINITY;
             for (int64_t c = c0; c < c1; c++) {
                 float w = dead && dead[c] ? 0.0f : src[r * q->n + c];
-                mn = fminf(mn, w);
-                mx = fmaxf(mx, w);
+                mn = min_f(mn, w);
+                mx = max_f(mx, w);
             }
             int64_t idx = r * q->ngroups + k;
             MP_CHECK(qparam_make(mn, mx, f->bits, f->symmetric, label, &par[idx], &q->scales[idx],
@@ -536,7 +541,7 @@ typedef struct {
     float *Wp;            /* [m, n] W_orig (dead zeroed, permuted); column j becomes D_j = W_j - Q_j */
     const float *R;       /* [n, n] */
     float *A;             /* [m, bw] sum_{i < j} D_i R_ij for the block's columns */
-    const float *rdiag;   /* R_jj */
+    const float *rinv;    /* 1 / R_jj */
     const int64_t *col;   /* processing order -> original column */
     const int64_t *gidx;  /* processing order -> group of the original column */
     const qparam *par;    /* [m, ngroups] */
@@ -546,24 +551,25 @@ typedef struct {
     double flops;
 } gptq_run;
 
-/* Quantize columns [c0, c1) (absolute) of the current block, every row. */
+/* Quantize columns [c0, c1) (absolute) of the current block, every row. Rows are independent: a tile
+ * of GPTQ_ROWS rows is advanced column by column so that their dependency chains overlap. */
 static void gptq_leaf(gptq_run *g, int64_t c0, int64_t c1)
 {
     const int64_t n = g->n, bw = g->bw, i1 = g->i1;
-    for (int64_t r = 0; r < g->m; r++) {
-        float *a = g->A + r * bw - i1; /* a[j] for absolute column j */
-        float *w = g->Wp + r * n;
-        uint16_t *c = g->codes + r * n;
-        const qparam *par = g->par + r * g->ngroups;
+    for (int64_t r0 = 0; r0 < g->m; r0 += GPTQ_ROWS) {
+        int64_t r1 = r0 + GPTQ_ROWS < g->m ? r0 + GPTQ_ROWS : g->m;
         for (int64_t j = c0; j < c1; j++) {
-            float cur = w[j] + a[j] / g->rdiag[j];
-            float v;
-            c[g->col[j]] = qcode(cur, par[g->gidx[j]], g->half, &v);
-            float d = w[j] - v;
-            w[j] = d;
-            const float *Rj = g->R + j * n;
-            for (int64_t l = j + 1; l < c1; l++)
-                a[l] += d * Rj[l];
+            const float *Rj = g->R + j * n, rinv = g->rinv[j];
+            const int64_t oc = g->col[j], gi = g->gidx[j];
+            for (int64_t r = r0; r < r1; r++) {
+                float *a = g->A + r * bw - i1; /* a[j] for absolute column j */
+                float *w = g->Wp + r * n, v;
+                g->codes[r * n + oc] = qcode(w[j] + a[j] * rinv, g->par[r * g->ngroups + gi], g->half, &v);
+                float d = w[j] - v;
+                w[j] = d;
+                for (int64_t l = j + 1; l < c1; l++)
+                    a[l] += d * Rj[l];
+            }
         }
     }
     int64_t L = c1 - c0;
@@ -615,18 +621,18 @@ int mp_quant_gptq_factored(const mp_qformat *f, const float *W, int64_t m, int64
     float *Wp = malloc((size_t)(m * n) * sizeof *Wp);
     float *A = malloc((size_t)(m * B) * sizeof *A);
     float *X = dynamic ? malloc((size_t)(m * B) * sizeof *X) : NULL;
-    float *rdiag = malloc((size_t)n * sizeof *rdiag);
+    float *rinv = malloc((size_t)n * sizeof *rinv);
     int64_t *col = malloc((size_t)n * sizeof *col), *gidx = malloc((size_t)n * sizeof *gidx);
     qparam *par = malloc((size_t)(m * ng) * sizeof *par);
     uint16_t *codes = malloc((size_t)(m * n) * sizeof *codes);
-    if (!Wp || !A || (dynamic && !X) || !rdiag || !col || !gidx || !par || !codes) {
+    if (!Wp || !A || (dynamic && !X) || !rinv || !col || !gidx || !par || !codes) {
         rc = mp_errorf(MP_ENOMEM, "%s: out of memory (GPTQ of [%lld, %lld])", LBL(label), (long long)m, (long long)n);
         goto done;
     }
     for (int64_t j = 0; j < n; j++) {
         col[j] = fac->perm ? fac->perm[j] : j;
         gidx[j] = col[j] / g;
-        rdiag[j] = fac->R[j * n + j];
+        rinv[j] = 1.0f / fac->R[j * n + j];
     }
     for (int64_t r = 0; r < m; r++)
         for (int64_t j = 0; j < n; j++)
@@ -639,7 +645,7 @@ int mp_quant_gptq_factored(const mp_qformat *f, const float *W, int64_t m, int64
                     .Wp = Wp,
                     .R = fac->R,
                     .A = A,
-                    .rdiag = rdiag,
+                    .rinv = rinv,
                     .col = col,
                     .gidx = gidx,
                     .par = par,
@@ -670,8 +676,8 @@ int mp_quant_gptq_factored(const mp_qformat *f, const float *W, int64_t m, int64
                     float mn = INFINITY, mx = -INFINITY;
                     for (int64_t c = c0; c < c1; c++) {
                         float w = Wp[r * n + c] + X[r * bw + c - i1];
-                        mn = fminf(mn, w);
-                        mx = fmaxf(mx, w);
+                        mn = min_f(mn, w);
+                        mx = max_f(mx, w);
                     }
                     int64_t idx = r * ng + k;
                     MP_CHECK_GOTO(qparam_make(mn, mx, f->bits, f->symmetric, label, &par[idx], &q->scales[idx],
@@ -688,7 +694,7 @@ done:
     free(Wp);
     free(A);
     free(X);
-    free(rdiag);
+    free(rinv);
     free(col);
     free(gidx);
     free(par);
