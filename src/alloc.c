@@ -11,7 +11,7 @@
 
 #include "error.h"
 
-#define DEFAULT_MAX_STATES 20000000
+#define DEFAULT_MAX_STATES 4000000
 #define DEFAULT_REL_TOL 1e-12
 #define DEFAULT_SWEEP 16
 
@@ -334,13 +334,13 @@ static int grow_states(state **buf, int64_t *cap, int64_t need)
 
 typedef struct {
     const inst *s;
-    const int *gp;    /* LP (greedy prefix) Pareto position per group */
+    const int *gp; /* LP (greedy prefix) Pareto position per group */
     int64_t budget;
     double lambda, tol;
-    double ub;        /* incumbent loss */
-    int inc_parent;   /* incumbent found in the DP: its decisions = chain(inc_parent) + (inc_group, inc_opt) */
+    double ub;      /* incumbent loss */
+    int inc_parent; /* incumbent found in the DP: its decisions = chain(inc_parent) + (inc_group, inc_opt) */
     int inc_group, inc_opt;
-    int inc_node;     /* ... once materialised */
+    int inc_node; /* ... once materialised */
     int from_dp;
 } dpctx;
 
@@ -367,7 +367,7 @@ static int64_t merge_shift(dpctx *d, const state *A, int64_t na, const state *L,
                 il++;
                 continue; /* neither better now nor after more changes */
             }
-            if (c.W - d->budget > red && c.W > d->budget) {
+            if (c.W - d->budget > red) {
                 il++;
                 continue; /* can never shed enough bytes */
             }
@@ -398,7 +398,6 @@ static int64_t merge_shift(dpctx *d, const state *A, int64_t na, const state *L,
     }
     return nc;
 }
-
 
 static int cmp_delta(const void *ctx, int a, int b)
 {
@@ -967,7 +966,7 @@ int mp_mckp_tie(const mp_mckp *p, int n_ties, const int *ties, mp_mckp_tied *out
     if (n_ties < 0 || (n_ties > 0 && !ties))
         return mp_errorf(MP_EUSAGE, "tying: invalid list of %d pairs", n_ties);
     int *partner = malloc(sizeof(int) * (size_t)(G + 1)); /* the other block of g's pair, -1 */
-    char *second = calloc((size_t)G + 1, 1);                /* g is the second block of its pair */
+    char *second = calloc((size_t)G + 1, 1);              /* g is the second block of its pair */
     if (!partner || !second) {
         free(partner);
         free(second);
@@ -978,8 +977,7 @@ int mp_mckp_tie(const mp_mckp *p, int n_ties, const int *ties, mp_mckp_tied *out
     for (int k = 0; k < n_ties; k++) {
         int a = ties[2 * k], b = ties[2 * k + 1];
         if (a < 0 || a >= G || b < 0 || b >= G || a == b) {
-            rc = mp_errorf(MP_EUSAGE, "tying: pair %d (%d, %d) is not two different blocks of 0..%d", k, a, b,
-                           G - 1);
+            rc = mp_errorf(MP_EUSAGE, "tying: pair %d (%d, %d) is not two different blocks of 0..%d", k, a, b, G - 1);
             goto fail;
         }
         if (partner[a] >= 0 || partner[b] >= 0) {

@@ -70,7 +70,7 @@ typedef struct {
 } mp_mckp;
 
 typedef struct {
-    int64_t max_states; /* work limit of the exact phase (DP states created); default 20e6, 0 = skip it */
+    int64_t max_states; /* work limit of the exact phase (DP states created); default 4e6 (~0.2 s), 0 = skip it */
     double rel_tol;     /* optimality tolerance relative to |objective|; default 1e-12 */
     int sweep_points;   /* trade-off sweep: number of mu values besides mu = 0; default 16 */
 } mp_mckp_opts;
@@ -141,12 +141,12 @@ int mp_mckp_solve_per_layer(const mp_mckp *p, const int *layer, const int64_t *r
  * their order. A group in two pairs, a pair of a group with itself, or a pair
  * without a common tag is MP_EUSAGE naming the groups. Owns its arrays. */
 typedef struct {
-    mp_mckp p;       /* the tied instance (points into the arrays below) */
-    int *first;      /* [p.n_groups + 1] */
-    mp_option *opt;  /* [first[p.n_groups]] */
-    int *group_of;   /* [p.n_groups][2]: the original group(s) of each tied group (second -1 if untied) */
-    int *option_of;  /* [first[p.n_groups]][2]: original local option indices (second -1 if untied) */
-    int n_orig;      /* groups of the original instance */
+    mp_mckp p;      /* the tied instance (points into the arrays below) */
+    int *first;     /* [p.n_groups + 1] */
+    mp_option *opt; /* [first[p.n_groups]] */
+    int *group_of;  /* [p.n_groups][2]: the original group(s) of each tied group (second -1 if untied) */
+    int *option_of; /* [first[p.n_groups]][2]: original local option indices (second -1 if untied) */
+    int n_orig;     /* groups of the original instance */
 } mp_mckp_tied;
 
 int mp_mckp_tie(const mp_mckp *p, int n_ties, const int *ties, mp_mckp_tied *out);
