@@ -854,6 +854,8 @@ int mp_mckp_solve_per_layer(const mp_mckp *p, const int *layer, const int64_t *r
         rep = &rd;
     memset(rep, 0, sizeof *rep);
     MP_CHECK(validate(p));
+    if (p->n_groups > 0 && !layer)
+        return mp_errorf(MP_EUSAGE, "per-layer allocation: no layer ids");
     int G = p->n_groups, N = G ? p->first[G] : 0, rc = 0;
     int *idx = malloc(sizeof(int) * (size_t)(G + 1)), *tmp = malloc(sizeof(int) * (size_t)(G + 1));
     int *sf = malloc(sizeof(int) * (size_t)(G + 1)), *sc = malloc(sizeof(int) * (size_t)(G + 1));

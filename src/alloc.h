@@ -104,7 +104,8 @@ void mp_mckp_opts_default(mp_mckp_opts *o);
 
 /* Solve: choice[g] (local option index, [n_groups]) minimises the total loss
  * with total bytes <= budget. A budget below rep->min_bytes is MP_EUSAGE
- * ("... minimum feasible total is N bytes"); a budget >= rep->max_bytes returns
+ * ("... minimum feasible total is N bytes"; rep->min_bytes and rep->max_bytes
+ * are filled all the same); a budget >= rep->max_bytes returns
  * every group's lowest-loss option with rep->unconstrained = 1. rep may be NULL.
  * n_groups = 0 is a valid empty instance. */
 int mp_mckp_solve(const mp_mckp *p, int64_t budget, const mp_mckp_opts *opts, int *choice, mp_mckp_report *rep);

@@ -279,6 +279,7 @@ static void compare(mp_rng *r, const inst *x, int64_t budget, const char *what)
         snprintf(need, sizeof need, "minimum feasible total is %" PRId64 " bytes", min_total(x));
         CHECK(rc == MP_EUSAGE);
         CHECK(strstr(mp_error_message(), need) != NULL);
+        CHECK(rep.min_bytes == min_total(x));
         if (rc != MP_EUSAGE || !strstr(mp_error_message(), need))
             fprintf(stderr, "  %s: budget %" PRId64 ": %s\n", what, budget, mp_error_message());
         free(choice);
