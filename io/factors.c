@@ -1,6 +1,7 @@
 /* factors.c - D2 factor files and Fisher weights (see factors.h). */
 #include "factors.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -165,7 +166,7 @@ int mp_fisher_read_rows(const char *path, int l, int e, int p, int64_t rows, int
             H5Sclose(ms);
     }
     for (int64_t i = 0; rc == 0 && i < (hi - lo) * cols; i++)
-        if (!(out[i] == out[i]) || out[i] - out[i] != 0)
+        if (!isfinite(out[i]))
             rc = mp_errorf(MP_ENUMERIC, "%s: dataset '%s' holds a NaN or an infinity at element %lld", path, name,
                            (long long)(lo * cols + i));
     if (sp >= 0)

@@ -34,7 +34,6 @@ typedef struct {
     float *base[3];  /* the current layer's base, on every rank */
     double *score;   /* its pruning scores [f] */
     int n_lambda_raised;
-    double t0;
 } dctx;
 
 static void dims(const mp_config *c, int p, int64_t *rows, int64_t *cols)
@@ -241,7 +240,7 @@ int mp_decomp_begin(mp_run *r, int s)
     if (!x)
         return mp_errorf(MP_ENOMEM, "out of memory");
     *x = (dctx){r->m, job, r->dir[MP_STAGE_CALIBRATE], r->dir[s], r->rank, r->size, c->n_experts,
-                job->delta_fraction, r->fp[s], {NULL, NULL, NULL}, NULL, 0, MPI_Wtime()};
+                job->delta_fraction, r->fp[s], {NULL, NULL, NULL}, NULL, 0};
     if (job->delta_target_ratio > 0) {
         x->fraction = mp_fraction_for_ratio(c, job->delta_target_ratio);
         if (x->fraction < 0)
@@ -331,7 +330,6 @@ int mp_decomp_end(mp_run *r, int s, int ok)
 
 void mp_decomp_print(const mp_run *r, int s, FILE *out)
 {
-    static const char *pn[3] = {"gate", "up", "down"};
     const mp_config *m = &r->m->cfg;
     const mp_summary *sum = &r->sum[s];
     fprintf(out, "decompose: fraction %.4f (overall compression %.1f%%); %.0f Gram(s) needed a larger lambda\n",
@@ -359,6 +357,5 @@ void mp_decomp_print(const mp_run *r, int s, FILE *out)
             }
         fprintf(out, "   %5d  %4lld  %8.2f%%  %6.2f%%  %8.2f%%\n", l, (long long)rank, 100 * loss[0], 100 * loss[1],
                 100 * loss[2]);
-        (void)pn;
     }
 }

@@ -53,10 +53,10 @@ void mp_plan_make(const mp_config *c, int P, int n_seq, int S, int64_t model_byt
     int64_t hidden = 3 * T * d * 4 + (S * (2 * qd + 2 * kvd) + S * S + S * c->head_dim + S * d) * 4;
     int64_t layer_w = ((2 * qd + 2 * kvd) * d + E * d + 3 * fs * d + 2 * d) * 4;
     int64_t slots = K + (fs > 0);
-    int64_t nsend = T * slots, nrecv = (Tall * slots + P - 1) / P * (P > 1 ? 1 : 1);
-    if (P > 1) /* the busiest owner: its units' share of the routed tokens, shared expert included */
+    /* the busiest owner receives its units' share of the routed tokens, the shared expert's included */
+    int64_t nsend = T * slots, nrecv = Tall * slots;
+    if (P > 1 && Tall * (K * units_layer / (E > 0 ? E : 1) + (fs > 0)) < nrecv)
         nrecv = Tall * (K * units_layer / (E > 0 ? E : 1) + (fs > 0));
-    nrecv = nrecv < Tall * slots ? nrecv : Tall * slots;
     int64_t route = T * E * 4 + T * J * 8 + nsend * (24 + 2 * d * 4) + nrecv * (24 + 2 * d * 4 + 8);
     int64_t ffn = f > fs ? f : fs;
     int64_t expert = 3 * ffn * d * 4 + 256 * (2 * d + ffn + 1) * 4 + 256 * (d + ffn) * 8;

@@ -362,6 +362,18 @@ static int open_inputs(const char *model, const char *tokens, int max_seqs, mp_m
     return mp_mpi_agree(rc);
 }
 
+/* --job FILE and --set section.key=value, shared by run, calibrate and plan; 1 when `name` was one */
+static int job_option(const char *name, const char *v, const char **job_path, char **sets, int *nsets)
+{
+    if (!strcmp(name, "--job"))
+        *job_path = v;
+    else if (!strcmp(name, "--set"))
+        sets[(*nsets)++] = (char *)v;
+    else
+        return 0;
+    return 1;
+}
+
 /* `run` and `calibrate`: the stages up to the last (or calibration), resuming from the checkpoint
  * directory when it belongs to the same job. */
 static int cmd_run(args *a, const char *cmdname)
@@ -377,10 +389,8 @@ static int cmd_run(args *a, const char *cmdname)
             rc = r;
         else if (!name)
             rc = mp_errorf(MP_EUSAGE, "%s: unexpected argument '%s'", cmdname, v);
-        else if (!strcmp(name, "--job"))
-            job_path = v;
-        else if (!strcmp(name, "--set"))
-            sets[nsets++] = (char *)v;
+        else if (job_option(name, v, &job_path, sets, &nsets))
+            continue;
         else if (!strcmp(name, "--fresh"))
             o.fresh = 1;
         else if (!strcmp(name, "--quiet"))
@@ -433,10 +443,8 @@ static int cmd_plan(args *a)
             rc = r;
         else if (!name)
             rc = mp_errorf(MP_EUSAGE, "plan: unexpected argument '%s'", v);
-        else if (!strcmp(name, "--job"))
-            job_path = v;
-        else if (!strcmp(name, "--set"))
-            sets[nsets++] = (char *)v;
+        else if (job_option(name, v, &job_path, sets, &nsets))
+            continue;
         else if (!strcmp(name, "--json"))
             json = 1;
         else if (!strcmp(name, "--ranks"))
