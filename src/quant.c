@@ -521,9 +521,8 @@ int mp_gptq_factor_create(const double *H, int64_t n, const mp_gptq_opts *opts, 
         double v = A[k];
         Rf[k] = (float)v;
     }
-    fac->R = realloc(A, (size_t)nn * sizeof(float));
-    if (!fac->R)
-        fac->R = Rf; /* shrinking failed: keep the larger block */
+    float *shrunk = realloc(A, (size_t)nn * sizeof(float));
+    fac->R = shrunk ? shrunk : Rf; /* shrinking failed: keep the larger block (A is still valid) */
     A = NULL;
     free(diag);
     *out = fac;
