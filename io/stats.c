@@ -34,6 +34,9 @@ void mp_stats_free(mp_expert_stats *s)
     free(s->G_in);
     free(s->G_mid);
     free(s->h_sq);
+    free(s->X_sample);
+    free(s->H_sample);
+    free(s->sample_token);
     free(s->prior_diag_in);
     free(s->prior_diag_mid);
     memset(s, 0, sizeof *s);

@@ -22,6 +22,12 @@ typedef struct {
     int64_t count, prior_tokens;
     double weight_sum;
     double *G_in, *G_mid, *h_sq, *prior_diag_in, *prior_diag_mid;
+    /* a deterministic sample of the routed tokens (calibration.sample_tokens), in global token order:
+     * X_sample [n_sample, d] the expert's inputs, H_sample [n_sample, f] its intermediate activations,
+     * sample_token [n_sample] their global token indices; NULL / 0 when none were kept */
+    int64_t n_sample;
+    float *X_sample, *H_sample;
+    int64_t *sample_token;
 } mp_expert_stats;
 
 /* Allocate zeroed arrays for dims d, f. */
