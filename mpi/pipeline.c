@@ -11,6 +11,8 @@
 #include "decomp_stage.h"
 #include "error.h"
 #include "fsutil.h"
+#include "output.h"
+#include "quant_stage.h"
 #include "runtime.h"
 #include "weights.h"
 
@@ -19,6 +21,7 @@ static const char *const CALIB_KEYS[] = {"calibration.tokens", "calibration.min_
 static const char *const DECOMP_KEYS[] = {"delta.weights", "delta.fisher",     "delta.fraction",
                                           "delta.rank",    "delta.target_ratio", "delta.candidates",
                                           "delta.lambda",  "delta.solver",       NULL};
+static const char *const QUANT_KEYS[] = {"output.shard_bytes", NULL};
 
 static int always(const mp_job *job)
 {
@@ -34,6 +37,8 @@ static const mp_stage STAGES[MP_NSTAGES] = {
      CALIB_KEYS, 0, always, mp_calib_begin, mp_calib_layer, mp_calib_end, mp_calib_print},
     {"decompose", "decomp", "decompose v2", "D2 base + whitened low-rank deltas", DECOMP_KEYS, 1, delta_on,
      mp_decomp_begin, mp_decomp_layer, mp_decomp_end, mp_decomp_print},
+    {"quantize", "quant", "quantize v1", "every block in its allocated format; the compressed model in output.dir",
+     QUANT_KEYS, 1, always, mp_quant_begin, mp_quant_layer, mp_quant_end, mp_quant_print},
 };
 
 const mp_stage *mp_stages(int *n)
@@ -115,6 +120,8 @@ static int run_stage(mp_run *r, int s)
     if (r->rank == 0 && !r->o->quiet && !r->o->log_json)
         printf("\n== %s: %s, in %s\n", st->name, st->title, r->dir[s]), fflush(stdout);
     MP_CHECK(stage_committed(r, s, &ok));
+    if (ok && s == MP_STAGE_QUANTIZE) /* its result is the output too: kept only while that is intact */
+        MP_CHECK(mp_quant_output_kept(r, s, &ok));
     if (ok) {
         r->ran[s] = 2, r->kept[s] = r->layers[s];
         return 0;
@@ -200,6 +207,8 @@ int mp_pipeline_run(const mp_job *job, const mp_model *m, const mp_tokens *tok, 
         mp_fingerprint fp;
         mp_job_fingerprint(m, tok, &fp);
         rc = mp_job_stage_fingerprints(job, &fp, ids, MP_NSTAGES);
+        if (rc == 0 && last >= MP_STAGE_QUANTIZE) /* another job's result in output.dir: refused before any work */
+            rc = mp_out_claim(job->out_dir, fp.all, o->fresh, o->log_json ? stderr : stdout);
         if (rc == 0)
             rc = mp_job_claim(job, &fp, ids, MP_NSTAGES, o->fresh, o->log_json ? stderr : stdout, &r->resumed);
         for (int s = 0; s < MP_NSTAGES; s++)
