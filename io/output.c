@@ -795,7 +795,8 @@ int mp_out_index_write(const char *tmp_path, const mp_out_plan *p, const mp_mode
     cJSON *al = cJSON_Parse(meta->allocation);
     cJSON_AddItemToObject(md, "allocation", al ? al : cJSON_CreateNull());
     cJSON *src = cJSON_AddObjectToObject(md, "source");
-    cJSON_AddStringToObject(src, "path", m->dir);
+    char abs[4096];
+    cJSON_AddStringToObject(src, "path", realpath(m->dir, abs) ? abs : m->dir);
     cJSON_AddStringToObject(src, "architecture", mp_arch_name(m->cfg.arch));
     cJSON_AddStringToObject(src, "expert_layout", mp_layout_name(m->layout));
     cJSON_AddBoolToObject(src, "delta", p->delta);
@@ -822,7 +823,7 @@ int mp_out_index_write(const char *tmp_path, const mp_out_plan *p, const mp_mode
     if (rc == 0)
         rc = layers_json(m, alloc_dir, cJSON_AddArrayToObject(md, "layers"));
     cJSON_AddItemToObject(j, "tensors", source_list(m, p));
-    cJSON *wm = cJSON_AddObjectToObject(j, "weight_map");
+    cJSON *un = cJSON_AddObjectToObject(j, "units"), *wm = cJSON_AddObjectToObject(j, "weight_map");
     for (int i = 0; i < p->n && rc == 0; i++) {
         const mp_out_item *it = &p->items[i];
         char nm[64];
@@ -831,6 +832,7 @@ int mp_out_index_write(const char *tmp_path, const mp_out_plan *p, const mp_mode
             cJSON_AddStringToObject(wm, it->path, nm);
             continue;
         }
+        cJSON_AddStringToObject(un, it->path, nm);
         char upath[4600], root[64];
         unit_path(unit_dir, it->layer, it->unit, m->cfg.n_experts, upath, sizeof upath);
         mp_qunit_root(it->unit, m->cfg.n_experts, root, sizeof root);

@@ -22,7 +22,8 @@
  * of at most shard_bytes (mp_out_pack; an item larger than that gets a shard of its own). The sizes
  * are those of the unit files and the tensors, so the assignment depends on the contents alone,
  * never on the number of ranks. Shards are written under a temporary name (.NAME.tmp), fsync'ed and
- * renamed; index.json (rank 0, last, atomically) maps every dataset to its shard and records the
+ * renamed; index.json (rank 0, last, atomically) maps every dataset to its shard ("weight_map") and
+ * every quantize unit's group to its shard ("units": a unit is never split), and records the
  * shards' sizes and XXH64, the source's tensor list (names, dtypes, shapes, expert layout, for
  * export), config.json's text, the formats, the per-layer allocation and the /moepack numbers.
  * Local. */

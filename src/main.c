@@ -11,11 +11,15 @@
 #include "error.h"
 #include "ep_forward.h"
 #include "expert_scan.h"
+#include "export.h"
 #include "fsutil.h"
 #include "gpu_info.h"
 #include "h5util.h"
 #include "inspect.h"
+#include "inspect_out.h"
+#include "outdir.h"
 #include "job.h"
+#include "logits_dump.h"
 #include "model.h"
 #include "pipeline.h"
 #include "plan.h"
@@ -36,8 +40,10 @@ static const char USAGE[] =
     "        --heads H --kv-heads K --top-k K --n-seq N --seq-len T --seed S\n"
     "        --dtype F32|BF16|F16 --shards N --layout per-expert|fused --delta-rank R]\n"
     "        write a tiny synthetic checkpoint in the Hugging Face layout + tokens.h5\n"
-    "  inspect PATH [--json]\n"
-    "        architecture, MoE layers, parameter counts, dtypes and a tensor check\n"
+    "  inspect PATH [--json] [--plot FILE.svg]\n"
+    "        a Hugging Face checkpoint: architecture, MoE layers, parameter counts, dtypes, tensor check;\n"
+    "        a moepack output: bytes vs budget, bits/weight, format and rank per layer x expert,\n"
+    "        predicted loss per layer (--plot: an SVG heatmap of bits per layer x expert)\n"
     "  run [--job FILE] [--set section.key=value ...] [--fresh] [--until STAGE] [--walltime S] [--quiet] [--log-json]\n"
     "        the pipeline stages implemented so far (calibrate, decompose), resuming from checkpoint.dir;\n"
     "        SIGTERM/SIGUSR1 or --walltime stop at the next layer with exit status 12\n"
@@ -46,9 +52,12 @@ static const char USAGE[] =
     "  calibrate [same options as run]\n"
     "        expert-parallel forward pass over the calibration tokens; per-expert statistics\n"
     "        into checkpoint.dir/calib (run it under mpirun to shard experts and sequences)\n"
-    "  eval --model DIR --tokens FILE [--max-sequences N]\n"
-    "        perplexity of the model on the tokens (C forward pass)\n"
-    "  export                        (not implemented yet)\n"
+    "  eval --model DIR --tokens FILE [--max-sequences N] [--dump-logits FILE.h5]\n"
+    "        perplexity of the model on the tokens (C forward pass); --dump-logits writes the logits,\n"
+    "        float32 [n_seq, seq_len, vocab] (dataset `logits`), e.g. to compare with transformers\n"
+    "  export --in OUTDIR --format safetensors --out DIR [--shard-bytes N]\n"
+    "        a moepack output as a Hugging Face checkpoint: dequantized weights (base + U V folded back)\n"
+    "        under the source's tensor names, layout and dtype, and its config.json\n"
     "  version                       same as --version\n"
     "\n"
     "architectures: mixtral qwen2_moe qwen3_moe olmoe deepseek_v2 deepseek_v3 phimoe\n"
@@ -191,29 +200,35 @@ static int cmd_synth(args *a)
 
 /* ---- inspect --------------------------------------------------------------------------------- */
 
-static int flag_only(const char *s)
-{
-    (void)s;
-    return 0;
-}
+static int plot_value(const char *s) { return !strcmp(s, "--plot"); }
 
 static int cmd_inspect(args *a)
 {
-    const char *path = NULL, *name, *v;
+    const char *path = NULL, *plot = NULL, *name, *v;
     int json = 0, rc = 0, r;
-    while (rc == 0 && (r = next_opt(a, &name, &v, flag_only)) != 0) {
+    while (rc == 0 && (r = next_opt(a, &name, &v, plot_value)) != 0) {
         if (r < 0)
             rc = r;
         else if (!name && !path)
             path = v;
         else if (name && strcmp(name, "--json") == 0)
             json = 1;
+        else if (name && strcmp(name, "--plot") == 0)
+            plot = v;
         else
             rc = mp_errorf(MP_EUSAGE, "inspect: unexpected argument '%s'", name ? name : v);
     }
     if (rc == 0 && !path)
-        rc = mp_errorf(MP_EUSAGE, "inspect needs a checkpoint directory");
+        rc = mp_errorf(MP_EUSAGE, "inspect needs a checkpoint or moepack output directory");
+    int out = rc == 0 && mp_outdir_detect(path);
+    if (rc == 0 && plot && !out)
+        rc = mp_errorf(MP_EUSAGE, "inspect --plot: %s is not a moepack output (no index.json from moepack)", path);
     rc = mp_mpi_agree(rc);
+    if (rc == 0 && out) {
+        if (mp_mpi_rank() == 0)
+            rc = mp_inspect_output(path, json, plot, stdout);
+        return mp_mpi_agree(rc);
+    }
     if (rc == 0 && mp_mpi_rank() == 0) {
         mp_inspect_info info;
         rc = mp_inspect_collect(path, &info);
@@ -525,7 +540,7 @@ static int cmd_plan(args *a)
 
 static int cmd_eval(args *a)
 {
-    const char *model = NULL, *tokens = NULL, *name, *v;
+    const char *model = NULL, *tokens = NULL, *dump = NULL, *name, *v;
     int max_seqs = 0, rc = 0, r;
     while (rc == 0 && (r = next_opt(a, &name, &v, always_value)) != 0) {
         if (r < 0)
@@ -538,6 +553,8 @@ static int cmd_eval(args *a)
             tokens = v;
         else if (!strcmp(name, "--max-sequences"))
             rc = parse_int(name, v, &max_seqs);
+        else if (!strcmp(name, "--dump-logits"))
+            dump = v;
         else if (!strcmp(name, "--compressed"))
             rc = mp_errorf(MP_EUSAGE, "eval: --compressed is not implemented yet");
         else
@@ -552,10 +569,16 @@ static int cmd_eval(args *a)
     mp_weights w;
     double nll = 0;
     int64_t npred = 0;
+    mp_logits_dump *ld = NULL;
+    if (rc == 0 && dump)
+        rc = mp_mpi_agree(mp_logits_dump_create(t.n_seq, t.seq_len, m->cfg.vocab, &ld));
     if (rc == 0) {
         mp_model_weights(m, &w);
-        rc = mp_epf_run(&w, &t, NULL, NULL, &nll, &npred);
+        rc = mp_epf_run(&w, &t, ld ? mp_logits_observe : NULL, ld, &nll, &npred);
     }
+    if (rc == 0 && ld)
+        rc = mp_logits_dump_write(ld, dump);
+    mp_logits_dump_free(ld);
     if (rc == 0 && mp_mpi_rank() == 0 && !(npred > 0 && isfinite(exp(nll / (double)npred))))
         rc = mp_errorf(MP_ENUMERIC, "%s: the perplexity is not finite (%lld predicted tokens)", tokens,
                        (long long)npred);
@@ -566,6 +589,44 @@ static int cmd_eval(args *a)
     mp_tokens_free(&t);
     mp_model_close(m);
     return rc;
+}
+
+/* ---- export ---------------------------------------------------------------------------------- */
+
+static int cmd_export(args *a)
+{
+    const char *in = NULL, *out = NULL, *format = NULL, *name, *v;
+    uint64_t shard = 5000000000ULL;
+    int rc = 0, r;
+    while (rc == 0 && (r = next_opt(a, &name, &v, always_value)) != 0) {
+        if (r < 0)
+            rc = r;
+        else if (!name)
+            rc = mp_errorf(MP_EUSAGE, "export: unexpected argument '%s'", v);
+        else if (!strcmp(name, "--in"))
+            in = v;
+        else if (!strcmp(name, "--out"))
+            out = v;
+        else if (!strcmp(name, "--format"))
+            format = v;
+        else if (!strcmp(name, "--shard-bytes"))
+            rc = parse_u64(name, v, &shard);
+        else
+            rc = mp_errorf(MP_EUSAGE, "export: unknown option %s", name);
+    }
+    if (rc == 0 && (!in || !out))
+        rc = mp_errorf(MP_EUSAGE, "export needs --in OUTDIR and --out DIR (and --format safetensors)");
+    if (rc == 0 && format && strcmp(format, "safetensors"))
+        rc = mp_errorf(MP_EUSAGE, "export --format '%s': the only format is safetensors", format);
+    if (rc == 0 && shard < 1024)
+        rc = mp_errorf(MP_EUSAGE, "export --shard-bytes %llu: too small", (unsigned long long)shard);
+    rc = mp_mpi_agree(rc);
+    if (rc == 0 && mp_mpi_rank() == 0) {
+        rc = mp_export_safetensors(in, out, shard, stdout);
+        if (rc == 0)
+            printf("export: wrote %s (Hugging Face safetensors, dequantized from %s)\n", out, in);
+    }
+    return mp_mpi_agree(rc);
 }
 
 /* ---- version --------------------------------------------------------------------------------- */
@@ -629,7 +690,7 @@ int main(int argc, char **argv)
     else if (!strcmp(cmd, "plan"))
         rc = cmd_plan(&a);
     else if (!strcmp(cmd, "export"))
-        rc = mp_errorf(MP_EUSAGE, "'%s' is not implemented yet in this version", cmd);
+        rc = cmd_export(&a);
     else
         rc = mp_errorf(MP_EUSAGE, "unknown command '%s' (see moepack --help)", cmd);
     mp_mpi_report(rc);

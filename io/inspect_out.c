@@ -1,0 +1,405 @@
+/* inspect_out.c - summary, tables and the bits heatmap of a moepack output (see inspect_out.h). */
+#define _GNU_SOURCE
+#include "inspect_out.h"
+
+#include <cjson/cJSON.h>
+#include <hdf5.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "error.h"
+#include "fsutil.h"
+#include "outdir.h"
+#include "qtensor_h5.h"
+
+/* one column of a layer: the base, a routed expert or the shared expert */
+typedef struct {
+    int unit; /* -1 base, 0..E-1, E shared */
+    double bytes, weights, loss;
+    int64_t tokens; /* -1: not applicable (base) */
+    char cell[3][64]; /* per projection: "w4g128", "r13 w4g128/w3g128", "r0" */
+} ucol;
+
+typedef struct {
+    int layer;
+    double loss, bytes, weights;
+    int n;
+    ucol *u;
+} lrow;
+
+typedef struct {
+    mp_outdir *o;
+    const cJSON *md;
+    int E, nl, has_base, has_shared;
+    lrow *rows;
+    double out_bytes;
+    int nshards;
+    char version[32], fp[32], mfp[32];
+} info;
+
+static double num(const cJSON *o, const char *k)
+{
+    const cJSON *x = cJSON_GetObjectItem(o, k);
+    return cJSON_IsNumber(x) ? x->valuedouble : NAN;
+}
+
+static const char *str(const cJSON *o, const char *k)
+{
+    const cJSON *x = cJSON_GetObjectItem(o, k);
+    return cJSON_IsString(x) ? x->valuestring : "";
+}
+
+static int col_index(const info *in, int unit) { return unit < 0 ? 0 : in->has_base + unit; }
+
+static void free_info(info *in)
+{
+    for (int i = 0; in->rows && i < in->nl; i++)
+        free(in->rows[i].u);
+    free(in->rows);
+    mp_outdir_close(in->o);
+}
+
+/* tokens_per_expert [n_moe, cols] of the first shard's /moepack group */
+static int read_tokens(info *in, int64_t **tok, int *cols)
+{
+    const cJSON *sh = cJSON_GetArrayItem(cJSON_GetObjectItem(mp_outdir_index(in->o), "shards"), 0);
+    char path[4400];
+    snprintf(path, sizeof path, "%s/%s", mp_outdir_dir(in->o), str(sh, "file"));
+    hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    hid_t g = f >= 0 ? H5Gopen2(f, "/moepack", H5P_DEFAULT) : -1, ds = g >= 0 ? H5Dopen2(g, "tokens_per_expert", H5P_DEFAULT) : -1;
+    hid_t sp = ds >= 0 ? H5Dget_space(ds) : -1;
+    hsize_t dm[2] = {0, 0};
+    int rc = 0;
+    if (sp < 0 || H5Sget_simple_extent_ndims(sp) != 2 || H5Sget_simple_extent_dims(sp, dm, NULL) < 0 ||
+        (int)dm[0] != in->nl)
+        rc = mp_errorf(MP_EFORMAT, "%s: /moepack/tokens_per_expert is missing or not [%d, E]", path, in->nl);
+    if (rc == 0 && g >= 0) {
+        mp_h5_attr_read_str(g, "version", in->version, sizeof in->version);
+        *tok = malloc(sizeof(int64_t) * (size_t)(dm[0] * dm[1] + 1));
+        *cols = (int)dm[1];
+        if (!*tok || H5Dread(ds, H5T_NATIVE_INT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, *tok) < 0)
+            rc = mp_errorf(MP_EFORMAT, "%s: cannot read /moepack/tokens_per_expert", path);
+    }
+    if (sp >= 0)
+        H5Sclose(sp);
+    if (ds >= 0)
+        H5Dclose(ds);
+    if (g >= 0)
+        H5Gclose(g);
+    if (f >= 0)
+        H5Fclose(f);
+    return rc;
+}
+
+static int collect(const char *dir, info *in)
+{
+    memset(in, 0, sizeof *in);
+    MP_CHECK(mp_outdir_open(dir, &in->o));
+    int rc = mp_outdir_check_shards(in->o);
+    const cJSON *j = mp_outdir_index(in->o);
+    const mp_config *c = mp_outdir_config(in->o);
+    in->md = cJSON_GetObjectItem(j, "metadata");
+    const cJSON *src = cJSON_GetObjectItem(in->md, "source"), *layers = cJSON_GetObjectItem(in->md, "layers");
+    in->E = c->n_experts;
+    in->has_base = cJSON_IsTrue(cJSON_GetObjectItem(src, "delta"));
+    in->has_shared = cJSON_IsTrue(cJSON_GetObjectItem(src, "shared_expert"));
+    snprintf(in->fp, sizeof in->fp, "%s", str(j, "fingerprint"));
+    snprintf(in->mfp, sizeof in->mfp, "%s", str(j, "model_fingerprint"));
+    const cJSON *sh = cJSON_GetObjectItem(j, "shards"), *x;
+    cJSON_ArrayForEach(x, sh) in->out_bytes += num(x, "bytes"), in->nshards++;
+    if (rc == 0 && !cJSON_IsArray(layers))
+        rc = mp_errorf(MP_EFORMAT, "%s/index.json: metadata.layers is missing", dir);
+    in->nl = rc == 0 ? cJSON_GetArraySize(layers) : 0;
+    int ncol = in->has_base + in->E + in->has_shared;
+    in->rows = calloc((size_t)in->nl + 1, sizeof *in->rows);
+    if (rc == 0 && !in->rows)
+        rc = mp_errorf(MP_ENOMEM, "out of memory");
+    int64_t *tok = NULL;
+    int tcols = 0;
+    if (rc == 0)
+        rc = read_tokens(in, &tok, &tcols);
+    int64_t d = c->hidden, f = c->moe_ffn, fs = c->shared_ffn;
+    int li = 0;
+    cJSON_ArrayForEach(x, layers)
+    {
+        if (rc < 0)
+            break;
+        lrow *r = &in->rows[li];
+        r->layer = (int)num(x, "layer");
+        r->loss = num(x, "predicted_loss");
+        r->n = ncol;
+        if (!(r->u = calloc((size_t)ncol, sizeof *r->u))) {
+            rc = mp_errorf(MP_ENOMEM, "out of memory");
+            break;
+        }
+        for (int k = 0; k < ncol; k++) {
+            ucol *u = &r->u[k];
+            u->unit = k < in->has_base ? -1 : k - in->has_base;
+            u->weights = 3.0 * (double)d * (double)(u->unit == in->E ? fs : f);
+            u->tokens = u->unit < 0 ? -1 : u->unit < tcols ? tok[(int64_t)li * tcols + u->unit] : -1;
+        }
+        const cJSON *b;
+        cJSON_ArrayForEach(b, cJSON_GetObjectItem(x, "blocks"))
+        {
+            const char *kind = str(b, "kind"), *pj = str(b, "proj");
+            int unit = (int)num(b, "unit"), p = !strcmp(pj, "gate") ? 0 : !strcmp(pj, "up") ? 1 : 2;
+            int k = !strcmp(kind, "base") ? 0 : col_index(in, unit);
+            if (k < 0 || k >= ncol)
+                continue;
+            ucol *u = &r->u[k];
+            u->bytes += num(b, "bytes"), u->loss += num(b, "loss");
+            if (!strcmp(kind, "delta")) {
+                double rk = num(b, "rank");
+                if (rk > 0)
+                    snprintf(u->cell[p], sizeof u->cell[p], "r%.0f %s/%s", rk, str(b, "format"), str(b, "format_v"));
+                else
+                    snprintf(u->cell[p], sizeof u->cell[p], "r0 (base)");
+            } else
+                snprintf(u->cell[p], sizeof u->cell[p], "%s", str(b, "format"));
+        }
+        for (int k = 0; k < ncol; k++)
+            r->bytes += r->u[k].bytes, r->weights += k < in->has_base ? 0 : r->u[k].weights;
+        li++;
+    }
+    free(tok);
+    if (rc < 0)
+        free_info(in);
+    return rc;
+}
+
+static void unit_name(const info *in, int unit, char *buf, size_t cap)
+{
+    if (unit < 0)
+        snprintf(buf, cap, "base");
+    else if (unit == in->E)
+        snprintf(buf, cap, "shared");
+    else
+        snprintf(buf, cap, "expert %d", unit);
+}
+
+static double ubits(const ucol *u) { return u->weights > 0 ? 8.0 * u->bytes / u->weights : 0; }
+
+static int print_text(const info *in, FILE *out)
+{
+    const mp_config *c = mp_outdir_config(in->o);
+    const cJSON *src = cJSON_GetObjectItem(in->md, "source"), *al = cJSON_GetObjectItem(in->md, "allocation");
+    double used = num(in->md, "bytes_used"), budget = num(in->md, "budget_bytes");
+    fprintf(out, "moepack output  %s (%d shard%s, %.0f bytes on disk; moepack %s, format %d)\n", mp_outdir_dir(in->o),
+            in->nshards, in->nshards == 1 ? "" : "s", in->out_bytes, in->version, 1);
+    fprintf(out, "model           %s from %s: %d layers, %d MoE, %d experts%s, d %d, f %d; %s layout; decomposition %s\n",
+            mp_arch_name(c->arch), str(src, "path"), c->n_layers, in->nl, in->E, in->has_shared ? " + shared" : "",
+            c->hidden, c->moe_ffn, str(src, "expert_layout"), in->has_base ? "on (base + U V)" : "off");
+    fprintf(out, "fingerprint     %s (model %s)\n", in->fp, in->mfp);
+    fprintf(out, "budget          %.0f bytes = %.4f bits/weight over %.0f MoE weights\n", budget,
+            num(in->md, "budget_bits_per_weight"), num(in->md, "moe_weights"));
+    fprintf(out, "used            %.0f bytes = %.4f bits/weight (%.2f%% of the budget%s)\n", used,
+            num(in->md, "bits_per_weight"), 100 * used / budget, used > budget ? ": OVER" : "");
+    fprintf(out, "predicted loss  %.6g (sum of the normalised block losses)\n", num(in->md, "predicted_loss"));
+    const cJSON *f;
+    cJSON_ArrayForEach(f, cJSON_GetObjectItem(al, "formats"))
+    fprintf(out, "  %-12s  %6.0f tensors  %12.0f weights  %12.0f bytes\n", f->string, num(f, "tensors"),
+            num(f, "weights"), num(f, "bytes"));
+    if (!isnan(num(al, "deltas")))
+        fprintf(out, "ranks           %.0f deltas, rank %.0f..%.0f (mean %.2f)\n", num(al, "deltas"),
+                num(al, "rank_min"), num(al, "rank_max"), num(al, "rank_mean"));
+    for (int i = 0; i < in->nl; i++) {
+        const lrow *r = &in->rows[i];
+        fprintf(out, "\nlayer %d: predicted loss %.6g, %.0f bytes (%.4f bits/weight)\n", r->layer, r->loss, r->bytes,
+                r->weights > 0 ? 8 * r->bytes / r->weights : 0);
+        fprintf(out, "  %-10s %7s %6s  %-22s %-22s %-22s\n", "unit", "tokens", "bits", "gate", "up", "down");
+        for (int k = 0; k < r->n; k++) {
+            const ucol *u = &r->u[k];
+            char nm[32], tk[24];
+            unit_name(in, u->unit, nm, sizeof nm);
+            if (u->tokens >= 0)
+                snprintf(tk, sizeof tk, "%lld", (long long)u->tokens);
+            else
+                snprintf(tk, sizeof tk, "-");
+            fprintf(out, "  %-10s %7s %6.3f  %-22s %-22s %-22s\n", nm, tk, ubits(u), u->cell[0], u->cell[1], u->cell[2]);
+        }
+    }
+    return 0;
+}
+
+static int print_json(const info *in, FILE *out)
+{
+    const cJSON *j = mp_outdir_index(in->o);
+    cJSON *o = cJSON_CreateObject();
+    if (!o)
+        return mp_errorf(MP_ENOMEM, "out of memory");
+    cJSON_AddStringToObject(o, "dir", mp_outdir_dir(in->o));
+    cJSON_AddStringToObject(o, "kind", "moepack output");
+    cJSON_AddStringToObject(o, "moepack_version", str(j, "moepack_version"));
+    cJSON_AddNumberToObject(o, "format_version", num(j, "format_version"));
+    cJSON_AddStringToObject(o, "fingerprint", in->fp);
+    cJSON_AddStringToObject(o, "model_fingerprint", in->mfp);
+    cJSON_AddStringToObject(o, "architecture", mp_arch_name(mp_outdir_config(in->o)->arch));
+    cJSON_AddNumberToObject(o, "shards", in->nshards);
+    cJSON_AddNumberToObject(o, "output_bytes", in->out_bytes);
+    static const char *const K[] = {"budget_bytes", "budget_bits_per_weight", "bytes_used", "moe_weights",
+                                    "bits_per_weight", "predicted_loss", NULL};
+    for (int i = 0; K[i]; i++)
+        cJSON_AddNumberToObject(o, K[i], num(in->md, K[i]));
+    cJSON_AddNumberToObject(o, "budget_fraction_used", num(in->md, "bytes_used") / num(in->md, "budget_bytes"));
+    cJSON *al = cJSON_Duplicate(cJSON_GetObjectItem(in->md, "allocation"), 1);
+    cJSON_AddItemToObject(o, "allocation", al ? al : cJSON_CreateNull());
+    cJSON *ls = cJSON_AddArrayToObject(o, "layers");
+    for (int i = 0; i < in->nl; i++) {
+        const lrow *r = &in->rows[i];
+        cJSON *l = cJSON_CreateObject();
+        cJSON_AddNumberToObject(l, "layer", r->layer);
+        cJSON_AddNumberToObject(l, "predicted_loss", r->loss);
+        cJSON_AddNumberToObject(l, "bytes", r->bytes);
+        cJSON_AddNumberToObject(l, "bits_per_weight", r->weights > 0 ? 8 * r->bytes / r->weights : 0);
+        cJSON *us = cJSON_AddArrayToObject(l, "units");
+        for (int k = 0; k < r->n; k++) {
+            const ucol *u = &r->u[k];
+            cJSON *x = cJSON_CreateObject();
+            cJSON_AddStringToObject(x, "unit", u->unit < 0 ? "base" : u->unit == in->E ? "shared" : "expert");
+            if (u->unit >= 0 && u->unit < in->E)
+                cJSON_AddNumberToObject(x, "expert", u->unit);
+            if (u->tokens >= 0)
+                cJSON_AddNumberToObject(x, "tokens", (double)u->tokens);
+            cJSON_AddNumberToObject(x, "bytes", u->bytes);
+            cJSON_AddNumberToObject(x, "bits_per_weight", ubits(u));
+            cJSON_AddNumberToObject(x, "predicted_loss", u->loss);
+            cJSON *pr = cJSON_AddObjectToObject(x, "projections");
+            for (int p = 0; p < 3; p++)
+                cJSON_AddStringToObject(pr, p == 0 ? "gate" : p == 1 ? "up" : "down", u->cell[p]);
+            cJSON_AddItemToArray(us, x);
+        }
+        cJSON_AddItemToArray(ls, l);
+    }
+    char *s = cJSON_Print(o);
+    cJSON_Delete(o);
+    if (!s)
+        return mp_errorf(MP_ENOMEM, "out of memory");
+    fprintf(out, "%s\n", s);
+    free(s);
+    return 0;
+}
+
+/* viridis, sampled at 9 points */
+static void colour(double t, char *buf, size_t cap)
+{
+    static const double V[9][3] = {{68, 1, 84},    {71, 44, 122},  {59, 81, 139},   {44, 113, 142}, {33, 144, 141},
+                                   {39, 173, 129}, {92, 200, 99},  {170, 220, 50}, {253, 231, 37}};
+    t = isnan(t) ? 0 : t < 0 ? 0 : t > 1 ? 1 : t;
+    double x = t * 8;
+    int i = (int)x;
+    if (i > 7)
+        i = 7;
+    double w = x - i;
+    snprintf(buf, cap, "#%02x%02x%02x", (int)lround(V[i][0] + w * (V[i + 1][0] - V[i][0])),
+             (int)lround(V[i][1] + w * (V[i + 1][1] - V[i][1])), (int)lround(V[i][2] + w * (V[i + 1][2] - V[i][2])));
+}
+
+static int write_svg(const info *in, const char *path)
+{
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *s = open_memstream(&buf, &len);
+    if (!s)
+        return mp_syserrorf(MP_ENOMEM, "cannot build the SVG");
+    int cols = in->nl ? in->rows[0].n : 0, rows = in->nl;
+    double lo = INFINITY, hi = -INFINITY;
+    for (int i = 0; i < rows; i++)
+        for (int k = 0; k < cols; k++) {
+            double b = ubits(&in->rows[i].u[k]);
+            lo = b < lo ? b : lo, hi = b > hi ? b : hi;
+        }
+    if (!(hi > lo))
+        hi = lo + 1;
+    int cw = cols ? 900 / cols : 20, ch = rows ? 560 / rows : 20;
+    cw = cw < 6 ? 6 : cw > 36 ? 36 : cw;
+    ch = ch < 6 ? 6 : ch > 36 ? 36 : ch;
+    int left = 90, top = 60, W = left + cols * cw + 170, H = top + rows * ch + 70;
+    fprintf(s, "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
+    fprintf(s, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" height=\"%d\" viewBox=\"0 0 %d %d\" "
+               "font-family=\"sans-serif\" font-size=\"11\">\n", W, H, W, H);
+    fprintf(s, "<rect width=\"%d\" height=\"%d\" fill=\"white\"/>\n", W, H);
+    fprintf(s, "<text x=\"%d\" y=\"22\" font-size=\"15\" font-weight=\"bold\">Bits per weight by MoE layer and "
+               "expert</text>\n", left);
+    fprintf(s, "<text x=\"%d\" y=\"40\" fill=\"#444\">%s: %.4f bits/weight overall (budget %.4f)%s</text>\n", left,
+            mp_arch_name(mp_outdir_config(in->o)->arch), num(in->md, "bits_per_weight"),
+            num(in->md, "budget_bits_per_weight"), in->has_base ? "; experts: their U and V; base: its own column" : "");
+    int step = cols > 40 ? (cols + 31) / 32 : 1, rstep = rows > 40 ? (rows + 31) / 32 : 1;
+    for (int i = 0; i < rows; i++) {
+        const lrow *r = &in->rows[i];
+        int y = top + i * ch;
+        if (i % rstep == 0)
+            fprintf(s, "<text x=\"%d\" y=\"%d\" text-anchor=\"end\" dominant-baseline=\"middle\">%d</text>\n",
+                    left - 6, y + ch / 2, r->layer);
+        for (int k = 0; k < cols; k++) {
+            const ucol *u = &r->u[k];
+            char fill[8], nm[32];
+            colour((ubits(u) - lo) / (hi - lo), fill, sizeof fill);
+            unit_name(in, u->unit, nm, sizeof nm);
+            fprintf(s, "<rect x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" fill=\"%s\" stroke=\"white\" "
+                       "stroke-width=\"0.5\"><title>layer %d %s: %.3f bits/weight; gate %s; up %s; down %s",
+                    left + k * cw, y, cw, ch, fill, r->layer, nm, ubits(u), u->cell[0], u->cell[1], u->cell[2]);
+            if (u->tokens >= 0)
+                fprintf(s, "; %lld tokens", (long long)u->tokens);
+            fprintf(s, "</title></rect>\n");
+        }
+    }
+    for (int k = 0; k < cols; k += step) { /* column labels */
+        const ucol *u = &in->rows[0].u[k];
+        char nm[16];
+        if (u->unit < 0)
+            snprintf(nm, sizeof nm, "B");
+        else if (u->unit == in->E)
+            snprintf(nm, sizeof nm, "S");
+        else
+            snprintf(nm, sizeof nm, "%d", u->unit);
+        fprintf(s, "<text x=\"%d\" y=\"%d\" text-anchor=\"middle\">%s</text>\n", left + k * cw + cw / 2,
+                top + rows * ch + 14, nm);
+    }
+    fprintf(s, "<text x=\"%d\" y=\"%d\" text-anchor=\"middle\">expert%s</text>\n", left + cols * cw / 2,
+            top + rows * ch + 34, in->has_base || in->has_shared ? " (B = D2 base, S = shared expert)" : "");
+    fprintf(s, "<text transform=\"translate(%d,%d) rotate(-90)\" text-anchor=\"middle\">MoE layer</text>\n", 24,
+            top + rows * ch / 2);
+    /* legend: a vertical gradient with ticks */
+    int lx = left + cols * cw + 40, lh = rows * ch < 120 ? 120 : rows * ch;
+    fprintf(s, "<defs><linearGradient id=\"bits\" x1=\"0\" y1=\"1\" x2=\"0\" y2=\"0\">\n");
+    for (int q = 0; q <= 8; q++) {
+        char fill[8];
+        colour(q / 8.0, fill, sizeof fill);
+        fprintf(s, "<stop offset=\"%.3f\" stop-color=\"%s\"/>\n", q / 8.0, fill);
+    }
+    fprintf(s, "</linearGradient></defs>\n");
+    fprintf(s, "<rect x=\"%d\" y=\"%d\" width=\"18\" height=\"%d\" fill=\"url(#bits)\" stroke=\"#333\" "
+               "stroke-width=\"0.5\"/>\n", lx, top, lh);
+    for (int q = 0; q <= 4; q++) {
+        double v = lo + (hi - lo) * q / 4.0;
+        int y = top + lh - lh * q / 4;
+        fprintf(s, "<line x1=\"%d\" y1=\"%d\" x2=\"%d\" y2=\"%d\" stroke=\"#333\"/>\n", lx + 18, y, lx + 23, y);
+        fprintf(s, "<text x=\"%d\" y=\"%d\" dominant-baseline=\"middle\">%.2f</text>\n", lx + 26, y, v);
+    }
+    fprintf(s, "<text transform=\"translate(%d,%d) rotate(-90)\" text-anchor=\"middle\">bits per weight</text>\n",
+            lx + 75, top + lh / 2);
+    fprintf(s, "</svg>\n");
+    if (fclose(s) != 0) {
+        free(buf);
+        return mp_errorf(MP_ENOMEM, "cannot build the SVG");
+    }
+    int rc = mp_write_file_atomic(path, buf, len);
+    free(buf);
+    return rc;
+}
+
+int mp_inspect_output(const char *dir, int json, const char *plot, FILE *out)
+{
+    info in;
+    MP_CHECK(collect(dir, &in));
+    int rc = json ? print_json(&in, out) : print_text(&in, out);
+    if (rc == 0 && plot) {
+        rc = write_svg(&in, plot);
+        if (rc == 0 && !json)
+            fprintf(out, "\nplot: %s (bits per weight, %d MoE layers x %d columns)\n", plot, in.nl,
+                    in.nl ? in.rows[0].n : 0);
+    }
+    free_info(&in);
+    return rc;
+}

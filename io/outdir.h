@@ -1,0 +1,61 @@
+/* outdir.h - reading a moepack output directory (io/output.h): index.json and the HDF5 shards.
+ *
+ * mp_outdir_open parses index.json (format "moepack", format_version 1), the config.json text it
+ * records and the source's tensor list; shards are opened on first use (read-only) and stay open.
+ * Dequantization is src/quant.h's mp_qtensor_dequant, the code that defines the formats. A routed
+ * expert's weight is rebuilt as the checkpoint held it:
+ *   decomposition on:  W_e = deq(base_p) + deq(U_e,p) deq(V_e,p)   (rank 0: deq(base_p))
+ *   decomposition off: W_e = deq(W_e,p)
+ * with the sum and the product in fp64 (each product of two fp32 values is exact in fp64) and the
+ * result rounded once to fp32, so an independent reader (numpy: float64 matmul + base, rounded to
+ * float32) gets the same values. The dequantized base of the last layer read is cached.
+ * Local (no MPI). */
+#ifndef MP_OUTDIR_H
+#define MP_OUTDIR_H
+#include <cjson/cJSON.h>
+#include <stdint.h>
+
+#include "dtype.h"
+#include "model_config.h"
+#include "registry.h"
+
+typedef enum { MP_SRC_PLAIN, MP_SRC_EXPERT, MP_SRC_FUSED, MP_SRC_SHARED } mp_src_kind;
+
+/* one tensor of the source checkpoint, in the source's order */
+typedef struct {
+    const char *name;
+    mp_dtype dtype;
+    int ndim;
+    int64_t shape[8];
+    mp_src_kind kind;
+    int layer, expert, proj; /* EXPERT: layer, expert, proj; FUSED: layer, proj 0 = gate_up, 2 = down; SHARED: layer, proj */
+    const char *path;        /* PLAIN: the dataset in the shards */
+} mp_out_src;
+
+typedef struct mp_outdir mp_outdir;
+
+/* MP_ENOENT when dir has no index.json, MP_EFORMAT (naming the file and key) when it is malformed. */
+int mp_outdir_open(const char *dir, mp_outdir **out);
+void mp_outdir_close(mp_outdir *o);
+/* 1 when dir looks like a moepack output (an index.json with "format": "moepack") */
+int mp_outdir_detect(const char *dir);
+
+const mp_config *mp_outdir_config(const mp_outdir *o);
+const char *mp_outdir_config_json(const mp_outdir *o);
+const cJSON *mp_outdir_index(const mp_outdir *o); /* the parsed index.json */
+const char *mp_outdir_dir(const mp_outdir *o);
+int mp_outdir_nsrc(const mp_outdir *o);
+const mp_out_src *mp_outdir_src(const mp_outdir *o, int i);
+
+/* A non-MoE dataset (by its shard path) as raw bytes of its stored dtype (cap bytes) / as fp32. */
+int mp_outdir_read_raw(mp_outdir *o, const char *path, void *out, int64_t cap);
+int mp_outdir_read_plain(mp_outdir *o, const char *path, mp_dtype dtype, float *out, int64_t n);
+/* Routed expert e of layer l, projection p (gate/up [f, d], down [d, f]), rebuilt as above. */
+int mp_outdir_read_expert(mp_outdir *o, int l, int e, int p, float *out);
+/* The shared expert's projection p of layer l (dequantized). */
+int mp_outdir_read_shared(mp_outdir *o, int l, int p, float *out);
+/* Open every shard listed in index.json; MP_ENOENT / MP_EFORMAT naming the first that is missing,
+ * of another size than recorded, or not HDF5. */
+int mp_outdir_check_shards(mp_outdir *o);
+
+#endif
