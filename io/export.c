@@ -67,27 +67,25 @@ static int dir_empty_or_absent(const char *dir)
 }
 
 /* the small files of the source that tools load with the weights */
-static int copy_side_files(mp_outdir *o, const char *outdir, FILE *notes)
+static int copy_side_files(const char *source, const char *outdir, FILE *notes)
 {
     static const char *const FILES[] = {"generation_config.json", "tokenizer.json", "tokenizer_config.json",
                                         "tokenizer.model", "special_tokens_map.json", "vocab.json", "merges.txt",
                                         "added_tokens.json", NULL};
-    const cJSON *md = cJSON_GetObjectItem(mp_outdir_index(o), "metadata"), *src = cJSON_GetObjectItem(md, "source");
-    const cJSON *path = cJSON_GetObjectItem(src, "path");
-    if (!cJSON_IsString(path))
-        return 0;
-    struct stat st;
-    if (stat(path->valuestring, &st) != 0 || !S_ISDIR(st.st_mode)) {
+    if (!source) {
         if (notes)
-            fprintf(notes, "export: note: the source %s is not reachable; no tokenizer files copied\n",
-                    path->valuestring);
+            fprintf(notes, "export: note: tokenizer files are not part of a moepack output; --source MODEL_DIR "
+                           "copies them from the original checkpoint\n");
         return 0;
     }
+    struct stat st;
+    if (stat(source, &st) != 0 || !S_ISDIR(st.st_mode))
+        return mp_errorf(MP_ENOENT, "export --source %s: not a directory", source);
     int copied = 0;
     for (int i = 0; FILES[i]; i++) {
         char sp[4400], dp[4400], *buf = NULL;
         size_t n = 0;
-        snprintf(sp, sizeof sp, "%s/%s", path->valuestring, FILES[i]);
+        snprintf(sp, sizeof sp, "%s/%s", source, FILES[i]);
         if (access(sp, R_OK) != 0)
             continue;
         snprintf(dp, sizeof dp, "%s/%s", outdir, FILES[i]);
@@ -98,12 +96,13 @@ static int copy_side_files(mp_outdir *o, const char *outdir, FILE *notes)
         if (notes)
             fprintf(notes, "%s%s", copied++ ? ", " : "export: copied from the source: ", FILES[i]);
     }
-    if (copied && notes)
-        fprintf(notes, "\n");
+    if (notes)
+        fprintf(notes, copied ? "\n" : "export: note: %s holds no tokenizer or generation files\n", source);
     return 0;
 }
 
-int mp_export_safetensors(const char *outdir, const char *dir, uint64_t max_shard_bytes, FILE *notes)
+int mp_export_safetensors(const char *outdir, const char *dir, const char *source, uint64_t max_shard_bytes,
+                          FILE *notes)
 {
     if (!dir_empty_or_absent(dir))
         return mp_errorf(MP_EUSAGE, "export: %s exists and is not empty (choose a new directory)", dir);
@@ -139,7 +138,7 @@ int mp_export_safetensors(const char *outdir, const char *dir, uint64_t max_shar
     if (rc == 0)
         rc = mp_st_write(dir, decl, n, max_shard_bytes, fill, &cx);
     if (rc == 0)
-        rc = copy_side_files(o, dir, notes);
+        rc = copy_side_files(source, dir, notes);
     free(decl);
     mp_outdir_close(o);
     return rc;

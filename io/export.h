@@ -6,16 +6,17 @@
  * model.safetensors.index.json): non-MoE tensors as stored in the shards (exact), routed experts
  * rebuilt by io/outdir.h (base + U V folded back, per expert or in the fused [E, 2f, d] / [E, d, f]
  * layout the source had) and rounded to the source dtype, the shared expert dequantized. Float8
- * experts are written as bfloat16 (safetensors writers here do not produce float8). Small files of
- * the source directory that tools expect next to the weights (tokenizer*, generation_config.json,
- * special_tokens_map.json, vocab files) are copied when the source path recorded in index.json still
- * holds them; `notes` says which. Nothing is left in dir on failure but what was complete before
- * the failing file. Local. */
+ * experts are written as bfloat16 (safetensors writers here do not produce float8). The output records
+ * no paths (its bytes do not depend on where the model was), so the small files tools expect next to
+ * the weights (tokenizer*, generation_config.json, special_tokens_map.json, vocab files) are copied from
+ * `source` (the original checkpoint directory) when given; `notes` says which. Nothing is left in dir
+ * on failure but what was complete before the failing file. Local. */
 #ifndef MP_EXPORT_H
 #define MP_EXPORT_H
 #include <stdint.h>
 #include <stdio.h>
 
-int mp_export_safetensors(const char *outdir, const char *dir, uint64_t max_shard_bytes, FILE *notes);
+int mp_export_safetensors(const char *outdir, const char *dir, const char *source, uint64_t max_shard_bytes,
+                          FILE *notes);
 
 #endif

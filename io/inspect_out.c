@@ -187,8 +187,8 @@ static int print_text(const info *in, FILE *out)
     double used = num(in->md, "bytes_used"), budget = num(in->md, "budget_bytes");
     fprintf(out, "moepack output  %s (%d shard%s, %.0f bytes on disk; moepack %s, format %d)\n", mp_outdir_dir(in->o),
             in->nshards, in->nshards == 1 ? "" : "s", in->out_bytes, in->version, 1);
-    fprintf(out, "model           %s from %s: %d layers, %d MoE, %d experts%s, d %d, f %d; %s layout; decomposition %s\n",
-            mp_arch_name(c->arch), str(src, "path"), c->n_layers, in->nl, in->E, in->has_shared ? " + shared" : "",
+    fprintf(out, "model           %s: %d layers, %d MoE, %d experts%s, d %d, f %d; %s layout; decomposition %s\n",
+            mp_arch_name(c->arch), c->n_layers, in->nl, in->E, in->has_shared ? " + shared" : "",
             c->hidden, c->moe_ffn, str(src, "expert_layout"), in->has_base ? "on (base + U V)" : "off");
     fprintf(out, "fingerprint     %s (model %s)\n", in->fp, in->mfp);
     fprintf(out, "budget          %.0f bytes = %.4f bits/weight over %.0f MoE weights\n", budget,

@@ -335,26 +335,11 @@ int mp_out_meta_collect(const mp_model *m, const mp_job *job, const mp_out_plan 
 
 /* ---- writing a shard ---------------------------------------------------------------------------- */
 
-/* the message HDF5 left on its error stack for a failed system call (e.g. "No space left on device") */
-static herr_t walk_cb(unsigned n, const H5E_error2_t *e, void *data)
-{
-    (void)n;
-    char *out = data;
-    const char *p = e->desc ? strstr(e->desc, "error message = '") : NULL;
-    if (p && !out[0]) {
-        p += strlen("error message = '");
-        const char *q = strchr(p, '\'');
-        snprintf(out, 256, "%.*s", (int)(q ? q - p : (long)strlen(p)), p);
-    }
-    return 0;
-}
-
 static int h5_fail(const char *final, const char *what)
 {
-    char sys[256] = "";
-    H5Ewalk2(H5E_DEFAULT, H5E_WALK_DOWNWARD, walk_cb, sys);
-    H5Eclear2(H5E_DEFAULT);
-    return mp_errorf(MP_EIO, "%s: cannot write the shard (%s)%s%s", final, what, sys[0] ? ": " : "", sys);
+    char w[4900];
+    snprintf(w, sizeof w, "cannot write the shard (%s)", what);
+    return mp_h5_fail(MP_EIO, final, w);
 }
 
 /* HDF5 type and the dtype attribute of a checkpoint dtype; ftype closed by the caller when *own */
@@ -795,8 +780,6 @@ int mp_out_index_write(const char *tmp_path, const mp_out_plan *p, const mp_mode
     cJSON *al = cJSON_Parse(meta->allocation);
     cJSON_AddItemToObject(md, "allocation", al ? al : cJSON_CreateNull());
     cJSON *src = cJSON_AddObjectToObject(md, "source");
-    char abs[4096];
-    cJSON_AddStringToObject(src, "path", realpath(m->dir, abs) ? abs : m->dir);
     cJSON_AddStringToObject(src, "architecture", mp_arch_name(m->cfg.arch));
     cJSON_AddStringToObject(src, "expert_layout", mp_layout_name(m->layout));
     cJSON_AddBoolToObject(src, "delta", p->delta);

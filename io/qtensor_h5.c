@@ -143,6 +143,30 @@ int mp_h5_attr_read_i64v(hid_t loc, const char *name, int64_t *v, int n)
     return read_attr(loc, name, H5T_NATIVE_INT64, v, n);
 }
 
+/* the message HDF5 left for a failed system call ("... error message = 'No space left on device' ...") */
+static herr_t walk_cb(unsigned n, const H5E_error2_t *e, void *data)
+{
+    (void)n;
+    char *out = data;
+    const char *p = e->desc ? strstr(e->desc, "error message = '") : NULL;
+    if (p && !out[0]) {
+        p += strlen("error message = '");
+        const char *q = strchr(p, '\'');
+        snprintf(out, 256, "%.*s", (int)(q ? q - p : (long)strlen(p)), p);
+    }
+    return 0;
+}
+
+int mp_h5_fail(int code, const char *file, const char *what)
+{
+    char sys[256] = "";
+    H5Ewalk2(H5E_DEFAULT, H5E_WALK_DOWNWARD, walk_cb, sys);
+    H5Eclear2(H5E_DEFAULT);
+    if (sys[0])
+        return mp_errorf(MP_EIO, "%s: %s: %s", file, what, sys);
+    return mp_errorf(code, "%s: %s", file, what);
+}
+
 const char *mp_qformat_scheme(const mp_qformat *f)
 {
     return f->bits == 16 ? "fp16" : f->symmetric ? "sym" : "asym";

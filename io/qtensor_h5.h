@@ -44,6 +44,11 @@ int mp_h5_attr_read_i64(hid_t loc, const char *name, int64_t *v);
 int mp_h5_attr_read_f64(hid_t loc, const char *name, double *v);
 int mp_h5_attr_read_i64v(hid_t loc, const char *name, int64_t *v, int n);
 
+/* After a failed HDF5 call: MP_EIO "<file>: <what>: <system error>" when HDF5's error stack holds a failed
+ * system call (a full disk: "No space left on device"), else `code` with "<file>: <what>"; the stack is
+ * cleared. */
+int mp_h5_fail(int code, const char *file, const char *what);
+
 /* Write q as group `name` under loc (see above); rank >= 0 adds the rank attribute. -1 on failure. */
 int mp_qtensor_h5_write(hid_t loc, const char *name, const mp_qtensor *q, int64_t rank);
 /* Read the group `name` under loc into a new tensor: the format from its attribute, every dataset's

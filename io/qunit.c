@@ -63,7 +63,7 @@ int mp_qunit_create(const char *path, int unit, int n_experts, mp_qunit **out)
     H5Pclose(fcpl);
     H5Pclose(fapl);
     if (u->f < 0) {
-        int rc = mp_syserrorf(MP_EIO, "%s: cannot create", u->tmp);
+        int rc = mp_h5_fail(MP_EIO, u->tmp, "cannot create");
         free(u);
         return rc;
     }
@@ -105,14 +105,19 @@ int mp_qunit_put(mp_qunit *u, const mp_choice *c, int64_t m, int64_t n, const mp
             H5Gclose(g);
         }
     }
-    return bad ? mp_errorf(MP_EINTERNAL, "HDF5 could not store %s", path) : 0;
+    if (bad) {
+        char w[256];
+        snprintf(w, sizeof w, "HDF5 could not store block %s", path);
+        return mp_h5_fail(MP_EINTERNAL, u->tmp, w);
+    }
+    return 0;
 }
 
 int mp_qunit_save(mp_qunit *u)
 {
     int rc = 0;
     if (H5Fclose(u->f) < 0)
-        rc = mp_errorf(MP_EIO, "%s: HDF5 could not write the file (disk full?)", u->tmp);
+        rc = mp_h5_fail(MP_EIO, u->tmp, "HDF5 could not finish the file");
     if (rc == 0)
         rc = mp_commit_file(u->tmp, u->path);
     if (rc < 0)

@@ -55,9 +55,10 @@ static const char USAGE[] =
     "  eval --model DIR --tokens FILE [--max-sequences N] [--dump-logits FILE.h5]\n"
     "        perplexity of the model on the tokens (C forward pass); --dump-logits writes the logits,\n"
     "        float32 [n_seq, seq_len, vocab] (dataset `logits`), e.g. to compare with transformers\n"
-    "  export --in OUTDIR --format safetensors --out DIR [--shard-bytes N]\n"
+    "  export --in OUTDIR --format safetensors --out DIR [--shard-bytes N] [--source MODEL_DIR]\n"
     "        a moepack output as a Hugging Face checkpoint: dequantized weights (base + U V folded back)\n"
-    "        under the source's tensor names, layout and dtype, and its config.json\n"
+    "        under the source's tensor names, layout and dtype, and its config.json (--source: copy the\n"
+    "        tokenizer and generation files of the original checkpoint too)\n"
     "  version                       same as --version\n"
     "\n"
     "architectures: mixtral qwen2_moe qwen3_moe olmoe deepseek_v2 deepseek_v3 phimoe\n"
@@ -595,7 +596,7 @@ static int cmd_eval(args *a)
 
 static int cmd_export(args *a)
 {
-    const char *in = NULL, *out = NULL, *format = NULL, *name, *v;
+    const char *in = NULL, *out = NULL, *format = NULL, *source = NULL, *name, *v;
     uint64_t shard = 5000000000ULL;
     int rc = 0, r;
     while (rc == 0 && (r = next_opt(a, &name, &v, always_value)) != 0) {
@@ -609,6 +610,8 @@ static int cmd_export(args *a)
             out = v;
         else if (!strcmp(name, "--format"))
             format = v;
+        else if (!strcmp(name, "--source"))
+            source = v;
         else if (!strcmp(name, "--shard-bytes"))
             rc = parse_u64(name, v, &shard);
         else
@@ -622,7 +625,7 @@ static int cmd_export(args *a)
         rc = mp_errorf(MP_EUSAGE, "export --shard-bytes %llu: too small", (unsigned long long)shard);
     rc = mp_mpi_agree(rc);
     if (rc == 0 && mp_mpi_rank() == 0) {
-        rc = mp_export_safetensors(in, out, shard, stdout);
+        rc = mp_export_safetensors(in, out, source, shard, stdout);
         if (rc == 0)
             printf("export: wrote %s (Hugging Face safetensors, dequantized from %s)\n", out, in);
     }

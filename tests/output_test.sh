@@ -1,0 +1,113 @@
+#!/bin/bash
+# output_test.sh MPIEXEC NP MOEPACK UNIFORM_ALLOC EXPORT_CHECK OUTDIR - the compressed model on disk, with NP ranks.
+# Three synthetic models (qwen2_moe F32 per-expert with a shared expert, vocabulary 4096 so that shards of
+# 1 MiB split it; mixtral BF16 fused; qwen3_moe F16 without the decomposition) go through the pipeline to
+# the output (with the allocate stage when the table has one, else an allocation written by
+# tests/uniform_alloc that uses every format and ranks r, r/2 and 0). For each:
+#  1. every shard is read whole by h5dump and carries the fingerprint of index.json; a shard above
+#     output.shard_bytes holds a single item; no temporary file is left;
+#  2. inspect (text, --json, --plot: a well-formed SVG with one cell per layer x unit) describes it;
+#  3. export gives the source's tensors (names, dtypes, shapes; non-MoE bytes identical) whose experts equal
+#     the shards dequantized independently (tests/test_export_check.c); `moepack eval` runs on the export
+#     with a finite perplexity near the source's;
+#  4. a second run keeps everything and rewrites nothing.
+# The output directories of the NP = 1, 2, 4 runs are compared byte for byte by tests/same_output.sh.
+set -u
+MPIEXEC=$1 NP=$2 BIN=$3 UALLOC=$4 CHECK=$5 OUT=$6
+rm -rf "$OUT"
+mkdir -p "$OUT"
+fail() { echo "FAIL: $*" >&2; exit 1; }
+has_allocate() { "$BIN" run --until allocate 2>&1 | grep -q "not a stage" && return 1 || return 0; }
+SHARD=1048576
+
+# job MODEL NAME [--set ...]: the pipeline to the output in $OUT/NAME.out (checkpoint $OUT/NAME.ck)
+job() {
+    local model=$1 name=$2
+    shift 2
+    local extra=("$@") delta=1
+    for a in "${extra[@]}"; do [ "$a" = delta.enabled=false ] && delta=0; done
+    local sets=(--set model.path="$OUT/$model" --set calibration.tokens="$OUT/$model/tokens.h5"
+        --set checkpoint.dir="$OUT/$name.ck" --set output.dir="$OUT/$name.out" --set output.shard_bytes=$SHARD)
+    for a in "${extra[@]}"; do [ "$a" != --set ] && sets+=(--set "$a"); done
+    if ! has_allocate; then
+        timeout -k 10 300 "$MPIEXEC" --oversubscribe -n "$NP" "$BIN" run --quiet "${sets[@]}" --until decompose \
+            >"$OUT/$name.log" 2>&1 || fail "$name: calibrate + decompose: $(tail -5 "$OUT/$name.log")"
+        "$UALLOC" "$OUT/$model" "$OUT/$name.ck" w4g128,w3g128,fp16,w8,w2g64,w8a8,w4,w2g128 --vary-rank \
+            $([ $delta = 0 ] && echo --no-delta) || fail "$name: uniform allocation"
+    fi
+    timeout -k 10 300 "$MPIEXEC" --oversubscribe -n "$NP" "$BIN" run "${sets[@]}" >"$OUT/$name.log" 2>&1 ||
+        fail "$name: run: $(tail -5 "$OUT/$name.log")"
+    grep -q "^quantize: .* bits/weight" "$OUT/$name.log" || fail "$name: no quantize summary: $(cat "$OUT/$name.log")"
+}
+
+check() { # check MODEL NAME UNITS_PER_LAYER MOE_LAYERS
+    local model=$1 name=$2 cols=$3 layers=$4 o="$OUT/$2.out"
+    [ -f "$o/index.json" ] || fail "$name: no index.json"
+    local fp n=0
+    fp=$(sed -n 's/^\t"fingerprint":\t"\([0-9a-f]*\)",$/\1/p' "$o/index.json")
+    [ -n "$fp" ] || fail "$name: no fingerprint in index.json"
+    for s in "$o"/moepack-*-of-*.h5; do
+        n=$((n + 1))
+        h5dump "$s" >"$OUT/dump.txt" 2>&1 || fail "$name: h5dump cannot read $s: $(tail -3 "$OUT/dump.txt")"
+        grep -q "\"$fp\"" "$OUT/dump.txt" || fail "$name: $s does not carry the fingerprint $fp"
+        local size base items
+        size=$(stat -c %s "$s")
+        base=$(basename "$s")
+        items=$(($(grep -o "\"$base\"" "$o/index.json" | wc -l) - 1)) # weight_map + units entries
+        if [ "$size" -gt $SHARD ] && [ "$items" -ne 1 ]; then fail "$name: $base has $size bytes and $items items"; fi
+    done
+    [ $n -ge 1 ] && grep -q "moepack-00001-of-$(printf %05d $n).h5" "$o/index.json" || fail "$name: $n shards, index disagrees"
+    ls -a "$o" | grep -qE '\.tmp' && fail "$name: temporary files left: $(ls -a "$o")"
+    "$BIN" inspect "$o" --plot "$OUT/$name.svg" >"$OUT/$name.inspect" 2>&1 || fail "$name: inspect: $(cat "$OUT/$name.inspect")"
+    grep -q "^moepack output" "$OUT/$name.inspect" && grep -q "^used .* bits/weight" "$OUT/$name.inspect" &&
+        grep -q "^layer .*: predicted loss" "$OUT/$name.inspect" || fail "$name: inspect text: $(head -20 "$OUT/$name.inspect")"
+    [ "$(grep -c "^layer .*: predicted loss" "$OUT/$name.inspect")" = "$layers" ] || fail "$name: inspect lists no $layers layers"
+    "$BIN" inspect "$o" --json >"$OUT/$name.json" || fail "$name: inspect --json"
+    for k in bytes_used budget_bytes bits_per_weight predicted_loss layers units projections; do
+        grep -q "\"$k\"" "$OUT/$name.json" || fail "$name: inspect --json lacks $k"
+    done
+    head -c 200 "$OUT/$name.svg" | grep -q "<svg" || fail "$name: --plot wrote no SVG"
+    if command -v xmllint >/dev/null; then xmllint --noout "$OUT/$name.svg" || fail "$name: the SVG is not well-formed"; fi
+    [ "$(grep -c '<rect x=.*<title>layer' "$OUT/$name.svg")" = $((cols * layers)) ] ||
+        fail "$name: the heatmap has $(grep -c '<title>layer' "$OUT/$name.svg") cells, expected $((cols * layers))"
+    grep -q "bits per weight" "$OUT/$name.svg" && grep -q "MoE layer" "$OUT/$name.svg" || fail "$name: SVG labels"
+    "$BIN" export --in "$o" --format safetensors --out "$OUT/$name.export" >"$OUT/$name.exlog" 2>&1 ||
+        fail "$name: export: $(cat "$OUT/$name.exlog")"
+    cmp -s "$OUT/$name.export/config.json" "$OUT/$model/config.json" || fail "$name: config.json differs"
+    "$CHECK" "$o" "$OUT/$name.export" "$OUT/$model" 0.5 || fail "$name: export check"
+    local p0 p1
+    p0=$("$BIN" eval --model "$OUT/$model" --tokens "$OUT/$model/tokens.h5" | sed -n 's/^eval: perplexity \([0-9.]*\) .*/\1/p')
+    p1=$("$BIN" eval --model "$OUT/$name.export" --tokens "$OUT/$model/tokens.h5" | sed -n 's/^eval: perplexity \([0-9.]*\) .*/\1/p')
+    awk -v a="$p0" -v b="$p1" 'BEGIN { exit !(b > 0 && b < 1.5 * a && b > a / 1.5) }' ||
+        fail "$name: perplexity of the export $p1, of the source $p0"
+    echo "$name: $n shard(s) readable by h5dump, inspect/--json/--plot OK, export equal to the shards, perplexity $p1 (source $p0)"
+}
+
+"$BIN" synth --arch qwen2_moe --out "$OUT/qwen2" --layers 3 --experts 6 --ffn 48 --vocab 4096 --n-seq 8 \
+    --seq-len 32 --seed 11 >/dev/null || fail "synth qwen2"
+"$BIN" synth --arch mixtral --out "$OUT/mixtral" --layers 2 --experts 4 --ffn 48 --dtype BF16 --layout fused \
+    --n-seq 8 --seq-len 32 --seed 12 >/dev/null || fail "synth mixtral"
+"$BIN" synth --arch qwen3_moe --out "$OUT/qwen3" --layers 2 --experts 4 --ffn 32 --dtype F16 --n-seq 8 \
+    --seq-len 32 --seed 13 >/dev/null || fail "synth qwen3"
+
+job qwen2 a
+check qwen2 a 8 3
+[ "$(ls "$OUT/a.out"/moepack-*.h5 | wc -l)" -ge 3 ] || fail "a: expected >= 3 shards of 1 MiB"
+job mixtral b
+check mixtral b 5 2
+h5dump -a /embed/dtype "$OUT/b.out/moepack-00001-of-"*.h5 | grep -q '"bfloat16"' || fail "b: bf16 embeddings not marked"
+job qwen3 c --set delta.enabled=false
+check qwen3 c 4 2
+h5dump -H -d /embed "$OUT/c.out/moepack-00001-of-"*.h5 | grep -q "H5T_IEEE_F16LE\|16-bit little-endian floating-point" ||
+    fail "c: f16 embeddings not stored as IEEE half: $(h5dump -H -d /embed "$OUT/c.out/"moepack-00001*.h5 | head -8)"
+
+# a second run: every stage kept, no file rewritten
+before=$(find "$OUT/a.out" -maxdepth 1 -type f -printf '%f %i %T@\n' | sort)
+sleep 1.1
+job qwen2 a
+after=$(find "$OUT/a.out" -maxdepth 1 -type f -printf '%f %i %T@\n' | sort)
+[ "$before" = "$after" ] || fail "a second run rewrote the output: $(diff <(echo "$before") <(echo "$after") | head -4)"
+grep -q "quantize: every layer kept from before" "$OUT/a.log" || fail "quantize not kept: $(cat "$OUT/a.log")"
+echo "second run: every stage kept, output untouched"
+rm -rf "$OUT"/*.export "$OUT"/*.log "$OUT"/dump.txt
+echo "output test ($NP ranks): all passed"
