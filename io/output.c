@@ -394,6 +394,8 @@ static int write_tensor(hid_t f, const mp_out_item *it, const mp_tensor *t)
     int bad = ds < 0;
     if (!bad && t->numel > 0)
         bad |= H5Dwrite(ds, ft, H5S_ALL, H5S_ALL, H5P_DEFAULT, t->data) < 0;
+    if (bad)
+        mp_h5_capture();
     if (!bad) {
         int64_t shape[MP_MAX_DIMS];
         for (int i = 0; i < t->ndim; i++)
@@ -426,6 +428,8 @@ static int copy_unit(hid_t f, const mp_out_item *it, const char *unit_dir, int E
     }
     hid_t g = mp_h5_mkgroup(f, parent);
     int bad = g < 0 || H5Ocopy(u, root, g, leaf, H5P_DEFAULT, H5P_DEFAULT) < 0;
+    if (bad)
+        mp_h5_capture();
     if (g >= 0)
         H5Gclose(g);
     H5Fclose(u);

@@ -157,10 +157,22 @@ static herr_t walk_cb(unsigned n, const H5E_error2_t *e, void *data)
     return 0;
 }
 
+static __thread char saved[256]; /* the system error of the first failed call since the last report */
+
+void mp_h5_capture(void)
+{
+    if (!saved[0])
+        H5Ewalk2(H5E_DEFAULT, H5E_WALK_DOWNWARD, walk_cb, saved);
+}
+
 int mp_h5_fail(int code, const char *file, const char *what)
 {
     char sys[256] = "";
-    H5Ewalk2(H5E_DEFAULT, H5E_WALK_DOWNWARD, walk_cb, sys);
+    if (saved[0])
+        snprintf(sys, sizeof sys, "%s", saved);
+    else
+        H5Ewalk2(H5E_DEFAULT, H5E_WALK_DOWNWARD, walk_cb, sys);
+    saved[0] = '\0';
     H5Eclear2(H5E_DEFAULT);
     if (sys[0])
         return mp_errorf(MP_EIO, "%s: %s: %s", file, what, sys);
@@ -192,8 +204,10 @@ static int tensor_attrs(hid_t o, const mp_qtensor *q, int64_t rank)
 static int put_ds(hid_t g, const char *name, hid_t ftype, hid_t mtype, const void *v, hsize_t a, hsize_t b,
                   const mp_qtensor *q, int64_t rank)
 {
-    if (mp_h5_put(g, name, ftype, mtype, v, 2, a, b) < 0)
+    if (mp_h5_put(g, name, ftype, mtype, v, 2, a, b) < 0) {
+        mp_h5_capture();
         return -1;
+    }
     hid_t ds = H5Dopen2(g, name, H5P_DEFAULT);
     int rc = ds >= 0 ? tensor_attrs(ds, q, rank) : -1;
     if (ds >= 0)

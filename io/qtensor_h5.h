@@ -48,6 +48,9 @@ int mp_h5_attr_read_i64v(hid_t loc, const char *name, int64_t *v, int n);
  * system call (a full disk: "No space left on device"), else `code` with "<file>: <what>"; the stack is
  * cleared. */
 int mp_h5_fail(int code, const char *file, const char *what);
+/* Keep the system error of a call that just failed for the next mp_h5_fail (every later HDF5 call clears
+ * HDF5's stack: closing handles before reporting would lose it). */
+void mp_h5_capture(void);
 
 /* Write q as group `name` under loc (see above); rank >= 0 adds the rank attribute. -1 on failure. */
 int mp_qtensor_h5_write(hid_t loc, const char *name, const mp_qtensor *q, int64_t rank);
