@@ -19,9 +19,9 @@ for np in 1 2; do
     ck="$OUT/ck$np"
     plan=$("$BIN" plan $S --ranks $np --json) || fail "plan"
     get() { echo "$plan" | python3 -c "import json,sys; print(json.load(sys.stdin)['stages']['$1']['$2'])"; }
-    c1=$(timeout 300 "$MPIEXEC" --oversubscribe -n $np "$BIN" run $S --set checkpoint.dir="$ck" --log-json \
+    c1=$(timeout 300 "$MPIEXEC" --oversubscribe -n $np "$BIN" run $S --set checkpoint.dir="$ck" --set output.dir="$ck.out" --log-json \
         --until calibrate | grep stage_done) || fail "calibrate"
-    c2=$(timeout 300 "$MPIEXEC" --oversubscribe -n $np "$BIN" run $S --set checkpoint.dir="$ck" --log-json |
+    c2=$(timeout 300 "$MPIEXEC" --oversubscribe -n $np "$BIN" run $S --set checkpoint.dir="$ck" --set output.dir="$ck.out" --log-json |
         grep stage_done | grep '"stage": "decompose"') || fail "decompose"
     echo "$np rank(s):"
     within "calibrate checkpoint" "$(get calibrate ckpt_bytes)" "$(du -sb "$ck/calib" | cut -f1)"

@@ -1,34 +1,49 @@
 #!/bin/bash
-# restart_test.sh MPIEXEC MOEPACK OUTDIR - the checkpoint store under faults.
+# restart_test.sh MPIEXEC MOEPACK OUTDIR [UNIFORM_ALLOC] - the checkpoint store and the output under faults.
 #  1. kill -9 of a random rank at 12 random fault points (seeded), spread over
-#     all stages (calibration, decomposition), then resume (sometimes after a second crash, and
-#     with another rank count): the committed tree equals an uninterrupted run;
+#     all stages (calibration, decomposition, quantization and the output's shards and index.json),
+#     then resume (sometimes after a second crash, and with another rank count): the committed tree
+#     and the output directory equal an uninterrupted run's byte for byte;
 #  2. SIGUSR1 and SIGTERM at a unit boundary and inside a unit, and --walltime:
 #     exit status 12, and the resumed run equals the uninterrupted one;
-#  3. a truncated unit and a corrupted unit are detected and recomputed;
+#  3. a truncated unit and a corrupted unit are detected and recomputed (a statistics file and a
+#     quantized unit);
 #  4. a full file system (small tmpfs) fails with exit 6 naming the file, and
 #     so does a read-only one (leaving the store as it was); the directory of
 #     another model is refused (exit 11) and left untouched.
-# Killing between the stages and changed parameters: tests/stages_test.sh.
+# Killing between the stages and changed parameters: tests/stages_test.sh; the output under bad input:
+# tests/output_bad_test.sh. Until the stage table has an allocate stage, the quantize stage runs on an
+# allocation written by UNIFORM_ALLOC (tests/uniform_alloc.c) into each checkpoint directory first.
 # Every mpiexec runs under `timeout`: a rank that dies must not leave the
 # others hanging.
 set -u
-MPIEXEC=$1 BIN=$2 OUT=$3
+MPIEXEC=$1 BIN=$2 OUT=$3 UALLOC=${4:-}
 rm -rf "$OUT"
 mkdir -p "$OUT"
 fail() { echo "FAIL: $*" >&2; exit 1; }
 "$BIN" synth --arch qwen2_moe --out "$OUT/model" --layers 3 --experts 6 --ffn 48 --n-seq 12 --seq-len 48 \
     --seed 5 >/dev/null || fail "synth"
-run() { # run NP CKPT [extra args...]; prints nothing, returns the exit status
+HAS_ALLOCATE=1
+"$BIN" run --until allocate 2>&1 | grep -q "not a stage" && HAS_ALLOCATE=0
+[ $HAS_ALLOCATE = 1 ] || [ -x "$UALLOC" ] || fail "no allocate stage and no UNIFORM_ALLOC program"
+run() { # run NP CKPT [extra args...]; prints nothing, returns the exit status; the output goes to CKPT.out
     local np=$1 ck=$2
     shift 2
+    if [ $HAS_ALLOCATE = 0 ] && [ ! -d "$ck/alloc" ]; then
+        "$UALLOC" "$OUT/model" "$ck" w4g128,w3g128,w8,fp16 --rank 8 || fail "uniform allocation for $ck"
+    fi
     timeout -k 10 120 "$MPIEXEC" --oversubscribe -n "$np" "$BIN" run --quiet --set model.path="$OUT/model" \
-        --set calibration.tokens="$OUT/model/tokens.h5" --set checkpoint.dir="$ck" "$@" >"${LOG:-$ck.log}" 2>&1
+        --set calibration.tokens="$OUT/model/tokens.h5" --set checkpoint.dir="$ck" --set output.dir="$ck.out" \
+        "$@" >"${LOG:-$ck.log}" 2>&1
 }
-same() { diff -r "$OUT/ref" "$1" >/dev/null || { diff -r "$OUT/ref" "$1" | head -5; fail "$1 differs from the reference"; }; }
+same() {
+    diff -r "$OUT/ref" "$1" >/dev/null || { diff -r "$OUT/ref" "$1" | head -5; fail "$1 differs from the reference"; }
+    diff -r "$OUT/ref.out" "$1.out" >/dev/null || { diff -r "$OUT/ref.out" "$1.out" | head -5; fail "$1.out differs from the reference output"; }
+}
 
 run 2 "$OUT/ref" || fail "reference run: $(cat "$OUT/ref.log")"
-[ -f "$OUT/ref/calib/layer0002/DONE" ] || fail "reference incomplete"
+[ -f "$OUT/ref/calib/layer0002/DONE" ] && [ -f "$OUT/ref/quant/layer0002/DONE" ] && [ -f "$OUT/ref.out/index.json" ] ||
+    fail "reference incomplete"
 
 # how many fault points each rank passes
 MOEPACK_FAULT_TRACE=1 run 2 "$OUT/trace" || fail "trace run"
@@ -77,30 +92,35 @@ for sig in USR1 TERM; do
 done
 
 # an impossible --walltime: every run commits one new layer and stops (exit 12); rerunning the same
-# command finishes: 3 calibration + 3 decomposition layers = 6 stopped runs, then a 7th that completes
+# command finishes: one stopped run per committed layer of every stage (3 calibration + 3 decomposition +
+# 3 quantization ...), then one that completes
 ck="$OUT/wall"
 runs=0
 while :; do
     runs=$((runs + 1))
-    [ $runs -le 10 ] || fail "--walltime: no progress after 10 runs"
+    [ $runs -le 30 ] || fail "--walltime: no progress after 30 runs"
     run 2 "$ck" --walltime 0.001
     st=$?
     [ $st = 0 ] && break
     [ $st = 12 ] || fail "--walltime: exit $st, expected 12: $(tail -3 "$ck.log")"
 done
-[ $runs = 7 ] || fail "--walltime: finished after $runs runs, expected 7 (one new layer per run)"
+layers=$(find "$ck" -name DONE | wc -l)
+[ $runs = $((layers + 1)) ] || fail "--walltime: finished after $runs runs, expected $((layers + 1)) (one new layer per run)"
 same "$ck"
-echo "--walltime: 6 runs stopped with exit 12 after one new layer each, the 7th finished: identical"
+echo "--walltime: $layers runs stopped with exit 12 after one new layer each, the next finished: identical"
 
 ck="$OUT/damaged"
 cp -r "$OUT/ref" "$ck"
+cp -r "$OUT/ref.out" "$ck.out"
 truncate -s 100 "$ck/calib/layer0001/expert0003.h5"
 printf 'X' | dd of="$ck/calib/layer0002/expert0000.h5" bs=1 seek=3000 conv=notrunc 2>/dev/null
+truncate -s 100 "$ck/quant/layer0001/expert0002.h5"
 run 2 "$ck" || fail "run over damaged units: $(cat "$ck.log")"
-grep -q "damaged unit .*layer0001/expert0003.h5" "$ck.log" || fail "truncated unit not reported: $(cat "$ck.log")"
-grep -q "damaged unit .*layer0002/expert0000.h5" "$ck.log" || fail "corrupted unit not reported"
+grep -q "damaged unit .*calib/layer0001/expert0003.h5" "$ck.log" || fail "truncated unit not reported: $(cat "$ck.log")"
+grep -q "damaged unit .*calib/layer0002/expert0000.h5" "$ck.log" || fail "corrupted unit not reported"
+grep -q "damaged unit .*quant/layer0001/expert0002.h5" "$ck.log" || fail "truncated quantized unit not reported"
 same "$ck"
-echo "truncated + corrupted units: detected, recomputed, identical"
+echo "truncated + corrupted units (statistics, quantized): detected, recomputed, identical"
 
 # a full checkpoint file system: a 640 KiB tmpfs (needs mount rights; skipped otherwise)
 ck="$OUT/fullfs/ckpt"
@@ -142,11 +162,12 @@ cp -r "$OUT/ref" "$ck"
 "$BIN" synth --arch qwen2_moe --out "$OUT/model2" --layers 2 --experts 6 --ffn 48 --n-seq 12 --seq-len 48 \
     --seed 5 >/dev/null || fail "synth of the other model"
 timeout -k 10 120 "$MPIEXEC" --oversubscribe -n 2 "$BIN" run --quiet --set model.path="$OUT/model2" \
-    --set calibration.tokens="$OUT/model2/tokens.h5" --set checkpoint.dir="$ck" >"$ck.log" 2>&1
+    --set calibration.tokens="$OUT/model2/tokens.h5" --set checkpoint.dir="$ck" --set output.dir="$ck.out" >"$ck.log" 2>&1
 st=$?
 [ $st = 11 ] || fail "fingerprint mismatch: exit $st, expected 11"
 grep -q "made by another job: the model differs" "$ck.log" || fail "mismatch not explained: $(cat "$ck.log")"
-same "$ck"
+diff -r "$OUT/ref" "$ck" >/dev/null || fail "the other model's checkpoint was changed"
+[ ! -e "$ck.out" ] || fail "an output was written for the refused job"
 echo "another model's checkpoint: refused with exit 11, left untouched"
 rm -rf "$OUT"
 echo "restart test: all passed"

@@ -21,8 +21,8 @@ run() { # run NP CKPT [extra args...]: output in $CK.log
     local np=$1 ck=$2
     shift 2
     timeout -k 10 120 "$MPIEXEC" --oversubscribe -n "$np" "$BIN" run --set model.path="$OUT/model" \
-        --set calibration.tokens="$OUT/model/tokens.h5" --set checkpoint.dir="$ck" --set delta.solver=lapack \
-        "$@" >"$ck.log" 2>&1
+        --set calibration.tokens="$OUT/model/tokens.h5" --set checkpoint.dir="$ck" --set output.dir="$ck.out" \
+        --set delta.solver=lapack "$@" >"$ck.log" 2>&1
 }
 rank_of() { h5dump -a rank_gate "$1/decomp/layer0000/expert0000.h5" | sed -n 's/^ *(0): //p'; }
 state() { # inode, mtime (ns) and checksum of every calibration file
@@ -67,7 +67,7 @@ grep -q "every layer kept" "$ck.log" && fail "a stage was kept although calibrat
 "$BIN" synth --arch mixtral --out "$OUT/model3" --layers 3 --experts 4 --ffn 48 --n-seq 8 --seq-len 32 >/dev/null
 cp -r "$ck" "$OUT/other"
 timeout 60 "$BIN" run --set model.path="$OUT/model3" --set calibration.tokens="$OUT/model3/tokens.h5" \
-    --set checkpoint.dir="$OUT/other" >"$OUT/other.log" 2>&1
+    --set checkpoint.dir="$OUT/other" --set output.dir="$OUT/other.out" >"$OUT/other.log" 2>&1
 st=$?
 [ $st = 11 ] || fail "another model: exit $st, expected 11: $(cat "$OUT/other.log")"
 grep -q "the model differs" "$OUT/other.log" || fail "mismatch not explained: $(cat "$OUT/other.log")"
