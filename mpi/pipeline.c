@@ -9,6 +9,7 @@
 
 #include "calibrate.h"
 #include "decomp_stage.h"
+#include "measure_stage.h"
 #include "error.h"
 #include "fsutil.h"
 #include "runtime.h"
@@ -19,6 +20,9 @@ static const char *const CALIB_KEYS[] = {"calibration.tokens", "calibration.min_
 static const char *const DECOMP_KEYS[] = {"delta.weights", "delta.fisher",     "delta.fraction",
                                           "delta.rank",    "delta.target_ratio", "delta.candidates",
                                           "delta.lambda",  "delta.solver",       NULL};
+static const char *const MEASURE_KEYS[] = {"quant.formats",        "quant.method",   "quant.percdamp",
+                                           "quant.act_order",      "measure.batch_tokens", "measure.device",
+                                           "measure.timings",      NULL};
 
 static int always(const mp_job *job)
 {
@@ -34,6 +38,8 @@ static const mp_stage STAGES[MP_NSTAGES] = {
      CALIB_KEYS, 0, always, mp_calib_begin, mp_calib_layer, mp_calib_end, mp_calib_print},
     {"decompose", "decomp", "decompose v2", "D2 base + whitened low-rank deltas", DECOMP_KEYS, 1, delta_on,
      mp_decomp_begin, mp_decomp_layer, mp_decomp_end, mp_decomp_print},
+    {"measure", "measure", "measure v1", "loss, bytes and cost of every block under every option", MEASURE_KEYS, 1,
+     always, mp_measure_begin, mp_measure_layer, mp_measure_end, mp_measure_print},
 };
 
 const mp_stage *mp_stages(int *n)
