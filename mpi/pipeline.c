@@ -10,6 +10,7 @@
 #include "calibrate.h"
 #include "decomp_stage.h"
 #include "measure_stage.h"
+#include "alloc_stage.h"
 #include "error.h"
 #include "fsutil.h"
 #include "runtime.h"
@@ -23,6 +24,8 @@ static const char *const DECOMP_KEYS[] = {"delta.weights", "delta.fisher",     "
 static const char *const MEASURE_KEYS[] = {"quant.formats",        "quant.method",   "quant.percdamp",
                                            "quant.act_order",      "measure.batch_tokens", "measure.device",
                                            "measure.timings",      NULL};
+static const char *const ALLOC_KEYS[] = {"budget.bits_per_weight", "budget.bytes", "allocate.r", "quant.tie_gate_up",
+                                         "quant.factor_formats", NULL};
 
 static int always(const mp_job *job)
 {
@@ -40,6 +43,8 @@ static const mp_stage STAGES[MP_NSTAGES] = {
      mp_decomp_begin, mp_decomp_layer, mp_decomp_end, mp_decomp_print},
     {"measure", "measure", "measure v1", "loss, bytes and cost of every block under every option", MEASURE_KEYS, 1,
      always, mp_measure_begin, mp_measure_layer, mp_measure_end, mp_measure_print},
+    {"allocate", "alloc", "allocate v1", "one global allocation of ranks and formats under the budget", ALLOC_KEYS, 1,
+     always, mp_allocate_begin, mp_allocate_layer, mp_allocate_end, mp_allocate_print},
 };
 
 const mp_stage *mp_stages(int *n)

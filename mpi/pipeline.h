@@ -29,7 +29,7 @@
 #include "store.h"
 #include "tokens.h"
 
-enum { MP_STAGE_CALIBRATE, MP_STAGE_DECOMPOSE, MP_STAGE_MEASURE, MP_NSTAGES };
+enum { MP_STAGE_CALIBRATE, MP_STAGE_DECOMPOSE, MP_STAGE_MEASURE, MP_STAGE_ALLOCATE, MP_NSTAGES };
 
 typedef struct {
     const char *until;     /* the last stage to run (NULL: all) */
