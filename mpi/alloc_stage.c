@@ -296,9 +296,12 @@ static int solve(mp_run *r, int s, actx *x)
         mp_summary_set(sm, "min_bytes", (double)rep.min_bytes);
         mp_summary_set(sm, "max_bytes", (double)rep.max_bytes);
         mp_summary_set(sm, "unconstrained", rep.unconstrained);
-        mp_summary_set(sm, "per_layer_loss", per_layer);
-        mp_summary_set(sm, "uniform_loss", uni_loss);
-        mp_summary_set(sm, "uniform_bytes", (double)uni_bytes);
+        if (!isnan(per_layer)) /* absent when a layer's share is below its minimum */
+            mp_summary_set(sm, "per_layer_loss", per_layer);
+        if (!isnan(uni_loss)) { /* absent when no single format fits */
+            mp_summary_set(sm, "uniform_loss", uni_loss);
+            mp_summary_set(sm, "uniform_bytes", (double)uni_bytes);
+        }
         mp_summary_set(sm, "options", (double)I.no);
         mp_summary_set(sm, "cost_s", rep.cost);
     }
