@@ -345,7 +345,7 @@ static int cmd_demo(args *a)
     if (rc == 0)
         rc = mp_pipeline_run(&job, m, &t, &ro, &run);
     if (rc == 0 && rank == 0) {
-        printf("\ndemo: the later stages (measure, allocate, quantize, write, validate) are not implemented yet\n");
+        printf("\ndemo: the later stages (quantize + write, validate) are not implemented yet\n");
         fflush(stdout);
     }
     mp_tokens_free(&t);
@@ -429,7 +429,7 @@ static int cmd_run(args *a, const char *cmdname)
     if (rc == 0)
         rc = mp_pipeline_run(&job, m, &t, &o, &run);
     if (rc == 0 && mp_mpi_rank() == 0 && !o.log_json && !o.quiet && !o.until)
-        printf("\nrun: later stages (measure, allocate, quantize, write, validate) are not implemented yet\n");
+        printf("\nrun: later stages (quantize + write, validate) are not implemented yet\n");
     mp_tokens_free(&t);
     mp_model_close(m);
     return rc;
