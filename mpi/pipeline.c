@@ -175,8 +175,8 @@ static void print_stage(const mp_run *r, int s, FILE *out)
     if (r->o->log_json) {
         fprintf(out,
                 "{\"event\": \"stage_done\", \"stage\": \"%s\", \"kept\": %s, \"layers\": %d, \"layers_kept\": %d, "
-                "\"peak_rss_bytes\": %.0f",
-                st->name, r->ran[s] == 2 ? "true" : "false", r->layers[s], r->kept[s], r->peak_rss[s]);
+                "\"peak_rss_bytes\": %.0f, \"seconds\": %.3f",
+                st->name, r->ran[s] == 2 ? "true" : "false", r->layers[s], r->kept[s], r->peak_rss[s], r->seconds[s]);
         for (int i = 0; i < r->sum[s].n; i++)
             fprintf(out, ", \"%s\": %.17g", r->sum[s].key[i], r->sum[s].val[i]);
         fprintf(out, "}\n");
@@ -222,7 +222,9 @@ int mp_pipeline_run(const mp_job *job, const mp_model *m, const mp_tokens *tok, 
     for (int s = 0; s <= last; s++) {
         if (!STAGES[s].enabled(job))
             continue;
+        double t0 = MPI_Wtime();
         MP_CHECK(run_stage(r, s));
+        r->seconds[s] = MPI_Wtime() - t0;
         struct rusage ru;
         getrusage(RUSAGE_SELF, &ru);
         double rss = (double)ru.ru_maxrss * 1024.0;
