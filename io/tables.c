@@ -62,7 +62,9 @@ int mp_table_write(const char *path, const mp_unit_table *t)
     int bad = mp_h5_put_attr(f, "layer", H5T_STD_I64LE, H5T_NATIVE_INT64, &l) |
               mp_h5_put_attr(f, "unit", H5T_STD_I64LE, H5T_NATIVE_INT64, &u) |
               mp_h5_put_attr(f, "kind", H5T_STD_I64LE, H5T_NATIVE_INT64, &k) |
-              mp_h5_put_attr(f, "energy", H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, &t->energy);
+              mp_h5_put_attr(f, "energy", H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, &t->energy) |
+              mp_h5_put_attr(f, "damping_raised", H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, &t->damping_raised) |
+              mp_h5_put_attr(f, "unsampled", H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, &t->unsampled);
     char names[1024] = "";
     for (int i = 0; i < t->nf; i++)
         snprintf(names + strlen(names), sizeof names - strlen(names), "%s%s", i ? "," : "", t->fmt[i]->name);
@@ -126,6 +128,10 @@ int mp_table_read(const char *path, mp_unit_table *t)
         rc = get_attr(f, path, "kind", H5T_NATIVE_INT64, &k);
     if (rc == 0)
         rc = get_attr(f, path, "energy", H5T_NATIVE_DOUBLE, &t->energy);
+    if (rc == 0)
+        rc = get_attr(f, path, "damping_raised", H5T_NATIVE_DOUBLE, &t->damping_raised);
+    if (rc == 0)
+        rc = get_attr(f, path, "unsampled", H5T_NATIVE_DOUBLE, &t->unsampled);
     if (rc == 0)
         rc = get_str_attr(f, path, "formats", names, sizeof names);
     if (rc == 0 && (k < 0 || k > MP_BK_SHARED || !(t->energy >= 0) || !isfinite(t->energy)))

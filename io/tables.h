@@ -3,7 +3,8 @@
  *
  * checkpoint.dir/measure/layerLLLL/{expertEEEE,shared,base}.h5 (unit = expert index, E for the shared
  * expert, -1 for the base). Root attributes: layer, unit, kind (int: io/allocation.h's mp_block_kind),
- * energy (the layer's MoE output energy, the normaliser, see mpi/measure_stage.h), formats (string:
+ * energy (the layer's MoE output energy, the normaliser, see mpi/measure_stage.h), damping_raised,
+ * unsampled (counts, for the stage's summary), formats (string:
  * the job's quant.formats, comma-separated: the format indices below point into it). Per projection p
  * in gate, up, down: dataset `table_<p>` fp64 [rows, 8], one row per measured atom:
  *   col 0 rank   (-1 for a dense block; a delta's candidate rank r >= 0)
@@ -40,6 +41,8 @@ typedef struct {
     int layer, unit;
     mp_block_kind kind;
     double energy;
+    double damping_raised, unsampled; /* GPTQ factorisations that needed more damping; activation-format
+                                         measurements without a sample (attributes of the same names) */
     int nf;
     const mp_qformat *fmt[32];
     mp_proj_table p[3];

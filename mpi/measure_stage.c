@@ -29,7 +29,7 @@ typedef struct {
     const char *dir;
     uint64_t fp;
     double *M;        /* tokens per unit in the design batch, [E + 2] */
-    double blocks, options, damping_raised, unsampled;
+    double damping_raised, unsampled; /* this rank's counts in the unit being measured */
 } mctx;
 
 int mp_measure_ranks(const mp_job *job, int64_t m, int64_t n, int64_t rmax, int64_t *ranks)
@@ -159,6 +159,7 @@ static int measure_unit(mctx *x, int l, int u, mp_unit_table *t, double *energy)
     int E = x->E, unit = u == E + 1 ? -1 : u;
     MP_CHECK(mp_blocks_load(&x->bx, l, unit, b));
     memset(t, 0, sizeof *t);
+    double damp0 = x->damping_raised, uns0 = x->unsampled;
     t->layer = l, t->unit = unit, t->kind = b[0].kind, t->nf = x->nf;
     memcpy(t->fmt, x->fmt, sizeof(t->fmt[0]) * (size_t)x->nf);
     double M = x->M[unit < 0 ? E + 1 : u];
@@ -191,10 +192,8 @@ static int measure_unit(mctx *x, int l, int u, mp_unit_table *t, double *energy)
         pt->m = s->m, pt->n = s->n;
         char label[96];
         snprintf(label, sizeof label, "layer %d %s %d %s", l, mp_block_kind_name(s->kind), unit, MP_PROJ_NAME[p]);
-        x->blocks++;
         if (s->kind != MP_BK_DELTA) {
             rc = measure_formats(x, pt, -1, 0, s->W, s->m, s->n, s->H, NULL, s->X, s->t, s->tokens, M, label);
-            x->options += x->nf;
             continue;
         }
         int64_t ranks[18];
@@ -205,7 +204,6 @@ static int measure_unit(mctx *x, int l, int u, mp_unit_table *t, double *energy)
         for (int i = 0; i < nr && rc == 0; i++) {
             int64_t r = ranks[i];
             rc = mp_table_add(pt, (double)r, 2, -1, mp_block_trunc_loss(s, r), 0, 0, 0, M);
-            x->options += r == 0 ? 1 : !strcmp(x->bx.job->factor_formats, "same") ? x->nf : (double)x->nf * x->nf;
             if (r == 0 || rc < 0)
                 continue;
             float *Ur = NULL, *Vr = NULL, *XU = NULL;
@@ -236,6 +234,7 @@ static int measure_unit(mctx *x, int l, int u, mp_unit_table *t, double *energy)
         mp_gptq_factor_destroy(fv);
     }
     mp_blocks_free(b);
+    t->damping_raised = x->damping_raised - damp0, t->unsampled = x->unsampled - uns0;
     if (rc < 0)
         mp_table_free(t);
     return rc;
@@ -307,12 +306,45 @@ int mp_measure_layer(mp_run *r, int s, int l, int committed)
     return rc;
 }
 
+/* blocks, options (as the allocator will see them), damping_raised and unsampled of every table */
+static int count_tables(const mp_run *r, const mctx *x, double v[4])
+{
+    const mp_config *c = &r->m->cfg;
+    int same = !strcmp(r->job->factor_formats, "same");
+    for (int l = 0; l < c->n_layers; l++) {
+        if (!c->is_moe[l])
+            continue;
+        for (int u = x->delta ? -1 : 0; u <= x->E; u++) {
+            if (u == x->E && !x->shared)
+                break;
+            char path[4800];
+            mp_unit_table t;
+            mp_table_path(path, sizeof path, x->dir, l, u, x->E);
+            MP_CHECK(mp_table_read(path, &t));
+            v[2] += t.damping_raised, v[3] += t.unsampled;
+            for (int p = 0; p < 3; p++) {
+                v[0]++;
+                for (int i = 0; i < t.p[p].rows; i++) {
+                    const double *row = t.p[p].t + MP_TCOLS * i;
+                    if (t.kind != MP_BK_DELTA)
+                        v[1] += 1;
+                    else if (row[MP_TCOL_PART] == 2)
+                        v[1] += row[MP_TCOL_RANK] == 0 ? 1 : same ? t.nf : (double)t.nf * t.nf;
+                }
+            }
+            mp_table_free(&t);
+        }
+    }
+    return 0;
+}
+
 int mp_measure_end(mp_run *r, int s, int ok)
 {
     mctx *x = r->state;
-    if (x && ok) {
-        double v[4] = {x->blocks, x->options, x->damping_raised, x->unsampled};
-        MP_MPI(MPI_Allreduce(MPI_IN_PLACE, v, 4, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD));
+    int rc = 0;
+    if (x && ok && r->rank == 0) { /* from the committed tables: the same after any restart */
+        double v[4] = {0, 0, 0, 0};
+        rc = count_tables(r, x, v);
         mp_summary_set(&r->sum[s], "blocks", v[0]);
         mp_summary_set(&r->sum[s], "options", v[1]);
         mp_summary_set(&r->sum[s], "damping_raised", v[2]);
@@ -324,7 +356,7 @@ int mp_measure_end(mp_run *r, int s, int ok)
         free(x);
     }
     r->state = NULL;
-    return 0;
+    return rc;
 }
 
 void mp_measure_print(const mp_run *r, int s, FILE *out)
