@@ -121,6 +121,14 @@ run 1 mix "$ck" --set budget.bits_per_weight=40 || fail "budget above fp16: $(ta
 grep -q '"format":	"fp16"' "$ck/alloc/layer0000/alloc.json" || fail "large budget: no fp16 block"
 echo "bad input: unknown/empty formats exit 2, small budget says its minimum, large budget allocates the best options"
 
+# 6. the example job files parse and plan (model and tokens replaced by the synthetic ones)
+SRC=$(cd "$(dirname "$0")/.." && pwd)
+for f in "$SRC"/jobs/*-[0-9]*.ini; do
+    "$BIN" plan --job "$f" --set model.path="$OUT/mix" --set calibration.tokens="$OUT/mix/tokens.h5" --ranks 4 \
+        >"$OUT/plan.log" 2>&1 || fail "example job $f: $(cat "$OUT/plan.log")"
+done
+echo "example job files: $(ls "$SRC"/jobs/*-[0-9]*.ini | wc -l) parse and plan"
+
 # 5. inspect
 "$BIN" inspect "$OUT/mix1" >"$OUT/inspect.txt" || fail "inspect"
 grep -q "w4g128" "$OUT/inspect.txt" && grep -q "expert 3" "$OUT/inspect.txt" || fail "inspect text: $(head "$OUT/inspect.txt")"
