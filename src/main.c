@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <sys/stat.h>
 
 #include "error.h"
@@ -18,6 +19,7 @@
 #include "inspect.h"
 #include "inspect_out.h"
 #include "outdir.h"
+#include "tables.h"
 #include "job.h"
 #include "logits_dump.h"
 #include "model.h"
@@ -42,10 +44,11 @@ static const char USAGE[] =
     "        write a tiny synthetic checkpoint in the Hugging Face layout + tokens.h5\n"
     "  inspect PATH [--json] [--plot FILE.svg]\n"
     "        a Hugging Face checkpoint: architecture, MoE layers, parameter counts, dtypes, tensor check;\n"
-    "        a moepack output: bytes vs budget, bits/weight, format and rank per layer x expert,\n"
-    "        predicted loss per layer (--plot: an SVG heatmap of bits per layer x expert)\n"
+    "        a job's checkpoint.dir: its measure tables; a moepack output: bytes vs budget, bits/weight,\n"
+    "        format and rank per layer x expert, predicted loss per layer (--plot: an SVG heatmap of bits)\n"
     "  run [--job FILE] [--set section.key=value ...] [--fresh] [--until STAGE] [--walltime S] [--quiet] [--log-json]\n"
-    "        the pipeline stages implemented so far (calibrate, decompose), resuming from checkpoint.dir;\n"
+    "        the pipeline (calibrate, decompose, measure, allocate, quantize: the compressed model in\n"
+    "        output.dir), resuming from checkpoint.dir;\n"
     "        SIGTERM/SIGUSR1 or --walltime stop at the next layer with exit status 12\n"
     "  plan [--job FILE] [--set section.key=value ...] --ranks N [--sequences N --seq-len T] [--json]\n"
     "        peak memory, checkpoint disk and work per rank and stage, before submitting a job\n"
@@ -230,7 +233,12 @@ static int cmd_inspect(args *a)
             rc = mp_inspect_output(path, json, plot, stdout);
         return mp_mpi_agree(rc);
     }
-    if (rc == 0 && mp_mpi_rank() == 0) {
+    char probe[4200];
+    snprintf(probe, sizeof probe, "%s/job.json", path ? path : "");
+    if (rc == 0 && mp_mpi_rank() == 0 && access(probe, F_OK) == 0) { /* a job's checkpoint directory */
+        snprintf(probe, sizeof probe, "%s/measure", path);
+        rc = mp_tables_print(probe, json, stdout);
+    } else if (rc == 0 && mp_mpi_rank() == 0) {
         mp_inspect_info info;
         rc = mp_inspect_collect(path, &info);
         if (rc == 0) {
@@ -354,7 +362,15 @@ static int cmd_demo(args *a)
     if (rc == 0)
         rc = mp_pipeline_run(&job, m, &t, &ro, &run);
     if (rc == 0 && rank == 0) {
-        printf("\ndemo: the later stages (measure, allocate, quantize, write, validate) are not implemented yet\n");
+        const mp_summary *q = &run.sum[MP_STAGE_QUANTIZE];
+        printf("\ndemo: compressed model in %s: %.0f bytes for the MoE weights = %.4f bits/weight (budget %.4f), "
+               "predicted loss %.6g\n",
+               out, mp_summary_get(q, "bytes_used"), mp_summary_get(q, "bits_per_weight"),
+               mp_summary_get(q, "budget_bits"), mp_summary_get(q, "predicted_loss"));
+        printf("demo: look at it with `moepack inspect %s --plot bits.svg`, get a Hugging Face checkpoint with "
+               "`moepack export --in %s --format safetensors --out DIR`\n",
+               out, out);
+        printf("demo: the validate stage (measured error of the compressed model) is not implemented yet\n");
         fflush(stdout);
     }
     mp_tokens_free(&t);
@@ -416,7 +432,8 @@ static int cmd_run(args *a, const char *cmdname)
         else if (!strcmp(name, "--until") && strcmp(cmdname, "calibrate")) {
             o.until = v;
             if (mp_stage_index(v) < 0)
-                rc = mp_errorf(MP_EUSAGE, "--until '%s': not a stage (calibrate, decompose)", v);
+                rc = mp_errorf(MP_EUSAGE, "--until '%s': not a stage (calibrate, decompose, measure, allocate, "
+                                          "quantize)", v);
         } else if (!strcmp(name, "--walltime")) {
             char *end;
             walltime = strtod(v, &end);
@@ -438,7 +455,9 @@ static int cmd_run(args *a, const char *cmdname)
     if (rc == 0)
         rc = mp_pipeline_run(&job, m, &t, &o, &run);
     if (rc == 0 && mp_mpi_rank() == 0 && !o.log_json && !o.quiet && !o.until)
-        printf("\nrun: later stages (measure, allocate, quantize, write, validate) are not implemented yet\n");
+        printf("\nrun: the compressed model is in %s (moepack inspect, moepack export); the validate stage is not "
+               "implemented yet\n",
+               job.out_dir);
     mp_tokens_free(&t);
     mp_model_close(m);
     return rc;
@@ -531,7 +550,7 @@ static int cmd_plan(args *a)
             if (job.delta_rank > 0) /* a fixed rank: the fraction that gives it for the gate/up shape */
                 fraction = (double)job.delta_rank * (cfg.hidden + cfg.moe_ffn) / ((double)cfg.hidden * cfg.moe_ffn);
             mp_plan p;
-            mp_plan_make(&cfg, ranks, n_seq, seq_len, model_bytes, fraction, &p);
+            mp_plan_make(&cfg, ranks, n_seq, seq_len, model_bytes, fraction, job.sample_tokens, &p);
             mp_plan_print(&p, &cfg, json, stdout);
         }
         mp_config_free(&cfg);

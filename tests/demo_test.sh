@@ -1,9 +1,9 @@
 #!/bin/sh
 # demo_test.sh MPIEXEC NP MOEPACK OUTDIR - run `moepack demo` (the README's first
 # command) with NP ranks in a fresh OUTDIR; it must succeed, find every expected
-# tensor, read every expert, calibrate, decompose, and print the expert digest,
-# the baseline perplexity and the decomposition losses (compared across rank
-# counts by same_digest.sh).
+# tensor, read every expert, calibrate, decompose, measure, allocate, quantize into
+# the output, and print the expert digest, the baseline perplexity, the decomposition
+# losses and the output's shard checksums (compared across rank counts by same_digest.sh).
 set -eu
 MPIEXEC=$1 NP=$2 BIN=$3 OUT=$4
 rm -rf "$OUT"
@@ -24,5 +24,14 @@ grep -q "^== decompose" "$OUT.log"
 PAT='^(expert digest: [0-9a-f]{16}|calibrate: baseline perplexity .*| +[0-9]+ +[0-9]+ +[0-9.]+% +[0-9.]+% +[0-9.]+%)$'
 grep -E "$PAT" "$OUT.log" >"$OUT.digest"
 [ "$(wc -l <"$OUT.digest")" -eq 4 ] || { echo "digest, perplexity or decomposition losses missing" >&2; exit 1; }
-# a second run reuses the model and gives the same digest, perplexity and losses
-"$MPIEXEC" --oversubscribe -n "$NP" "$BIN" demo --out "$OUT" 2>&1 | grep -E "$PAT" | cmp - "$OUT.digest"
+# the compressed model: its summary, and the shards' checksums from index.json join the digest (compared across
+# rank counts by same_digest.sh: the output's bytes do not depend on them)
+grep -qE "^demo: compressed model in $OUT: [0-9]+ bytes .* bits/weight .*predicted loss" "$OUT.log" ||
+    { echo "no summary of the compressed model" >&2; exit 1; }
+[ -f "$OUT/index.json" ] || { echo "no index.json in $OUT" >&2; exit 1; }
+shards() { sed -n 's/^\t*"xxh64":\t"\([0-9a-f]*\)".*/shard xxh64 \1/p' "$OUT/index.json"; }
+shards >>"$OUT.digest"
+grep -q "^shard xxh64" "$OUT.digest" || { echo "no shard checksums in $OUT/index.json" >&2; exit 1; }
+# a second run reuses the model and gives the same digest, perplexity, losses and output
+"$MPIEXEC" --oversubscribe -n "$NP" "$BIN" demo --out "$OUT" >"$OUT.log2" 2>&1
+{ grep -E "$PAT" "$OUT.log2"; shards; } | cmp - "$OUT.digest"

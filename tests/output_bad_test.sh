@@ -1,5 +1,5 @@
 #!/bin/bash
-# output_bad_test.sh MPIEXEC MOEPACK UNIFORM_ALLOC OUTDIR - the output directory under bad input and faults (2 ranks).
+# output_bad_test.sh MPIEXEC MOEPACK OUTDIR - the output directory under bad input and faults (2 ranks).
 #  1. output.dir holding another model's result (another shape: the seed alone does not change a fingerprint): exit 11 naming its index.json, nothing touched;
 #     --fresh replaces it with this job's result;
 #  2. a full disk while the shards are written (a 1.5 MiB tmpfs as output.dir; skipped without mount
@@ -12,11 +12,10 @@
 #  5. a malformed index.json in output.dir: exit 5 naming it, unless --fresh.
 # Every mpiexec runs under `timeout`.
 set -u
-MPIEXEC=$1 BIN=$2 UALLOC=$3 OUT=$4
+MPIEXEC=$1 BIN=$2 OUT=$3
 rm -rf "$OUT"
 mkdir -p "$OUT"
 fail() { echo "FAIL: $*" >&2; exit 1; }
-has_allocate() { "$BIN" run --until allocate 2>&1 | grep -q "not a stage" && return 1 || return 0; }
 "$BIN" synth --arch qwen2_moe --out "$OUT/model" --layers 2 --experts 4 --ffn 48 --vocab 4096 --n-seq 8 \
     --seq-len 32 --seed 21 >/dev/null || fail "synth"
 "$BIN" synth --arch qwen2_moe --out "$OUT/model2" --layers 2 --experts 4 --ffn 32 --vocab 4096 --n-seq 8 \
@@ -26,9 +25,6 @@ has_allocate() { "$BIN" run --until allocate 2>&1 | grep -q "not a stage" && ret
 run() {
     local model=$1 ck=$2 o=$3
     shift 3
-    if ! has_allocate && [ ! -d "$ck/alloc" ]; then
-        "$UALLOC" "$OUT/$model" "$ck" w4g128,w3g128,fp16 --rank 8 || fail "uniform allocation"
-    fi
     timeout -k 10 120 "$MPIEXEC" --oversubscribe -n 2 "$BIN" run --quiet --set model.path="$OUT/$model" \
         --set calibration.tokens="$OUT/$model/tokens.h5" --set checkpoint.dir="$ck" --set output.dir="$o" \
         --set output.shard_bytes=1048576 "$@" >"$ck.log" 2>&1

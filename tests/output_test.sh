@@ -1,9 +1,9 @@
 #!/bin/bash
-# output_test.sh MPIEXEC NP MOEPACK UNIFORM_ALLOC EXPORT_CHECK OUTDIR - the compressed model on disk, with NP ranks.
+# output_test.sh MPIEXEC NP MOEPACK EXPORT_CHECK OUTDIR - the compressed model on disk, with NP ranks.
 # Three synthetic models (qwen2_moe F32 per-expert with a shared expert, vocabulary 4096 so that shards of
-# 1 MiB split it; mixtral BF16 fused; qwen3_moe F16 without the decomposition) go through the pipeline to
-# the output (with the allocate stage when the table has one, else an allocation written by
-# tests/uniform_alloc that uses every format and ranks r, r/2 and 0). For each:
+# 1 MiB split it; mixtral BF16 fused with candidate ranks; qwen3_moe F16 without the decomposition, with
+# every weight format including the symmetric w8a8/w4a4 and fp16) go through the whole pipeline
+# (calibrate, decompose, measure, allocate, quantize) to the output. For each:
 #  1. every shard is read whole by h5dump and carries the fingerprint of index.json; a shard above
 #     output.shard_bytes holds a single item; no temporary file is left;
 #  2. inspect (text, --json, --plot: a well-formed SVG with one cell per layer x unit) describes it;
@@ -13,28 +13,19 @@
 #  4. a second run keeps everything and rewrites nothing.
 # The output directories of the NP = 1, 2, 4 runs are compared byte for byte by tests/same_output.sh.
 set -u
-MPIEXEC=$1 NP=$2 BIN=$3 UALLOC=$4 CHECK=$5 OUT=$6
+MPIEXEC=$1 NP=$2 BIN=$3 CHECK=$4 OUT=$5
 rm -rf "$OUT"
 mkdir -p "$OUT"
 fail() { echo "FAIL: $*" >&2; exit 1; }
-has_allocate() { "$BIN" run --until allocate 2>&1 | grep -q "not a stage" && return 1 || return 0; }
 SHARD=1048576
 
-# job MODEL NAME [--set ...]: the pipeline to the output in $OUT/NAME.out (checkpoint $OUT/NAME.ck)
+# job MODEL NAME [key=value ...]: the pipeline to the output in $OUT/NAME.out (checkpoint $OUT/NAME.ck)
 job() {
     local model=$1 name=$2
     shift 2
-    local extra=("$@") delta=1
-    for a in "${extra[@]}"; do [ "$a" = delta.enabled=false ] && delta=0; done
     local sets=(--set model.path="$OUT/$model" --set calibration.tokens="$OUT/$model/tokens.h5"
         --set checkpoint.dir="$OUT/$name.ck" --set output.dir="$OUT/$name.out" --set output.shard_bytes=$SHARD)
-    for a in "${extra[@]}"; do [ "$a" != --set ] && sets+=(--set "$a"); done
-    if ! has_allocate; then
-        timeout -k 10 300 "$MPIEXEC" --oversubscribe -n "$NP" "$BIN" run --quiet "${sets[@]}" --until decompose \
-            >"$OUT/$name.log" 2>&1 || fail "$name: calibrate + decompose: $(tail -5 "$OUT/$name.log")"
-        "$UALLOC" "$OUT/$model" "$OUT/$name.ck" w4g128,w3g128,fp16,w8,w2g64,w8a8,w4,w2g128 --vary-rank \
-            $([ $delta = 0 ] && echo --no-delta) || fail "$name: uniform allocation"
-    fi
+    for a in "$@"; do sets+=(--set "$a"); done
     timeout -k 10 300 "$MPIEXEC" --oversubscribe -n "$NP" "$BIN" run "${sets[@]}" >"$OUT/$name.log" 2>&1 ||
         fail "$name: run: $(tail -5 "$OUT/$name.log")"
     grep -q "^quantize: .* bits/weight" "$OUT/$name.log" || fail "$name: no quantize summary: $(cat "$OUT/$name.log")"
@@ -93,11 +84,13 @@ check() { # check MODEL NAME UNITS_PER_LAYER MOE_LAYERS
 job qwen2 a
 check qwen2 a 8 3
 [ "$(ls "$OUT/a.out"/moepack-*.h5 | wc -l)" -ge 3 ] || fail "a: expected >= 3 shards of 1 MiB"
-job mixtral b
+job mixtral b delta.candidates=0.1,0.25,0.5 budget.bits_per_weight=2.5
 check mixtral b 5 2
 h5dump -a /embed/dtype "$OUT/b.out/moepack-00001-of-"*.h5 | grep -q '"bfloat16"' || fail "b: bf16 embeddings not marked"
-job qwen3 c --set delta.enabled=false
+job qwen3 c delta.enabled=false quant.formats=fp16,w8a8,w4a4,w2g64 budget.bits_per_weight=10
 check qwen3 c 4 2
+nf=$(sed -n '/^predicted loss/,/^layer/p' "$OUT/c.inspect" | grep -cE '^  (fp16|w[0-9])')
+[ "$nf" -ge 2 ] || fail "c: the allocation uses $nf formats, expected a mix: $(head -16 "$OUT/c.inspect")"
 h5dump -H -d /embed "$OUT/c.out/moepack-00001-of-"*.h5 | grep -q "H5T_IEEE_F16LE\|16-bit little-endian floating-point" ||
     fail "c: f16 embeddings not stored as IEEE half: $(h5dump -H -d /embed "$OUT/c.out/"moepack-00001*.h5 | head -8)"
 

@@ -1,9 +1,9 @@
 #!/bin/bash
-# restart_test.sh MPIEXEC MOEPACK OUTDIR [UNIFORM_ALLOC] - the checkpoint store and the output under faults.
+# restart_test.sh MPIEXEC MOEPACK OUTDIR - the checkpoint store and the output under faults.
 #  1. kill -9 of a random rank at 12 random fault points (seeded), spread over
-#     all stages (calibration, decomposition, quantization and the output's shards and index.json),
-#     then resume (sometimes after a second crash, and with another rank count): the committed tree
-#     and the output directory equal an uninterrupted run's byte for byte;
+#     all stages (calibration, decomposition, measure, allocation, quantization and the output's shards
+#     and index.json), then resume (sometimes after a second crash, and with another rank count): the
+#     committed tree and the output directory equal an uninterrupted run's byte for byte;
 #  2. SIGUSR1 and SIGTERM at a unit boundary and inside a unit, and --walltime:
 #     exit status 12, and the resumed run equals the uninterrupted one;
 #  3. a truncated unit and a corrupted unit are detected and recomputed (a statistics file and a
@@ -12,26 +12,19 @@
 #     so does a read-only one (leaving the store as it was); the directory of
 #     another model is refused (exit 11) and left untouched.
 # Killing between the stages and changed parameters: tests/stages_test.sh; the output under bad input:
-# tests/output_bad_test.sh. Until the stage table has an allocate stage, the quantize stage runs on an
-# allocation written by UNIFORM_ALLOC (tests/uniform_alloc.c) into each checkpoint directory first.
+# tests/output_bad_test.sh.
 # Every mpiexec runs under `timeout`: a rank that dies must not leave the
 # others hanging.
 set -u
-MPIEXEC=$1 BIN=$2 OUT=$3 UALLOC=${4:-}
+MPIEXEC=$1 BIN=$2 OUT=$3
 rm -rf "$OUT"
 mkdir -p "$OUT"
 fail() { echo "FAIL: $*" >&2; exit 1; }
 "$BIN" synth --arch qwen2_moe --out "$OUT/model" --layers 3 --experts 6 --ffn 48 --n-seq 12 --seq-len 48 \
     --seed 5 >/dev/null || fail "synth"
-HAS_ALLOCATE=1
-"$BIN" run --until allocate 2>&1 | grep -q "not a stage" && HAS_ALLOCATE=0
-[ $HAS_ALLOCATE = 1 ] || [ -x "$UALLOC" ] || fail "no allocate stage and no UNIFORM_ALLOC program"
 run() { # run NP CKPT [extra args...]; prints nothing, returns the exit status; the output goes to CKPT.out
     local np=$1 ck=$2
     shift 2
-    if [ $HAS_ALLOCATE = 0 ] && [ ! -d "$ck/alloc" ]; then
-        "$UALLOC" "$OUT/model" "$ck" w4g128,w3g128,w8,fp16 --rank 8 || fail "uniform allocation for $ck"
-    fi
     timeout -k 10 120 "$MPIEXEC" --oversubscribe -n "$np" "$BIN" run --quiet --set model.path="$OUT/model" \
         --set calibration.tokens="$OUT/model/tokens.h5" --set checkpoint.dir="$ck" --set output.dir="$ck.out" \
         "$@" >"${LOG:-$ck.log}" 2>&1
@@ -92,8 +85,8 @@ for sig in USR1 TERM; do
 done
 
 # an impossible --walltime: every run commits one new layer and stops (exit 12); rerunning the same
-# command finishes: one stopped run per committed layer of every stage (3 calibration + 3 decomposition +
-# 3 quantization ...), then one that completes
+# command finishes: 3 layers in each of the stages that commit layers (calibrate, decompose, measure,
+# allocate, quantize) = 15 stopped runs, then a 16th that completes
 ck="$OUT/wall"
 runs=0
 while :; do
@@ -105,9 +98,9 @@ while :; do
     [ $st = 12 ] || fail "--walltime: exit $st, expected 12: $(tail -3 "$ck.log")"
 done
 layers=$(find "$ck" -name DONE | wc -l)
-[ $runs = $((layers + 1)) ] || fail "--walltime: finished after $runs runs, expected $((layers + 1)) (one new layer per run)"
+[ $runs = 16 ] && [ $layers = 15 ] || fail "--walltime: finished after $runs runs with $layers layers, expected 16 runs (one new layer per run)"
 same "$ck"
-echo "--walltime: $layers runs stopped with exit 12 after one new layer each, the next finished: identical"
+echo "--walltime: $((runs - 1)) runs stopped with exit 12 after one new layer each, the ${runs}th finished: identical"
 
 ck="$OUT/damaged"
 cp -r "$OUT/ref" "$ck"
