@@ -25,15 +25,13 @@ static int fill(void *ctx, int idx, float *out, int64_t n)
     const mp_config *c = mp_outdir_config(o);
     int64_t d = c->hidden, f = c->moe_ffn;
     switch (s->kind) {
-    case MP_SRC_PLAIN:
-        return mp_outdir_read_plain(o, s->path, s->dtype, out, n);
+    case MP_SRC_PLAIN: return mp_outdir_read_plain(o, s->path, s->dtype, out, n);
     case MP_SRC_EXPERT:
         if (n != d * f)
-            return mp_errorf(MP_EFORMAT, "%s: tensor %s has %lld elements, an expert projection %lld",
-                             mp_outdir_dir(o), s->name, (long long)n, (long long)(d * f));
+            return mp_errorf(MP_EFORMAT, "%s: tensor %s has %lld elements, an expert projection %lld", mp_outdir_dir(o),
+                             s->name, (long long)n, (long long)(d * f));
         return mp_outdir_read_expert(o, s->layer, s->expert, s->proj, out);
-    case MP_SRC_SHARED:
-        return mp_outdir_read_shared(o, s->layer, s->proj, out);
+    case MP_SRC_SHARED: return mp_outdir_read_shared(o, s->layer, s->proj, out);
     case MP_SRC_FUSED: {
         int E = c->n_experts, gate_up = s->proj == 0;
         if (n != (int64_t)E * (gate_up ? 2 : 1) * d * f)
@@ -69,9 +67,15 @@ static int dir_empty_or_absent(const char *dir)
 /* the small files of the source that tools load with the weights */
 static int copy_side_files(const char *source, const char *outdir, FILE *notes)
 {
-    static const char *const FILES[] = {"generation_config.json", "tokenizer.json", "tokenizer_config.json",
-                                        "tokenizer.model", "special_tokens_map.json", "vocab.json", "merges.txt",
-                                        "added_tokens.json", NULL};
+    static const char *const FILES[] = {"generation_config.json",
+                                        "tokenizer.json",
+                                        "tokenizer_config.json",
+                                        "tokenizer.model",
+                                        "special_tokens_map.json",
+                                        "vocab.json",
+                                        "merges.txt",
+                                        "added_tokens.json",
+                                        NULL};
     if (!source) {
         if (notes)
             fprintf(notes, "export: note: tokenizer files are not part of a moepack output; --source MODEL_DIR "
@@ -118,8 +122,8 @@ int mp_export_safetensors(const char *outdir, const char *dir, const char *sourc
         if (s->kind != MP_SRC_PLAIN && (dt == MP_DT_F8_E4M3 || dt == MP_DT_F8_E5M2))
             dt = MP_DT_BF16;
         if (dt != MP_DT_F32 && dt != MP_DT_F16 && dt != MP_DT_BF16)
-            rc = mp_errorf(MP_EFORMAT, "export: tensor %s has dtype %s; only F32, F16 and BF16 can be written",
-                           s->name, mp_dtype_name(dt));
+            rc = mp_errorf(MP_EFORMAT, "export: tensor %s has dtype %s; only F32, F16 and BF16 can be written", s->name,
+                           mp_dtype_name(dt));
         if (s->ndim > 3)
             rc = mp_errorf(MP_EFORMAT, "export: tensor %s has %d dimensions (at most 3 are written)", s->name, s->ndim);
         decl[i].name = s->name, decl[i].dtype = dt, decl[i].ndim = s->ndim;

@@ -17,7 +17,7 @@
 typedef struct {
     int unit; /* -1 base, 0..E-1, E shared */
     double bytes, weights, loss;
-    int64_t tokens; /* -1: not applicable (base) */
+    int64_t tokens;   /* -1: not applicable (base) */
     char cell[3][64]; /* per projection: "w4g128", "r13 w4g128/w3g128", "r0" */
 } ucol;
 
@@ -67,7 +67,8 @@ static int read_tokens(info *in, int64_t **tok, int *cols)
     char path[4400];
     snprintf(path, sizeof path, "%s/%s", mp_outdir_dir(in->o), str(sh, "file"));
     hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
-    hid_t g = f >= 0 ? H5Gopen2(f, "/moepack", H5P_DEFAULT) : -1, ds = g >= 0 ? H5Dopen2(g, "tokens_per_expert", H5P_DEFAULT) : -1;
+    hid_t g = f >= 0 ? H5Gopen2(f, "/moepack", H5P_DEFAULT) : -1,
+          ds = g >= 0 ? H5Dopen2(g, "tokens_per_expert", H5P_DEFAULT) : -1;
     hid_t sp = ds >= 0 ? H5Dget_space(ds) : -1;
     hsize_t dm[2] = {0, 0};
     int rc = 0;
@@ -188,8 +189,8 @@ static int print_text(const info *in, FILE *out)
     fprintf(out, "moepack output  %s (%d shard%s, %.0f bytes on disk; moepack %s, format %d)\n", mp_outdir_dir(in->o),
             in->nshards, in->nshards == 1 ? "" : "s", in->out_bytes, in->version, 1);
     fprintf(out, "model           %s: %d layers, %d MoE, %d experts%s, d %d, f %d; %s layout; decomposition %s\n",
-            mp_arch_name(c->arch), c->n_layers, in->nl, in->E, in->has_shared ? " + shared" : "",
-            c->hidden, c->moe_ffn, str(src, "expert_layout"), in->has_base ? "on (base + U V)" : "off");
+            mp_arch_name(c->arch), c->n_layers, in->nl, in->E, in->has_shared ? " + shared" : "", c->hidden, c->moe_ffn,
+            str(src, "expert_layout"), in->has_base ? "on (base + U V)" : "off");
     fprintf(out, "fingerprint     %s (model %s)\n", in->fp, in->mfp);
     fprintf(out, "budget          %.0f bytes = %.4f bits/weight over %.0f MoE weights\n", budget,
             num(in->md, "budget_bits_per_weight"), num(in->md, "moe_weights"));
@@ -198,8 +199,8 @@ static int print_text(const info *in, FILE *out)
     fprintf(out, "predicted loss  %.6g (sum of the normalised block losses)\n", num(in->md, "predicted_loss"));
     const cJSON *f;
     cJSON_ArrayForEach(f, cJSON_GetObjectItem(al, "formats"))
-    fprintf(out, "  %-12s  %6.0f tensors  %12.0f weights  %12.0f bytes\n", f->string, num(f, "tensors"),
-            num(f, "weights"), num(f, "bytes"));
+        fprintf(out, "  %-12s  %6.0f tensors  %12.0f weights  %12.0f bytes\n", f->string, num(f, "tensors"),
+                num(f, "weights"), num(f, "bytes"));
     if (!isnan(num(al, "deltas")))
         fprintf(out, "ranks           %.0f deltas, rank %.0f..%.0f (mean %.2f)\n", num(al, "deltas"),
                 num(al, "rank_min"), num(al, "rank_max"), num(al, "rank_mean"));
@@ -216,7 +217,8 @@ static int print_text(const info *in, FILE *out)
                 snprintf(tk, sizeof tk, "%lld", (long long)u->tokens);
             else
                 snprintf(tk, sizeof tk, "-");
-            fprintf(out, "  %-10s %7s %6.3f  %-22s %-22s %-22s\n", nm, tk, ubits(u), u->cell[0], u->cell[1], u->cell[2]);
+            fprintf(out, "  %-10s %7s %6.3f  %-22s %-22s %-22s\n", nm, tk, ubits(u), u->cell[0], u->cell[1],
+                    u->cell[2]);
         }
     }
     return 0;
@@ -237,8 +239,8 @@ static int print_json(const info *in, FILE *out)
     cJSON_AddStringToObject(o, "architecture", mp_arch_name(mp_outdir_config(in->o)->arch));
     cJSON_AddNumberToObject(o, "shards", in->nshards);
     cJSON_AddNumberToObject(o, "output_bytes", in->out_bytes);
-    static const char *const K[] = {"budget_bytes", "budget_bits_per_weight", "bytes_used", "moe_weights",
-                                    "bits_per_weight", "predicted_loss", NULL};
+    static const char *const K[] = {"budget_bytes",    "budget_bits_per_weight", "bytes_used", "moe_weights",
+                                    "bits_per_weight", "predicted_loss",         NULL};
     for (int i = 0; K[i]; i++)
         cJSON_AddNumberToObject(o, K[i], num(in->md, K[i]));
     cJSON_AddNumberToObject(o, "budget_fraction_used", num(in->md, "bytes_used") / num(in->md, "budget_bytes"));
@@ -283,8 +285,8 @@ static int print_json(const info *in, FILE *out)
 /* viridis, sampled at 9 points */
 static void colour(double t, char *buf, size_t cap)
 {
-    static const double V[9][3] = {{68, 1, 84},    {71, 44, 122},  {59, 81, 139},   {44, 113, 142}, {33, 144, 141},
-                                   {39, 173, 129}, {92, 200, 99},  {170, 220, 50}, {253, 231, 37}};
+    static const double V[9][3] = {{68, 1, 84},    {71, 44, 122}, {59, 81, 139},  {44, 113, 142}, {33, 144, 141},
+                                   {39, 173, 129}, {92, 200, 99}, {170, 220, 50}, {253, 231, 37}};
     t = isnan(t) ? 0 : t < 0 ? 0 : t > 1 ? 1 : t;
     double x = t * 8;
     int i = (int)x;
@@ -315,29 +317,36 @@ static int write_svg(const info *in, const char *path)
     cw = cw < 6 ? 6 : cw > 36 ? 36 : cw;
     ch = ch < 6 ? 6 : ch > 36 ? 36 : ch;
     int left = 90, top = 60, W = left + cols * cw + 170, H = top + rows * ch + 70;
+    W = W < 680 ? 680 : W; /* room for the subtitle */
     fprintf(s, "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
-    fprintf(s, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" height=\"%d\" viewBox=\"0 0 %d %d\" "
-               "font-family=\"sans-serif\" font-size=\"11\">\n", W, H, W, H);
+    fprintf(s,
+            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" height=\"%d\" viewBox=\"0 0 %d %d\" "
+            "font-family=\"sans-serif\" font-size=\"11\">\n",
+            W, H, W, H);
     fprintf(s, "<rect width=\"%d\" height=\"%d\" fill=\"white\"/>\n", W, H);
-    fprintf(s, "<text x=\"%d\" y=\"22\" font-size=\"15\" font-weight=\"bold\">Bits per weight by MoE layer and "
-               "expert</text>\n", left);
+    fprintf(s,
+            "<text x=\"%d\" y=\"22\" font-size=\"15\" font-weight=\"bold\">Bits per weight by MoE layer and "
+            "expert</text>\n",
+            left);
     fprintf(s, "<text x=\"%d\" y=\"40\" fill=\"#444\">%s: %.4f bits/weight overall (budget %.4f)%s</text>\n", left,
             mp_arch_name(mp_outdir_config(in->o)->arch), num(in->md, "bits_per_weight"),
-            num(in->md, "budget_bits_per_weight"), in->has_base ? "; experts: their U and V; base: its own column" : "");
+            num(in->md, "budget_bits_per_weight"),
+            in->has_base ? "; experts: their U and V; base: its own column" : "");
     int step = cols > 40 ? (cols + 31) / 32 : 1, rstep = rows > 40 ? (rows + 31) / 32 : 1;
     for (int i = 0; i < rows; i++) {
         const lrow *r = &in->rows[i];
         int y = top + i * ch;
         if (i % rstep == 0)
-            fprintf(s, "<text x=\"%d\" y=\"%d\" text-anchor=\"end\" dominant-baseline=\"middle\">%d</text>\n",
-                    left - 6, y + ch / 2, r->layer);
+            fprintf(s, "<text x=\"%d\" y=\"%d\" text-anchor=\"end\" dominant-baseline=\"middle\">%d</text>\n", left - 6,
+                    y + ch / 2, r->layer);
         for (int k = 0; k < cols; k++) {
             const ucol *u = &r->u[k];
             char fill[8], nm[32];
             colour((ubits(u) - lo) / (hi - lo), fill, sizeof fill);
             unit_name(in, u->unit, nm, sizeof nm);
-            fprintf(s, "<rect x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" fill=\"%s\" stroke=\"white\" "
-                       "stroke-width=\"0.5\"><title>layer %d %s: %.3f bits/weight; gate %s; up %s; down %s",
+            fprintf(s,
+                    "<rect x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" fill=\"%s\" stroke=\"white\" "
+                    "stroke-width=\"0.5\"><title>layer %d %s: %.3f bits/weight; gate %s; up %s; down %s",
                     left + k * cw, y, cw, ch, fill, r->layer, nm, ubits(u), u->cell[0], u->cell[1], u->cell[2]);
             if (u->tokens >= 0)
                 fprintf(s, "; %lld tokens", (long long)u->tokens);
@@ -369,8 +378,10 @@ static int write_svg(const info *in, const char *path)
         fprintf(s, "<stop offset=\"%.3f\" stop-color=\"%s\"/>\n", q / 8.0, fill);
     }
     fprintf(s, "</linearGradient></defs>\n");
-    fprintf(s, "<rect x=\"%d\" y=\"%d\" width=\"18\" height=\"%d\" fill=\"url(#bits)\" stroke=\"#333\" "
-               "stroke-width=\"0.5\"/>\n", lx, top, lh);
+    fprintf(s,
+            "<rect x=\"%d\" y=\"%d\" width=\"18\" height=\"%d\" fill=\"url(#bits)\" stroke=\"#333\" "
+            "stroke-width=\"0.5\"/>\n",
+            lx, top, lh);
     for (int q = 0; q <= 4; q++) {
         double v = lo + (hi - lo) * q / 4.0;
         int y = top + lh - lh * q / 4;

@@ -37,11 +37,14 @@ struct mp_outdir {
     hid_t *shard_f;
     int nshards;
     int delta;
-    int base_layer;   /* layer of the cached base, -1 */
-    float *base[3];   /* dequantized base of base_layer */
+    int base_layer; /* layer of the cached base, -1 */
+    float *base[3]; /* dequantized base of base_layer */
 };
 
-static int cmp_entry(const void *a, const void *b) { return strcmp(((const entry *)a)->path, ((const entry *)b)->path); }
+static int cmp_entry(const void *a, const void *b)
+{
+    return strcmp(((const entry *)a)->path, ((const entry *)b)->path);
+}
 
 int mp_outdir_detect(const char *dir)
 {
@@ -59,7 +62,10 @@ int mp_outdir_detect(const char *dir)
     return yes;
 }
 
-static int proj_of(const char *s) { return !strcmp(s, "gate") ? 0 : !strcmp(s, "up") ? 1 : !strcmp(s, "down") ? 2 : -1; }
+static int proj_of(const char *s)
+{
+    return !strcmp(s, "gate") ? 0 : !strcmp(s, "up") ? 1 : !strcmp(s, "down") ? 2 : -1;
+}
 
 static int parse_src(mp_outdir *o)
 {
@@ -79,7 +85,8 @@ static int parse_src(mp_outdir *o)
                     *sh = cJSON_GetObjectItem(t, "shape");
         if (!cJSON_IsString(nm) || !cJSON_IsString(dt) || !cJSON_IsArray(sh) || cJSON_GetArraySize(sh) > 8 ||
             mp_dtype_parse(dt->valuestring, &s->dtype) < 0)
-            return mp_errorf(MP_EFORMAT, "%s: tensors[%d] lacks a name, a known dtype or a shape", o->index_path, i - 1);
+            return mp_errorf(MP_EFORMAT, "%s: tensors[%d] lacks a name, a known dtype or a shape", o->index_path,
+                             i - 1);
         s->name = nm->valuestring;
         s->ndim = cJSON_GetArraySize(sh);
         for (int d = 0; d < s->ndim; d++)
@@ -108,7 +115,8 @@ static int parse_src(mp_outdir *o)
             s->proj = cJSON_IsString(pj) ? proj_of(pj->valuestring) : -1;
         if (s->layer < 0 || s->layer >= o->cfg.n_layers || s->proj < 0 ||
             (s->kind == MP_SRC_EXPERT && (s->expert < 0 || s->expert >= o->cfg.n_experts)))
-            return mp_errorf(MP_EFORMAT, "%s: tensor %s names no valid layer/expert/projection", o->index_path, s->name);
+            return mp_errorf(MP_EFORMAT, "%s: tensor %s names no valid layer/expert/projection", o->index_path,
+                             s->name);
     }
     return 0;
 }
@@ -168,8 +176,10 @@ int mp_outdir_open(const char *dir, mp_outdir **out)
     free(txt);
     const cJSON *j = o->index, *fmt = j ? cJSON_GetObjectItem(j, "format") : NULL,
                 *ver = j ? cJSON_GetObjectItem(j, "format_version") : NULL;
-    const cJSON *md = j ? cJSON_GetObjectItem(j, "metadata") : NULL, *cj = md ? cJSON_GetObjectItem(md, "config_json") : NULL;
-    const cJSON *src = md ? cJSON_GetObjectItem(md, "source") : NULL, *dl = src ? cJSON_GetObjectItem(src, "delta") : NULL;
+    const cJSON *md = j ? cJSON_GetObjectItem(j, "metadata") : NULL,
+                *cj = md ? cJSON_GetObjectItem(md, "config_json") : NULL;
+    const cJSON *src = md ? cJSON_GetObjectItem(md, "source") : NULL,
+                *dl = src ? cJSON_GetObjectItem(src, "delta") : NULL;
     if (rc == 0 && (!cJSON_IsString(fmt) || strcmp(fmt->valuestring, "moepack")))
         rc = mp_errorf(MP_EFORMAT, "%s: not a moepack index (\"format\" is not \"moepack\")", o->index_path);
     if (rc == 0 && (!cJSON_IsNumber(ver) || ver->valueint != MP_OUT_FORMAT_VERSION))
@@ -388,8 +398,8 @@ int mp_outdir_read_expert(mp_outdir *o, int l, int e, int p, float *out)
             Vd[i] = V[i];
         for (int64_t i = 0; i < m * n; i++)
             W[i] = o->base[p][i];
-        cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)m, (int)n, (int)r, 1.0, Ud, (int)r, Vd, (int)n,
-                    1.0, W, (int)n);
+        cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)m, (int)n, (int)r, 1.0, Ud, (int)r, Vd, (int)n, 1.0,
+                    W, (int)n);
         for (int64_t i = 0; i < m * n; i++)
             out[i] = (float)W[i];
     }

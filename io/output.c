@@ -68,8 +68,8 @@ static void tensor_path(const mp_tensor_spec *s, char *buf, size_t cap)
     snprintf(pre, sizeof pre, "model.layers.%d.", l);
     const char *rest = strncmp(nm, pre, strlen(pre)) ? nm : nm + strlen(pre);
     if (s->role == MP_ROLE_ROUTER)
-        snprintf(buf, cap, strstr(rest, "e_score_correction_bias") ? "/layers/%d/moe/router_bias" : "/layers/%d/moe/router",
-                 l);
+        snprintf(buf, cap,
+                 strstr(rest, "e_score_correction_bias") ? "/layers/%d/moe/router_bias" : "/layers/%d/moe/router", l);
     else if (s->role == MP_ROLE_SHARED)
         snprintf(buf, cap, "/layers/%d/moe/shared_gate", l);
     else if (!strncmp(rest, "self_attn.", 10))
@@ -326,7 +326,8 @@ int mp_out_meta_collect(const mp_model *m, const mp_job *job, const mp_out_plan 
     if (n < cap)
         n += (size_t)snprintf(s + n, cap - n, "}");
     if (nd && n < cap)
-        n += (size_t)snprintf(s + n, cap - n, ", \"deltas\": %lld, \"rank_min\": %lld, \"rank_max\": %lld, \"rank_mean\": %.6g",
+        n += (size_t)snprintf(s + n, cap - n,
+                              ", \"deltas\": %lld, \"rank_min\": %lld, \"rank_max\": %lld, \"rank_mean\": %.6g",
                               (long long)nd, (long long)rmin, (long long)rmax, rsum / (double)nd);
     if (n < cap)
         snprintf(s + n, cap - n, "}");
@@ -349,7 +350,10 @@ static hid_t file_type(mp_dtype dt, const char **name, int *own)
     switch (dt) {
     case MP_DT_F32: *name = "float32"; return H5T_IEEE_F32LE;
     case MP_DT_F64: *name = "float64"; return H5T_IEEE_F64LE;
-    case MP_DT_F16: *name = "float16"; *own = 1; return mp_h5_half_type();
+    case MP_DT_F16:
+        *name = "float16";
+        *own = 1;
+        return mp_h5_half_type();
     case MP_DT_BF16: *name = "bfloat16"; return H5T_STD_U16LE;
     case MP_DT_F8_E4M3: *name = "float8_e4m3fn"; return H5T_STD_U8LE;
     case MP_DT_F8_E5M2: *name = "float8_e5m2"; return H5T_STD_U8LE;
@@ -447,9 +451,11 @@ static int write_meta(hid_t f, const mp_out_meta *me, const int64_t *tokens, con
     snprintf(fp, sizeof fp, "%016llx", (unsigned long long)me->fingerprint);
     snprintf(mfp, sizeof mfp, "%016llx", (unsigned long long)me->model_fingerprint);
     double bpw = me->moe_weights ? 8.0 * (double)me->bytes_used / (double)me->moe_weights : 0;
-    int bad = mp_h5_attr_str(g, "version", MOEPACK_VERSION) | mp_h5_attr_i32(g, "format_version", MP_OUT_FORMAT_VERSION);
+    int bad =
+        mp_h5_attr_str(g, "version", MOEPACK_VERSION) | mp_h5_attr_i32(g, "format_version", MP_OUT_FORMAT_VERSION);
     bad |= mp_h5_attr_str(g, "fingerprint", fp) | mp_h5_attr_str(g, "model_fingerprint", mfp);
-    bad |= mp_h5_attr_f64(g, "budget_bytes", me->budget_bytes) | mp_h5_attr_f64(g, "budget_bits_per_weight", me->budget_bits);
+    bad |= mp_h5_attr_f64(g, "budget_bytes", me->budget_bytes) |
+           mp_h5_attr_f64(g, "budget_bits_per_weight", me->budget_bits);
     bad |= mp_h5_attr_i64(g, "bytes_used", me->bytes_used) | mp_h5_attr_i64(g, "moe_weights", me->moe_weights);
     bad |= mp_h5_attr_f64(g, "bits_per_weight", bpw) | mp_h5_attr_f64(g, "predicted_loss", me->predicted_loss);
     bad |= mp_h5_attr_str(g, "allocation", me->allocation) | mp_h5_attr_str(g, "packing", PACKING);
@@ -468,7 +474,8 @@ static int write_meta(hid_t f, const mp_out_meta *me, const int64_t *tokens, con
                          (hsize_t)me->cols);
     if (!bad) {
         hid_t ds = H5Dopen2(g, "tokens_per_expert", H5P_DEFAULT);
-        bad |= ds < 0 || mp_h5_attr_str(ds, "columns", me->cols > m->cfg.n_experts ? "experts 0..E-1, shared" : "experts 0..E-1");
+        bad |= ds < 0 ||
+               mp_h5_attr_str(ds, "columns", me->cols > m->cfg.n_experts ? "experts 0..E-1, shared" : "experts 0..E-1");
         if (ds >= 0)
             H5Dclose(ds);
     }
@@ -749,8 +756,8 @@ static int layers_json(const mp_model *m, const char *alloc_dir, cJSON *arr)
 }
 
 int mp_out_index_write(const char *tmp_path, const mp_out_plan *p, const mp_model *m, const mp_job *job,
-                       const char *unit_dir, const char *alloc_dir, const mp_out_meta *meta,
-                       const uint64_t *hashes, const int64_t *sizes)
+                       const char *unit_dir, const char *alloc_dir, const mp_out_meta *meta, const uint64_t *hashes,
+                       const int64_t *sizes)
 {
     cJSON *j = cJSON_CreateObject();
     if (!j)
@@ -779,7 +786,8 @@ int mp_out_index_write(const char *tmp_path, const mp_out_plan *p, const mp_mode
     add_raw_num(md, "budget_bits_per_weight", meta->budget_bits);
     cJSON_AddNumberToObject(md, "bytes_used", (double)meta->bytes_used);
     cJSON_AddNumberToObject(md, "moe_weights", (double)meta->moe_weights);
-    add_raw_num(md, "bits_per_weight", meta->moe_weights ? 8.0 * (double)meta->bytes_used / (double)meta->moe_weights : 0);
+    add_raw_num(md, "bits_per_weight",
+                meta->moe_weights ? 8.0 * (double)meta->bytes_used / (double)meta->moe_weights : 0);
     add_raw_num(md, "predicted_loss", meta->predicted_loss);
     cJSON *al = cJSON_Parse(meta->allocation);
     cJSON_AddItemToObject(md, "allocation", al ? al : cJSON_CreateNull());

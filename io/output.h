@@ -41,11 +41,11 @@ typedef enum { MP_ITEM_TENSOR, MP_ITEM_UNIT } mp_item_kind;
 
 typedef struct {
     mp_item_kind kind;
-    int tensor;          /* TENSOR: index into the checkpoint's tensors (m->ck->tensors) */
-    int layer, unit;     /* UNIT: MoE layer, unit (-1 base, 0..E-1 expert, E shared) */
-    char path[384];      /* where it lands in a shard: "/embed", "/layers/3/moe/experts/5" */
-    int64_t data_bytes;  /* tensor data (UNIT: its blocks' stored bytes) */
-    int64_t pack_bytes;  /* data + HDF5 metadata, what packing counts */
+    int tensor;         /* TENSOR: index into the checkpoint's tensors (m->ck->tensors) */
+    int layer, unit;    /* UNIT: MoE layer, unit (-1 base, 0..E-1 expert, E shared) */
+    char path[384];     /* where it lands in a shard: "/embed", "/layers/3/moe/experts/5" */
+    int64_t data_bytes; /* tensor data (UNIT: its blocks' stored bytes) */
+    int64_t pack_bytes; /* data + HDF5 metadata, what packing counts */
     int shard;
 } mp_out_item;
 
@@ -60,7 +60,7 @@ typedef struct {
     uint64_t fingerprint, model_fingerprint;
     double budget_bytes, budget_bits, predicted_loss;
     int64_t bytes_used, moe_weights;
-    int n_moe, cols;   /* MoE layers; columns of tokens (E, +1 with a shared expert) */
+    int n_moe, cols;       /* MoE layers; columns of tokens (E, +1 with a shared expert) */
     char allocation[2048]; /* JSON summary: tensors, weights and bytes per format; ranks */
 } mp_out_meta;
 
@@ -96,8 +96,8 @@ int mp_out_prune(const char *dir, int nshards);
 /* index.json's text into tmp_path (not yet under its name; the caller commits it with
  * mp_out_index_commit after its fault point). */
 int mp_out_index_write(const char *tmp_path, const mp_out_plan *p, const mp_model *m, const mp_job *job,
-                       const char *unit_dir, const char *alloc_dir, const mp_out_meta *meta,
-                       const uint64_t *hashes, const int64_t *sizes);
+                       const char *unit_dir, const char *alloc_dir, const mp_out_meta *meta, const uint64_t *hashes,
+                       const int64_t *sizes);
 int mp_out_index_commit(const char *tmp_path, const char *dir);
 
 /* Before a job: an output.dir whose index.json was made from another model is MP_EMISMATCH (naming

@@ -136,8 +136,14 @@ static int read_attr(hid_t loc, const char *name, hid_t mtype, void *v, int n)
     return rc;
 }
 
-int mp_h5_attr_read_i64(hid_t loc, const char *name, int64_t *v) { return read_attr(loc, name, H5T_NATIVE_INT64, v, -1); }
-int mp_h5_attr_read_f64(hid_t loc, const char *name, double *v) { return read_attr(loc, name, H5T_NATIVE_DOUBLE, v, -1); }
+int mp_h5_attr_read_i64(hid_t loc, const char *name, int64_t *v)
+{
+    return read_attr(loc, name, H5T_NATIVE_INT64, v, -1);
+}
+int mp_h5_attr_read_f64(hid_t loc, const char *name, double *v)
+{
+    return read_attr(loc, name, H5T_NATIVE_DOUBLE, v, -1);
+}
 int mp_h5_attr_read_i64v(hid_t loc, const char *name, int64_t *v, int n)
 {
     return read_attr(loc, name, H5T_NATIVE_INT64, v, n);
@@ -179,10 +185,7 @@ int mp_h5_fail(int code, const char *file, const char *what)
     return mp_errorf(code, "%s: %s", file, what);
 }
 
-const char *mp_qformat_scheme(const mp_qformat *f)
-{
-    return f->bits == 16 ? "fp16" : f->symmetric ? "sym" : "asym";
-}
+const char *mp_qformat_scheme(const mp_qformat *f) { return f->bits == 16 ? "fp16" : f->symmetric ? "sym" : "asym"; }
 
 /* the attributes of a packed tensor, on its group and on each of its datasets */
 static int tensor_attrs(hid_t o, const mp_qtensor *q, int64_t rank)

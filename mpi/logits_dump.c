@@ -67,8 +67,7 @@ int mp_logits_dump_write(mp_logits_dump *d, const char *path)
             mp_seq_range(d->n_seq, r, d->size, &a, &b);
             cnt[r] = (int)((b - a) * per), dsp[r] = (int)(a * per);
         }
-        MP_MPI(MPI_Gatherv(d->v, (int)((d->hi - d->lo) * per), MPI_FLOAT, all, cnt, dsp, MPI_FLOAT, 0,
-                           MPI_COMM_WORLD));
+        MP_MPI(MPI_Gatherv(d->v, (int)((d->hi - d->lo) * per), MPI_FLOAT, all, cnt, dsp, MPI_FLOAT, 0, MPI_COMM_WORLD));
         if (d->rank == 0)
             rc = mp_logits_write(path, all, d->n_seq, d->seq_len, d->vocab);
     }

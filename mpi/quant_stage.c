@@ -108,10 +108,9 @@ static int quantize_unit(const qctx *x, int l, int unit, const mp_layer_alloc *a
         if (rc == 0)
             rc = mp_qunit_put(qu, ch, b[p].m, b[p].n, q0, q1, &bytes);
         if (rc == 0 && bytes != ch->bytes)
-            rc = mp_errorf(MP_EINTERNAL,
-                           "layer %d %s %d %s: the allocation counts %lld bytes, the quantized tensors store %lld",
-                           l, mp_block_kind_name(ch->kind), ch->unit, MP_PROJ_NAME[p], (long long)ch->bytes,
-                           (long long)bytes);
+            rc = mp_errorf(
+                MP_EINTERNAL, "layer %d %s %d %s: the allocation counts %lld bytes, the quantized tensors store %lld",
+                l, mp_block_kind_name(ch->kind), ch->unit, MP_PROJ_NAME[p], (long long)ch->bytes, (long long)bytes);
         mp_qtensor_destroy(q0);
         mp_qtensor_destroy(q1);
     }

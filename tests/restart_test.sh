@@ -133,7 +133,7 @@ else
 fi
 # a read-only checkpoint directory: the committed layers are kept, the first write fails cleanly
 mkdir -p "$OUT/rofs"
-if mount -t tmpfs -o size=4m moepack-test "$OUT/rofs" 2>/dev/null; then
+if mount -t tmpfs -o size=$(($(du -sk "$OUT/ref" | cut -f1) + 4096))k moepack-test "$OUT/rofs" 2>/dev/null; then
     cp -r "$OUT/ref" "$OUT/rofs/ck"
     rm "$OUT/rofs/ck/calib/layer0002/DONE"
     mount -o remount,ro "$OUT/rofs"

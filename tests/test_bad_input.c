@@ -278,7 +278,7 @@ static void calibrate_cases(void)
         }
         mp_ckpt_close(ck);
         snprintf(cmd, sizeof cmd, "'%s' run --quiet --set model.path=%s --set calibration.tokens=%s "
-                 "--set checkpoint.dir=%s/nan_ckpt", MOEPACK_BIN, md, tok, d);
+                 "--set checkpoint.dir=%s/nan_ckpt --set output.dir=%s/nan_out", MOEPACK_BIN, md, tok, d, d);
         check_cmd(cmd, MP_ENUMERIC, "tensor model.layers.1.mlp.experts.2.up_proj.weight: non-finite value at element 5");
     }
 #undef CALIB

@@ -16,12 +16,13 @@
 /* the pipeline on m, t with checkpoint.dir = ckpt and the given keys */
 static int run_job(const mp_model *m, const mp_tokens *t, const char *ckpt, char *const *keys, int nkeys, mp_run *r)
 {
-    char set_ck[700], *sets[8] = {"model.path=x", "calibration.tokens=y", set_ck};
+    char set_ck[700], set_out[720], *sets[12] = {"model.path=x", "calibration.tokens=y", set_ck, set_out};
     snprintf(set_ck, sizeof set_ck, "checkpoint.dir=%s", ckpt);
+    snprintf(set_out, sizeof set_out, "output.dir=%s.out", ckpt); /* every job its own output */
     for (int i = 0; i < nkeys; i++)
-        sets[3 + i] = keys[i];
+        sets[4 + i] = keys[i];
     mp_job job;
-    MP_CHECK(mp_job_load(NULL, sets, 3 + nkeys, &job));
+    MP_CHECK(mp_job_load(NULL, sets, 4 + nkeys, &job));
     mp_run_opts o = {.quiet = 1};
     return mp_pipeline_run(&job, m, t, &o, r);
 }
@@ -107,7 +108,11 @@ int main(int argc, char **argv)
     snprintf(fisher, sizeof fisher, "%s-fisher.h5", argv[1]); /* outside DIR: not compared across ranks */
     snprintf(dec2, sizeof dec2, "%s/fisher", argv[1]);
     if (mp_mpi_rank() == 0) {
-        hid_t f = H5Fcreate(fisher, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+        /* no timestamps: the file enters the fingerprints by content, equal for every rank count */
+        hid_t fcpl = H5Pcreate(H5P_FILE_CREATE), gcpl = H5Pcreate(H5P_GROUP_CREATE);
+        hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
+        H5Pset_obj_track_times(fcpl, 0), H5Pset_obj_track_times(gcpl, 0), H5Pset_obj_track_times(dcpl, 0);
+        hid_t f = H5Fcreate(fisher, H5F_ACC_TRUNC, fcpl, H5P_DEFAULT);
         static const char *pn[3] = {"gate", "up", "down"};
         float *v = malloc(sizeof(float) * 64 * 64);
         for (int l = 0; l < 2; l++)
@@ -115,11 +120,11 @@ int main(int argc, char **argv)
                 char g1[64], nm[96];
                 snprintf(g1, sizeof g1, "layer%d", l);
                 if (e == 0) {
-                    hid_t g = H5Gcreate2(f, g1, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+                    hid_t g = H5Gcreate2(f, g1, H5P_DEFAULT, gcpl, H5P_DEFAULT);
                     H5Gclose(g);
                 }
                 snprintf(nm, sizeof nm, "layer%d/expert%d", l, e);
-                hid_t g = H5Gcreate2(f, nm, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+                hid_t g = H5Gcreate2(f, nm, H5P_DEFAULT, gcpl, H5P_DEFAULT);
                 H5Gclose(g);
                 for (int i = 0; i < 64 * 64; i++)
                     v[i] = e == 1 ? 1.0f : 0.0f;
@@ -127,13 +132,14 @@ int main(int argc, char **argv)
                     hsize_t dm[2] = {64, 64};
                     hid_t sp = H5Screate_simple(2, dm, NULL);
                     snprintf(nm, sizeof nm, "layer%d/expert%d/%s", l, e, pn[p]);
-                    hid_t ds = H5Dcreate2(f, nm, H5T_IEEE_F32LE, sp, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+                    hid_t ds = H5Dcreate2(f, nm, H5T_IEEE_F32LE, sp, H5P_DEFAULT, dcpl, H5P_DEFAULT);
                     H5Dwrite(ds, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, v);
                     H5Dclose(ds), H5Sclose(sp);
                 }
             }
         free(v);
         H5Fclose(f);
+        H5Pclose(fcpl), H5Pclose(gcpl), H5Pclose(dcpl);
     }
     MPI_Barrier(MPI_COMM_WORLD);
     char fset[800];

@@ -25,13 +25,13 @@
 #include "safetensors.h"
 
 static int failures = 0;
-#define EXPECT(c, ...)                                                                                            \
-    do {                                                                                                          \
-        if (!(c)) {                                                                                               \
-            fprintf(stderr, "FAIL: " __VA_ARGS__);                                                                \
-            fprintf(stderr, "\n");                                                                                \
-            failures++;                                                                                           \
-        }                                                                                                         \
+#define EXPECT(c, ...)                                                                                                 \
+    do {                                                                                                               \
+        if (!(c)) {                                                                                                    \
+            fprintf(stderr, "FAIL: " __VA_ARGS__);                                                                     \
+            fprintf(stderr, "\n");                                                                                     \
+            failures++;                                                                                                \
+        }                                                                                                              \
     } while (0)
 
 static cJSON *idx, *units;
@@ -150,7 +150,8 @@ int main(int argc, char **argv)
         EXPECT(a && b, "tensor %s missing from the export or the source", name);
         if (!a || !b)
             continue;
-        EXPECT(a->dtype == b->dtype && a->ndim == b->ndim && a->numel == b->numel, "tensor %s: dtype/shape differ", name);
+        EXPECT(a->dtype == b->dtype && a->ndim == b->ndim && a->numel == b->numel, "tensor %s: dtype/shape differ",
+               name);
         for (int d = 0; d < a->ndim && d < b->ndim; d++)
             EXPECT(a->shape[d] == b->shape[d], "tensor %s: dimension %d differs", name, d);
         if (cJSON_GetObjectItem(t, "path")) {

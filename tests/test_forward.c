@@ -204,11 +204,12 @@ static int calibrate(const mp_model *m, const mp_tokens *tok, const char *ckpt, 
         mp_model_weights(m, &w);
         return mp_epf_run(&w, tok, ob, ctx, nll, npred);
     }
-    char set_ck[700];
+    char set_ck[700], set_out[720];
     snprintf(set_ck, sizeof set_ck, "checkpoint.dir=%s", ckpt);
-    char *sets[] = {"model.path=x", "calibration.tokens=y", set_ck, (char *)extra};
+    snprintf(set_out, sizeof set_out, "output.dir=%s.out", ckpt); /* every job its own output */
+    char *sets[] = {"model.path=x", "calibration.tokens=y", set_ck, set_out, (char *)extra};
     mp_job job;
-    MP_CHECK(mp_job_load(NULL, sets, extra ? 4 : 3, &job));
+    MP_CHECK(mp_job_load(NULL, sets, extra ? 5 : 4, &job));
     mp_run_opts o = {.until = until, .quiet = 1, .fresh = 1, .observe = ob, .observe_ctx = ctx};
     mp_run r;
     MP_CHECK(mp_pipeline_run(&job, m, tok, &o, &r));
