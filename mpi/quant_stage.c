@@ -211,6 +211,8 @@ static int write_output(mp_run *r, const mp_out_plan *p, const mp_out_meta *meta
         rc = mp_mkdir_p(dir);
         if (rc == 0)
             rc = mp_out_intact(dir, meta->fingerprint, &intact, why, sizeof why);
+        if (rc == 0 && !intact && strstr(why, "other parameters")) /* the same model's, under other keys */
+            fprintf(r->o->log_json ? stderr : stdout, "moepack: note: replacing the output in %s (%s)\n", dir, why);
         if (rc == 0 && !intact)
             rc = mp_out_begin(dir); /* no index.json while shards are replaced */
     }
