@@ -124,3 +124,28 @@ int mp_remove_tree(const char *path)
         return mp_syserrorf(MP_EIO, "%s: cannot remove", path);
     return 0;
 }
+
+int mp_reserve_space(const char *path, long long bytes, const char *what)
+{
+    int fd = open(path, O_WRONLY | O_CLOEXEC);
+    if (fd < 0)
+        return mp_syserrorf(MP_EIO, "%s: cannot open to reserve space", path);
+    int r = bytes > 0 ? fallocate(fd, FALLOC_FL_KEEP_SIZE, 0, (off_t)bytes) : 0;
+    int e = errno;
+    close(fd);
+    if (r != 0 && (e == EOPNOTSUPP || e == ENOSYS))
+        return 0;
+    if (r != 0) {
+        errno = e;
+        return mp_syserrorf(MP_EIO, "%s: cannot reserve %lld bytes", what, bytes);
+    }
+    return 0;
+}
+
+int mp_release_space(const char *path)
+{
+    struct stat st;
+    if (stat(path, &st) != 0 || truncate(path, st.st_size) != 0)
+        return mp_syserrorf(MP_EIO, "%s: cannot release the reserved space", path);
+    return 0;
+}

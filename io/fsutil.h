@@ -20,5 +20,11 @@ int mp_remove_tree(const char *path);
 int mp_read_file(const char *path, char **out, size_t *n);
 /* fwrite that reports short writes (disk full, file size limit) as MP_EIO. */
 int mp_fwrite_all(const void *p, size_t n, void *fp, const char *path);
+/* Reserve `bytes` of disk for the file at `path` without changing its size (fallocate KEEP_SIZE), so that a
+ * full disk is found here, as MP_EIO naming `what` ("No space left on device"), and not inside a library's
+ * writes (HDF5 1.10's error paths can crash, e.g. in H5Ocopy). A file system without fallocate reserves
+ * nothing (0). mp_release_space gives back what was not used (truncate to the file's size). */
+int mp_reserve_space(const char *path, long long bytes, const char *what);
+int mp_release_space(const char *path);
 
 #endif

@@ -504,7 +504,16 @@ int mp_out_write_shard(const char *dir, const mp_out_plan *p, int k, const mp_mo
         unlink(tmp);
         return rc;
     }
-    int rc = 0;
+    /* the disk space up front: a full disk is a clean error here, never inside HDF5's writes */
+    double est = SHARD_OVERHEAD;
+    for (int i = 0; i < p->n; i++)
+        est += p->items[i].shard == k ? (double)p->items[i].pack_bytes : 0;
+    int rc = mp_reserve_space(tmp, (long long)(1.1 * est) + (64 << 10), final);
+    if (rc < 0) {
+        H5Fclose(f);
+        unlink(tmp);
+        return rc;
+    }
     for (int i = 0; i < p->n && rc == 0; i++) {
         const mp_out_item *it = &p->items[i];
         if (it->shard != k)
@@ -522,6 +531,8 @@ int mp_out_write_shard(const char *dir, const mp_out_plan *p, int k, const mp_mo
         rc = h5_fail(final, "the /moepack group");
     if (H5Fclose(f) < 0 && rc == 0)
         rc = h5_fail(final, "closing the file");
+    if (rc == 0)
+        rc = mp_release_space(tmp);
     if (rc == 0)
         rc = mp_commit_file(tmp, final);
     if (rc < 0) {

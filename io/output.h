@@ -81,8 +81,9 @@ void mp_out_shard_name(int k, int nshards, char *buf, int cap);
 int mp_out_meta_collect(const mp_model *m, const mp_job *job, const mp_out_plan *p, const char *alloc_dir,
                         const char *stats_dir, mp_out_meta *meta, int64_t **tokens);
 
-/* Write shard k of the plan into dir (temporary name, fsync, rename); *hash = its XXH64, *size its
- * bytes. MP_EIO naming the shard on a full disk, nothing left under the final name. */
+/* Write shard k of the plan into dir (temporary name with its disk space reserved first, fsync, rename);
+ * *hash = its XXH64, *size its bytes. MP_EIO naming the shard on a full disk, nothing left under the
+ * final name and no temporary file. */
 int mp_out_write_shard(const char *dir, const mp_out_plan *p, int k, const mp_model *m, const char *unit_dir,
                        const mp_out_meta *meta, const int64_t *tokens, uint64_t *hash, int64_t *size);
 

@@ -47,7 +47,7 @@ int64_t mp_qtensor_bytes(const mp_qtensor *q)
     return b;
 }
 
-int mp_qunit_create(const char *path, int unit, int n_experts, mp_qunit **out)
+int mp_qunit_create(const char *path, int unit, int n_experts, int64_t est_bytes, mp_qunit **out)
 {
     mp_h5_init();
     mp_qunit *u = calloc(1, sizeof *u);
@@ -65,6 +65,12 @@ int mp_qunit_create(const char *path, int unit, int n_experts, mp_qunit **out)
     if (u->f < 0) {
         int rc = mp_h5_fail(MP_EIO, u->tmp, "cannot create");
         free(u);
+        return rc;
+    }
+    /* a full disk found here, not inside HDF5's writes (see fsutil.h) */
+    int rc = mp_reserve_space(u->tmp, (long long)(est_bytes + est_bytes / 4) + (256 << 10), u->path);
+    if (rc < 0) {
+        mp_qunit_discard(u);
         return rc;
     }
     *out = u;
@@ -118,6 +124,8 @@ int mp_qunit_save(mp_qunit *u)
     int rc = 0;
     if (H5Fclose(u->f) < 0)
         rc = mp_h5_fail(MP_EIO, u->tmp, "HDF5 could not finish the file");
+    if (rc == 0)
+        rc = mp_release_space(u->tmp);
     if (rc == 0)
         rc = mp_commit_file(u->tmp, u->path);
     if (rc < 0)

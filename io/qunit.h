@@ -29,8 +29,9 @@ void mp_qunit_root(int unit, int n_experts, char *buf, int cap);
 void mp_qunit_file(int unit, int n_experts, char *buf, int cap);
 
 /* An empty unit file for unit `unit` of a layer with n_experts routed experts, to become `path`
- * (written to path.tmp.<pid> until saved). */
-int mp_qunit_create(const char *path, int unit, int n_experts, mp_qunit **out);
+ * (written to path.tmp.<pid> until saved), with disk space reserved for about est_bytes of tensors
+ * (fsutil.h: mp_reserve_space; a full disk is MP_EIO here). */
+int mp_qunit_create(const char *path, int unit, int n_experts, int64_t est_bytes, mp_qunit **out);
 /* Block c (its proj; m x n) quantized as q0 (dense, or U of a delta) and q1 (V of a delta; NULL else).
  * bytes: what the tensors store (returned in *bytes). */
 int mp_qunit_put(mp_qunit *u, const mp_choice *c, int64_t m, int64_t n, const mp_qtensor *q0, const mp_qtensor *q1,

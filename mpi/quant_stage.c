@@ -99,7 +99,10 @@ static int quantize_unit(const qctx *x, int l, int unit, const mp_layer_alloc *a
     mp_qunit_file(unit, x->E, fn, sizeof fn);
     snprintf(path, sizeof path, "%s/layer%04d/%s", x->dir, l, fn);
     mp_qunit *qu = NULL;
-    int rc = mp_qunit_create(path, unit, x->E, &qu);
+    int64_t est = 0;
+    for (int p = 0; p < 3; p++)
+        est += a->c[block_index(x, unit, p)].bytes;
+    int rc = mp_qunit_create(path, unit, x->E, est, &qu);
     for (int p = 0; p < 3 && rc == 0; p++) {
         const mp_choice *ch = &a->c[block_index(x, unit, p)];
         mp_qtensor *q0 = NULL, *q1 = NULL;

@@ -27,7 +27,7 @@ run() {
     shift 3
     timeout -k 10 120 "$MPIEXEC" --oversubscribe -n 2 "$BIN" run --quiet --set model.path="$OUT/$model" \
         --set calibration.tokens="$OUT/$model/tokens.h5" --set checkpoint.dir="$ck" --set output.dir="$o" \
-        --set output.shard_bytes=1048576 "$@" >"$ck.log" 2>&1
+        --set output.shard_bytes=1048576 "$@" >"${LOG:-$ck.log}" 2>&1
 }
 complete_shards() { # every shard under its final name is a whole HDF5 file
     for s in "$1"/moepack-*-of-*.h5; do
@@ -68,17 +68,36 @@ if mount -t tmpfs -o size=1536k moepack-test "$OUT/full" 2>/dev/null; then
     [ -e "$OUT/full/out/index.json" ] && idx=1 || idx=0
     umount "$OUT/full"
     [ $st = 6 ] || fail "full disk: exit $st, expected 6: $log"
-    echo "$log" | grep -q "moepack-0000[0-9]-of-0000[0-9].h5: cannot write the shard.*No space left on device" ||
+    echo "$log" | grep -qE "moepack-0000[0-9]-of-0000[0-9].h5: cannot (write the shard|reserve [0-9]+ bytes).*No space left on device" ||
         fail "full disk: the message does not name the shard and the error: $log"
     echo "$left" | grep -q tmp && fail "full disk: temporary files left: $left"
     [ $idx = 0 ] || fail "full disk: index.json written"
-    echo "full disk: exit 6 ($(echo "$log" | grep -o 'moepack-[0-9]*-of-[0-9]*.h5: cannot write the shard[^:]*: No space left on device' | head -1)); no temporary file, no index.json, finished shards whole"
+    echo "full disk: exit 6 ($(echo "$log" | grep -oE 'moepack-[0-9]*-of-[0-9]*.h5: cannot [^:]*: No space left on device' | head -1)); no temporary file, no index.json, finished shards whole"
 else # a file size limit would also stop Open MPI's shared-memory files: no simulation without mount rights
     echo "full disk: SKIPPED (no permission to mount a small tmpfs)"
 fi
 run model "$OUT/fullck" "$OUT/full/out" || fail "rerun after the full disk: $(cat "$OUT/fullck.log")"
 diff -r "$OUT/ref.out" "$OUT/full/out" >/dev/null || fail "rerun after the full disk differs"
 echo "full disk, then a rerun with room: identical to the reference"
+
+# a full disk while the quantize stage writes its units (the checkpoint on a tmpfs with no room for them)
+mkdir -p "$OUT/fullq"
+if mount -t tmpfs -o size=$(($(du -sk --exclude=quant "$OUT/ref" | cut -f1) + 300))k moepack-test "$OUT/fullq" 2>/dev/null; then
+    cp -r "$OUT/ref" "$OUT/fullq/ck" || fail "copy into the tmpfs"
+    rm -rf "$OUT/fullq/ck/quant"
+    LOG="$OUT/fullq.log" run model "$OUT/fullq/ck" "$OUT/fullq.out"
+    st=$?
+    log=$(cat "$OUT/fullq.log")
+    tmps=$(find "$OUT/fullq/ck" -name '*.tmp*' | wc -l)
+    umount "$OUT/fullq"
+    [ $st = 6 ] || fail "full disk in quantize: exit $st, expected 6: $log"
+    echo "$log" | grep -qE "quant/layer0000/(expert|base|shared)[0-9]*\.h5: .*No space left on device" ||
+        fail "full disk in quantize: the message does not name the unit: $log"
+    [ "$tmps" = 0 ] || fail "full disk in quantize: temporary files left"
+    echo "full disk in quantize: exit 6 ($(echo "$log" | grep -oE '[a-z0-9]+\.h5: cannot [^:]*: No space left on device' | head -1)), no temporary file"
+else
+    echo "full disk in quantize: SKIPPED (no permission to mount a small tmpfs)"
+fi
 
 # 3. kill -9 during index.json and after the first shard
 MOEPACK_FAULT_TRACE=1 run model "$OUT/trace" "$OUT/trace.out" || fail "trace run"
