@@ -5,12 +5,17 @@
  * every field the forward pass and the pipeline need, with the defaults the
  * transformers configuration classes use for optional keys. Rope settings are
  * read from either the legacy keys (rope_theta + rope_scaling) or transformers
- * 5's "rope_parameters". A required key that is missing, or a key of the wrong
- * JSON type, is an MP_ECONFIG error naming the file and key.
+ * 5's "rope_parameters". A required key that is missing, a key of the wrong
+ * JSON type, or a value that makes no sense (sizes <= 0 or above
+ * MP_CONFIG_SIZE_MAX, rms_norm_eps <= 0, non-finite numbers, top-k above the
+ * experts, no MoE layer, an unknown rope type, inconsistent heads or groups)
+ * is an MP_ECONFIG error naming the file and key; so is a config.json that
+ * is not a regular file.
  * Local; mp_config_free releases the per-layer arrays. */
 #ifndef MP_CONFIG_H
 #define MP_CONFIG_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 typedef enum {
@@ -27,7 +32,12 @@ typedef enum {
 /* q/k normalisation inside attention */
 typedef enum { MP_QKNORM_NONE, MP_QKNORM_HEAD, MP_QKNORM_FULL } mp_qknorm;
 
+/* Every size read from config.json (hidden_size, intermediate sizes, heads, experts, vocab, layers,
+ * positions, ...) is in [1, MP_CONFIG_SIZE_MAX]; products of a few of them fit int64. */
+#define MP_CONFIG_SIZE_MAX (1 << 24)
+
 typedef struct {
+    char file[4096]; /* the config.json it was read from (or the `what` given to mp_config_parse) */
     mp_arch arch;
     char model_type[32];
     char hidden_act[16];
@@ -59,6 +69,7 @@ typedef struct {
     /* rope */
     double rope_theta;
     char rope_type[24]; /* "default", "linear", "dynamic", "yarn", "longrope", "llama3" */
+    char rope_type_key[40]; /* where it came from, e.g. "rope_scaling.type" (for messages) */
     double rope_factor;
     int rope_orig_max_pos;
     double rope_beta_fast, rope_beta_slow, rope_mscale, rope_mscale_all_dim;
@@ -89,6 +100,8 @@ int mp_arch_from_name(const char *model_type, mp_arch *out);
 int mp_config_load(const char *path, mp_config *cfg);
 /* Parse from a JSON text; `what` names the source in messages. */
 int mp_config_parse(const char *json, const char *what, mp_config *cfg);
+/* The same for `len` bytes that need not be NUL-terminated. */
+int mp_config_parse_n(const char *json, size_t len, const char *what, mp_config *cfg);
 void mp_config_free(mp_config *cfg);
 /* Number of MoE layers. */
 int mp_config_n_moe_layers(const mp_config *cfg);

@@ -29,7 +29,11 @@ typedef struct {
     float *mlp_gate, *mlp_up, *mlp_down;                  /* dense MLP of non-MoE layers */
 } mp_layer_w;
 
-/* Fails with a clear message for architectures the forward pass does not cover yet. */
+/* MP_ECONFIG naming config.json and the key for what the forward pass does not cover yet:
+ * architectures, rope types other than default/linear, sliding windows, more than
+ * MP_FORWARD_MAX_EXPERTS experts or MP_FORWARD_MAX_TOPK experts per token. */
+#define MP_FORWARD_MAX_EXPERTS 4096
+#define MP_FORWARD_MAX_TOPK 63
 int mp_forward_supported(const mp_config *c);
 int mp_layer_load(const mp_model *m, int l, mp_layer_w *w);
 void mp_layer_free(mp_layer_w *w);
