@@ -186,6 +186,8 @@ static int parse_header(mp_st_file *f, int file_idx, raw_entry **ents, int *nent
     /* overlap check among this file's tensors: sorted by start, each non-empty span must begin at or
      * after the furthest end of the non-empty spans before it */
     int n = *nents - first;
+    if (n <= 0)
+        return 0; /* a file without tensors is valid (and *ents may still be NULL) */
     raw_entry *tmp = malloc((size_t)(n > 0 ? n : 1) * sizeof *tmp);
     if (!tmp)
         return mp_errorf(MP_ENOMEM, "out of memory");
@@ -411,7 +413,8 @@ static int list_shards(const char *dir, char ***names, int *n, mp_st_index *ix, 
 
 static int build(mp_ckpt *c, raw_entry *ents, int n)
 {
-    qsort(ents, (size_t)n, sizeof *ents, cmp_name);
+    if (n > 0) /* ents is NULL when no file had a tensor */
+        qsort(ents, (size_t)n, sizeof *ents, cmp_name);
     size_t total = 0;
     for (int i = 0; i < n; i++) {
         if (i > 0 && strcmp(ents[i].name, ents[i - 1].name) == 0)
@@ -420,7 +423,7 @@ static int build(mp_ckpt *c, raw_entry *ents, int n)
         total += strlen(ents[i].name) + 1;
     }
     c->names = malloc(total ? total : 1);
-    c->tensors = calloc((size_t)(n ? n : 1), sizeof *c->tensors);
+    c->tensors = calloc((size_t)(n > 0 ? n : 1), sizeof *c->tensors);
     if (!c->names || !c->tensors)
         return mp_errorf(MP_ENOMEM, "out of memory");
     char *q = c->names;
@@ -661,7 +664,8 @@ int mp_ckpt_read_f32(const mp_ckpt *c, const mp_tensor *t, int64_t first, int64_
     size_t es = mp_dtype_size(t->dtype);
     const unsigned char *src = t->data + (size_t)first * es;
     mp_convert_to_f32(t->dtype, src, (size_t)n, out);
-    release_pages(src, (size_t)n * es);
+    if (!c->files[t->file].borrowed) /* never on a caller's buffer: DONTNEED would zero anonymous memory */
+        release_pages(src, (size_t)n * es);
     return 0;
 }
 
