@@ -17,15 +17,39 @@
 static int read_tokens(hid_t f, const char *what, int vocab, mp_tokens *out)
 {
     int rc = 0;
-    hid_t ds = -1, sp = -1, ty = -1;
+    hid_t ds = -1, sp = -1, ty = -1, dcpl = -1;
+    H5L_info_t li;
+    int link = -1;
     H5E_BEGIN_TRY
     {
-        if (H5Lexists(f, "tokens", H5P_DEFAULT) > 0)
+        if (H5Lexists(f, "tokens", H5P_DEFAULT) > 0 && H5Lget_info(f, "tokens", &li, H5P_DEFAULT) >= 0)
+            link = li.type;
+        /* a hard link only: a soft or external link names another object or another file */
+        if (link == H5L_TYPE_HARD)
             ds = H5Dopen2(f, "tokens", H5P_DEFAULT);
     }
     H5E_END_TRY;
+    if (link >= 0 && link != H5L_TYPE_HARD)
+        return mp_errorf(MP_EFORMAT, "%s: 'tokens' is %s link, not a dataset stored in this file", what,
+                         link == H5L_TYPE_SOFT       ? "a soft"
+                         : link == H5L_TYPE_EXTERNAL ? "an external"
+                                                     : "a user-defined");
     if (ds < 0)
         return mp_errorf(MP_EFORMAT, "%s: no dataset 'tokens' (int32 [n_seq, seq_len])", what);
+    /* the data must be in this file: no external raw-data files, no virtual dataset mapping other files */
+    H5E_BEGIN_TRY { dcpl = H5Dget_create_plist(ds); }
+    H5E_END_TRY;
+    int external = dcpl < 0 ? -1 : H5Pget_external_count(dcpl);
+    H5D_layout_t layout = dcpl < 0 ? H5D_LAYOUT_ERROR : H5Pget_layout(dcpl);
+    if (dcpl >= 0)
+        H5Pclose(dcpl);
+    if (external != 0 || layout == H5D_LAYOUT_ERROR || layout == H5D_VIRTUAL) {
+        H5Dclose(ds);
+        return mp_errorf(MP_EFORMAT,
+                         "%s: dataset 'tokens' keeps its data outside the file (external or virtual "
+                         "storage), which is not accepted",
+                         what);
+    }
     H5E_BEGIN_TRY
     {
         ty = H5Dget_type(ds);
@@ -65,8 +89,16 @@ static int read_tokens(hid_t f, const char *what, int vocab, mp_tokens *out)
                        what, (unsigned long long)dims[1]);
         goto out;
     }
-    if (H5Dget_storage_size(ds) == 0) {
+    /* the size declared must be backed by stored bytes: at most what deflate can expand (~1032x) */
+    hsize_t stored = H5Dget_storage_size(ds);
+    if (stored == 0) {
         rc = mp_errorf(MP_EFORMAT, "%s: dataset 'tokens' has no data written (only the fill value)", what);
+        goto out;
+    }
+    if ((uint64_t)total * 4 > (uint64_t)stored * 1100 + 4096) {
+        rc = mp_errorf(MP_EFORMAT,
+                       "%s: dataset 'tokens' declares [%llu, %llu] but stores only %llu bytes (damaged file?)", what,
+                       (unsigned long long)dims[0], (unsigned long long)dims[1], (unsigned long long)stored);
         goto out;
     }
     out->n_seq = (int)dims[0];
