@@ -195,20 +195,21 @@ int mp_job_load(const char *path, char *const *sets, int nsets, mp_job *job)
     for (int i = 0; i < nsets; i++) {
         char buf[4400], *dot = NULL, *eq = NULL;
         if (strlen(sets[i]) >= sizeof buf)
-            return mp_errorf(MP_EUSAGE, "--set '%.100s...': too long", sets[i]);
+            return mp_errorf(MP_EUSAGE, "--set '%.300s...': too long", sets[i]);
         snprintf(buf, sizeof buf, "%s", sets[i]);
         eq = strchr(buf, '=');
         if (eq)
             *eq = '\0';
         dot = strchr(buf, '.');
+        const char *more = strlen(sets[i]) > 300 ? "..." : ""; /* messages show at most 300 characters */
         if (!eq || !dot)
-            return mp_errorf(MP_EUSAGE, "--set '%s': expected section.key=value", sets[i]);
+            return mp_errorf(MP_EUSAGE, "--set '%.300s%s': expected section.key=value", sets[i], more);
         *dot = '\0';
         int r = apply(job, "", buf, dot + 1, eq + 1);
         if (r == -2)
-            return mp_errorf(MP_EUSAGE, "--set '%s': unknown key", sets[i]);
+            return mp_errorf(MP_EUSAGE, "--set '%.300s%s': unknown key", sets[i], more);
         if (r < 0)
-            return mp_errorf(MP_EUSAGE, "--set '%s': bad value", sets[i]);
+            return mp_errorf(MP_EUSAGE, "--set '%.300s%s': bad value", sets[i], more);
     }
     if (!job->model_path[0])
         return mp_errorf(MP_EUSAGE, "%s: model.path is not set", path ? path : "job");
