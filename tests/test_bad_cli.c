@@ -17,6 +17,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "checked.h"
 #include "fsutil.h"
 #include "h5util.h"
 #include "model.h"
@@ -867,6 +868,16 @@ static void library_checks(void)
     CHECK(c && c->ntensors == 0);
     mp_ckpt_close(c);
     free(b);
+
+    /* checked sizes */
+    int64_t prod = -1, d1[2] = {INT64_C(1) << 25, INT64_C(1) << 25}, d2[3] = {INT64_C(1) << 25, INT64_C(1) << 25, 2};
+    int64_t d3[2] = {0, INT64_C(1) << 60}, d4[4] = {65536, 65536, 65536, 65536}, d5[2] = {0, 7};
+    CHECK(mp_dims_product(d1, 2, MP_MAX_ELEMS, &prod) == 0 && prod == MP_MAX_ELEMS);
+    CHECK(mp_dims_product(d2, 3, MP_MAX_ELEMS, &prod) < 0);
+    CHECK(mp_dims_product(d3, 2, MP_MAX_ELEMS, &prod) < 0);
+    CHECK(mp_dims_product(d4, 4, MP_MAX_ELEMS, &prod) < 0);
+    CHECK(mp_dims_product(d5, 2, MP_MAX_ELEMS, &prod) == 0 && prod == 0);
+    CHECK(mp_mul_i64(INT64_MAX, 2, &prod) < 0 && mp_mul_i64(-1, 2, &prod) < 0);
 
     /* shard names an index may hold */
     const char *why;
