@@ -137,12 +137,14 @@ static char *ini_reader_fn(char *str, int num, void *stream)
         return NULL;
     p->line++;
     size_t n = strlen(str);
-    if (n + 1 == (size_t)num && str[n - 1] != '\n' && !feof(p->fp)) {
-        if (!p->long_line)
-            p->long_line = p->line;
-        int ch; /* skip the rest of the line */
-        while ((ch = fgetc(p->fp)) != EOF && ch != '\n')
-            ;
+    if (n + 1 == (size_t)num && str[n - 1] != '\n') {
+        int ch = fgetc(p->fp);
+        if (ch != '\n' && ch != EOF) { /* more than fits: note it, skip the rest of the line */
+            if (!p->long_line)
+                p->long_line = p->line;
+            while ((ch = fgetc(p->fp)) != EOF && ch != '\n')
+                ;
+        }
     }
     return str;
 }
@@ -183,7 +185,7 @@ int mp_job_load(const char *path, char *const *sets, int nsets, mp_job *job)
             return mp_errorf(MP_EUSAGE,
                              "%s:%d: line longer than %d characters (use --set section.key=value for "
                              "long values)",
-                             path, p.long_line, INI_MAX_LINE - 2);
+                             path, p.long_line, INI_MAX_LINE - 1);
         if (line > 0) {
             char msg[1024];
             snprintf(msg, sizeof msg, "%s", p.rc < 0 && p.err_line == line ? mp_error_message() : "syntax error");

@@ -780,7 +780,7 @@ static void job_cases(void)
         memset(longp, 'a', 300);
         longp[300] = '\0';
         snprintf(ini, sizeof ini, "[model]\npath = /tmp/%s\n[calibration]\ntokens = @T\n", longp);
-        job_case("job_long_line", ini, MP_EUSAGE, "job.ini:2: line longer than 198 characters");
+        job_case("job_long_line", ini, MP_EUSAGE, "job.ini:2: line longer than 199 characters");
     }
     begin("job_is_directory");
     {
