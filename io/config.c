@@ -474,6 +474,11 @@ static int parse_arch(const jctx *j, mp_config *c)
         if (rd < 2)
             return mp_errorf(MP_ECONFIG, "%s: head_dim %d x partial_rotary_factor %g leaves no rotary dimension",
                              j->what, c->head_dim, c->partial_rotary_factor);
+        if (rd % 2 != 0)
+            return mp_errorf(MP_ECONFIG,
+                             "%s: head_dim %d x partial_rotary_factor %g = %lld rotary dimensions, which must be even "
+                             "(rotary pairs)",
+                             j->what, c->head_dim, c->partial_rotary_factor, (long long)rd);
         if (c->rope_short_factor && c->n_rope_short != rd / 2)
             return mp_errorf(MP_ECONFIG, "%s: rope short_factor has %d entries; the rotary dimension %lld needs %lld",
                              j->what, c->n_rope_short, (long long)rd, (long long)(rd / 2));

@@ -597,6 +597,8 @@ static void config_cases(void)
              "num_attention_heads 4 is not a multiple of num_key_value_heads 3");
     cfg_case("cfg_no_rotary_dimension", INSPECT, "partial_rotary_factor", "0.01", MP_ECONFIG,
              "leaves no rotary dimension");
+    cfg_case("cfg_odd_head_dim", INSPECT, "head_dim", "17", MP_ECONFIG,
+             "head_dim 17 x partial_rotary_factor 1 = 17 rotary dimensions, which must be even");
     cfg_case("cfg_partial_rotary_above_1", INSPECT, "partial_rotary_factor", "1.5", MP_ECONFIG,
              "key 'partial_rotary_factor' = 1.5 is out of range");
     cfg_case("cfg_rope_theta_zero", INSPECT, "rope_parameters.rope_theta", "0", MP_ECONFIG,
