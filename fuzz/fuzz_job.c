@@ -15,12 +15,15 @@
 
 static char g_path[256];
 
+static void remove_file(void) { unlink(g_path); }
+
 static void init_path(void)
 {
     if (g_path[0])
         return;
     const char *dir = access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp";
     snprintf(g_path, sizeof g_path, "%s/moepack-fuzz-job-%d.ini", dir, (int)getpid());
+    atexit(remove_file);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
