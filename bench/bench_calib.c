@@ -15,7 +15,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "calibrate.h"
+#include "pipeline.h"
+#include "weights.h"
 #include "error.h"
 #include "runtime.h"
 #include "synth.h"
@@ -99,20 +100,27 @@ int main(int argc, char **argv)
         return mp_exit_code(rc);
     }
     double peak = sgemm_gflops(1024);
-    char stats[700];
-    snprintf(stats, sizeof stats, "%s/stats-np%d", tmp[0] ? tmp : "/tmp", mp_mpi_size());
-    mp_calib_opts o = {.stats_dir = stats, .min_tokens = 16, .want_nll = 1, .quiet = 1};
-    mp_calib_result res;
-    /* the forward pass alone (no statistics), then the whole calibration */
-    mp_calib_opts fo = {.stats_dir = NULL, .min_tokens = 16, .want_nll = 1, .quiet = 1};
+    char set_ck[700];
+    snprintf(set_ck, sizeof set_ck, "checkpoint.dir=%s/ckpt-np%d", tmp[0] ? tmp : "/tmp", mp_mpi_size());
+    char *sets[] = {"model.path=x", "calibration.tokens=y", set_ck};
+    mp_job job;
+    rc = mp_job_load(NULL, sets, 3, &job);
+    /* the forward pass alone (no statistics), then the whole calibration (a fresh checkpoint) */
+    mp_weights w;
+    mp_model_weights(m, &w);
+    double nll;
+    int64_t npred;
     MPI_Barrier(MPI_COMM_WORLD);
     double t0 = now();
-    rc = mp_calibrate(m, &t, &fo, &res);
+    if (rc == 0)
+        rc = mp_epf_run(&w, &t, NULL, NULL, &nll, &npred);
     MPI_Barrier(MPI_COMM_WORLD);
     double fwd = now() - t0;
     t0 = now();
+    mp_run_opts ro = {.until = "calibrate", .fresh = 1, .quiet = 1};
+    mp_run run;
     if (rc == 0)
-        rc = mp_calibrate(m, &t, &o, &res);
+        rc = mp_pipeline_run(&job, m, &t, &ro, &run);
     MPI_Barrier(MPI_COMM_WORLD);
     double el = now() - t0;
     struct rusage ru;

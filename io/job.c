@@ -4,6 +4,7 @@
 
 #include <cjson/cJSON.h>
 #include <errno.h>
+#include <stddef.h>
 #include <ini.h>
 #include <libgen.h>
 #include <stdio.h>
@@ -56,62 +57,174 @@ static int set_double(double *dst, const char *v, double lo, double hi)
     return 0;
 }
 
+typedef enum { K_PATH, K_FILE, K_INT, K_REAL, K_BOOL, K_CHOICE, K_LIST } key_type;
+
+/* every job key: name, type, field, default text, range (numbers) or choices (|-separated), meaning */
+typedef struct {
+    const char *name;
+    key_type type;
+    size_t off, cap; /* field offset; size of string fields */
+    const char *def;
+    double lo, hi;
+    const char *choices;
+    const char *help;
+} key_def;
+
+#define F(field) offsetof(mp_job, field), sizeof(((mp_job *)0)->field)
+static const key_def KEYS[] = {
+    {"model.path", K_PATH, F(model_path), "", 0, 0, NULL, "Hugging Face checkpoint directory (required)"},
+    {"calibration.tokens", K_FILE, F(tokens_path), "", 0, 0, NULL,
+     "HDF5 file with dataset `tokens`, int32 [n_seq, seq_len] (required)"},
+    {"calibration.min_tokens", K_INT, F(min_tokens), "16", 0, 1 << 30, NULL,
+     "experts that receive fewer calibration tokens get the neutral prior"},
+    {"calibration.max_sequences", K_INT, F(max_sequences), "0", 0, 1 << 30, NULL,
+     "use only the first N sequences (0 = all)"},
+    {"delta.enabled", K_BOOL, F(delta_enabled), "true", 0, 0, NULL, "run the D2 decomposition after calibration"},
+    {"delta.weights", K_CHOICE, F(delta_weights), "activation", 0, 0, "activation|frequency|fisher",
+     "importance weights of the base"},
+    {"delta.fisher", K_FILE, F(fisher_path), "", 0, 0, NULL, "per-element Fisher weights (HDF5), for weights = fisher"},
+    {"delta.fraction", K_REAL, F(delta_fraction), "0.5", 0.0, 1.0, NULL, "rank r = floor(fraction m n / (m + n))"},
+    {"delta.rank", K_INT, F(delta_rank), "0", 0, 1 << 30, NULL, "a fixed rank for every delta when > 0"},
+    {"delta.target_ratio", K_REAL, F(delta_target_ratio), "0", 0.0, 0.999, NULL,
+     "when > 0: the fraction is solved for this overall compression ratio"},
+    {"delta.candidates", K_LIST, F(candidates), "", 1e-9, 1.0, NULL,
+     "comma-separated fractions for the allocator (factors kept at the largest)"},
+    {"delta.lambda", K_REAL, F(delta_lambda), "1e-6", 1e-300, 1.0, NULL, "Gram regularisation"},
+    {"delta.solver", K_CHOICE, F(delta_solver), "auto", 0, 0, "auto|lapack|randomized|scalapack", "SVD solver"},
+    {"checkpoint.dir", K_PATH, F(ckpt_dir), "", 0, 0, NULL, "stage results (default <output.dir>/checkpoint)"},
+    {"output.dir", K_PATH, F(out_dir), "moepack-out", 0, 0, NULL, "results of the job"},
+};
+#undef F
+#define NKEYS ((int)(sizeof KEYS / sizeof KEYS[0]))
+
+static const key_def *find_key(const char *sec, const char *key)
+{
+    size_t ls = strlen(sec);
+    for (int i = 0; i < NKEYS; i++)
+        if (!strncmp(KEYS[i].name, sec, ls) && KEYS[i].name[ls] == '.' && !strcmp(KEYS[i].name + ls + 1, key))
+            return &KEYS[i];
+    return NULL;
+}
+
+static int is_choice(const char *choices, const char *v)
+{
+    size_t n = strlen(v);
+    for (const char *p = choices; *p;) {
+        const char *bar = strchr(p, '|');
+        size_t k = bar ? (size_t)(bar - p) : strlen(p);
+        if (k == n && !strncmp(p, v, n))
+            return 1;
+        p += k + (bar ? 1 : 0);
+    }
+    return 0;
+}
+
 /* 0 ok, -1 bad value, -2 unknown key */
 static int apply(mp_job *j, const char *base, const char *sec, const char *key, const char *v)
 {
-    if (!strcmp(sec, "model") && !strcmp(key, "path"))
-        return set_path(j->model_path, base, v);
-    if (!strcmp(sec, "calibration") && !strcmp(key, "tokens"))
-        return set_path(j->tokens_path, base, v);
-    if (!strcmp(sec, "calibration") && !strcmp(key, "min_tokens"))
-        return set_int(&j->min_tokens, v, 0);
-    if (!strcmp(sec, "calibration") && !strcmp(key, "max_sequences"))
-        return set_int(&j->max_sequences, v, 0);
-    if (!strcmp(sec, "checkpoint") && !strcmp(key, "dir"))
-        return set_path(j->ckpt_dir, base, v);
-    if (!strcmp(sec, "output") && !strcmp(key, "dir"))
-        return set_path(j->out_dir, base, v);
-    if (!strcmp(sec, "delta")) {
-        if (!strcmp(key, "enabled")) {
-            if (!strcmp(v, "true") || !strcmp(v, "1") || !strcmp(v, "yes"))
-                return j->delta_enabled = 1, 0;
-            if (!strcmp(v, "false") || !strcmp(v, "0") || !strcmp(v, "no"))
-                return j->delta_enabled = 0, 0;
+    const key_def *k = find_key(sec, key);
+    if (!k)
+        return -2;
+    char *field = (char *)j + k->off;
+    switch (k->type) {
+    case K_PATH:
+    case K_FILE:
+        return set_path(field, base, v);
+    case K_INT:
+        return set_int((int *)field, v, (int)k->lo);
+    case K_REAL:
+        return set_double((double *)field, v, k->lo, k->hi);
+    case K_BOOL:
+        if (!strcmp(v, "true") || !strcmp(v, "1") || !strcmp(v, "yes"))
+            return *(int *)field = 1, 0;
+        if (!strcmp(v, "false") || !strcmp(v, "0") || !strcmp(v, "no"))
+            return *(int *)field = 0, 0;
+        return -1;
+    case K_CHOICE:
+        if (!is_choice(k->choices, v) || strlen(v) >= k->cap)
             return -1;
-        }
-        if (!strcmp(key, "fisher"))
-            return set_path(j->fisher_path, base, v);
-        if (!strcmp(key, "weights"))
-            return strcmp(v, "activation") && strcmp(v, "frequency") && strcmp(v, "fisher")
-                       ? -1
-                       : (snprintf(j->delta_weights, sizeof j->delta_weights, "%s", v), 0);
-        if (!strcmp(key, "solver"))
-            return strcmp(v, "auto") && strcmp(v, "lapack") && strcmp(v, "randomized") && strcmp(v, "scalapack")
-                       ? -1
-                       : (snprintf(j->delta_solver, sizeof j->delta_solver, "%s", v), 0);
-        if (!strcmp(key, "rank"))
-            return set_int(&j->delta_rank, v, 0);
-        if (!strcmp(key, "fraction"))
-            return set_double(&j->delta_fraction, v, 0.0, 1.0);
-        if (!strcmp(key, "lambda"))
-            return set_double(&j->delta_lambda, v, 1e-300, 1.0);
-        if (!strcmp(key, "target_ratio"))
-            return set_double(&j->delta_target_ratio, v, 0.0, 0.999);
-        if (!strcmp(key, "candidates")) {
-            char buf[512], *save = NULL;
-            if (strlen(v) >= sizeof buf)
+        snprintf(field, k->cap, "%s", v);
+        return 0;
+    case K_LIST: {
+        char buf[512], *save = NULL;
+        if (strlen(v) >= sizeof buf)
+            return -1;
+        snprintf(buf, sizeof buf, "%s", v);
+        j->n_candidates = 0;
+        for (char *tok = strtok_r(buf, ", ", &save); tok; tok = strtok_r(NULL, ", ", &save)) {
+            if (j->n_candidates == 16 || set_double(&j->candidates[j->n_candidates], tok, k->lo, k->hi) < 0)
                 return -1;
-            snprintf(buf, sizeof buf, "%s", v);
-            j->n_candidates = 0;
-            for (char *tok = strtok_r(buf, ", ", &save); tok; tok = strtok_r(NULL, ", ", &save)) {
-                if (j->n_candidates == 16 || set_double(&j->candidates[j->n_candidates], tok, 1e-9, 1.0) < 0)
-                    return -1;
-                j->n_candidates++;
-            }
-            return j->n_candidates ? 0 : -1;
+            j->n_candidates++;
         }
+        return j->n_candidates ? 0 : -1;
     }
-    return -2;
+    }
+    return -1;
+}
+
+/* the shortest of %.15g .. %.17g that reads back as v */
+static void shortest(char *buf, size_t cap, double v)
+{
+    for (int p = 15; p <= 17; p++) {
+        snprintf(buf, cap, "%.*g", p, v);
+        if (strtod(buf, NULL) == v)
+            return;
+    }
+}
+
+int mp_job_key_text(const mp_job *j, const char *name, char *buf, size_t cap)
+{
+    const key_def *k = NULL;
+    for (int i = 0; i < NKEYS && !k; i++)
+        k = !strcmp(KEYS[i].name, name) ? &KEYS[i] : NULL;
+    if (!k)
+        return mp_errorf(MP_EINTERNAL, "unknown job key '%s'", name);
+    const char *field = (const char *)j + k->off;
+    switch (k->type) {
+    case K_PATH:
+    case K_CHOICE:
+        snprintf(buf, cap, "%s", field);
+        break;
+    case K_FILE: {
+        uint64_t h = 0;
+        if (!field[0])
+            snprintf(buf, cap, "(none)");
+        else if (mp_file_xxh64(field, &h) < 0) {
+            mp_error_clear(); /* a missing file is reported by the stage that reads it */
+            snprintf(buf, cap, "missing");
+        } else
+            snprintf(buf, cap, "xxh64:%016llx", (unsigned long long)h);
+        break;
+    }
+    case K_INT:
+        snprintf(buf, cap, "%d", *(const int *)field);
+        break;
+    case K_BOOL:
+        snprintf(buf, cap, "%s", *(const int *)field ? "true" : "false");
+        break;
+    case K_REAL:
+        shortest(buf, cap, *(const double *)field);
+        break;
+    case K_LIST: {
+        size_t n = 0;
+        buf[0] = '\0';
+        for (int q = 0; q < j->n_candidates && n < cap; q++)
+        {
+            char one[40];
+            shortest(one, sizeof one, j->candidates[q]);
+            n += (size_t)snprintf(buf + n, cap - n, "%s%s", q ? "," : "", one);
+        }
+        break;
+    }
+    }
+    return 0;
+}
+
+void mp_job_key_list(FILE *out)
+{
+    for (int i = 0; i < NKEYS; i++)
+        fprintf(out, "| `%s` | %s%s%s | %s |\n", KEYS[i].name, KEYS[i].def[0] ? "`" : "(none)", KEYS[i].def,
+                KEYS[i].def[0] ? "`" : "", KEYS[i].help);
 }
 
 static int on_ini(void *user, const char *sec, const char *key, const char *v)
@@ -152,12 +265,13 @@ static char *ini_reader_fn(char *str, int num, void *stream)
 int mp_job_load(const char *path, char *const *sets, int nsets, mp_job *job)
 {
     memset(job, 0, sizeof *job);
-    job->min_tokens = 16;
-    job->delta_enabled = 1;
-    snprintf(job->delta_weights, sizeof job->delta_weights, "activation");
-    snprintf(job->delta_solver, sizeof job->delta_solver, "auto");
-    job->delta_fraction = 0.5;
-    job->delta_lambda = 1e-6;
+    for (int i = 0; i < NKEYS; i++) {
+        char sec[64];
+        const char *dot = strchr(KEYS[i].name, '.');
+        snprintf(sec, sizeof sec, "%.*s", (int)(dot - KEYS[i].name), KEYS[i].name);
+        if (KEYS[i].def[0] && apply(job, "", sec, dot + 1, KEYS[i].def) < 0)
+            return mp_errorf(MP_EINTERNAL, "bad default of job key %s", KEYS[i].name);
+    }
     if (path) {
         int fd;
         size_t size;
@@ -219,20 +333,12 @@ int mp_job_load(const char *path, char *const *sets, int nsets, mp_job *job)
         return mp_errorf(MP_EUSAGE, "%s: calibration.tokens is not set", path ? path : "job");
     if (!strcmp(job->delta_weights, "fisher") && !job->fisher_path[0])
         return mp_errorf(MP_EUSAGE, "%s: delta.weights = fisher needs delta.fisher = FILE", path ? path : "job");
-    if (!job->out_dir[0])
-        snprintf(job->out_dir, sizeof job->out_dir, "moepack-out");
     if (!job->ckpt_dir[0]) {
         int n = snprintf(job->ckpt_dir, sizeof job->ckpt_dir, "%s/checkpoint", job->out_dir);
         if (n >= (int)sizeof job->ckpt_dir)
             return mp_errorf(MP_EUSAGE, "output.dir is too long");
     }
     return 0;
-}
-
-void mp_job_trim_tokens(const mp_job *job, mp_tokens *t)
-{
-    if (job->max_sequences > 0 && job->max_sequences < t->n_seq)
-        t->n_seq = job->max_sequences;
 }
 
 static uint64_t hash_model(const mp_model *m)
@@ -244,6 +350,8 @@ static uint64_t hash_model(const mp_model *m)
     snprintf(cfgp, sizeof cfgp, "%s/config.json", m->dir);
     if (mp_read_file(cfgp, &cfg, &n) == 0)
         XXH64_update(s, cfg, n);
+    else
+        mp_error_clear(); /* opened already: the model could not have been read without it */
     free(cfg);
     for (int i = 0; i < m->ck->nfiles; i++)
         XXH64_update(s, m->ck->files[i].map, m->ck->files[i].data_off);
@@ -252,7 +360,7 @@ static uint64_t hash_model(const mp_model *m)
     return h;
 }
 
-void mp_job_fingerprint(const mp_job *job, const mp_model *m, const mp_tokens *t, mp_fingerprint *fp)
+void mp_job_fingerprint(const mp_model *m, const mp_tokens *t, mp_fingerprint *fp)
 {
     fp->model = hash_model(m);
     int32_t dims[2] = {t->n_seq, t->seq_len};
@@ -261,29 +369,35 @@ void mp_job_fingerprint(const mp_job *job, const mp_model *m, const mp_tokens *t
     XXH64_update(s, dims, sizeof dims);
     XXH64_update(s, t->ids, sizeof(int32_t) * (size_t)t->n_seq * (size_t)t->seq_len);
     fp->tokens = XXH64_digest(s);
-    /* the version tag covers choices fixed in the code (statistics chunk of 256 tokens, format) */
-    static const char tag[] = "moepack results v2; stats chunk 256";
-    int32_t par[4] = {job->min_tokens, job->max_sequences, job->delta_enabled, job->delta_rank};
-    double dpar[2] = {job->delta_fraction, job->delta_lambda};
-    XXH64_reset(s, 3);
-    XXH64_update(s, tag, sizeof tag);
-    XXH64_update(s, par, sizeof par);
-    XXH64_update(s, dpar, sizeof dpar);
-    XXH64_update(s, job->delta_weights, strlen(job->delta_weights));
-    if (!strcmp(job->delta_weights, "fisher")) { /* the Fisher file's contents change the base */
-        uint64_t fh = 0;
-        if (mp_file_xxh64(job->fisher_path, &fh) < 0)
-            mp_error_clear(); /* a missing file is reported by the stage that reads it */
-        XXH64_update(s, &fh, sizeof fh);
-    }
-    XXH64_update(s, job->delta_solver, strlen(job->delta_solver));
-    XXH64_update(s, &job->delta_target_ratio, sizeof job->delta_target_ratio);
-    XXH64_update(s, &job->n_candidates, sizeof job->n_candidates);
-    XXH64_update(s, job->candidates, sizeof(double) * (size_t)job->n_candidates);
-    fp->params = XXH64_digest(s);
-    uint64_t parts[3] = {fp->model, fp->tokens, fp->params};
-    fp->all = XXH64(parts, sizeof parts, 0);
     XXH64_freeState(s);
+    fp->all = fp->model;
+}
+
+int mp_job_stage_fingerprints(const mp_job *job, const mp_fingerprint *base, mp_stage_id *st, int n)
+{
+    uint64_t prev = base->model;
+    char kv[4400], val[4200];
+    for (int i = 0; i < n; i++) {
+        XXH64_state_t *s = XXH64_createState();
+        if (!s)
+            return mp_errorf(MP_ENOMEM, "out of memory");
+        XXH64_reset(s, 3);
+        XXH64_update(s, &prev, sizeof prev);
+        snprintf(kv, sizeof kv, "stage %s, version %s\n", st[i].name, st[i].version);
+        XXH64_update(s, kv, strlen(kv));
+        for (const char *const *k = st[i].keys; k && *k; k++) {
+            int rc = mp_job_key_text(job, *k, val, sizeof val);
+            if (rc < 0) {
+                XXH64_freeState(s);
+                MP_CHECK(rc);
+            }
+            snprintf(kv, sizeof kv, "%s=%s\n", *k, val);
+            XXH64_update(s, kv, strlen(kv));
+        }
+        st[i].fp = prev = XXH64_digest(s);
+        XXH64_freeState(s);
+    }
+    return 0;
 }
 
 static const char *jstr(const cJSON *j, const char *k)
@@ -292,65 +406,123 @@ static const char *jstr(const cJSON *j, const char *k)
     return cJSON_IsString(v) ? v->valuestring : "?";
 }
 
-int mp_job_claim_checkpoint(const mp_job *job, const mp_fingerprint *fp, int fresh, int *resumed)
+static void hex64(char *buf, uint64_t v) { snprintf(buf, 17, "%016llx", (unsigned long long)v); }
+
+/* job.json of this job */
+static char *job_json(const mp_job *job, const mp_fingerprint *fp, const mp_stage_id *st, int n)
 {
-    char path[4200], hex[4][17];
-    const uint64_t v[4] = {fp->all, fp->model, fp->tokens, fp->params};
-    for (int i = 0; i < 4; i++)
-        snprintf(hex[i], sizeof hex[i], "%016llx", (unsigned long long)v[i]);
+    char hex[17], val[4200];
+    cJSON *j = cJSON_CreateObject(), *stages = cJSON_AddObjectToObject(j, "stages");
+    hex64(hex, fp->all);
+    cJSON_AddStringToObject(j, "fingerprint", hex);
+    hex64(hex, fp->model);
+    cJSON_AddStringToObject(j, "model_fingerprint", hex);
+    hex64(hex, fp->tokens);
+    cJSON_AddStringToObject(j, "tokens_fingerprint", hex);
+    for (int i = 0; i < n; i++) {
+        cJSON *s = cJSON_AddObjectToObject(stages, st[i].name), *keys = cJSON_AddObjectToObject(s, "keys");
+        hex64(hex, st[i].fp);
+        cJSON_AddStringToObject(s, "fingerprint", hex);
+        cJSON_AddStringToObject(s, "version", st[i].version);
+        for (const char *const *k = st[i].keys; k && *k; k++)
+            if (mp_job_key_text(job, *k, val, sizeof val) == 0)
+                cJSON_AddStringToObject(keys, *k, val);
+    }
+    char *txt = cJSON_Print(j);
+    cJSON_Delete(j);
+    return txt;
+}
+
+/* what changed for stage i: "delta.fraction 0.5 -> 0.25, ..." (or the code version) */
+static void stage_changes(const mp_job *job, const cJSON *old, const mp_stage_id *s, char *buf, size_t cap)
+{
+    size_t k = 0;
+    char val[4200];
+    buf[0] = '\0';
+    const cJSON *keys = old ? cJSON_GetObjectItem(old, "keys") : NULL;
+    if (old && strcmp(jstr(old, "version"), s->version))
+        k += (size_t)snprintf(buf + k, cap - k, "code version %s -> %s", jstr(old, "version"), s->version);
+    for (const char *const *key = s->keys; key && *key && k < cap; key++) {
+        if (mp_job_key_text(job, *key, val, sizeof val) < 0)
+            continue;
+        const char *was = keys ? jstr(keys, *key) : "?";
+        if (strcmp(was, val))
+            k += (size_t)snprintf(buf + k, cap - k, "%s%s %s -> %s", k ? ", " : "", *key, was, val);
+    }
+    if (!old && k < cap)
+        snprintf(buf + k, cap - k, "%snot recorded before", k ? ", " : "");
+}
+
+static int remove_stage_dirs(const mp_job *job, const mp_stage_id *st, int from, int n)
+{
+    char path[4400];
+    for (int i = from; i < n; i++) {
+        snprintf(path, sizeof path, "%s/%s", job->ckpt_dir, st[i].dir);
+        MP_CHECK(mp_remove_tree(path));
+    }
+    return 0;
+}
+
+int mp_job_claim(const mp_job *job, const mp_fingerprint *fp, const mp_stage_id *st, int n, int fresh,
+                 FILE *notes, int *resumed)
+{
+    char path[4200], hex[3][17];
+    hex64(hex[0], fp->all), hex64(hex[1], fp->model), hex64(hex[2], fp->tokens);
     *resumed = 0;
     MP_CHECK(mp_mkdir_p(job->ckpt_dir));
     snprintf(path, sizeof path, "%s/job.json", job->ckpt_dir);
+    char *want = job_json(job, fp, st, n), *old = NULL;
+    if (!want)
+        return mp_errorf(MP_ENOMEM, "out of memory");
+    int rc = 0;
     if (access(path, F_OK) == 0) {
-        char *old = NULL;
-        size_t n;
-        MP_CHECK(mp_read_file(path, &old, &n));
-        cJSON *j = cJSON_Parse(old);
-        free(old);
-        int same = j && !strcmp(jstr(j, "fingerprint"), hex[0]);
-        if (!same && !fresh) {
+        size_t len;
+        rc = mp_read_file(path, &old, &len);
+        cJSON *j = rc == 0 ? cJSON_Parse(old) : NULL;
+        const cJSON *ost = j ? cJSON_GetObjectItem(j, "stages") : NULL;
+        if (rc == 0 && !fresh) {
             char what[512] = "";
-            if (j && strcmp(jstr(j, "model_fingerprint"), hex[1]))
-                strcat(what, " the model (config.json or tensor headers) differs;");
-            if (j && strcmp(jstr(j, "tokens_fingerprint"), hex[2]))
-                strcat(what, " the calibration tokens differ;");
-            if (j && strcmp(jstr(j, "params_fingerprint"), hex[3])) {
-                const cJSON *mt = cJSON_GetObjectItem(j, "min_tokens"), *ms = cJSON_GetObjectItem(j, "max_sequences");
-                size_t k = strlen(what);
-                snprintf(what + k, sizeof what - k, " parameters differ (min_tokens %d vs %d, max_sequences %d vs %d);",
-                         cJSON_IsNumber(mt) ? mt->valueint : -1, job->min_tokens, cJSON_IsNumber(ms) ? ms->valueint : -1,
-                         job->max_sequences);
-            }
             if (!j)
                 strcat(what, " its job.json is unreadable;");
-            cJSON_Delete(j);
-            return mp_errorf(MP_EMISMATCH,
-                             "%s: checkpoint directory was made by another job:%s use another checkpoint.dir, or "
-                             "--fresh to discard its results",
-                             job->ckpt_dir, what);
+            else {
+                if (strcmp(jstr(j, "model_fingerprint"), hex[1]))
+                    strcat(what, " the model differs (config.json or tensor headers);");
+            }
+            if (what[0])
+                rc = mp_errorf(MP_EMISMATCH,
+                               "%s: checkpoint directory was made by another job:%s use another checkpoint.dir, or "
+                               "--fresh to discard its results",
+                               job->ckpt_dir, what);
+        }
+        if (rc == 0 && fresh)
+            rc = remove_stage_dirs(job, st, 0, n);
+        else if (rc == 0) {
+            *resumed = 1;
+            /* the first stage whose fingerprint changed: it and every later stage start over */
+            for (int i = 0; i < n; i++) {
+                const cJSON *o = cJSON_GetObjectItem(ost, st[i].name);
+                char h[17];
+                hex64(h, st[i].fp);
+                if (o && !strcmp(jstr(o, "fingerprint"), h))
+                    continue;
+                char changes[2048];
+                stage_changes(job, o, &st[i], changes, sizeof changes);
+                if (notes) {
+                    fprintf(notes, "%s: parameters changed (%s): its results and those of later stages are "
+                                   "recomputed\n",
+                            st[i].name, changes);
+                    fflush(notes);
+                }
+                rc = remove_stage_dirs(job, st, i, n);
+                break;
+            }
         }
         cJSON_Delete(j);
-        if (same && !fresh) {
-            *resumed = 1;
-            return 0; /* job.json is already right: a finished job can be rerun on a read-only directory */
-        } else {
-            char calib[4300];
-            snprintf(calib, sizeof calib, "%s/calib", job->ckpt_dir);
-            MP_CHECK(mp_remove_tree(calib));
-        }
     }
-    cJSON *j = cJSON_CreateObject();
-    cJSON_AddStringToObject(j, "fingerprint", hex[0]);
-    cJSON_AddStringToObject(j, "model_fingerprint", hex[1]);
-    cJSON_AddStringToObject(j, "tokens_fingerprint", hex[2]);
-    cJSON_AddStringToObject(j, "params_fingerprint", hex[3]);
-    cJSON_AddNumberToObject(j, "min_tokens", job->min_tokens);
-    cJSON_AddNumberToObject(j, "max_sequences", job->max_sequences);
-    char *txt = cJSON_Print(j);
-    cJSON_Delete(j);
-    if (!txt)
-        return mp_errorf(MP_ENOMEM, "out of memory");
-    int rc = mp_write_file_atomic(path, txt, strlen(txt));
-    free(txt);
+    /* job.json is rewritten only when it changes: a finished job can be rerun on a read-only directory */
+    if (rc == 0 && (!old || strcmp(old, want)))
+        rc = mp_write_file_atomic(path, want, strlen(want));
+    free(old);
+    free(want);
     return rc;
 }

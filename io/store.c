@@ -4,6 +4,7 @@
 
 #include <cjson/cJSON.h>
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,11 +37,14 @@ static void manifest_path(char *buf, size_t cap, const char *dir, int l)
     snprintf(buf, cap, "%s/layer%04d/DONE", dir, l);
 }
 
-int mp_store_commit_layer(const char *dir, int l, const char *const *names, const uint64_t *hashes, int n,
-                          int starved)
+int mp_store_commit_layer(const char *dir, int l, uint64_t fp, const char *const *names, const uint64_t *hashes,
+                          int n, int starved)
 {
-    cJSON *j = cJSON_CreateObject(), *files = cJSON_AddObjectToObject(j, "files");
     char hex[17], path[4200];
+    cJSON *j = cJSON_CreateObject();
+    snprintf(hex, sizeof hex, "%016llx", (unsigned long long)fp);
+    cJSON_AddStringToObject(j, "fingerprint", hex);
+    cJSON *files = cJSON_AddObjectToObject(j, "files");
     for (int i = 0; i < n; i++) {
         snprintf(hex, sizeof hex, "%016llx", (unsigned long long)hashes[i]);
         cJSON_AddStringToObject(files, names[i], hex);
@@ -56,7 +60,7 @@ int mp_store_commit_layer(const char *dir, int l, const char *const *names, cons
     return rc;
 }
 
-int mp_store_layer_ok(const char *dir, int l, int *ok, int *starved, char *why, int why_cap)
+int mp_store_layer_ok(const char *dir, int l, uint64_t fp, int *ok, int *starved, char *why, int why_cap)
 {
     char path[4200], *txt = NULL;
     size_t n;
@@ -70,6 +74,15 @@ int mp_store_layer_ok(const char *dir, int l, int *ok, int *starved, char *why, 
     const cJSON *files = j ? cJSON_GetObjectItem(j, "files") : NULL, *st = j ? cJSON_GetObjectItem(j, "starved") : NULL;
     if (!cJSON_IsObject(files) || !cJSON_IsNumber(st)) {
         snprintf(why, (size_t)why_cap, "%s: unreadable manifest", path);
+        cJSON_Delete(j);
+        return 0;
+    }
+    const cJSON *jf = cJSON_GetObjectItem(j, "fingerprint");
+    char want[17];
+    snprintf(want, sizeof want, "%016llx", (unsigned long long)fp);
+    if (!cJSON_IsString(jf) || strcmp(jf->valuestring, want)) {
+        snprintf(why, (size_t)why_cap, "%s: made with other parameters (stage fingerprint %s, now %s)", path,
+                 cJSON_IsString(jf) ? jf->valuestring : "none", want);
         cJSON_Delete(j);
         return 0;
     }
@@ -91,6 +104,72 @@ int mp_store_layer_ok(const char *dir, int l, int *ok, int *starved, char *why, 
     }
     *ok = good;
     *starved = st->valueint;
+    cJSON_Delete(j);
+    return 0;
+}
+
+void mp_summary_set(mp_summary *s, const char *key, double v)
+{
+    int i = 0;
+    while (i < s->n && strcmp(s->key[i], key))
+        i++;
+    if (i == MP_SUMMARY_MAX)
+        return;
+    snprintf(s->key[i], sizeof s->key[i], "%s", key);
+    s->val[i] = v;
+    s->n += i == s->n;
+}
+
+double mp_summary_get(const mp_summary *s, const char *key)
+{
+    for (int i = 0; i < s->n; i++)
+        if (!strcmp(s->key[i], key))
+            return s->val[i];
+    return NAN;
+}
+
+int mp_store_commit_stage(const char *dir, uint64_t fp, const mp_summary *s)
+{
+    char hex[17], path[4200];
+    snprintf(hex, sizeof hex, "%016llx", (unsigned long long)fp);
+    cJSON *j = cJSON_CreateObject(), *sum;
+    cJSON_AddStringToObject(j, "fingerprint", hex);
+    sum = cJSON_AddObjectToObject(j, "summary");
+    for (int i = 0; i < s->n; i++)
+        cJSON_AddNumberToObject(sum, s->key[i], s->val[i]);
+    char *txt = cJSON_Print(j);
+    cJSON_Delete(j);
+    if (!txt)
+        return mp_errorf(MP_ENOMEM, "out of memory");
+    snprintf(path, sizeof path, "%s/STAGE", dir);
+    int rc = mp_write_file_atomic(path, txt, strlen(txt));
+    free(txt);
+    return rc;
+}
+
+int mp_store_stage_ok(const char *dir, uint64_t fp, int *ok, mp_summary *s)
+{
+    char path[4200], hex[17], *txt = NULL;
+    size_t n;
+    *ok = 0;
+    memset(s, 0, sizeof *s);
+    snprintf(path, sizeof path, "%s/STAGE", dir);
+    if (access(path, F_OK) != 0)
+        return 0;
+    MP_CHECK(mp_read_file(path, &txt, &n));
+    cJSON *j = cJSON_Parse(txt);
+    free(txt);
+    const cJSON *f = j ? cJSON_GetObjectItem(j, "fingerprint") : NULL, *sum = j ? cJSON_GetObjectItem(j, "summary") : NULL;
+    snprintf(hex, sizeof hex, "%016llx", (unsigned long long)fp);
+    if (cJSON_IsString(f) && !strcmp(f->valuestring, hex) && cJSON_IsObject(sum)) {
+        const cJSON *it;
+        cJSON_ArrayForEach(it, sum)
+        {
+            if (cJSON_IsNumber(it))
+                mp_summary_set(s, it->string, it->valuedouble);
+        }
+        *ok = 1;
+    }
     cJSON_Delete(j);
     return 0;
 }

@@ -110,7 +110,7 @@ int mp_pwhitened_svd(int root, const double *Delta, int64_t m64, int64_t n64, co
             rc = mp_errorf(MP_ENOMEM, "out of memory");
     }
     double bc[2] = {md, *lambda};
-    MPI_Bcast(bc, 2, MPI_DOUBLE, root, MPI_COMM_WORLD);
+    MP_MPI(MPI_Bcast(bc, 2, MPI_DOUBLE, root, MPI_COMM_WORLD));
     md = bc[0];
     double lam = bc[1] > 0 ? bc[1] : 1e-8;
     dmat D = {0}, Gd = {0}, S = {0}, Ud = {0}, VT = {0};

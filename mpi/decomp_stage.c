@@ -11,9 +11,9 @@
 #include "blacs_svd.h"
 #include "decompose.h"
 #include "error.h"
-#include "expert_scan.h"
+#include "plan.h"
 #include "fsutil.h"
-#include "h5util.h"
+#include "factors.h"
 #include "layer_commit.h"
 #include "runtime.h"
 #include "stats.h"
@@ -24,72 +24,22 @@ static const char *PN[3] = {"gate", "up", "down"};
 /* above this many bytes of working memory for one delta, `auto` factors it with ScaLAPACK on all ranks */
 #define MP_LOCAL_SVD_MAX ((int64_t)16 << 30)
 
-static int put_f32(hid_t f, const char *name, const float *v, hsize_t a, hsize_t b)
-{
-    return mp_h5_put(f, name, H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, v, b ? 2 : 1, a, b);
-}
-
-static int put_f64(hid_t f, const char *name, const double *v, hsize_t n)
-{
-    return mp_h5_put(f, name, H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, v, 1, n, 0);
-}
-
-static int put_attr(hid_t f, const char *name, int is_int, double v)
-{
-    int64_t iv = (int64_t)v;
-    return is_int ? mp_h5_put_attr(f, name, H5T_STD_I64LE, H5T_NATIVE_INT64, &iv)
-                  : mp_h5_put_attr(f, name, H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, &v);
-}
-
 typedef struct {
     const mp_model *m;
     const mp_job *job;
     const char *stats_dir, *dir;
     int rank, size, E;
     double fraction; /* the fraction in force (job, solved from target_ratio, or the largest candidate) */
+    uint64_t fp;     /* the stage fingerprint */
+    float *base[3];  /* the current layer's base, on every rank */
+    double *score;   /* its pruning scores [f] */
+    int n_lambda_raised;
 } dctx;
 
 static void dims(const mp_config *c, int p, int64_t *rows, int64_t *cols)
 {
     *rows = p == 2 ? c->hidden : c->moe_ffn;
     *cols = p == 2 ? c->moe_ffn : c->hidden;
-}
-
-/* rows [lo, hi) of the Fisher weights of expert e, projection p, layer l: dataset layerL/expertE/{gate,up,down},
- * float32 [m, n] */
-static int read_fisher_rows(const char *path, int l, int e, int p, int64_t rows, int64_t cols, int64_t lo, int64_t hi,
-                            float *out)
-{
-    char name[96];
-    snprintf(name, sizeof name, "layer%d/expert%d/%s", l, e, PN[p]);
-    mp_h5_init();
-    hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
-    if (f < 0)
-        return mp_errorf(MP_ENOENT, "%s: cannot open the Fisher file", path);
-    hid_t ds = H5Dopen2(f, name, H5P_DEFAULT);
-    int rc = 0;
-    if (ds < 0)
-        rc = mp_errorf(MP_ENOENT, "%s: dataset '%s' is missing", path, name);
-    hid_t sp = ds >= 0 ? H5Dget_space(ds) : -1;
-    hsize_t dm[2] = {0, 0};
-    if (rc == 0 && (H5Sget_simple_extent_ndims(sp) != 2 || H5Sget_simple_extent_dims(sp, dm, NULL) < 0 ||
-                    dm[0] != (hsize_t)rows || dm[1] != (hsize_t)cols))
-        rc = mp_errorf(MP_EFORMAT, "%s: dataset '%s' must be [%lld, %lld]", path, name, (long long)rows,
-                       (long long)cols);
-    if (rc == 0 && hi > lo) {
-        hsize_t start[2] = {(hsize_t)lo, 0}, count[2] = {(hsize_t)(hi - lo), (hsize_t)cols};
-        H5Sselect_hyperslab(sp, H5S_SELECT_SET, start, NULL, count, NULL);
-        hid_t ms = H5Screate_simple(2, count, NULL);
-        if (H5Dread(ds, H5T_NATIVE_FLOAT, ms, sp, H5P_DEFAULT, out) < 0)
-            rc = mp_errorf(MP_EFORMAT, "%s: cannot read dataset '%s' as float", path, name);
-        H5Sclose(ms);
-    }
-    if (sp >= 0)
-        H5Sclose(sp);
-    if (ds >= 0)
-        H5Dclose(ds);
-    H5Fclose(f);
-    return rc;
 }
 
 /* the base of every projection of layer l on every rank: base[p] [m, n]; and the static pruning score
@@ -125,13 +75,20 @@ static int layer_base(const dctx *x, int l, float *base[3], double *score)
             mp_expert_block(c, x->m->layout, l, e, (mp_proj)p, &b);
             const mp_tensor *t;
             rc = mp_ckpt_get(x->m->ck, b.name, &t);
+            float *we = buf + (int64_t)e * (hi - lo) * cols;
             if (rc == 0)
-                rc = mp_ckpt_read_f32(x->m->ck, t, b.first + lo * cols, (hi - lo) * cols, buf + (int64_t)e * (hi - lo) * cols);
-            W[e] = buf + (int64_t)e * (hi - lo) * cols;
+                rc = mp_ckpt_read_f32(x->m->ck, t, b.first + lo * cols, (hi - lo) * cols, we);
+            for (int64_t i = 0; rc == 0 && i < (hi - lo) * cols; i++)
+                if (!isfinite(we[i]))
+                    rc = mp_errorf(MP_ENUMERIC, "%s: tensor %s: non-finite value at element %lld (layer %d, expert %d, %s)",
+                                   x->m->dir, b.name, (long long)(b.first + lo * cols + i), l, e, PN[p]);
+            if (rc < 0)
+                mp_error_prefix("layer %d base %s", l, PN[p]);
+            W[e] = we;
             gd[e] = p == 2 ? hs + e * f : xs + e * d;
             if (fisher && rc == 0) {
                 F[e] = fb + (int64_t)e * (hi - lo) * cols;
-                rc = read_fisher_rows(x->job->fisher_path, l, e, p, rows, cols, lo, hi, (float *)F[e]);
+                rc = mp_fisher_read_rows(x->job->fisher_path, l, e, p, rows, cols, lo, hi, (float *)F[e]);
             }
         }
         if (rc == 0 && fisher)
@@ -140,15 +97,17 @@ static int layer_base(const dctx *x, int l, float *base[3], double *score)
             mp_base_rows(E, hi - lo, cols, W, count, gd, src, base[p] + lo * cols);
         free(buf);
         free(fb);
-        MP_CHECK(mp_mpi_agree(rc));
+        int arc = mp_mpi_agree(rc);
+        if (arc < 0) {
+            free(cnt), free(count), free(xs), free(hs);
+            return arc;
+        }
         for (int r = 0; r < x->size; r++) {
             int64_t a, b;
             mp_shard_range(rows, r, x->size, &a, &b);
             cnt[r] = (int)((b - a) * cols), dsp[r] = (int)(a * cols);
         }
-        int mrc = MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, base[p], cnt, dsp, MPI_FLOAT, MPI_COMM_WORLD);
-        if (mrc != MPI_SUCCESS)
-            mp_mpi_fail(mp_mpi_check(mrc, "MPI_Allgatherv (base)"));
+        MP_MPI(MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, base[p], cnt, dsp, MPI_FLOAT, MPI_COMM_WORLD));
     }
     for (int64_t j = 0; j < f; j++) {
         double sh = 0, col = 0;
@@ -170,15 +129,15 @@ static int decompose_expert(const dctx *x, int l, int e, float *const base[3], i
 {
     const mp_config *c = &x->m->cfg;
     const mp_job *j = x->job;
-    int owner = mp_calib_owner(l, e, x->E, x->size) == x->rank, rc = 0;
+    int owner = mp_unit_owner(l, e, x->E, x->size) == x->rank, rc = 0;
     char path[4300];
     mp_expert_stats st = {0};
-    hid_t f = -1;
+    mp_factor_file *f = NULL;
     if (owner) {
         mp_stats_path(path, sizeof path, x->stats_dir, l, e);
         rc = mp_stats_read(path, &st);
-        if (rc == 0 && (f = mp_h5_create_mem()) < 0)
-            rc = MP_EINTERNAL;
+        if (rc == 0)
+            rc = mp_factors_create(&f);
     }
     if (collective)
         rc = mp_mpi_agree(rc);
@@ -211,7 +170,7 @@ static int decompose_expert(const dctx *x, int l, int e, float *const base[3], i
         if (collective) {
             rc = mp_mpi_agree(rc);
             if (rc == 0)
-                rc = mp_pwhitened_svd(mp_calib_owner(l, e, x->E, x->size), D, rows, cols, G, &lam, r, U, V, sig);
+                rc = mp_pwhitened_svd(mp_unit_owner(l, e, x->E, x->size), D, rows, cols, G, &lam, r, U, V, sig);
             for (int64_t i = 0; owner && rc == 0 && i < k; i++)
                 energy += sig[i] * sig[i]; /* the whole spectrum holds all the energy */
         } else if (rc == 0) {
@@ -229,7 +188,7 @@ static int decompose_expert(const dctx *x, int l, int e, float *const base[3], i
             }
         }
         if (rc < 0)
-            mp_errorf(rc, "layer %d expert %d %s: %s", l, e, PN[p], mp_error_message());
+            mp_error_prefix("layer %d expert %d %s", l, e, PN[p]);
         if (rc == 0 && owner) {
             if (lam > j->delta_lambda) {
                 (*lambda_raised)++;
@@ -240,29 +199,13 @@ static int decompose_expert(const dctx *x, int l, int e, float *const base[3], i
                 Uf[i] = (float)U[i];
             for (int64_t i = 0; i < r * cols; i++)
                 Vf[i] = (float)V[i];
-            char nm[32];
-            int bad = 0;
-            snprintf(nm, sizeof nm, "U_%s", PN[p]);
-            bad |= put_f32(f, nm, Uf, (hsize_t)rows, (hsize_t)r);
-            snprintf(nm, sizeof nm, "V_%s", PN[p]);
-            bad |= put_f32(f, nm, Vf, (hsize_t)r, (hsize_t)cols);
-            snprintf(nm, sizeof nm, "sigma_%s", PN[p]);
-            bad |= put_f64(f, nm, sig, (hsize_t)k);
-            snprintf(nm, sizeof nm, "rank_%s", PN[p]);
-            bad |= put_attr(f, nm, 1, (double)r);
-            snprintf(nm, sizeof nm, "lambda_%s", PN[p]);
-            bad |= put_attr(f, nm, 0, lam);
-            snprintf(nm, sizeof nm, "energy_%s", PN[p]);
-            bad |= put_attr(f, nm, 0, energy);
-            if (j->n_candidates > 0) { /* nested factors: the first r_c columns/rows are the rank-r_c ones */
-                double cr[16];
-                for (int q = 0; q < j->n_candidates; q++)
-                    cr[q] = (double)mp_rank_for_fraction(j->candidates[q], rows, cols);
-                snprintf(nm, sizeof nm, "candidate_ranks_%s", PN[p]);
-                bad |= put_f64(f, nm, cr, (hsize_t)j->n_candidates);
-            }
-            if (bad)
-                rc = mp_errorf(MP_EINTERNAL, "HDF5 could not build the factors of layer %d expert %d", l, e);
+            double cr[16];
+            for (int q = 0; q < j->n_candidates; q++)
+                cr[q] = (double)mp_rank_for_fraction(j->candidates[q], rows, cols);
+            mp_factor_block b = {rows, cols, r, k, Uf, Vf, sig, lam, energy, cr, j->n_candidates};
+            rc = mp_factors_put(f, p, &b);
+            if (rc < 0)
+                mp_error_prefix("layer %d expert %d", l, e);
         }
         free(w), free(D), free(G), free(S), free(sig), free(U), free(V), free(Uf), free(Vf);
         if (collective) /* the owner's writing may have failed: every rank leaves the loop together */
@@ -271,11 +214,11 @@ static int decompose_expert(const dctx *x, int l, int e, float *const base[3], i
     mp_stats_free(&st);
     if (owner && rc == 0) {
         snprintf(path, sizeof path, "%s/layer%04d/expert%04d.h5", x->dir, l, e);
-        rc = mp_h5_save(f, path);
+        rc = mp_factors_save(f, path);
         if (rc == 0)
             rc = mp_file_xxh64(path, hash);
-    } else if (f >= 0)
-        H5Fclose(f);
+    } else
+        mp_factors_discard(f);
     return collective ? mp_mpi_agree(rc) : rc;
 }
 
@@ -288,114 +231,131 @@ static void unit_file_name(int u, int n, char *buf, size_t cap)
         snprintf(buf, cap, "expert%04d.h5", u);
 }
 
-int mp_decompose(const mp_model *m, const mp_job *job, const char *stats_dir, const char *dir, int resume,
-                 const mp_calib_opts *progress, mp_decomp_result *res)
+int mp_decomp_begin(mp_run *r, int s)
 {
-    const mp_config *c = &m->cfg;
-    dctx x = {m, job, stats_dir, dir, mp_mpi_rank(), mp_mpi_size(), c->n_experts, job->delta_fraction};
-    memset(res, 0, sizeof *res);
+    const mp_config *c = &r->m->cfg;
+    const mp_job *job = r->job;
+    dctx *x = calloc(1, sizeof *x);
+    r->state = x;
+    if (!x)
+        return mp_errorf(MP_ENOMEM, "out of memory");
+    *x = (dctx){r->m, job, r->dir[MP_STAGE_CALIBRATE], r->dir[s], r->rank, r->size, c->n_experts,
+                job->delta_fraction, r->fp[s], {NULL, NULL, NULL}, NULL, 0};
     if (job->delta_target_ratio > 0) {
-        x.fraction = mp_fraction_for_ratio(c, job->delta_target_ratio);
-        if (x.fraction < 0)
+        x->fraction = mp_fraction_for_ratio(c, job->delta_target_ratio);
+        if (x->fraction < 0)
             return mp_errorf(MP_EUSAGE,
                              "delta.target_ratio %.3f cannot be reached: with dense bases the model compresses by "
                              "at most %.3f",
                              job->delta_target_ratio, mp_compression_ratio(c, 0.0));
     }
     for (int q = 0; q < job->n_candidates; q++)
-        x.fraction = q == 0 || job->candidates[q] > x.fraction ? job->candidates[q] : x.fraction;
-    res->fraction = x.fraction;
-    double t0 = MPI_Wtime();
-    int nmoe = mp_config_n_moe_layers(c), done = 0, rc = 0;
-    float *base[3] = {0};
-    double *score = malloc(sizeof(double) * (size_t)c->moe_ffn);
-    if (!score)
-        rc = mp_errorf(MP_ENOMEM, "out of memory");
-    for (int p = 0; p < 3; p++) {
-        base[p] = malloc(sizeof(float) * (size_t)c->hidden * (size_t)c->moe_ffn);
-        if (!base[p])
-            rc = mp_errorf(MP_ENOMEM, "out of memory for the base");
-    }
-    MP_CHECK_GOTO(mp_mpi_agree(rc), out);
-    for (int l = 0; l < c->n_layers; l++) {
-        if (!c->is_moe[l])
-            continue;
-        int st[2] = {0, 0};
-        char why[600] = "", ldir[4200];
-        if (resume && x.rank == 0)
-            rc = mp_store_layer_ok(dir, l, &st[0], &st[1], why, sizeof why);
-        MP_CHECK_GOTO(mp_mpi_agree(rc), out);
-        MPI_Bcast(st, 2, MPI_INT, 0, MPI_COMM_WORLD);
-        if (x.rank == 0 && why[0])
-            fprintf(stderr, "moepack: note: damaged unit %s; recomputing layer %d\n", why, l);
-        if (st[0]) {
-            res->n_resumed++;
-        } else {
-            snprintf(ldir, sizeof ldir, "%s/layer%04d", dir, l);
-            rc = mp_mkdir_p(ldir);
-            MP_CHECK_GOTO(mp_mpi_agree(rc), out);
-            MP_CHECK_GOTO(layer_base(&x, l, base, score), out);
-            int E = x.E, raised = 0;
-            uint64_t *h = calloc((size_t)(2 * (E + 1)), sizeof *h);
-            rc = h ? 0 : mp_errorf(MP_ENOMEM, "out of memory");
-            if (rc == 0 && x.rank == 0) { /* the base is the same on every rank: rank 0 writes it */
-                hid_t f = mp_h5_create_mem();
-                int64_t rows, cols;
-                int bad = f < 0;
-                for (int p = 0; p < 3 && !bad; p++) {
-                    char nm[32];
-                    dims(c, p, &rows, &cols);
-                    snprintf(nm, sizeof nm, "base_%s", PN[p]);
-                    bad |= put_f32(f, nm, base[p], (hsize_t)rows, (hsize_t)cols);
-                }
-                bad |= f >= 0 && put_f64(f, "prune_score", score, (hsize_t)c->moe_ffn);
-                char path[4300];
-                snprintf(path, sizeof path, "%s/base.h5", ldir);
-                rc = bad ? (f >= 0 ? (H5Fclose(f), 0) : 0, mp_errorf(MP_EINTERNAL, "HDF5 could not build the base"))
-                         : mp_h5_save(f, path);
-                if (rc == 0)
-                    rc = mp_file_xxh64(path, &h[E]);
-                h[2 * E + 1] = 1;
-            }
-            /* ScaLAPACK for every expert in turn (all ranks) when asked, or with auto when the layer has
-             * fewer experts than ranks; otherwise each owner factors its experts alone */
-            int64_t big = (int64_t)c->hidden * c->moe_ffn * 8 * 6; /* bytes one rank needs for one delta */
-            int collective = !strcmp(job->delta_solver, "scalapack") ||
-                             (!strcmp(job->delta_solver, "auto") && x.size > 1 && (E < x.size || big > MP_LOCAL_SVD_MAX));
-            if (collective)
-                rc = mp_mpi_agree(rc);
-            for (int e = 0; e < E && rc == 0; e++) {
-                int mine = mp_calib_owner(l, e, E, x.size) == x.rank;
-                if (collective || mine)
-                    rc = decompose_expert(&x, l, e, base, collective, &raised, &h[e]);
-                if (mine) {
-                    h[E + 1 + e] = 1;
-                    mp_fault_point("decompose: unit committed");
-                }
-            }
-            rc = mp_commit_layer_units(rc, dir, l, h, E + 1, unit_file_name, 0, "decompose: before layer manifest");
-            if (rc == 0) {
-                MPI_Allreduce(MPI_IN_PLACE, &raised, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
-                res->n_lambda_raised += raised;
-            }
-            free(h);
-            MP_CHECK_GOTO(rc, out);
-            mp_note_progress();
-        }
-        done++;
-        res->n_layers_done++;
-        double el = MPI_Wtime() - t0;
-        if (x.rank == 0)
-            mp_progress(progress, "decompose", done, nmoe, el, el / done * (nmoe - done));
-        mp_fault_point("decompose: layer finished");
-        char where[64];
-        snprintf(where, sizeof where, "in decompose after layer %d", l);
-        MP_CHECK_GOTO(mp_should_stop(el / done, where), out);
-    }
-    res->seconds = MPI_Wtime() - t0;
-out:
+        x->fraction = q == 0 || job->candidates[q] > x->fraction ? job->candidates[q] : x->fraction;
+    x->score = malloc(sizeof(double) * (size_t)c->moe_ffn);
     for (int p = 0; p < 3; p++)
-        free(base[p]);
-    free(score);
-    return rc;
+        x->base[p] = malloc(sizeof(float) * (size_t)c->hidden * (size_t)c->moe_ffn);
+    if (!x->score || !x->base[0] || !x->base[1] || !x->base[2])
+        return mp_errorf(MP_ENOMEM, "out of memory for the base");
+    return 0;
+}
+
+int mp_decomp_layer(mp_run *r, int s, int l, int committed)
+{
+    dctx *x = r->state;
+    const mp_config *c = &r->m->cfg;
+    (void)s;
+    if (committed)
+        return 0;
+    char ldir[4600];
+    snprintf(ldir, sizeof ldir, "%s/layer%04d", x->dir, l);
+    MP_CHECK(mp_mpi_agree(mp_mkdir_p(ldir)));
+    MP_CHECK(layer_base(x, l, x->base, x->score));
+    int E = x->E, raised = 0, rc = 0;
+    uint64_t *h = calloc((size_t)(2 * (E + 1)), sizeof *h);
+    if (!h)
+        rc = mp_errorf(MP_ENOMEM, "out of memory");
+    if (rc == 0 && x->rank == 0) { /* the base is the same on every rank: rank 0 writes it */
+        int64_t rows[3], cols[3];
+        for (int p = 0; p < 3; p++)
+            dims(c, p, &rows[p], &cols[p]);
+        char path[4700];
+        snprintf(path, sizeof path, "%s/base.h5", ldir);
+        rc = mp_base_save(path, x->base, rows, cols, x->score, c->moe_ffn);
+        if (rc == 0)
+            rc = mp_file_xxh64(path, &h[E]);
+        h[2 * E + 1] = 1;
+    }
+    /* ScaLAPACK for every expert in turn (all ranks) when asked, or with auto when the layer has fewer
+     * experts than ranks; otherwise each owner factors its experts alone */
+    int64_t big = (int64_t)c->hidden * c->moe_ffn * 8 * 6; /* bytes one rank needs for one delta */
+    int collective = !strcmp(x->job->delta_solver, "scalapack") ||
+                     (!strcmp(x->job->delta_solver, "auto") && x->size > 1 && (E < x->size || big > MP_LOCAL_SVD_MAX));
+    if (collective)
+        rc = mp_mpi_agree(rc);
+    for (int e = 0; e < E && rc == 0; e++) {
+        int mine = mp_unit_owner(l, e, E, x->size) == x->rank;
+        if (collective || mine)
+            rc = decompose_expert(x, l, e, x->base, collective, &raised, &h[e]);
+        if (mine) {
+            h[E + 1 + e] = 1;
+            mp_fault_point("decompose: unit committed");
+        }
+    }
+    rc = mp_commit_layer_units(rc, x->dir, l, x->fp, h, E + 1, unit_file_name, 0, "decompose: before layer manifest");
+    free(h);
+    MP_CHECK(rc);
+    MP_MPI(MPI_Allreduce(MPI_IN_PLACE, &raised, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD));
+    x->n_lambda_raised += raised;
+    return 0;
+}
+
+int mp_decomp_end(mp_run *r, int s, int ok)
+{
+    dctx *x = r->state;
+    if (x && ok) {
+        mp_summary *sum = &r->sum[s];
+        mp_summary_set(sum, "fraction", x->fraction);
+        mp_summary_set(sum, "compression", mp_compression_ratio(&r->m->cfg, x->fraction));
+        mp_summary_set(sum, "lambda_raised", x->n_lambda_raised);
+    }
+    if (x) {
+        for (int p = 0; p < 3; p++)
+            free(x->base[p]);
+        free(x->score);
+        free(x);
+    }
+    r->state = NULL;
+    return 0;
+}
+
+void mp_decomp_print(const mp_run *r, int s, FILE *out)
+{
+    const mp_config *m = &r->m->cfg;
+    const mp_summary *sum = &r->sum[s];
+    fprintf(out, "decompose: fraction %.4f (overall compression %.1f%%); %.0f Gram(s) needed a larger lambda\n",
+            mp_summary_get(sum, "fraction"), 100 * mp_summary_get(sum, "compression"),
+            mp_summary_get(sum, "lambda_raised"));
+    fprintf(out, "   layer  rank  loss gate  loss up  loss down   (||(W - W_b - U V) X||^2 / ||(W - W_b) X||^2, "
+                 "mean over experts)\n");
+    for (int l = 0; l < m->n_layers; l++) {
+        if (!m->is_moe[l])
+            continue;
+        double loss[3] = {0, 0, 0};
+        int64_t rank = 0;
+        for (int e = 0; e < m->n_experts; e++)
+            for (int p = 0; p < 3; p++) {
+                char path[4700];
+                double energy, kept;
+                snprintf(path, sizeof path, "%s/layer%04d/expert%04d.h5", r->dir[s], l, e);
+                if (mp_factors_read_loss(path, p, &rank, &energy, &kept) < 0) {
+                    fprintf(out, "   %5d  (unreadable: %s)\n", l, mp_error_message());
+                    mp_error_clear();
+                    e = m->n_experts, p = 3;
+                    continue;
+                }
+                loss[p] += energy > 0 ? (energy - kept) / energy / m->n_experts : 0;
+            }
+        fprintf(out, "   %5d  %4lld  %8.2f%%  %6.2f%%  %8.2f%%\n", l, (long long)rank, 100 * loss[0], 100 * loss[1],
+                100 * loss[2]);
+    }
 }

@@ -7,13 +7,8 @@
 #include <xxhash.h>
 
 #include "error.h"
+#include "plan.h"
 #include "runtime.h"
-
-void mp_shard_range(int64_t n, int rank, int size, int64_t *lo, int64_t *hi)
-{
-    *lo = n * rank / size;
-    *hi = n * (rank + 1) / size;
-}
 
 static int scan_one(const mp_model *m, int l, int e, float *buf, mp_expert_record *r)
 {
@@ -87,10 +82,8 @@ int mp_expert_scan(const mp_model *m, mp_expert_scan_result *out)
                 counts[r] = (int)((b - a) * (int64_t)sizeof *all);
                 displs[r] = (int)(a * (int64_t)sizeof *all);
             }
-        int mrc = MPI_Gatherv(mine, (int)((hi - lo) * (int64_t)sizeof *mine), MPI_BYTE, all, counts, displs,
-                              MPI_BYTE, 0, MPI_COMM_WORLD);
-        if (mrc != MPI_SUCCESS)
-            mp_mpi_fail(mp_mpi_check(mrc, "MPI_Gatherv (expert records)"));
+        MP_MPI(MPI_Gatherv(mine, (int)((hi - lo) * (int64_t)sizeof *mine), MPI_BYTE, all, counts, displs, MPI_BYTE, 0,
+                           MPI_COMM_WORLD));
     }
     free(mine);
     free(counts);

@@ -1,7 +1,7 @@
 /* expert_scan.h - read every routed expert once, sharded over the ranks.
  *
  * The (MoE layer, expert) units are numbered in layer-major order and split
- * into contiguous, near-equal ranges, one per rank (mp_shard_range). Each rank
+ * into contiguous, near-equal ranges, one per rank (plan.h: mp_shard_range). Each rank
  * reads its experts' gate, up and down matrices as fp32, checks that every
  * value is finite, and computes a 64-bit XXH64 of the fp32 values (gate, up,
  * down in turn) and the three Frobenius norms. Root gathers the records in
@@ -26,8 +26,6 @@ typedef struct {
     uint64_t digest;             /* root only: XXH64 over the records' hashes in order */
 } mp_expert_scan_result;
 
-/* Local: the half-open range [lo, hi) of n units owned by `rank` of `size`. */
-void mp_shard_range(int64_t n, int rank, int size, int64_t *lo, int64_t *hi);
 /* Collective. */
 int mp_expert_scan(const mp_model *m, mp_expert_scan_result *out);
 void mp_expert_scan_free(mp_expert_scan_result *r);

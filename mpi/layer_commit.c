@@ -7,15 +7,13 @@
 #include "runtime.h"
 #include "store.h"
 
-int mp_commit_layer_units(int rc, const char *dir, int l, uint64_t *h, int n, mp_unit_name_fn name, int starved,
-                          const char *fault)
+int mp_commit_layer_units(int rc, const char *dir, int l, uint64_t fp, uint64_t *h, int n, mp_unit_name_fn name,
+                          int starved, const char *fault)
 {
     rc = mp_mpi_agree(rc);
     if (rc < 0)
         return rc;
-    int mrc = MPI_Allreduce(MPI_IN_PLACE, h, 2 * n, MPI_UINT64_T, MPI_SUM, MPI_COMM_WORLD);
-    if (mrc != MPI_SUCCESS)
-        mp_mpi_fail(mp_mpi_check(mrc, "MPI_Allreduce (unit checksums)"));
+    MP_MPI(MPI_Allreduce(MPI_IN_PLACE, h, 2 * n, MPI_UINT64_T, MPI_SUM, MPI_COMM_WORLD));
     if (mp_mpi_rank() == 0) {
         char *nbuf = malloc((size_t)n * 32);
         const char **names = malloc(sizeof *names * (size_t)n);
@@ -30,7 +28,7 @@ int mp_commit_layer_units(int rc, const char *dir, int l, uint64_t *h, int n, mp
             }
         mp_fault_point(fault);
         if (rc == 0)
-            rc = mp_store_commit_layer(dir, l, names, hs, k, starved);
+            rc = mp_store_commit_layer(dir, l, fp, names, hs, k, starved);
         free(nbuf), free(names), free(hs);
     }
     return mp_mpi_agree(rc);

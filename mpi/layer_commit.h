@@ -15,8 +15,8 @@
 /* the file name of unit u of n */
 typedef void (*mp_unit_name_fn)(int u, int n, char *buf, size_t cap);
 
-/* rc: this rank's status so far; fault: label of the fault point before the manifest (tests). */
-int mp_commit_layer_units(int rc, const char *dir, int l, uint64_t *h, int n, mp_unit_name_fn name, int starved,
-                          const char *fault);
+/* rc: this rank's status so far; fp: the stage fingerprint recorded in the manifest; fault: label of the fault point before the manifest (tests). */
+int mp_commit_layer_units(int rc, const char *dir, int l, uint64_t fp, uint64_t *h, int n, mp_unit_name_fn name,
+                          int starved, const char *fault);
 
 #endif

@@ -11,6 +11,8 @@
 #define MP_RUNTIME_H
 #include <mpi.h>
 
+#include "error.h"
+
 /* MPI_Init_thread (FUNNELED) with MPI_ERRORS_RETURN on MPI_COMM_WORLD. */
 int mp_mpi_init(int *argc, char ***argv);
 void mp_mpi_finalize(void);
@@ -48,5 +50,17 @@ void mp_note_progress(void);
 void mp_fault_point(const char *where);
 /* Turn an MPI return code into an MP_EMPI error naming `what`. */
 int mp_mpi_check(int mpirc, const char *what);
+/* Every MPI call goes through this (in the spirit of PETSc's PetscCallMPI). MPI_COMM_WORLD returns errors
+ * (MPI_ERRORS_RETURN), but a rank whose collective failed cannot agree with the others any more: it reports
+ * the call with file:line and aborts the job (mp_mpi_fail), so no rank waits forever. */
+#define MP_MPI(call)                                                                                               \
+    do {                                                                                                           \
+        int mp_mrc_ = (call);                                                                                      \
+        if (mp_mrc_ != MPI_SUCCESS) {                                                                              \
+            mp_mpi_check(mp_mrc_, #call);                                                                          \
+            mp_error_trace(__FILE__, __LINE__, __func__);                                                          \
+            mp_mpi_fail(MP_EMPI);                                                                                  \
+        }                                                                                                          \
+    } while (0)
 
 #endif

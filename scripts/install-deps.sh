@@ -12,6 +12,8 @@ PKGS="build-essential cmake pkg-config libopenmpi-dev openmpi-bin libscalapack-o
 libhdf5-openmpi-dev hdf5-tools libopenblas-dev liblapacke-dev libcjson-dev libinih-dev libxxhash-dev"
 # only for the test suite: the Slurm end-to-end test runs a one-node cluster on localhost
 PKGS="$PKGS slurmctld slurmd slurm-client munge"
+# only for the test suite: GLPK is the independent ILP solver test_alloc checks the allocator against
+PKGS="$PKGS libglpk-dev"
 
 advice() {
     cat <<MSG

@@ -21,7 +21,7 @@
 #define MP_DECOMPOSE_H
 #include <stdint.h>
 
-#include "config.h"
+#include "model_config.h"
 
 typedef enum { MP_WEIGHTS_FREQUENCY, MP_WEIGHTS_ACTIVATION } mp_weight_source;
 

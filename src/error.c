@@ -39,6 +39,26 @@ int mp_syserrorf(int code, const char *fmt, ...)
     return code;
 }
 
+void mp_error_prefix(const char *fmt, ...)
+{
+    char head[1024], old[sizeof msg_buf];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(head, sizeof head, fmt, ap);
+    va_end(ap);
+    memcpy(old, msg_buf, sizeof old); /* the message may be an argument of its own prefix: copy it first */
+    size_t n = strlen(head);
+    if (n + 2 >= sizeof msg_buf)
+        n = sizeof msg_buf - 3;
+    memcpy(msg_buf, head, n);
+    memcpy(msg_buf + n, ": ", 2);
+    size_t k = strnlen(old, sizeof old - 1);
+    if (n + 2 + k >= sizeof msg_buf)
+        k = sizeof msg_buf - n - 3;
+    memcpy(msg_buf + n + 2, old, k);
+    msg_buf[n + 2 + k] = '\0';
+}
+
 void mp_error_trace(const char *file, int line, const char *func)
 {
     size_t len = strlen(trace_buf);

@@ -29,6 +29,9 @@ enum {
 int mp_errorf(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Like mp_errorf, with ": strerror(errno)" appended. */
 int mp_syserrorf(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Prepend "<prefix>: " to the current message (the trace and the code are kept), e.g. the layer and expert
+ * a lower-level error happened in. */
+void mp_error_prefix(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* Append a frame "file:line (func)" to the current error's trace. */
 void mp_error_trace(const char *file, int line, const char *func);
 const char *mp_error_message(void); /* "" when no error was recorded */

@@ -45,81 +45,6 @@ int mp_forward_supported(const mp_config *c)
     return 0;
 }
 
-/* read tensor `name` (must have `numel` elements) into a new fp32 array */
-static int load(const mp_model *m, float **out, int64_t numel, const char *fmt, int l)
-{
-    char name[MP_NAME_MAX];
-    snprintf(name, sizeof name, fmt, l);
-    const mp_tensor *t;
-    MP_CHECK(mp_ckpt_get(m->ck, name, &t));
-    if (t->numel != numel)
-        return mp_errorf(MP_EFORMAT, "%s: tensor '%s' has %lld elements, expected %lld", m->dir, name,
-                         (long long)t->numel, (long long)numel);
-    *out = malloc(sizeof(float) * (size_t)numel);
-    if (!*out)
-        return mp_errorf(MP_ENOMEM, "out of memory loading %s", name);
-    MP_CHECK(mp_ckpt_read_f32(m->ck, t, 0, numel, *out));
-    return 0;
-}
-
-int mp_layer_load(const mp_model *m, int l, mp_layer_w *w)
-{
-    const mp_config *c = &m->cfg;
-    int64_t d = c->hidden, hd = c->head_dim, qd = (int64_t)c->n_heads * hd, kvd = (int64_t)c->n_kv_heads * hd;
-    memset(w, 0, sizeof *w);
-    w->layer = l;
-    w->moe = c->is_moe[l];
-    int rc = 0;
-#define LOAD(ptr, n, fmt) MP_CHECK_GOTO(load(m, &w->ptr, (n), (fmt), l), fail)
-    LOAD(in_norm, d, "model.layers.%d.input_layernorm.weight");
-    LOAD(post_norm, d, "model.layers.%d.post_attention_layernorm.weight");
-    if (c->layernorm) {
-        LOAD(in_norm_b, d, "model.layers.%d.input_layernorm.bias");
-        LOAD(post_norm_b, d, "model.layers.%d.post_attention_layernorm.bias");
-    }
-    LOAD(wq, qd * d, "model.layers.%d.self_attn.q_proj.weight");
-    LOAD(wk, kvd * d, "model.layers.%d.self_attn.k_proj.weight");
-    LOAD(wv, kvd * d, "model.layers.%d.self_attn.v_proj.weight");
-    LOAD(wo, d * qd, "model.layers.%d.self_attn.o_proj.weight");
-    if (c->attn_bias) {
-        LOAD(bq, qd, "model.layers.%d.self_attn.q_proj.bias");
-        LOAD(bk, kvd, "model.layers.%d.self_attn.k_proj.bias");
-        LOAD(bv, kvd, "model.layers.%d.self_attn.v_proj.bias");
-    }
-    if (c->o_bias)
-        LOAD(bo, d, "model.layers.%d.self_attn.o_proj.bias");
-    if (c->qk_norm == MP_QKNORM_HEAD) {
-        LOAD(q_norm, hd, "model.layers.%d.self_attn.q_norm.weight");
-        LOAD(k_norm, hd, "model.layers.%d.self_attn.k_norm.weight");
-    } else if (c->qk_norm == MP_QKNORM_FULL) {
-        LOAD(q_norm, qd, "model.layers.%d.self_attn.q_norm.weight");
-        LOAD(k_norm, kvd, "model.layers.%d.self_attn.k_norm.weight");
-    }
-    if (w->moe) {
-        char rn[MP_NAME_MAX];
-        mp_name_router(c, m->layout, l, rn, sizeof rn);
-        MP_CHECK_GOTO(load(m, &w->router, (int64_t)c->n_experts * d, rn, l), fail);
-        if (c->n_shared > 0 && c->shared_ffn > 0) {
-            int64_t fs = c->shared_ffn;
-            LOAD(sh_gate, fs * d, "model.layers.%d.mlp.shared_expert.gate_proj.weight");
-            LOAD(sh_up, fs * d, "model.layers.%d.mlp.shared_expert.up_proj.weight");
-            LOAD(sh_down, d * fs, "model.layers.%d.mlp.shared_expert.down_proj.weight");
-            if (c->shared_gate)
-                LOAD(sh_gate_w, d, "model.layers.%d.mlp.shared_expert_gate.weight");
-        }
-    } else {
-        int64_t f = c->dense_ffn;
-        LOAD(mlp_gate, f * d, "model.layers.%d.mlp.gate_proj.weight");
-        LOAD(mlp_up, f * d, "model.layers.%d.mlp.up_proj.weight");
-        LOAD(mlp_down, d * f, "model.layers.%d.mlp.down_proj.weight");
-    }
-#undef LOAD
-    return 0;
-fail:
-    mp_layer_free(w);
-    return rc;
-}
-
 void mp_layer_free(mp_layer_w *w)
 {
     float **p[] = {&w->in_norm, &w->in_norm_b, &w->post_norm, &w->post_norm_b, &w->wq,      &w->wk,
@@ -130,19 +55,6 @@ void mp_layer_free(mp_layer_w *w)
         free(*p[i]);
         *p[i] = NULL;
     }
-}
-
-int mp_embed(const mp_model *m, const int32_t *ids, int n, float *h)
-{
-    const mp_tensor *t;
-    MP_CHECK(mp_ckpt_get(m->ck, "model.embed_tokens.weight", &t));
-    int64_t d = m->cfg.hidden;
-    for (int i = 0; i < n; i++) {
-        if (ids[i] < 0 || ids[i] >= m->cfg.vocab)
-            return mp_errorf(MP_EFORMAT, "token id %d outside the vocabulary [0, %d)", ids[i], m->cfg.vocab);
-        MP_CHECK(mp_ckpt_read_f32(m->ck, t, (int64_t)ids[i] * d, d, h + (int64_t)i * d));
-    }
-    return 0;
 }
 
 void mp_norm(const mp_config *c, const float *x, int n, int d, const float *w, const float *b, float *out)
@@ -312,23 +224,6 @@ int mp_swiglu(const float *wg, const float *wu, const float *wd, const float *x,
     if (hmid)
         memcpy(hmid, g, sizeof(float) * (size_t)n * f);
     free(g);
-    return 0;
-}
-
-int mp_head_load(const mp_model *m, float **w, float **b)
-{
-    const mp_config *c = &m->cfg;
-    *w = *b = NULL;
-    int64_t n = (int64_t)c->vocab * c->hidden;
-    MP_CHECK(load(m, w, n, c->tie_embeddings ? "model.embed_tokens.weight" : "lm_head.weight", 0));
-    if (c->lm_head_bias) {
-        int rc = load(m, b, c->vocab, "lm_head.bias", 0);
-        if (rc < 0) {
-            free(*w);
-            *w = NULL;
-            MP_CHECK(rc);
-        }
-    }
     return 0;
 }
 

@@ -7,16 +7,18 @@
  * for OLMoE), OLMoE's clip_qkv, the softmax router with top-k and optional
  * renormalisation, SwiGLU experts, the shared expert with its sigmoid gate.
  * All matrices are row-major; weights are [out, in] as in the checkpoints.
- * A layer's non-expert weights are loaded (converted to fp32) by
- * mp_layer_load and freed by mp_layer_free; experts are read on demand.
- * Local (no MPI). Results for one token never depend on which other tokens
+ * Weights come through mp_weights, an interface the loader implements
+ * (io/weights.h for a Hugging Face checkpoint): a layer's non-expert weights
+ * as fp32 (freed with mp_layer_free), experts on demand, the embedding rows
+ * and the output head. Local (no MPI, no files). Results for one token never depend on which other tokens
  * share the call (every op works per sequence or per token list), which the
  * calibration relies on for results independent of the number of ranks. */
 #ifndef MP_FORWARD_H
 #define MP_FORWARD_H
 #include <stdint.h>
 
-#include "model.h"
+#include "model_config.h"
+#include "registry.h"
 
 typedef struct {
     int layer, moe;
@@ -29,17 +31,29 @@ typedef struct {
     float *mlp_gate, *mlp_up, *mlp_down;                  /* dense MLP of non-MoE layers */
 } mp_layer_w;
 
+/* Where the forward pass gets its weights. Every function returns 0 or a negative MP_E* code with a message
+ * naming the tensor; every value handed out is finite (checked by the implementation). */
+typedef struct mp_weights {
+    const mp_config *cfg;
+    void *ctx;
+    /* the non-expert weights of layer l, fp32 (release with mp_layer_free) */
+    int (*layer)(void *ctx, int l, mp_layer_w *w);
+    /* routed expert e of layer l, projection p, fp32 [rows, cols] (gate/up [f, d], down [d, f]) */
+    int (*expert)(void *ctx, int l, int e, mp_proj p, float *out);
+    /* h[n, d] = embedding rows of ids[n] */
+    int (*embed)(void *ctx, const int32_t *ids, int n, float *h);
+    /* the final norm (*nw [d], *nb [d] or NULL) and the output head (*hw [V, d], *hb [V] or NULL); caller frees */
+    int (*head)(void *ctx, float **nw, float **nb, float **hw, float **hb);
+} mp_weights;
+
 /* MP_ECONFIG naming config.json and the key for what the forward pass does not cover yet:
  * architectures, rope types other than default/linear, sliding windows, more than
  * MP_FORWARD_MAX_EXPERTS experts or MP_FORWARD_MAX_TOPK experts per token. */
 #define MP_FORWARD_MAX_EXPERTS 4096
 #define MP_FORWARD_MAX_TOPK 63
 int mp_forward_supported(const mp_config *c);
-int mp_layer_load(const mp_model *m, int l, mp_layer_w *w);
 void mp_layer_free(mp_layer_w *w);
 
-/* h[n, d] = embed[ids] */
-int mp_embed(const mp_model *m, const int32_t *ids, int n, float *h);
 /* out[n, d] = norm(x) * w (+ b); RMSNorm, or LayerNorm when c->layernorm */
 void mp_norm(const mp_config *c, const float *x, int n, int d, const float *w, const float *b, float *out);
 /* One sequence of S tokens at positions 0..S-1: out[S, d] = attention(x[S, d]) including o_proj.
@@ -52,8 +66,6 @@ void mp_route(const mp_config *c, const mp_layer_w *w, const float *x, int n, fl
 /* SwiGLU MLP: hmid[n, f] = silu(x Wg^T) * (x Wu^T); y[n, d] = hmid Wd^T. hmid may be NULL. */
 int mp_swiglu(const float *wg, const float *wu, const float *wd, const float *x, int n, int d, int f, float *y,
               float *hmid);
-/* The output head as fp32: *w [V, d] (the embedding when tied), *b [V] or NULL. Caller frees both. */
-int mp_head_load(const mp_model *m, float **w, float **b);
 /* logits[n, V] = x[n, d] w^T (+ b) */
 void mp_lm_head(const mp_config *c, const float *w, const float *b, const float *x, int n, float *logits);
 

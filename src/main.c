@@ -9,9 +9,7 @@
 #include <sys/stat.h>
 
 #include "error.h"
-#include "calibrate.h"
-#include "decomp_stage.h"
-#include "decompose.h"
+#include "ep_forward.h"
 #include "expert_scan.h"
 #include "fsutil.h"
 #include "gpu_info.h"
@@ -19,9 +17,14 @@
 #include "inspect.h"
 #include "job.h"
 #include "model.h"
+#include "pipeline.h"
+#include "plan.h"
+#include "config.h"
+#include "decompose.h"
 #include "runtime.h"
 #include "synth.h"
 #include "tokens.h"
+#include "weights.h"
 
 static const char USAGE[] =
     "usage: moepack <command> [options]\n"
@@ -35,9 +38,11 @@ static const char USAGE[] =
     "        write a tiny synthetic checkpoint in the Hugging Face layout + tokens.h5\n"
     "  inspect PATH [--json]\n"
     "        architecture, MoE layers, parameter counts, dtypes and a tensor check\n"
-    "  run [--job FILE] [--set section.key=value ...] [--fresh] [--walltime S] [--quiet] [--log-json]\n"
-    "        the pipeline stages implemented so far (calibration), resuming from checkpoint.dir;\n"
+    "  run [--job FILE] [--set section.key=value ...] [--fresh] [--until STAGE] [--walltime S] [--quiet] [--log-json]\n"
+    "        the pipeline stages implemented so far (calibrate, decompose), resuming from checkpoint.dir;\n"
     "        SIGTERM/SIGUSR1 or --walltime stop at the next layer with exit status 12\n"
+    "  plan [--job FILE] [--set section.key=value ...] --ranks N [--sequences N --seq-len T] [--json]\n"
+    "        peak memory, checkpoint disk and work per rank and stage, before submitting a job\n"
     "  calibrate [same options as run]\n"
     "        expert-parallel forward pass over the calibration tokens; per-expert statistics\n"
     "        into checkpoint.dir/calib (run it under mpirun to shard experts and sequences)\n"
@@ -251,48 +256,6 @@ static int demo_model(const mp_synth_opts *o, const char *out, const char *model
     return rc;
 }
 
-/* the relative whitened truncation loss of every projection, averaged over the experts of each layer */
-static void demo_losses(const mp_model *m, const char *ddir)
-{
-    static const char *pn[3] = {"gate", "up", "down"};
-    printf("   layer  rank  loss gate  loss up  loss down   (||(W - W_b - U V) X||^2 / ||(W - W_b) X||^2)\n");
-    for (int l = 0; l < m->cfg.n_layers; l++) {
-        if (!m->cfg.is_moe[l])
-            continue;
-        double loss[3] = {0, 0, 0};
-        int64_t rank = 0;
-        for (int e = 0; e < m->cfg.n_experts; e++) {
-            char path[4400];
-            snprintf(path, sizeof path, "%s/layer%04d/expert%04d.h5", ddir, l, e);
-            hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT), root = f >= 0 ? H5Gopen2(f, "/", H5P_DEFAULT) : -1;
-            for (int p = 0; p < 3 && root >= 0; p++) {
-                char nm[32];
-                double energy = 0, kept = 0, sig[8192];
-                snprintf(nm, sizeof nm, "energy_%s", pn[p]);
-                hid_t at = H5Aopen(root, nm, H5P_DEFAULT);
-                H5Aread(at, H5T_NATIVE_DOUBLE, &energy), H5Aclose(at);
-                snprintf(nm, sizeof nm, "rank_%s", pn[p]);
-                at = H5Aopen(root, nm, H5P_DEFAULT);
-                H5Aread(at, H5T_NATIVE_INT64, &rank), H5Aclose(at);
-                snprintf(nm, sizeof nm, "sigma_%s", pn[p]);
-                hid_t ds = H5Dopen2(f, nm, H5P_DEFAULT), sp = H5Dget_space(ds);
-                if (H5Sget_simple_extent_npoints(sp) <= 8192 &&
-                    H5Dread(ds, H5T_NATIVE_DOUBLE, H5S_ALL, H5S_ALL, H5P_DEFAULT, sig) >= 0)
-                    for (int64_t j = 0; j < rank; j++)
-                        kept += sig[j] * sig[j];
-                H5Sclose(sp), H5Dclose(ds);
-                loss[p] += energy > 0 ? (energy - kept) / energy / m->cfg.n_experts : 0;
-            }
-            if (root >= 0)
-                H5Gclose(root);
-            if (f >= 0)
-                H5Fclose(f);
-        }
-        printf("   %5d  %4lld  %8.2f%%  %6.2f%%  %8.2f%%\n", l, (long long)rank, 100 * loss[0], 100 * loss[1],
-               100 * loss[2]);
-    }
-}
-
 static int cmd_demo(args *a)
 {
     mp_synth_opts o;
@@ -360,8 +323,7 @@ static int cmd_demo(args *a)
     }
     mp_expert_scan_free(&res);
 
-    /* calibrate: expert-parallel forward pass and per-expert statistics */
-    /* the demo's job: every key at its default but the paths */
+    /* the pipeline on the demo's job: every key at its default but the paths */
     char set_model[3100], set_tok[3200], set_out[3000];
     snprintf(set_model, sizeof set_model, "model.path=%s", model_dir);
     snprintf(set_tok, sizeof set_tok, "calibration.tokens=%s", tok);
@@ -370,41 +332,13 @@ static int cmd_demo(args *a)
     mp_job job;
     if (rc == 0)
         rc = mp_job_load(NULL, sets, 3, &job);
-    mp_fingerprint fp;
-    int resumed = 0;
-    if (rc == 0 && rank == 0) {
-        mp_job_fingerprint(&job, m, &t, &fp);
-        rc = mp_job_claim_checkpoint(&job, &fp, 1, &resumed);
-    }
     rc = mp_mpi_agree(rc);
-    char stats[4200];
-    snprintf(stats, sizeof stats, "%s/calib", job.ckpt_dir);
-    mp_calib_opts co = {.stats_dir = stats, .min_tokens = job.min_tokens, .want_nll = 1, .quiet = 1};
-    mp_calib_result cr;
-    if (rc == 0 && rank == 0)
-        printf("\n== calibrate: expert-parallel forward pass, statistics in %s\n", stats), fflush(stdout);
+    mp_run run;
+    mp_run_opts ro = {.quiet = 0};
     if (rc == 0)
-        rc = mp_calibrate(m, &t, &co, &cr);
+        rc = mp_pipeline_run(&job, m, &t, &ro, &run);
     if (rc == 0 && rank == 0) {
-        printf("experts below %d tokens (neutral prior): %d\n", job.min_tokens, cr.n_starved);
-        printf("baseline perplexity: %.4f over %lld predicted tokens\n", exp(cr.nll_sum / (double)cr.n_pred),
-               (long long)cr.n_pred);
-        fflush(stdout);
-    }
-    /* decompose: D2 base + whitened low-rank deltas at the default fraction */
-    char ddir[4300];
-    snprintf(ddir, sizeof ddir, "%s/decomp", job.ckpt_dir);
-    mp_decomp_result dr;
-    if (rc == 0 && rank == 0)
-        printf("\n== decompose: base + whitened low-rank deltas (fraction %.2f), factors in %s\n", job.delta_fraction,
-               ddir), fflush(stdout);
-    if (rc == 0)
-        rc = mp_decompose(m, &job, stats, ddir, 0, &co, &dr);
-    if (rc == 0 && rank == 0) {
-        demo_losses(m, ddir);
-        printf("overall compression at this fraction: %.1f%% of all parameters\n",
-               100 * mp_compression_ratio(&m->cfg, dr.fraction));
-        printf("demo: the later stages (measure, allocate, quantize, write, validate) are not implemented yet\n");
+        printf("\ndemo: the later stages (measure, allocate, quantize, write, validate) are not implemented yet\n");
         fflush(stdout);
     }
     mp_tokens_free(&t);
@@ -428,13 +362,26 @@ static int open_inputs(const char *model, const char *tokens, int max_seqs, mp_m
     return mp_mpi_agree(rc);
 }
 
-/* `run` and `calibrate`: the stages up to `last` (only calibration exists so far), resuming from the
- * checkpoint directory when it belongs to the same job. */
+/* --job FILE and --set section.key=value, shared by run, calibrate and plan; 1 when `name` was one */
+static int job_option(const char *name, const char *v, const char **job_path, char **sets, int *nsets)
+{
+    if (!strcmp(name, "--job"))
+        *job_path = v;
+    else if (!strcmp(name, "--set"))
+        sets[(*nsets)++] = (char *)v;
+    else
+        return 0;
+    return 1;
+}
+
+/* `run` and `calibrate`: the stages up to the last (or calibration), resuming from the checkpoint
+ * directory when it belongs to the same job. */
 static int cmd_run(args *a, const char *cmdname)
 {
     const char *job_path = NULL, *name, *v;
     char **sets = calloc((size_t)a->argc + 1, sizeof *sets);
-    int nsets = 0, fresh = 0, quiet = 0, log_json = 0, r;
+    int nsets = 0, r;
+    mp_run_opts o = {.until = !strcmp(cmdname, "calibrate") ? "calibrate" : NULL};
     int rc = sets ? 0 : mp_errorf(MP_ENOMEM, "out of memory");
     double walltime = 0;
     while (rc == 0 && (r = next_opt(a, &name, &v, always_value)) != 0) {
@@ -442,17 +389,19 @@ static int cmd_run(args *a, const char *cmdname)
             rc = r;
         else if (!name)
             rc = mp_errorf(MP_EUSAGE, "%s: unexpected argument '%s'", cmdname, v);
-        else if (!strcmp(name, "--job"))
-            job_path = v;
-        else if (!strcmp(name, "--set"))
-            sets[nsets++] = (char *)v;
+        else if (job_option(name, v, &job_path, sets, &nsets))
+            continue;
         else if (!strcmp(name, "--fresh"))
-            fresh = 1;
+            o.fresh = 1;
         else if (!strcmp(name, "--quiet"))
-            quiet = 1;
+            o.quiet = 1;
         else if (!strcmp(name, "--log-json"))
-            log_json = 1;
-        else if (!strcmp(name, "--walltime")) {
+            o.log_json = 1;
+        else if (!strcmp(name, "--until") && strcmp(cmdname, "calibrate")) {
+            o.until = v;
+            if (mp_stage_index(v) < 0)
+                rc = mp_errorf(MP_EUSAGE, "--until '%s': not a stage (calibrate, decompose)", v);
+        } else if (!strcmp(name, "--walltime")) {
             char *end;
             walltime = strtod(v, &end);
             if (*end || walltime <= 0)
@@ -468,63 +417,110 @@ static int cmd_run(args *a, const char *cmdname)
     mp_walltime_set(walltime);
     mp_model *m = NULL;
     mp_tokens t = {0};
-    int resumed = 0;
     rc = open_inputs(job.model_path, job.tokens_path, job.max_sequences, &m, &t);
-    if (rc == 0 && mp_mpi_rank() == 0) {
-        mp_fingerprint fp;
-        mp_job_fingerprint(&job, m, &t, &fp);
-        rc = mp_job_claim_checkpoint(&job, &fp, fresh, &resumed);
-        if (rc == 0 && resumed && !quiet && !log_json)
-            printf("%s: resuming the job in %s\n", cmdname, job.ckpt_dir);
-    }
-    rc = mp_mpi_agree(rc);
-    MPI_Bcast(&resumed, 1, MPI_INT, 0, MPI_COMM_WORLD);
-    char stats[4200];
-    snprintf(stats, sizeof stats, "%s/calib", job.ckpt_dir);
-    mp_calib_opts o = {.stats_dir = stats, .min_tokens = job.min_tokens, .want_nll = 1, .resume = resumed,
-                       .quiet = quiet, .log_json = log_json};
-    mp_calib_result res;
+    mp_run run;
     if (rc == 0)
-        rc = mp_calibrate(m, &t, &o, &res);
-    if (rc == 0 && mp_mpi_rank() == 0) {
-        double ppl = exp(res.nll_sum / (double)res.n_pred);
-        if (log_json)
-            printf("{\"event\": \"stage_done\", \"stage\": \"calibrate\", \"layers_resumed\": %d, "
-                   "\"starved_experts\": %d, \"perplexity\": %.6f, \"predicted_tokens\": %lld}\n",
-                   res.n_resumed, res.n_starved, ppl, (long long)res.n_pred);
-        else {
-            printf("calibrate: %d sequences x %d tokens on %d rank%s; statistics in %s", t.n_seq, t.seq_len,
-                   mp_mpi_size(), mp_mpi_size() == 1 ? "" : "s", stats);
-            printf(res.n_resumed ? " (%d layer%s kept from before)\n" : "\n", res.n_resumed,
-                   res.n_resumed == 1 ? "" : "s");
-            printf("calibrate: %d expert%s below %d tokens got the neutral prior\n", res.n_starved,
-                   res.n_starved == 1 ? "" : "s", job.min_tokens);
-            printf("calibrate: baseline perplexity %.4f (%lld predicted tokens)\n", ppl, (long long)res.n_pred);
-        }
-        fflush(stdout);
-    }
-    if (rc == 0 && !strcmp(cmdname, "run") && job.delta_enabled) {
-        char ddir[4200];
-        snprintf(ddir, sizeof ddir, "%s/decomp", job.ckpt_dir);
-        mp_decomp_result dr;
-        rc = mp_decompose(m, &job, stats, ddir, resumed, &o, &dr);
-        if (rc == 0 && mp_mpi_rank() == 0) {
-            if (log_json)
-                printf("{\"event\": \"stage_done\", \"stage\": \"decompose\", \"layers\": %d, \"layers_resumed\": %d, "
-                       "\"lambda_raised\": %d, \"seconds\": %.3f}\n",
-                       dr.n_layers_done, dr.n_resumed, dr.n_lambda_raised, dr.seconds);
-            else
-                printf("decompose: %d MoE layers (%d kept from before), fraction %.4f (overall compression %.1f%%), "
-                       "factors in %s; %d Gram%s needed a larger lambda\n",
-                       dr.n_layers_done, dr.n_resumed, dr.fraction, 100 * mp_compression_ratio(&m->cfg, dr.fraction),
-                       ddir, dr.n_lambda_raised, dr.n_lambda_raised == 1 ? "" : "s");
-        }
-    }
-    if (rc == 0 && !strcmp(cmdname, "run") && mp_mpi_rank() == 0 && !log_json)
-        printf("run: later stages (measure, allocate, quantize, write, validate) are not implemented yet\n");
+        rc = mp_pipeline_run(&job, m, &t, &o, &run);
+    if (rc == 0 && mp_mpi_rank() == 0 && !o.log_json && !o.quiet && !o.until)
+        printf("\nrun: later stages (measure, allocate, quantize, write, validate) are not implemented yet\n");
     mp_tokens_free(&t);
     mp_model_close(m);
     return rc;
+}
+
+/* ---- plan ------------------------------------------------------------------------------------ */
+
+/* `plan`: the job's plan for --ranks N (ownership, memory, disk, work per stage) without running it.
+ * The model may be a config.json alone (a published one): its bytes are then those of bf16 tensors. */
+static int cmd_plan(args *a)
+{
+    const char *job_path = NULL, *name, *v;
+    char **sets = calloc((size_t)a->argc + 1, sizeof *sets);
+    int nsets = 0, r, ranks = 0, json = 0, n_seq = 0, seq_len = 0;
+    int rc = sets ? 0 : mp_errorf(MP_ENOMEM, "out of memory");
+    while (rc == 0 && (r = next_opt(a, &name, &v, always_value)) != 0) {
+        if (r < 0)
+            rc = r;
+        else if (!name)
+            rc = mp_errorf(MP_EUSAGE, "plan: unexpected argument '%s'", v);
+        else if (job_option(name, v, &job_path, sets, &nsets))
+            continue;
+        else if (!strcmp(name, "--json"))
+            json = 1;
+        else if (!strcmp(name, "--ranks"))
+            rc = parse_int(name, v, &ranks);
+        else if (!strcmp(name, "--sequences"))
+            rc = parse_int(name, v, &n_seq);
+        else if (!strcmp(name, "--seq-len"))
+            rc = parse_int(name, v, &seq_len);
+        else
+            rc = mp_errorf(MP_EUSAGE, "plan: unknown option %s", name);
+    }
+    if (rc == 0 && ranks < 1)
+        rc = mp_errorf(MP_EUSAGE, "plan needs --ranks N (N >= 1)");
+    if (rc == 0 && (n_seq < 0 || seq_len < 0 || (n_seq > 0) != (seq_len > 0)))
+        rc = mp_errorf(MP_EUSAGE, "plan: give both --sequences N and --seq-len T (positive), or neither");
+    mp_job job;
+    int have_tokens = n_seq > 0;
+    if (rc == 0) { /* the tokens file is optional when the shape is given */
+        int extra = 0;
+        char tokset[32] = "calibration.tokens=-";
+        sets[nsets] = tokset;
+        for (int i = 0; i < nsets; i++)
+            extra |= !strncmp(sets[i], "calibration.tokens=", 19);
+        rc = mp_job_load(job_path, sets, nsets + (have_tokens && !extra), &job);
+    }
+    free(sets);
+    mp_config cfg = {0};
+    int64_t model_bytes = 0;
+    if (rc == 0 && mp_mpi_rank() == 0) {
+        char cp[4200];
+        struct stat st;
+        int cfg_only = stat(job.model_path, &st) == 0 && S_ISREG(st.st_mode); /* model.path = a config.json */
+        snprintf(cp, sizeof cp, cfg_only ? "%s" : "%s/config.json", job.model_path);
+        rc = mp_config_load(cp, &cfg);
+        mp_model *m = NULL;
+        if (rc == 0 && !cfg_only && mp_model_open_unchecked(job.model_path, &m) == 0) {
+            for (int i = 0; i < m->ck->nfiles; i++)
+                model_bytes += (int64_t)m->ck->files[i].size;
+            mp_model_close(m);
+        } else if (rc == 0) { /* a config.json alone: the tensors the registry lists, in bf16 */
+            mp_error_clear();
+            mp_tensor_spec *sp = NULL;
+            int ns = 0;
+            rc = mp_registry_list(&cfg, MP_LAYOUT_PER_EXPERT, &sp, &ns);
+            for (int i = 0; i < ns; i++) {
+                int64_t n = 1;
+                for (int k = 0; k < sp[i].ndim; k++)
+                    n *= sp[i].shape[k];
+                model_bytes += 2 * n;
+            }
+            free(sp);
+        }
+        if (rc == 0 && !have_tokens) {
+            mp_tokens t = {0};
+            rc = mp_tokens_read(job.tokens_path, cfg.vocab, &t);
+            if (rc == 0) {
+                n_seq = job.max_sequences > 0 && job.max_sequences < t.n_seq ? job.max_sequences : t.n_seq;
+                seq_len = t.seq_len;
+            }
+            mp_tokens_free(&t);
+        }
+        if (rc == 0) {
+            double fraction = job.delta_fraction;
+            if (job.delta_target_ratio > 0)
+                fraction = mp_fraction_for_ratio(&cfg, job.delta_target_ratio);
+            for (int q = 0; q < job.n_candidates; q++)
+                fraction = q == 0 || job.candidates[q] > fraction ? job.candidates[q] : fraction;
+            if (job.delta_rank > 0) /* a fixed rank: the fraction that gives it for the gate/up shape */
+                fraction = (double)job.delta_rank * (cfg.hidden + cfg.moe_ffn) / ((double)cfg.hidden * cfg.moe_ffn);
+            mp_plan p;
+            mp_plan_make(&cfg, ranks, n_seq, seq_len, model_bytes, fraction, &p);
+            mp_plan_print(&p, &cfg, json, stdout);
+        }
+        mp_config_free(&cfg);
+    }
+    return mp_mpi_agree(rc);
 }
 
 static int cmd_eval(args *a)
@@ -553,14 +549,20 @@ static int cmd_eval(args *a)
     mp_model *m = NULL;
     mp_tokens t = {0};
     rc = open_inputs(model, tokens, max_seqs, &m, &t);
-    mp_calib_opts o = {.stats_dir = NULL, .min_tokens = 0, .want_nll = 1, .quiet = 1};
-    mp_calib_result res;
-    if (rc == 0)
-        rc = mp_calibrate(m, &t, &o, &res);
+    mp_weights w;
+    double nll = 0;
+    int64_t npred = 0;
+    if (rc == 0) {
+        mp_model_weights(m, &w);
+        rc = mp_epf_run(&w, &t, NULL, NULL, &nll, &npred);
+    }
+    if (rc == 0 && mp_mpi_rank() == 0 && !(npred > 0 && isfinite(exp(nll / (double)npred))))
+        rc = mp_errorf(MP_ENUMERIC, "%s: the perplexity is not finite (%lld predicted tokens)", tokens,
+                       (long long)npred);
+    rc = mp_mpi_agree(rc);
     if (rc == 0 && mp_mpi_rank() == 0)
         printf("eval: perplexity %.6f (mean NLL %.6f over %lld predicted tokens, %d sequences x %d)\n",
-               exp(res.nll_sum / (double)res.n_pred), res.nll_sum / (double)res.n_pred, (long long)res.n_pred, t.n_seq,
-               t.seq_len);
+               exp(nll / (double)npred), nll / (double)npred, (long long)npred, t.n_seq, t.seq_len);
     mp_tokens_free(&t);
     mp_model_close(m);
     return rc;
@@ -624,6 +626,8 @@ int main(int argc, char **argv)
         rc = cmd_run(&a, cmd);
     else if (!strcmp(cmd, "eval"))
         rc = cmd_eval(&a);
+    else if (!strcmp(cmd, "plan"))
+        rc = cmd_plan(&a);
     else if (!strcmp(cmd, "export"))
         rc = mp_errorf(MP_EUSAGE, "'%s' is not implemented yet in this version", cmd);
     else

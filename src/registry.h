@@ -14,7 +14,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "config.h"
+#include "model_config.h"
 
 typedef enum { MP_LAYOUT_PER_EXPERT, MP_LAYOUT_FUSED } mp_layout;
 typedef enum { MP_PROJ_GATE, MP_PROJ_UP, MP_PROJ_DOWN } mp_proj;

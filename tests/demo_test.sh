@@ -18,10 +18,10 @@ grep -q "read by $NP rank" "$OUT.log"
 units=$(grep -cE '^ +[0-9]+ +[0-9]+ +[0-9.]+ +[0-9.]+ +[0-9.]+ +[0-9a-f]{16}$' "$OUT.log")
 [ "$units" -eq 16 ] || { echo "expected 16 expert rows, got $units" >&2; exit 1; }
 grep -q "^== calibrate" "$OUT.log"
-[ -f "$OUT/checkpoint/calib/layer0001/DONE" ] || { echo "no committed statistics" >&2; exit 1; }
+[ -f "$OUT/checkpoint/calib/layer0001/DONE" ] && [ -f "$OUT/checkpoint/calib/STAGE" ] || { echo "no committed statistics" >&2; exit 1; }
 grep -q "^== decompose" "$OUT.log"
 [ -f "$OUT/checkpoint/decomp/layer0001/DONE" ] || { echo "no committed decomposition" >&2; exit 1; }
-PAT='^(expert digest: [0-9a-f]{16}|baseline perplexity: .*| +[0-9]+ +[0-9]+ +[0-9.]+% +[0-9.]+% +[0-9.]+%)$'
+PAT='^(expert digest: [0-9a-f]{16}|calibrate: baseline perplexity .*| +[0-9]+ +[0-9]+ +[0-9.]+% +[0-9.]+% +[0-9.]+%)$'
 grep -E "$PAT" "$OUT.log" >"$OUT.digest"
 [ "$(wc -l <"$OUT.digest")" -eq 4 ] || { echo "digest, perplexity or decomposition losses missing" >&2; exit 1; }
 # a second run reuses the model and gives the same digest, perplexity and losses

@@ -7,8 +7,9 @@
 #     exit status 12, and the resumed run equals the uninterrupted one;
 #  3. a truncated unit and a corrupted unit are detected and recomputed;
 #  4. a full file system (small tmpfs) fails with exit 6 naming the file, and
-#     so does a read-only one (leaving the store as it was); a wrong
-#     fingerprint is refused (exit 11) and the directory left untouched.
+#     so does a read-only one (leaving the store as it was); the directory of
+#     another model is refused (exit 11) and left untouched.
+# Killing between the stages and changed parameters: tests/stages_test.sh.
 # Every mpiexec runs under `timeout`: a rank that dies must not leave the
 # others hanging.
 set -u
@@ -138,11 +139,14 @@ fi
 
 ck="$OUT/other"
 cp -r "$OUT/ref" "$ck"
-run 2 "$ck" --set calibration.min_tokens=3
+"$BIN" synth --arch qwen2_moe --out "$OUT/model2" --layers 2 --experts 6 --ffn 48 --n-seq 12 --seq-len 48 \
+    --seed 5 >/dev/null || fail "synth of the other model"
+timeout -k 10 120 "$MPIEXEC" --oversubscribe -n 2 "$BIN" run --quiet --set model.path="$OUT/model2" \
+    --set calibration.tokens="$OUT/model2/tokens.h5" --set checkpoint.dir="$ck" >"$ck.log" 2>&1
 st=$?
 [ $st = 11 ] || fail "fingerprint mismatch: exit $st, expected 11"
-grep -q "parameters differ (min_tokens 16 vs 3" "$ck.log" || fail "mismatch not explained: $(cat "$ck.log")"
+grep -q "made by another job: the model differs" "$ck.log" || fail "mismatch not explained: $(cat "$ck.log")"
 same "$ck"
-echo "another job's checkpoint: refused with exit 11, left untouched"
+echo "another model's checkpoint: refused with exit 11, left untouched"
 rm -rf "$OUT"
 echo "restart test: all passed"

@@ -8,11 +8,23 @@
  * same_stats.sh.   usage: test_d2 DIR */
 #include <hdf5.h>
 
-#include "calibrate.h"
-#include "decomp_stage.h"
+#include "pipeline.h"
 #include "runtime.h"
 #include "synth.h"
 #include "testutil.h"
+
+/* the pipeline on m, t with checkpoint.dir = ckpt and the given keys */
+static int run_job(const mp_model *m, const mp_tokens *t, const char *ckpt, char *const *keys, int nkeys, mp_run *r)
+{
+    char set_ck[700], *sets[8] = {"model.path=x", "calibration.tokens=y", set_ck};
+    snprintf(set_ck, sizeof set_ck, "checkpoint.dir=%s", ckpt);
+    for (int i = 0; i < nkeys; i++)
+        sets[3 + i] = keys[i];
+    mp_job job;
+    MP_CHECK(mp_job_load(NULL, sets, 3 + nkeys, &job));
+    mp_run_opts o = {.quiet = 1};
+    return mp_pipeline_run(&job, m, t, &o, r);
+}
 
 static double attr(hid_t f, const char *name)
 {
@@ -28,9 +40,9 @@ int main(int argc, char **argv)
     CHECK_OK(mp_mpi_init(&argc, &argv));
     if (argc < 2)
         return 2;
-    char model[600], stats[600], dec[600], tok[700];
+    char model[600], ckpt[600], dec[600], tok[700];
     snprintf(model, sizeof model, "%s/model", argv[1]);
-    snprintf(stats, sizeof stats, "%s/out/calib", argv[1]);
+    snprintf(ckpt, sizeof ckpt, "%s/out", argv[1]);
     snprintf(dec, sizeof dec, "%s/out/decomp", argv[1]);
     snprintf(tok, sizeof tok, "%s/tokens.h5", model);
     mp_synth_opts so;
@@ -49,15 +61,10 @@ int main(int argc, char **argv)
     mp_tokens t = {0};
     CHECK_OK(mp_mpi_agree(mp_model_open(model, &m)));
     CHECK_OK(mp_tokens_read(tok, m->cfg.vocab, &t));
-    mp_calib_opts o = {.stats_dir = stats, .min_tokens = 16, .quiet = 1};
-    mp_calib_result cr;
-    CHECK_OK(mp_calibrate(m, &t, &o, &cr));
-    mp_job job;
-    char *sets[] = {"model.path=x", "calibration.tokens=y", "delta.fraction=0.5"};
-    CHECK_OK(mp_job_load(NULL, sets, 3, &job));
-    mp_decomp_result dr;
-    CHECK_OK(mp_decompose(m, &job, stats, dec, 0, &o, &dr));
-    CHECK(dr.n_layers_done == 2);
+    mp_run run;
+    char *keys[] = {"delta.fraction=0.5"};
+    CHECK_OK(run_job(m, &t, ckpt, keys, 1, &run));
+    CHECK(run.ran[MP_STAGE_DECOMPOSE] == 1 && run.layers[MP_STAGE_DECOMPOSE] == 2 && run.kept[MP_STAGE_DECOMPOSE] == 0);
     if (mp_mpi_rank() == 0) {
         static const char *pn[3] = {"gate", "up", "down"};
         double worst_drop = 1e30, worst_tail = 0;
@@ -98,7 +105,7 @@ int main(int argc, char **argv)
     /* delta.weights = fisher with a file in which only expert 1 has weight: its delta vanishes */
     char fisher[700], dec2[700];
     snprintf(fisher, sizeof fisher, "%s-fisher.h5", argv[1]); /* outside DIR: not compared across ranks */
-    snprintf(dec2, sizeof dec2, "%s/out/decomp-fisher", argv[1]);
+    snprintf(dec2, sizeof dec2, "%s/fisher", argv[1]);
     if (mp_mpi_rank() == 0) {
         hid_t f = H5Fcreate(fisher, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
         static const char *pn[3] = {"gate", "up", "down"};
@@ -131,12 +138,11 @@ int main(int argc, char **argv)
     MPI_Barrier(MPI_COMM_WORLD);
     char fset[800];
     snprintf(fset, sizeof fset, "delta.fisher=%s", fisher);
-    char *sets2[] = {"model.path=x", "calibration.tokens=y", "delta.weights=fisher", fset};
-    CHECK_OK(mp_job_load(NULL, sets2, 4, &job));
-    CHECK_OK(mp_decompose(m, &job, stats, dec2, 0, &o, &dr));
+    char *keys2[] = {"delta.weights=fisher", fset};
+    CHECK_OK(run_job(m, &t, dec2, keys2, 2, &run));
     if (mp_mpi_rank() == 0) {
         char path[800];
-        snprintf(path, sizeof path, "%s/layer0001/expert0001.h5", dec2);
+        snprintf(path, sizeof path, "%s/decomp/layer0001/expert0001.h5", dec2);
         hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT), root = H5Gopen2(f, "/", H5P_DEFAULT);
         double en = attr(root, "energy_gate");
         H5Gclose(root), H5Fclose(f);
@@ -144,9 +150,8 @@ int main(int argc, char **argv)
         CHECK(en == 0.0);
     }
     /* a missing Fisher file is an error naming it, on every rank */
-    char *sets3[] = {"model.path=x", "calibration.tokens=y", "delta.weights=fisher", "delta.fisher=/nonexistent.h5"};
-    CHECK_OK(mp_job_load(NULL, sets3, 4, &job));
-    CHECK_ERR(mp_decompose(m, &job, stats, dec2, 0, &o, &dr), MP_ENOENT, "");
+    char *keys3[] = {"delta.weights=fisher", "delta.fisher=/nonexistent.h5"};
+    CHECK_ERR(run_job(m, &t, dec2, keys3, 2, &run), MP_ENOENT, "/nonexistent.h5");
     mp_tokens_free(&t);
     mp_model_close(m);
     int fl = t_failures, all = 0;

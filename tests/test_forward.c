@@ -12,9 +12,9 @@
 
 #include <hdf5.h>
 
-#include "calibrate.h"
-#include "decomp_stage.h"
 #include "fsutil.h"
+#include "pipeline.h"
+#include "weights.h"
 #include "runtime.h"
 #include "stats.h"
 #include "synth.h"
@@ -123,7 +123,32 @@ static void check_grams(const char *stats, const mp_ckpt *ref, int E)
     }
 }
 
-static void run_fixture(const char *name, double tol, const char *stats)
+/* The calibration stage (statistics into ckpt/calib) through the pipeline, or, without ckpt, the forward
+ * pass alone; root gets the NLL sum and the number of predicted tokens. */
+static int calibrate(const mp_model *m, const mp_tokens *tok, const char *ckpt, const char *extra, mp_observer ob,
+                     void *ctx, double *nll, int64_t *npred, int *starved)
+{
+    *starved = 0;
+    if (!ckpt) {
+        mp_weights w;
+        mp_model_weights(m, &w);
+        return mp_epf_run(&w, tok, ob, ctx, nll, npred);
+    }
+    char set_ck[700];
+    snprintf(set_ck, sizeof set_ck, "checkpoint.dir=%s", ckpt);
+    char *sets[] = {"model.path=x", "calibration.tokens=y", set_ck, (char *)extra};
+    mp_job job;
+    MP_CHECK(mp_job_load(NULL, sets, extra ? 4 : 3, &job));
+    mp_run_opts o = {.until = extra ? NULL : "calibrate", .quiet = 1, .fresh = 1, .observe = ob, .observe_ctx = ctx};
+    mp_run r;
+    MP_CHECK(mp_pipeline_run(&job, m, tok, &o, &r));
+    *nll = mp_summary_get(&r.sum[MP_STAGE_CALIBRATE], "nll_sum");
+    *npred = (int64_t)mp_summary_get(&r.sum[MP_STAGE_CALIBRATE], "predicted_tokens");
+    *starved = (int)mp_summary_get(&r.sum[MP_STAGE_CALIBRATE], "starved_experts");
+    return 0;
+}
+
+static void run_fixture(const char *name, double tol, const char *ckpt)
 {
     char dir[512], refp[600];
     snprintf(dir, sizeof dir, "%s/%s", MP_FIXTURES, name);
@@ -138,9 +163,10 @@ static void run_fixture(const char *name, double tol, const char *stats)
     mp_tokens tok = {(int)tt->shape[0], (int)tt->shape[1], malloc(sizeof(int32_t) * (size_t)tt->numel)};
     memcpy(tok.ids, tt->data, sizeof(int32_t) * (size_t)tt->numel);
     o.L = m->cfg.n_layers, o.S = tok.seq_len;
-    mp_calib_opts opt = {.stats_dir = stats, .min_tokens = 16, .want_nll = 1, .quiet = 1, .observe = observe, .observe_ctx = &o};
-    mp_calib_result res;
-    CHECK_OK(mp_calibrate(m, &tok, &opt, &res));
+    double nll = 0;
+    int64_t npred = 0;
+    int starved = 0;
+    CHECK_OK(calibrate(m, &tok, ckpt, NULL, observe, &o, &nll, &npred, &starved));
     double err[64], sc[64];
     MPI_Allreduce(o.err, err, 64, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
     MPI_Allreduce(o.scale, sc, 64, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
@@ -170,15 +196,18 @@ static void run_fixture(const char *name, double tol, const char *stats)
                 ref_nll += mx + log(z) - r[tok.ids[q * tok.seq_len + t + 1]];
             }
         free(lg);
-        double ppl = exp(res.nll_sum / (double)res.n_pred), ref_ppl = exp(ref_nll / (double)res.n_pred);
+        double ppl = exp(nll / (double)npred), ref_ppl = exp(ref_nll / (double)npred);
         printf("%-18s %d tensors vs transformers: max relative error %.2e (tolerance %.0e), ppl %.4f (transformers "
                "%.4f)\n",
                name, n, worst, tol, ppl, ref_ppl);
         CHECK(fabs(ppl - ref_ppl) <= 10 * tol * ref_ppl);
         CHECK(n >= 2 * o.L + 2);
         CHECK(worst <= tol);
-        if (stats)
+        if (ckpt) {
+            char stats[700];
+            snprintf(stats, sizeof stats, "%s/calib", ckpt);
             check_grams(stats, o.ref, m->cfg.n_experts);
+        }
     }
     free(tok.ids);
     mp_ckpt_close(o.ref);
@@ -189,13 +218,15 @@ static void run_fixture(const char *name, double tol, const char *stats)
  * index, expert 3 is never chosen */
 static void starved(const char *root)
 {
-    char dir[600], stats[700], path[1024];
+    char dir[600], ckpt[700], stats[800], dec[800], path[1024];
     snprintf(dir, sizeof dir, "%s/starved_model", root);
-    snprintf(stats, sizeof stats, "%s/starved_stats", root);
+    snprintf(ckpt, sizeof ckpt, "%s/starved_ckpt", root);
+    snprintf(stats, sizeof stats, "%s/calib", ckpt);
+    snprintf(dec, sizeof dec, "%s/decomp", ckpt);
     int rc = 0;
     if (mp_mpi_rank() == 0) {
         char cmd[1500];
-        snprintf(cmd, sizeof cmd, "rm -rf '%s' '%s'", dir, stats);
+        snprintf(cmd, sizeof cmd, "rm -rf '%s' '%s'", dir, ckpt);
         CHECK(system(cmd) == 0);
         mp_synth_opts so;
         mp_synth_defaults(&so);
@@ -225,12 +256,15 @@ static void starved(const char *root)
     snprintf(path, sizeof path, "%s/tokens.h5", dir);
     CHECK_OK(mp_model_open(dir, &m));
     CHECK_OK(mp_tokens_read(path, m ? m->cfg.vocab : 0, &tok));
-    mp_calib_opts opt = {.stats_dir = stats, .min_tokens = 16, .want_nll = 1, .quiet = 1};
-    mp_calib_result res;
-    CHECK_OK(mp_calibrate(m, &tok, &opt, &res));
+    /* calibration and the decomposition of a starved expert, which uses the prior: finite factors */
+    double nll = 0;
+    int64_t npred = 0;
+    int n_starved = 0;
+    CHECK_OK(calibrate(m, &tok, ckpt, "delta.solver=lapack" /* byte-comparable */, NULL, NULL, &nll, &npred,
+                       &n_starved));
     if (mp_mpi_rank() == 0) {
-        CHECK(res.n_starved >= 2); /* expert 3 of both layers */
-        CHECK(isfinite(res.nll_sum));
+        CHECK(n_starved >= 2); /* expert 3 of both layers */
+        CHECK(isfinite(nll));
         mp_expert_stats st;
         mp_stats_path(path, sizeof path, stats, 1, 3);
         CHECK_OK(mp_stats_read(path, &st));
@@ -249,16 +283,8 @@ static void starved(const char *root)
         CHECK_OK(mp_read_file(path, &rep, &n));
         CHECK(rep && strstr(rep, "{\"expert\": 3, \"tokens\": 0, \"prior\": true}"));
         free(rep);
-        printf("starved expert: finished with %d starved experts, prior applied\n", res.n_starved);
+        printf("starved expert: finished with %d starved experts, prior applied\n", n_starved);
     }
-    /* the decomposition of a starved expert uses the prior: finite factors */
-    mp_job job;
-    char *sets[] = {"model.path=x", "calibration.tokens=y", "delta.solver=lapack"}; /* byte-comparable */
-    CHECK_OK(mp_job_load(NULL, sets, 3, &job));
-    char dec[800];
-    snprintf(dec, sizeof dec, "%s/starved_decomp", root);
-    mp_decomp_result dr;
-    CHECK_OK(mp_decompose(m, &job, stats, dec, 0, &opt, &dr));
     if (mp_mpi_rank() == 0) {
         snprintf(path, sizeof path, "%s/layer0001/expert0003.h5", dec);
         hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT), root_g = H5Gopen2(f, "/", H5P_DEFAULT);
@@ -281,7 +307,7 @@ int main(int argc, char **argv)
         return 2;
     }
     char stats[600];
-    snprintf(stats, sizeof stats, "%s/stats", argv[1]);
+    snprintf(stats, sizeof stats, "%s/ckpt", argv[1]);
     if (mp_mpi_rank() == 0) {
         char cmd[700];
         snprintf(cmd, sizeof cmd, "rm -rf '%s' && mkdir -p '%s'", argv[1], argv[1]);

@@ -2,6 +2,8 @@
 #define _GNU_SOURCE
 #include "synth.h"
 
+#include "config.h"
+
 #include <cjson/cJSON.h>
 #include <dirent.h>
 #include <errno.h>

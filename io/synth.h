@@ -27,7 +27,7 @@
 #define MP_SYNTH_H
 #include <stdint.h>
 
-#include "config.h"
+#include "model_config.h"
 #include "dtype.h"
 #include "registry.h"
 

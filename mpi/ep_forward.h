@@ -1,0 +1,58 @@
+/* ep_forward.h - the expert-parallel forward pass, one layer at a time.
+ *
+ * Sequences are split into contiguous ranges, one per rank, and the units of
+ * every MoE layer (routed experts, the shared expert as unit E) have owners
+ * (plan.h: mp_seq_range, mp_unit_owner). One layer on every rank:
+ *   attention  norms and attention of the rank's own sequences (src/forward.h);
+ *   route      router logits, top-k experts and weights of every local token;
+ *   dispatch   every (token, unit) pair to the unit's owner (MPI_Alltoallv);
+ *   experts    the owner sorts what it received by global token index and runs
+ *              each unit in chunks of MP_CHUNK tokens of that order (hooks see
+ *              every chunk: calibration statistics);
+ *   combine    outputs back to the token's rank (MPI_Alltoallv), summed with
+ *              the routing weights in top-k order, then the shared expert.
+ * Every result therefore is bit-identical for any number of ranks (BLAS has
+ * one thread per rank). A rank without sequences or without tokens for its
+ * units still takes part in every collective. All functions but
+ * mp_epf_free are collective over MPI_COMM_WORLD and return the agreed status. */
+#ifndef MP_EP_FORWARD_H
+#define MP_EP_FORWARD_H
+#include <stdint.h>
+
+#include "forward.h"
+#include "tokens.h"
+
+#define MP_CHUNK 256 /* tokens per expert chunk (and statistics block), in global token order */
+
+/* Observer of intermediate results on the local rank (tests): what = "hidden" (index 0 = embeddings,
+ * l + 1 = output of layer l, n_layers + 1 = after the final norm), "router" (index l, width E) or
+ * "logits" (width V). Rows are the tokens of global sequences [seq0, seq0 + nseq) in order. */
+typedef void (*mp_observer)(void *ctx, const char *what, int index, int seq0, int nseq, int width,
+                            const float *rows);
+
+/* Called on the owner of unit u (u = E: the shared expert) of MoE layer l, in unit order. chunk gets the
+ * unit's inputs x [nb, d], its intermediate activations h [nb, f] (h = silu(x Wg^T) * (x Wu^T)) and the
+ * tokens' routing weights w [nb], chunk after chunk in global token order. A negative return is agreed on. */
+typedef struct {
+    void *ctx;
+    int (*begin)(void *ctx, int l, int u, int d, int f);
+    int (*chunk)(void *ctx, int l, int u, const float *x, const float *h, const float *w, int nb);
+    int (*end)(void *ctx, int l, int u);
+} mp_unit_hooks;
+
+typedef struct mp_epf mp_epf;
+
+/* Embed the local sequences of `tok` (every rank holds all of them). */
+int mp_epf_create(const mp_weights *w, const mp_tokens *tok, mp_observer observe, void *observe_ctx,
+                  mp_epf **out);
+/* Layer l (all layers in order): hidden states of the local tokens advance by one layer. hooks may be NULL. */
+int mp_epf_layer(mp_epf *s, int l, const mp_unit_hooks *hooks);
+/* After the last layer: final norm, output head and the next-token NLL; root gets the sum over all
+ * sequences (added in sequence order) and the number of predicted tokens. */
+int mp_epf_head(mp_epf *s, double *nll_sum, int64_t *n_pred);
+void mp_epf_free(mp_epf *s);
+/* The whole forward pass (eval): create, every layer, head. */
+int mp_epf_run(const mp_weights *w, const mp_tokens *tok, mp_observer observe, void *observe_ctx, double *nll_sum,
+               int64_t *n_pred);
+
+#endif
