@@ -11,6 +11,7 @@
 #include "checked.h"
 #include "error.h"
 #include "fsutil.h"
+#include "h5check.h"
 #include "h5util.h"
 
 /* Validate and read dataset `tokens` of the open file f; `what` names the file in messages. */
@@ -136,13 +137,11 @@ out:
 int mp_tokens_read(const char *path, int vocab, mp_tokens *out)
 {
     memset(out, 0, sizeof *out);
-    int fd;
-    size_t size;
-    int rc = mp_open_regular(path, MP_EFORMAT, &fd, &size);
+    /* a regular file whose metadata HDF5 can walk without crashing (h5check.h) */
+    int rc = mp_h5_precheck_path(path, "tokens");
     if (rc == MP_ENOENT)
         return mp_errorf(MP_ENOENT, "%s: tokens file not found", path);
     MP_CHECK(rc);
-    close(fd);
     mp_h5_init();
     hid_t f;
     H5E_BEGIN_TRY { f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT); }
@@ -158,6 +157,7 @@ int mp_tokens_read(const char *path, int vocab, mp_tokens *out)
 int mp_tokens_read_image(const void *buf, size_t n, const char *what, int vocab, mp_tokens *out)
 {
     memset(out, 0, sizeof *out);
+    MP_CHECK(mp_h5_precheck_image(buf, n, what, "tokens"));
     mp_h5_init();
     hid_t fapl = H5Pcreate(H5P_FILE_ACCESS), f = -1;
     char name[64];

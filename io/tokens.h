@@ -1,6 +1,7 @@
 /* tokens.h - calibration token files: HDF5 dataset `tokens`, int32 [n_seq, seq_len].
  *
- * mp_tokens_read validates the file: a regular HDF5 file whose dataset
+ * mp_tokens_read validates the file: a regular HDF5 file (its metadata walked
+ * first, h5check.h, as HDF5 1.10.8 crashes on some damaged files) whose dataset
  * `tokens` is 2-D, of 4-byte signed integers, with data written, sequences of
  * at least 2 tokens (the first token of a sequence is never predicted), at
  * most 2^31 - 1 tokens in all, and (when vocab > 0) every id in [0, vocab).

@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "checked.h"
+#include "factors.h"
 #include "fsutil.h"
 #include "h5util.h"
 #include "model.h"
@@ -742,6 +743,41 @@ static void tokens_cases(void)
     begin("tok_missing");
     snprintf(g_tok, sizeof g_tok, "%s/none.h5", g_case);
     expect("tok_missing", EVAL, MP_ENOENT, "none.h5: tokens file not found");
+
+    /* the damaged file on which HDF5 1.10.8 itself crashes (SIGSEGV in H5Lexists): refused before HDF5
+     * reads it (io/h5check.c) */
+    begin("tok_hdf5_crash_regression");
+    snprintf(g_tok, sizeof g_tok, "%s/t.h5", g_case);
+    {
+        char *b = NULL;
+        size_t n;
+        CHECK_OK(mp_read_file(FX "/fuzz-regressions/hdf5-1.10.8-segv-H5Lexists.h5", &b, &n));
+        put(g_case, "t.h5", b, n);
+        free(b);
+    }
+    expect("tok_hdf5_crash_regression", EVAL | CALIB, MP_EFORMAT,
+           "t.h5: damaged HDF5 file: the root group's local heap has an undefined address");
+
+    /* the same file with only the object header's B-tree address pointing past the end of the file */
+    begin("tok_hdf5_btree_outside");
+    snprintf(g_tok, sizeof g_tok, "%s/t.h5", g_case);
+    {
+        char *b = NULL;
+        size_t n;
+        CHECK_OK(mp_read_file(g_tokens, &b, &n));
+        /* a valid file written by mp_tokens_write (superblock v0): find the root group's symbol table
+         * message (version-1 header: type 0x0011, 16 bytes) and point its B-tree past the end of the file */
+        static const char msg[] = {0x11, 0, 0x10, 0};
+        char *at = b ? memmem(b, n < 512 ? n : 512, msg, 4) : NULL;
+        CHECK(at != NULL);
+        if (at) {
+            uint64_t far = (uint64_t)n + 4096;
+            memcpy(at + 8, &far, 8); /* little-endian host, as the file */
+            put(g_case, "t.h5", b, n);
+        }
+        free(b);
+    }
+    expect("tok_hdf5_btree_outside", EVAL, MP_EFORMAT, "is outside the file of");
 }
 
 static void job_case(const char *name, const char *ini, int code, const char *needle)
@@ -853,6 +889,69 @@ static void tied_cases(void)
 
 /* ---- library-level checks ---------------------------------------------------------------------- */
 
+/* A valid tokens file in one of HDF5's layouts: newest file format or the oldest, a 512-byte user block,
+ * contiguous / chunked / compact / deflated data, `ngroups` groups before it (a B-tree of several symbol
+ * nodes, or dense link storage), `nattr` attributes on it (continuation chunks). */
+static void put_tokens_layout(const char *path, int latest, int userblock, int layout, int ngroups, int nattr)
+{
+    hid_t fcpl = H5Pcreate(H5P_FILE_CREATE), fapl = H5Pcreate(H5P_FILE_ACCESS);
+    if (userblock)
+        H5Pset_userblock(fcpl, 512);
+    if (latest)
+        H5Pset_libver_bounds(fapl, H5F_LIBVER_LATEST, H5F_LIBVER_LATEST);
+    hid_t f = H5Fcreate(path, H5F_ACC_TRUNC, fcpl, fapl);
+    hsize_t d[2] = {3, 5}, ch[2] = {2, 2};
+    int32_t v[15];
+    for (int i = 0; i < 15; i++)
+        v[i] = i + 1;
+    hid_t sp = H5Screate_simple(2, d, NULL), dcpl = H5Pcreate(H5P_DATASET_CREATE), as = H5Screate(H5S_SCALAR);
+    if (layout == 1 || layout == 3)
+        H5Pset_chunk(dcpl, 2, ch);
+    if (layout == 2)
+        H5Pset_layout(dcpl, H5D_COMPACT);
+    if (layout == 3)
+        H5Pset_deflate(dcpl, 6);
+    char nm[32];
+    for (int i = 0; i < ngroups; i++) {
+        snprintf(nm, sizeof nm, "g%03d", i);
+        H5Gclose(H5Gcreate2(f, nm, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT));
+    }
+    hid_t ds = H5Dcreate2(f, "tokens", H5T_STD_I32LE, sp, H5P_DEFAULT, dcpl, H5P_DEFAULT);
+    CHECK(ds >= 0 && H5Dwrite(ds, H5T_NATIVE_INT32, H5S_ALL, H5S_ALL, H5P_DEFAULT, v) >= 0);
+    for (int i = 0; i < nattr; i++) {
+        snprintf(nm, sizeof nm, "attr%03d", i);
+        hid_t a = H5Acreate2(ds, nm, H5T_STD_I32LE, as, H5P_DEFAULT, H5P_DEFAULT);
+        H5Awrite(a, H5T_NATIVE_INT, &i);
+        H5Aclose(a);
+    }
+    H5Dclose(ds), H5Sclose(as), H5Pclose(dcpl), H5Sclose(sp), H5Fclose(f), H5Pclose(fcpl), H5Pclose(fapl);
+}
+
+/* the structural pre-check (io/h5check.c) refuses none of HDF5's own layouts */
+static void h5check_layouts(void)
+{
+    char path[800];
+    snprintf(path, sizeof path, "%s/layout.h5", g_root);
+    int n = 0;
+    for (int latest = 0; latest < 2; latest++)
+        for (int ub = 0; ub < 2; ub++)
+            for (int layout = 0; layout < 4; layout++)
+                for (int ng = 0; ng <= 100; ng += 100)
+                    for (int na = 0; na <= 40; na += 40) {
+                        put_tokens_layout(path, latest, ub, layout, ng, na);
+                        mp_tokens t;
+                        int rc = mp_tokens_read(path, 128, &t);
+                        CHECK(rc == 0 && t.n_seq == 3 && t.seq_len == 5 && t.ids[14] == 15);
+                        if (rc < 0)
+                            fprintf(stderr, "layout latest %d userblock %d layout %d groups %d attributes %d: %s\n",
+                                    latest, ub, layout, ng, na, mp_error_message());
+                        if (rc == 0)
+                            mp_tokens_free(&t);
+                        n++;
+                    }
+    printf("h5check: %d valid HDF5 layouts read\n", n);
+}
+
 static void library_checks(void)
 {
     /* a message may be built from the current message (it used to overwrite itself) */
@@ -880,6 +979,13 @@ static void library_checks(void)
     CHECK(mp_dims_product(d4, 4, MP_MAX_ELEMS, &prod) < 0);
     CHECK(mp_dims_product(d5, 2, MP_MAX_ELEMS, &prod) == 0 && prod == 0);
     CHECK(mp_mul_i64(INT64_MAX, 2, &prod) < 0 && mp_mul_i64(-1, 2, &prod) < 0);
+
+    /* a damaged HDF5 file as the Fisher weights (delta.fisher) is refused before HDF5 reads it, too */
+    float fw[4];
+    CHECK(mp_fisher_read_rows(FX "/fuzz-regressions/hdf5-1.10.8-segv-H5Lexists.h5", 0, 0, 0, 2, 2, 0, 2, fw) ==
+          MP_EFORMAT);
+    CHECK(strstr(mp_error_message(), "damaged HDF5 file: the root group's local heap has an undefined address"));
+    mp_error_clear();
 
     /* shard names an index may hold */
     const char *why;
@@ -912,6 +1018,7 @@ int main(void)
     job_cases();
     tied_cases();
     library_checks();
+    h5check_layouts();
 
     printf("bad_input_cli: %d cases\n", g_ncases);
     if (t_failures == 0) {
