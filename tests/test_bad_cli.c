@@ -12,6 +12,7 @@
 #include <cjson/cJSON.h>
 #include <dirent.h>
 #include <hdf5.h>
+#include <math.h>
 #include <stdint.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -860,6 +861,36 @@ static int edit_head_shape(mp_st_decl *d, const mp_tensor **from, int n, int cap
     return n;
 }
 
+static int edit_drop_head(mp_st_decl *d, const mp_tensor **from, int n, int cap)
+{
+    (void)cap;
+    int k = 0;
+    for (int i = 0; i < n; i++)
+        if (strcmp(d[i].name, "lm_head.weight") != 0) {
+            d[k] = d[i];
+            from[k++] = from[i];
+        }
+    return k;
+}
+
+/* the perplexity `moepack eval` prints for `model` on the suite's tokens (NAN when it fails) */
+static double eval_ppl(const char *model)
+{
+    char cmd[3000], outf[800], *t = NULL;
+    size_t n;
+    snprintf(outf, sizeof outf, "%s/ppl.txt", g_case);
+    snprintf(cmd, sizeof cmd, "timeout 120 '%s' eval --model '%s' --tokens '%s' >'%s' 2>&1", MOEPACK_BIN, model,
+             g_tokens, outf);
+    double ppl = NAN;
+    if (system(cmd) == 0 && mp_read_file(outf, &t, &n) == 0) {
+        const char *at = strstr(t, "perplexity ");
+        if (!at || sscanf(at, "perplexity %lf", &ppl) != 1)
+            ppl = NAN;
+    }
+    free(t);
+    return ppl;
+}
+
 static void tied_cases(void)
 {
     /* transformers keeps a different lm_head.weight when tie_word_embeddings is true: a note, not an error */
@@ -878,6 +909,19 @@ static void tied_cases(void)
         CHECK(m && m->head_untied == 0 && !strcmp(m->head_name, "model.embed_tokens.weight"));
         mp_model_close(m);
     }
+
+    /* and the forward pass computes with the file's head: the perplexity of the untied fixture, while the
+     * same model without lm_head.weight (the embedding as the head) gives another one */
+    double untied = eval_ppl(FX "/mixtral_f32"), file_head = eval_ppl(g_model);
+    begin("tied_no_head");
+    model_from("mixtral_f32");
+    config_set("tie_word_embeddings", "true");
+    rewrite_model(edit_drop_head);
+    double emb_head = eval_ppl(g_model);
+    printf("tied embeddings: perplexity untied %.6f, tied with the file's lm_head %.6f, tied without one %.6f\n",
+           untied, file_head, emb_head);
+    CHECK(isfinite(untied) && file_head == untied);
+    CHECK(isfinite(emb_head) && emb_head != untied);
 
     begin("tied_head_wrong_shape");
     model_from("mixtral_f32");
