@@ -814,6 +814,9 @@ static void job_cases(void)
     job_case("job_bad_solver", "[model]\npath = @M\n[calibration]\ntokens = @T\n[delta]\nsolver = magic\n", MP_EUSAGE,
              "job.ini:6: bad value 'magic' for delta.solver");
     job_case("job_no_tokens", "[model]\npath = @M\n", MP_EUSAGE, "job.ini: calibration.tokens is not set");
+    begin("eval_negative_max_sequences");
+    snprintf(g_extra, sizeof g_extra, "--max-sequences -5");
+    expect("eval_negative_max_sequences", EVAL, MP_EUSAGE, "eval: --max-sequences -5: expected N >= 0");
     {
         char ini[1200], longp[400];
         memset(longp, 'a', 300);
