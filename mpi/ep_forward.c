@@ -52,15 +52,14 @@ static void moe_buf_free(moe_buf *b)
 
 static int has_shared(const mp_config *c) { return c->n_shared > 0 && c->shared_ffn > 0; }
 
+/* what the model cannot compute is a config problem (mp_forward_supported: MP_ECONFIG, which also bounds
+ * top-k and the experts per layer); tokens that do not fit the model are bad input data (MP_EFORMAT, the
+ * README's code for a bad tokens file), never a usage error */
 static int check_inputs(const mp_config *c, const mp_tokens *tok)
 {
     MP_CHECK(mp_forward_supported(c));
-    if (c->top_k > 63)
-        return mp_errorf(MP_EUSAGE, "top-k %d is larger than supported (63)", c->top_k);
-    if (c->n_experts > 4096)
-        return mp_errorf(MP_EUSAGE, "%d experts per layer is more than supported (4096)", c->n_experts);
     if (tok->seq_len > c->max_pos)
-        return mp_errorf(MP_EUSAGE, "calibration sequences of %d tokens are longer than the model's %d positions",
+        return mp_errorf(MP_EFORMAT, "calibration sequences of %d tokens are longer than the model's %d positions",
                          tok->seq_len, c->max_pos);
     for (int64_t i = 0; i < (int64_t)tok->n_seq * tok->seq_len; i++)
         if (tok->ids[i] < 0 || tok->ids[i] >= c->vocab)
@@ -121,6 +120,7 @@ static int route(const mp_epf *s, const mp_layer_w *lw, int l, moe_buf *b)
     b->idx = malloc(sizeof(int) * (size_t)(T * J + 1));
     if (!b->logits || !b->wt || !b->idx)
         return mp_errorf(MP_ENOMEM, "out of memory routing %lld tokens", (long long)T);
+    _Static_assert(MP_FORWARD_MAX_TOPK < 64, "ik/wk hold the top-k experts (mp_forward_supported bounds k)");
     int ik[64];
     float wk[64];
     for (int64_t t = 0; t < T; t++) {

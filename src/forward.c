@@ -176,6 +176,7 @@ void mp_route(const mp_config *c, const mp_layer_w *w, const float *x, int n, fl
 {
     int E = c->n_experts, K = c->top_k, d = c->hidden;
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, E, d, 1.0f, x, d, w->router, d, 0.0f, logits, E);
+    _Static_assert(MP_FORWARD_MAX_EXPERTS <= 4096, "p holds one token's router probabilities");
     float p[4096];
     for (int t = 0; t < n; t++) {
         const float *lg = logits + (int64_t)t * E;

@@ -299,6 +299,28 @@ static void starved(const char *root)
     mp_model_close(m);
 }
 
+/* Tokens the model cannot take reach the forward pass only through the library (the command line refuses them
+ * first): bad input data (MP_EFORMAT, exit 5), not a usage error; agreed by every rank. */
+static void tokens_too_long(void)
+{
+    mp_model *m = NULL;
+    CHECK_OK(mp_model_open(MP_FIXTURES "/mixtral_f32", &m));
+    if (!m)
+        return;
+    mp_tokens tok = {2, m->cfg.max_pos + 1, NULL};
+    tok.ids = calloc((size_t)tok.n_seq * (size_t)tok.seq_len, sizeof *tok.ids);
+    mp_weights w;
+    mp_model_weights(m, &w);
+    double nll = 0;
+    int64_t npred = 0;
+    int rc = mp_epf_run(&w, &tok, NULL, NULL, &nll, &npred);
+    CHECK(rc == MP_EFORMAT);
+    CHECK(strstr(mp_error_message(), "longer than the model's") != NULL);
+    mp_error_clear();
+    free(tok.ids);
+    mp_model_close(m);
+}
+
 int main(int argc, char **argv)
 {
     CHECK_OK(mp_mpi_init(&argc, &argv));
@@ -325,6 +347,7 @@ int main(int argc, char **argv)
         run_fixture(fx[i].name, fx[i].tol, NULL);
     run_fixture("qwen2_moe_f32", 1e-4, stats);
     starved(argv[1]);
+    tokens_too_long();
     int f = t_failures, all = 0;
     MPI_Allreduce(&f, &all, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
     mp_mpi_finalize();
