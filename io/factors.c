@@ -4,6 +4,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "error.h"
 #include "h5check.h"
@@ -177,6 +178,119 @@ int mp_fisher_read_rows(const char *path, int l, int e, int p, int64_t rows, int
         H5Sclose(sp);
     if (ds >= 0)
         H5Dclose(ds);
+    H5Fclose(f);
+    return rc;
+}
+
+/* dataset `name` of f as `mtype` into a new buffer of `esz`-byte elements; its dims into dm (rank <= 2) */
+static int read_whole(hid_t f, const char *path, const char *name, hid_t mtype, size_t esz, int want_rank,
+                      hsize_t dm[2], void **out)
+{
+    *out = NULL;
+    dm[0] = dm[1] = 1;
+    hid_t ds = H5Dopen2(f, name, H5P_DEFAULT), sp = ds >= 0 ? H5Dget_space(ds) : -1;
+    int rc = 0;
+    if (ds < 0)
+        rc = mp_errorf(MP_EFORMAT, "%s: dataset '%s' is missing", path, name);
+    else if (sp < 0 || H5Sget_simple_extent_ndims(sp) != want_rank || H5Sget_simple_extent_dims(sp, dm, NULL) < 0)
+        rc = mp_errorf(MP_EFORMAT, "%s: dataset '%s' must have %d dimension(s)", path, name, want_rank);
+    size_t n = rc == 0 ? (size_t)dm[0] * (size_t)(want_rank == 2 ? dm[1] : 1) : 0;
+    if (rc == 0 && dm[0] > ((hsize_t)1 << 40) / (want_rank == 2 && dm[1] ? dm[1] : 1))
+        rc = mp_errorf(MP_EFORMAT, "%s: dataset '%s' is implausibly large", path, name);
+    if (rc == 0 && !(*out = malloc(esz * (n + 1))))
+        rc = mp_errorf(MP_ENOMEM, "out of memory reading %s of %s", name, path);
+    if (rc == 0 && n && H5Dread(ds, mtype, H5S_ALL, H5S_ALL, H5P_DEFAULT, *out) < 0)
+        rc = mp_errorf(MP_EFORMAT, "%s: cannot read dataset '%s'", path, name);
+    if (rc < 0) {
+        free(*out);
+        *out = NULL;
+    }
+    if (sp >= 0)
+        H5Sclose(sp);
+    if (ds >= 0)
+        H5Dclose(ds);
+    return rc;
+}
+
+static int finite_f32(const float *v, size_t n, const char *path, const char *name)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(v[i]))
+            return mp_errorf(MP_ENUMERIC, "%s: dataset '%s' holds a NaN or an infinity at element %zu", path, name, i);
+    return 0;
+}
+
+void mp_factors_data_free(mp_factors_data *d)
+{
+    free(d->U), free(d->V), free(d->sigma);
+    d->U = d->V = NULL, d->sigma = NULL;
+}
+
+int mp_factors_read(const char *path, int p, int64_t rows, int64_t cols, mp_factors_data *out)
+{
+    memset(out, 0, sizeof *out);
+    mp_h5_init();
+    hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    if (f < 0)
+        return mp_errorf(MP_ENOENT, "%s: cannot open the factor file", path);
+    char nu[32], nv[32], ns[32], ne[32];
+    snprintf(nu, sizeof nu, "U_%s", PN[p]), snprintf(nv, sizeof nv, "V_%s", PN[p]);
+    snprintf(ns, sizeof ns, "sigma_%s", PN[p]), snprintf(ne, sizeof ne, "energy_%s", PN[p]);
+    hsize_t du[2], dv[2], dsg[2];
+    void *U = NULL, *V = NULL, *S = NULL;
+    int rc = read_whole(f, path, nu, H5T_NATIVE_FLOAT, sizeof(float), 2, du, &U);
+    if (rc == 0)
+        rc = read_whole(f, path, nv, H5T_NATIVE_FLOAT, sizeof(float), 2, dv, &V);
+    if (rc == 0)
+        rc = read_whole(f, path, ns, H5T_NATIVE_DOUBLE, sizeof(double), 1, dsg, &S);
+    out->U = U, out->V = V, out->sigma = S;
+    if (rc == 0 && (du[0] != (hsize_t)rows || dv[1] != (hsize_t)cols || du[1] != dv[0]))
+        rc = mp_errorf(MP_EFORMAT, "%s: factors %s [%llu, %llu] and %s [%llu, %llu] do not make a [%lld, %lld] block",
+                       path, nu, (unsigned long long)du[0], (unsigned long long)du[1], nv, (unsigned long long)dv[0],
+                       (unsigned long long)dv[1], (long long)rows, (long long)cols);
+    if (rc == 0) {
+        out->rank = (int64_t)du[1], out->k = (int64_t)dsg[0];
+        hid_t a = H5Aopen(f, ne, H5P_DEFAULT);
+        if (a < 0 || H5Aread(a, H5T_NATIVE_DOUBLE, &out->energy) < 0)
+            rc = mp_errorf(MP_EFORMAT, "%s: attribute '%s' is missing or unreadable", path, ne);
+        if (a >= 0)
+            H5Aclose(a);
+    }
+    if (rc == 0 && out->k < out->rank)
+        rc = mp_errorf(MP_EFORMAT, "%s: dataset '%s' is shorter than the rank %lld", path, ns, (long long)out->rank);
+    if (rc == 0)
+        rc = finite_f32(out->U, (size_t)(rows * out->rank), path, nu);
+    if (rc == 0)
+        rc = finite_f32(out->V, (size_t)(out->rank * cols), path, nv);
+    for (int64_t i = 0; rc == 0 && i < out->k; i++)
+        if (!isfinite(out->sigma[i]) || out->sigma[i] < 0)
+            rc = mp_errorf(MP_ENUMERIC, "%s: dataset '%s' holds a bad singular value at %lld", path, ns, (long long)i);
+    if (rc == 0 && !(isfinite(out->energy) && out->energy >= 0))
+        rc = mp_errorf(MP_ENUMERIC, "%s: attribute '%s' is not a finite energy", path, ne);
+    if (rc < 0)
+        mp_factors_data_free(out);
+    H5Fclose(f);
+    return rc;
+}
+
+int mp_base_read(const char *path, int p, int64_t rows, int64_t cols, float *out)
+{
+    mp_h5_init();
+    hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    if (f < 0)
+        return mp_errorf(MP_ENOENT, "%s: cannot open the base file", path);
+    char nm[32];
+    snprintf(nm, sizeof nm, "base_%s", PN[p]);
+    hsize_t dm[2];
+    void *b = NULL;
+    int rc = read_whole(f, path, nm, H5T_NATIVE_FLOAT, sizeof(float), 2, dm, &b);
+    if (rc == 0 && (dm[0] != (hsize_t)rows || dm[1] != (hsize_t)cols))
+        rc = mp_errorf(MP_EFORMAT, "%s: dataset '%s' must be [%lld, %lld]", path, nm, (long long)rows, (long long)cols);
+    if (rc == 0)
+        rc = finite_f32(b, (size_t)(rows * cols), path, nm);
+    if (rc == 0)
+        memcpy(out, b, sizeof(float) * (size_t)(rows * cols));
+    free(b);
     H5Fclose(f);
     return rc;
 }

@@ -39,6 +39,18 @@ int mp_base_save(const char *path, float *const base[3], const int64_t rows[3], 
 /* Projection p of an expert file: its rank, ||Delta S||^2 and the energy the kept rank captures
  * (sum of the first `rank` sigma^2): the whitened truncation loss is energy - kept. */
 int mp_factors_read_loss(const char *path, int p, int64_t *rank, double *energy, double *kept);
+/* Projection p of an expert file, read whole: U [rows, rank], V [rank, cols] fp32, sigma [k] fp64
+ * (malloc'ed; free with mp_factors_data_free), rank, energy (||Delta S||_F^2). rows/cols are checked
+ * against the caller's. MP_ENOENT / MP_EFORMAT naming the file and dataset, MP_ENUMERIC for NaN/Inf. */
+typedef struct {
+    int64_t rank, k;
+    float *U, *V;
+    double *sigma, energy;
+} mp_factors_data;
+int mp_factors_read(const char *path, int p, int64_t rows, int64_t cols, mp_factors_data *out);
+void mp_factors_data_free(mp_factors_data *d);
+/* base_<p> [rows, cols] of a layer's base.h5 into out (checked shape, finite). */
+int mp_base_read(const char *path, int p, int64_t rows, int64_t cols, float *out);
 /* Rows [lo, hi) of the Fisher weights of expert e, projection p, layer l (dataset [rows, cols]). */
 int mp_fisher_read_rows(const char *path, int l, int e, int p, int64_t rows, int64_t cols, int64_t lo, int64_t hi,
                         float *out);

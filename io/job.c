@@ -15,6 +15,7 @@
 
 #include "error.h"
 #include "fsutil.h"
+#include "quant.h"
 #include "store.h"
 
 typedef struct {
@@ -57,7 +58,7 @@ static int set_double(double *dst, const char *v, double lo, double hi)
     return 0;
 }
 
-typedef enum { K_PATH, K_FILE, K_INT, K_REAL, K_BOOL, K_CHOICE, K_LIST } key_type;
+typedef enum { K_PATH, K_FILE, K_INT, K_REAL, K_BOOL, K_CHOICE, K_LIST, K_TEXT } key_type;
 
 /* every job key: name, type, field, default text, range (numbers) or choices (|-separated), meaning */
 typedef struct {
@@ -93,6 +94,31 @@ static const key_def KEYS[] = {
     {"delta.solver", K_CHOICE, F(delta_solver), "auto", 0, 0, "auto|lapack|randomized|scalapack", "SVD solver"},
     {"checkpoint.dir", K_PATH, F(ckpt_dir), "", 0, 0, NULL, "stage results (default <output.dir>/checkpoint)"},
     {"output.dir", K_PATH, F(out_dir), "moepack-out", 0, 0, NULL, "results of the job"},
+    {"calibration.sample_tokens", K_INT, F(sample_tokens), "256", 0, 1 << 20, NULL,
+     "routed inputs kept per expert (a deterministic sample) to measure activation formats"},
+    {"quant.formats", K_TEXT, F(quant_formats), "fp16,w8,w4,w4g128,w3g128,w2g128,w2g64", 0, 0, NULL,
+     "candidate formats, comma-separated (fp16 w8 w4 w4g128 w3g128 w2g128 w2g64 w8a8 w4a4)"},
+    {"quant.method", K_CHOICE, F(quant_method), "gptq", 0, 0, "gptq|rtn", "quantizer"},
+    {"quant.percdamp", K_REAL, F(quant_percdamp), "0.01", 1e-12, 10.0, NULL,
+     "GPTQ damping, relative to mean(diag H) (raised x10 and retried when the Cholesky fails)"},
+    {"quant.act_order", K_BOOL, F(quant_act_order), "true", 0, 0, NULL, "GPTQ act-order (with static groups)"},
+    {"quant.factor_formats", K_CHOICE, F(factor_formats), "independent", 0, 0, "independent|same",
+     "a delta's U and V take formats independently, or the same format"},
+    {"quant.tie_gate_up", K_BOOL, F(tie_gate_up), "true", 0, 0, NULL,
+     "gate and up of an expert share one format (fused kernels)"},
+    {"measure.batch_tokens", K_INT, F(batch_tokens), "4096", 1, 1 << 30, NULL,
+     "design batch (tokens) of the cost model; an expert runs its routed share of it"},
+    {"measure.device", K_FILE, F(device_path), "", 0, 0, NULL,
+     "device profile (JSON, see jobs/devices/); default: built-in H100 SXM"},
+    {"measure.timings", K_FILE, F(timings_path), "", 0, 0, NULL,
+     "measured kernel timings (format, m, n, M, seconds) replacing the cost model where they match"},
+    {"budget.bits_per_weight", K_REAL, F(budget_bits), "3.25", 0.01, 64.0, NULL,
+     "memory budget in bits per compressible (MoE expert) weight"},
+    {"budget.bytes", K_REAL, F(budget_bytes), "0", 0, 9.0e15, NULL, "budget in bytes; > 0 replaces bits_per_weight"},
+    {"allocate.r", K_REAL, F(alloc_r), "1", 0.0, 1.0, NULL,
+     "accuracy-speed trade-off: minimise r log(loss) + (1 - r) log(time) (1 = loss only)"},
+    {"output.shard_bytes", K_REAL, F(shard_bytes), "4294967296", 1048576.0, 9.0e15, NULL,
+     "largest size of one output shard (a tensor larger than that gets a shard of its own)"},
 };
 #undef F
 #define NKEYS ((int)(sizeof KEYS / sizeof KEYS[0]))
@@ -140,6 +166,11 @@ static int apply(mp_job *j, const char *base, const char *sec, const char *key, 
         if (!strcmp(v, "false") || !strcmp(v, "0") || !strcmp(v, "no"))
             return *(int *)field = 0, 0;
         return -1;
+    case K_TEXT:
+        if (strlen(v) >= k->cap)
+            return -1;
+        snprintf(field, k->cap, "%s", v);
+        return 0;
     case K_CHOICE:
         if (!is_choice(k->choices, v) || strlen(v) >= k->cap)
             return -1;
@@ -183,6 +214,7 @@ int mp_job_key_text(const mp_job *j, const char *name, char *buf, size_t cap)
     switch (k->type) {
     case K_PATH:
     case K_CHOICE:
+    case K_TEXT:
         snprintf(buf, cap, "%s", field);
         break;
     case K_FILE: {
@@ -333,6 +365,15 @@ int mp_job_load(const char *path, char *const *sets, int nsets, mp_job *job)
         return mp_errorf(MP_EUSAGE, "%s: calibration.tokens is not set", path ? path : "job");
     if (!strcmp(job->delta_weights, "fisher") && !job->fisher_path[0])
         return mp_errorf(MP_EUSAGE, "%s: delta.weights = fisher needs delta.fisher = FILE", path ? path : "job");
+    {
+        const mp_qformat *fm[32];
+        int nf = 0;
+        if (mp_qformat_parse_list(job->quant_formats, fm, 32, &nf) < 0) {
+            char msg[700];
+            snprintf(msg, sizeof msg, "%s", mp_error_message());
+            return mp_errorf(MP_EUSAGE, "%s: quant.formats: %s", path ? path : "job", msg);
+        }
+    }
     if (!job->ckpt_dir[0]) {
         int n = snprintf(job->ckpt_dir, sizeof job->ckpt_dir, "%s/checkpoint", job->out_dir);
         if (n >= (int)sizeof job->ckpt_dir)

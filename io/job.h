@@ -46,6 +46,22 @@ typedef struct {
     double delta_target_ratio; /* 0; > 0: solve the fraction for this overall compression ratio */
     int n_candidates;          /* candidate fractions for the global allocator (factors kept at the largest) */
     double candidates[16];
+    int sample_tokens;         /* calibration.sample_tokens: routed inputs kept per expert for activation formats */
+    /* [quant], [measure]: the options of every block (DESIGN section 4) */
+    char quant_formats[512];   /* candidate formats, comma-separated names of src/quant.h's table */
+    char quant_method[8];      /* "gptq" | "rtn" */
+    double quant_percdamp;     /* GPTQ damping relative to mean(diag H) */
+    int quant_act_order;       /* GPTQ act-order (static groups) */
+    char factor_formats[16];   /* "independent" | "same": formats of a delta's U and V */
+    int tie_gate_up;           /* gate and up of an expert share one format */
+    int batch_tokens;          /* measure.batch_tokens: design batch of the cost model */
+    char device_path[4096];    /* measure.device: device profile (JSON); empty = built-in H100 SXM */
+    char timings_path[4096];   /* measure.timings: measured kernel timings replacing the model */
+    /* [budget], [allocate], [output] */
+    double budget_bits;        /* budget.bits_per_weight over the compressible weights */
+    double budget_bytes;       /* budget.bytes; > 0 replaces bits_per_weight */
+    double alloc_r;            /* allocate.r: 1 = loss only; < 1: r log L + (1 - r) log T */
+    double shard_bytes;        /* output.shard_bytes: the largest shard */
 } mp_job;
 
 /* path may be NULL (all keys from sets). sets: "section.key=value" strings. */

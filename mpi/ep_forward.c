@@ -235,6 +235,7 @@ static int run_unit(const mp_epf *s, const mp_layer_w *lw, int l, int u, const m
     int d = s->d, shared = u == s->E, f = shared ? cfg->shared_ffn : cfg->moe_ffn, rc = 0;
     const float *wg, *wu, *wd;
     float *own = NULL, *X = NULL, *Y = NULL, *Hm = NULL, *W = NULL;
+    int64_t *G = NULL;
     if (shared) {
         wg = lw->sh_gate, wu = lw->sh_up, wd = lw->sh_down;
     } else {
@@ -253,7 +254,8 @@ static int run_unit(const mp_epf *s, const mp_layer_w *lw, int l, int u, const m
     Y = malloc(sizeof(float) * MP_CHUNK * (size_t)d);
     Hm = malloc(sizeof(float) * MP_CHUNK * (size_t)f);
     W = malloc(sizeof(float) * MP_CHUNK);
-    if (!X || !Y || !Hm || !W) {
+    G = malloc(sizeof(int64_t) * MP_CHUNK);
+    if (!X || !Y || !Hm || !W || !G) {
         rc = mp_errorf(MP_ENOMEM, "out of memory for expert %d of layer %d", u, l);
         goto out;
     }
@@ -262,17 +264,18 @@ static int run_unit(const mp_epf *s, const mp_layer_w *lw, int l, int u, const m
         for (int i = 0; i < nb; i++) {
             memcpy(X + (size_t)i * d, b->rx + (size_t)ix[c0 + i] * d, sizeof(float) * (size_t)d);
             W[i] = b->rmeta[ix[c0 + i]].w;
+            G[i] = b->rmeta[ix[c0 + i]].g;
         }
         MP_CHECK_GOTO(mp_swiglu(wg, wu, wd, X, nb, d, f, Y, Hm), out);
         for (int i = 0; i < nb; i++)
             memcpy(b->ry + (size_t)ix[c0 + i] * d, Y + (size_t)i * d, sizeof(float) * (size_t)d);
         if (hk)
-            MP_CHECK_GOTO(hk->chunk(hk->ctx, l, u, X, Hm, W, nb), out);
+            MP_CHECK_GOTO(hk->chunk(hk->ctx, l, u, X, Hm, W, G, nb), out);
     }
     if (hk)
         rc = hk->end(hk->ctx, l, u);
 out:
-    free(own), free(X), free(Y), free(Hm), free(W);
+    free(own), free(X), free(Y), free(Hm), free(W), free(G);
     return rc;
 }
 

@@ -31,12 +31,14 @@ typedef void (*mp_observer)(void *ctx, const char *what, int index, int seq0, in
                             const float *rows);
 
 /* Called on the owner of unit u (u = E: the shared expert) of MoE layer l, in unit order. chunk gets the
- * unit's inputs x [nb, d], its intermediate activations h [nb, f] (h = silu(x Wg^T) * (x Wu^T)) and the
- * tokens' routing weights w [nb], chunk after chunk in global token order. A negative return is agreed on. */
+ * unit's inputs x [nb, d], its intermediate activations h [nb, f] (h = silu(x Wg^T) * (x Wu^T)), the
+ * tokens' routing weights w [nb] and their global token indices tok [nb] (sequence * seq_len + position,
+ * strictly increasing; the same for any number of ranks), chunk after chunk in global token order. The
+ * arrays are valid during the call only. A negative return is agreed on. */
 typedef struct {
     void *ctx;
     int (*begin)(void *ctx, int l, int u, int d, int f);
-    int (*chunk)(void *ctx, int l, int u, const float *x, const float *h, const float *w, int nb);
+    int (*chunk)(void *ctx, int l, int u, const float *x, const float *h, const float *w, const int64_t *tok, int nb);
     int (*end)(void *ctx, int l, int u);
 } mp_unit_hooks;
 

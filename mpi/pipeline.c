@@ -9,16 +9,23 @@
 
 #include "calibrate.h"
 #include "decomp_stage.h"
+#include "measure_stage.h"
+#include "alloc_stage.h"
 #include "error.h"
 #include "fsutil.h"
 #include "runtime.h"
 #include "weights.h"
 
 static const char *const CALIB_KEYS[] = {"calibration.tokens", "calibration.min_tokens", "calibration.max_sequences",
-                                         NULL};
+                                         "calibration.sample_tokens", NULL};
 static const char *const DECOMP_KEYS[] = {"delta.weights", "delta.fisher",     "delta.fraction",
                                           "delta.rank",    "delta.target_ratio", "delta.candidates",
                                           "delta.lambda",  "delta.solver",       NULL};
+static const char *const MEASURE_KEYS[] = {"quant.formats",        "quant.method",   "quant.percdamp",
+                                           "quant.act_order",      "measure.batch_tokens", "measure.device",
+                                           "measure.timings",      NULL};
+static const char *const ALLOC_KEYS[] = {"budget.bits_per_weight", "budget.bytes", "allocate.r", "quant.tie_gate_up",
+                                         "quant.factor_formats", NULL};
 
 static int always(const mp_job *job)
 {
@@ -30,10 +37,15 @@ static int delta_on(const mp_job *job) { return job->delta_enabled; }
 
 /* Adding a stage is one entry here (and its index in pipeline.h). */
 static const mp_stage STAGES[MP_NSTAGES] = {
-    {"calibrate", "calib", "calibrate v3 (statistics chunk 256)", "expert-parallel forward pass, per-expert statistics",
-     CALIB_KEYS, 0, always, mp_calib_begin, mp_calib_layer, mp_calib_end, mp_calib_print},
+    {"calibrate", "calib", "calibrate v4 (statistics chunk 256, packed Grams, token samples)",
+     "expert-parallel forward pass, per-expert statistics", CALIB_KEYS, 0, always, mp_calib_begin, mp_calib_layer,
+     mp_calib_end, mp_calib_print},
     {"decompose", "decomp", "decompose v2", "D2 base + whitened low-rank deltas", DECOMP_KEYS, 1, delta_on,
      mp_decomp_begin, mp_decomp_layer, mp_decomp_end, mp_decomp_print},
+    {"measure", "measure", "measure v1", "loss, bytes and cost of every block under every option", MEASURE_KEYS, 1,
+     always, mp_measure_begin, mp_measure_layer, mp_measure_end, mp_measure_print},
+    {"allocate", "alloc", "allocate v1", "one global allocation of ranks and formats under the budget", ALLOC_KEYS, 1,
+     always, mp_allocate_begin, mp_allocate_layer, mp_allocate_end, mp_allocate_print},
 };
 
 const mp_stage *mp_stages(int *n)
@@ -164,8 +176,8 @@ static void print_stage(const mp_run *r, int s, FILE *out)
     if (r->o->log_json) {
         fprintf(out,
                 "{\"event\": \"stage_done\", \"stage\": \"%s\", \"kept\": %s, \"layers\": %d, \"layers_kept\": %d, "
-                "\"peak_rss_bytes\": %.0f",
-                st->name, r->ran[s] == 2 ? "true" : "false", r->layers[s], r->kept[s], r->peak_rss[s]);
+                "\"peak_rss_bytes\": %.0f, \"seconds\": %.3f",
+                st->name, r->ran[s] == 2 ? "true" : "false", r->layers[s], r->kept[s], r->peak_rss[s], r->seconds[s]);
         for (int i = 0; i < r->sum[s].n; i++)
             fprintf(out, ", \"%s\": %.17g", r->sum[s].key[i], r->sum[s].val[i]);
         fprintf(out, "}\n");
@@ -211,7 +223,9 @@ int mp_pipeline_run(const mp_job *job, const mp_model *m, const mp_tokens *tok, 
     for (int s = 0; s <= last; s++) {
         if (!STAGES[s].enabled(job))
             continue;
+        double t0 = MPI_Wtime();
         MP_CHECK(run_stage(r, s));
+        r->seconds[s] = MPI_Wtime() - t0;
         struct rusage ru;
         getrusage(RUSAGE_SELF, &ru);
         double rss = (double)ru.ru_maxrss * 1024.0;

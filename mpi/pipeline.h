@@ -29,7 +29,7 @@
 #include "store.h"
 #include "tokens.h"
 
-enum { MP_STAGE_CALIBRATE, MP_STAGE_DECOMPOSE, MP_NSTAGES };
+enum { MP_STAGE_CALIBRATE, MP_STAGE_DECOMPOSE, MP_STAGE_MEASURE, MP_STAGE_ALLOCATE, MP_NSTAGES };
 
 typedef struct {
     const char *until;     /* the last stage to run (NULL: all) */
@@ -51,6 +51,7 @@ typedef struct {
     int ran[MP_NSTAGES];        /* 0: not run (disabled or after `until`), 1: ran, 2: kept whole */
     int layers[MP_NSTAGES], kept[MP_NSTAGES]; /* layers with units, and how many were kept */
     mp_summary sum[MP_NSTAGES];
+    double seconds[MP_NSTAGES];  /* wall time of the stage in this run (rank 0) */
     double peak_rss[MP_NSTAGES]; /* the largest resident set of any rank so far, after the stage (bytes) */
     int kept_starved; /* the "starved" count in the manifest of the layer just found committed */
     void *state; /* the running stage's (begin .. end) */

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <sys/stat.h>
 
 #include "error.h"
@@ -15,6 +16,7 @@
 #include "gpu_info.h"
 #include "h5util.h"
 #include "inspect.h"
+#include "tables.h"
 #include "job.h"
 #include "model.h"
 #include "pipeline.h"
@@ -36,7 +38,7 @@ static const char USAGE[] =
     "        --heads H --kv-heads K --top-k K --n-seq N --seq-len T --seed S\n"
     "        --dtype F32|BF16|F16 --shards N --layout per-expert|fused --delta-rank R]\n"
     "        write a tiny synthetic checkpoint in the Hugging Face layout + tokens.h5\n"
-    "  inspect PATH [--json]\n"
+    "  inspect PATH [--json]         HF checkpoint, or a job's checkpoint.dir (its measure tables)\n"
     "        architecture, MoE layers, parameter counts, dtypes and a tensor check\n"
     "  run [--job FILE] [--set section.key=value ...] [--fresh] [--until STAGE] [--walltime S] [--quiet] [--log-json]\n"
     "        the pipeline stages implemented so far (calibrate, decompose), resuming from checkpoint.dir;\n"
@@ -214,7 +216,12 @@ static int cmd_inspect(args *a)
     if (rc == 0 && !path)
         rc = mp_errorf(MP_EUSAGE, "inspect needs a checkpoint directory");
     rc = mp_mpi_agree(rc);
-    if (rc == 0 && mp_mpi_rank() == 0) {
+    char probe[4200];
+    snprintf(probe, sizeof probe, "%s/job.json", path ? path : "");
+    if (rc == 0 && mp_mpi_rank() == 0 && access(probe, F_OK) == 0) { /* a job's checkpoint directory */
+        snprintf(probe, sizeof probe, "%s/measure", path);
+        rc = mp_tables_print(probe, json, stdout);
+    } else if (rc == 0 && mp_mpi_rank() == 0) {
         mp_inspect_info info;
         rc = mp_inspect_collect(path, &info);
         if (rc == 0) {
@@ -338,7 +345,7 @@ static int cmd_demo(args *a)
     if (rc == 0)
         rc = mp_pipeline_run(&job, m, &t, &ro, &run);
     if (rc == 0 && rank == 0) {
-        printf("\ndemo: the later stages (measure, allocate, quantize, write, validate) are not implemented yet\n");
+        printf("\ndemo: the later stages (quantize + write, validate) are not implemented yet\n");
         fflush(stdout);
     }
     mp_tokens_free(&t);
@@ -422,7 +429,7 @@ static int cmd_run(args *a, const char *cmdname)
     if (rc == 0)
         rc = mp_pipeline_run(&job, m, &t, &o, &run);
     if (rc == 0 && mp_mpi_rank() == 0 && !o.log_json && !o.quiet && !o.until)
-        printf("\nrun: later stages (measure, allocate, quantize, write, validate) are not implemented yet\n");
+        printf("\nrun: later stages (quantize + write, validate) are not implemented yet\n");
     mp_tokens_free(&t);
     mp_model_close(m);
     return rc;
@@ -515,7 +522,7 @@ static int cmd_plan(args *a)
             if (job.delta_rank > 0) /* a fixed rank: the fraction that gives it for the gate/up shape */
                 fraction = (double)job.delta_rank * (cfg.hidden + cfg.moe_ffn) / ((double)cfg.hidden * cfg.moe_ffn);
             mp_plan p;
-            mp_plan_make(&cfg, ranks, n_seq, seq_len, model_bytes, fraction, &p);
+            mp_plan_make(&cfg, ranks, n_seq, seq_len, model_bytes, fraction, job.sample_tokens, &p);
             mp_plan_print(&p, &cfg, json, stdout);
         }
         mp_config_free(&cfg);

@@ -1,7 +1,7 @@
 #!/bin/bash
 # restart_test.sh MPIEXEC MOEPACK OUTDIR - the checkpoint store under faults.
 #  1. kill -9 of a random rank at 12 random fault points (seeded), spread over
-#     all stages (calibration, decomposition), then resume (sometimes after a second crash, and
+#     all stages (calibration, decomposition, measure, allocation), then resume (sometimes after a second crash, and
 #     with another rank count): the committed tree equals an uninterrupted run;
 #  2. SIGUSR1 and SIGTERM at a unit boundary and inside a unit, and --walltime:
 #     exit status 12, and the resumed run equals the uninterrupted one;
@@ -77,20 +77,21 @@ for sig in USR1 TERM; do
 done
 
 # an impossible --walltime: every run commits one new layer and stops (exit 12); rerunning the same
-# command finishes: 3 calibration + 3 decomposition layers = 6 stopped runs, then a 7th that completes
+# command finishes: 3 layers in each of the stages that commit layers (calibrate, decompose, measure,
+# allocate) = 12 stopped runs, then a 13th that completes
 ck="$OUT/wall"
 runs=0
 while :; do
     runs=$((runs + 1))
-    [ $runs -le 10 ] || fail "--walltime: no progress after 10 runs"
+    [ $runs -le 25 ] || fail "--walltime: no progress after 25 runs"
     run 2 "$ck" --walltime 0.001
     st=$?
     [ $st = 0 ] && break
     [ $st = 12 ] || fail "--walltime: exit $st, expected 12: $(tail -3 "$ck.log")"
 done
-[ $runs = 7 ] || fail "--walltime: finished after $runs runs, expected 7 (one new layer per run)"
+[ $runs = 13 ] || fail "--walltime: finished after $runs runs, expected 13 (one new layer per run)"
 same "$ck"
-echo "--walltime: 6 runs stopped with exit 12 after one new layer each, the 7th finished: identical"
+echo "--walltime: $((runs - 1)) runs stopped with exit 12 after one new layer each, the ${runs}th finished: identical"
 
 ck="$OUT/damaged"
 cp -r "$OUT/ref" "$ck"
