@@ -162,5 +162,5 @@ static int expert(void *ctx, int l, int e, mp_proj p, float *out)
 
 void mp_model_weights(const mp_model *m, mp_weights *w)
 {
-    *w = (mp_weights){&m->cfg, (void *)m, layer_load, expert, embed, head};
+    *w = (mp_weights){&m->cfg, (void *)m, layer_load, expert, embed, head, NULL};
 }
