@@ -3,11 +3,13 @@
 #include "stats.h"
 
 #include <hdf5.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
+#include "checked.h"
 #include "error.h"
 #include "fsutil.h"
 #include "h5util.h"
@@ -15,6 +17,11 @@
 int mp_stats_alloc(mp_expert_stats *s, int64_t layer, int64_t expert, int64_t d, int64_t f)
 {
     memset(s, 0, sizeof *s);
+    int64_t dd, ff;
+    if (d <= 0 || f <= 0 || mp_mul_i64(d, d, &dd) < 0 || mp_mul_i64(f, f, &ff) < 0 || dd > MP_MAX_ELEMS ||
+        ff > MP_MAX_ELEMS)
+        return mp_errorf(MP_EINTERNAL, "statistics of layer %lld expert %lld: unusable dims d %lld f %lld",
+                         (long long)layer, (long long)expert, (long long)d, (long long)f);
     s->layer = layer, s->expert = expert, s->d = d, s->f = f;
     s->G_in = calloc((size_t)(d * d), sizeof(double));
     s->G_mid = calloc((size_t)(f * f), sizeof(double));
@@ -78,10 +85,38 @@ static int put_attr(hid_t f, const char *name, hid_t type, const void *v)
 
 static void tmp_name(char *buf, size_t cap, const char *path) { snprintf(buf, cap, "%s.partial", path); }
 
+/* MP_ENUMERIC naming the file, the dataset and the element when v[0..n) holds a NaN or an infinity */
+static int check_finite(const char *path, const char *name, const double *v, int64_t n, int64_t cols)
+{
+    for (int64_t i = 0; i < n; i++)
+        if (!isfinite(v[i])) {
+            if (cols > 1)
+                return mp_errorf(MP_ENUMERIC, "%s: statistics '%s': non-finite value %g at [%lld, %lld]", path, name,
+                                 v[i], (long long)(i / cols), (long long)(i % cols));
+            return mp_errorf(MP_ENUMERIC, "%s: statistics '%s': non-finite value %g at [%lld]", path, name, v[i],
+                             (long long)i);
+        }
+    return 0;
+}
+
+static int check_all_finite(const char *path, const mp_expert_stats *s, int with_prior)
+{
+    MP_CHECK(check_finite(path, "G_in", s->G_in, s->d * s->d, s->d));
+    MP_CHECK(check_finite(path, "G_mid", s->G_mid, s->f * s->f, s->f));
+    MP_CHECK(check_finite(path, "h_sq", s->h_sq, s->f, 1));
+    MP_CHECK(check_finite(path, "weight_sum", &s->weight_sum, 1, 1));
+    if (with_prior) {
+        MP_CHECK(check_finite(path, "prior_diag_in", s->prior_diag_in, s->d, 1));
+        MP_CHECK(check_finite(path, "prior_diag_mid", s->prior_diag_mid, s->f, 1));
+    }
+    return 0;
+}
+
 int mp_stats_write_begin(const char *path, const mp_expert_stats *s)
 {
     char tmp[4200];
     tmp_name(tmp, sizeof tmp, path);
+    MP_CHECK(check_all_finite(path, s, 0));
     hid_t f = mp_h5_create_mem();
     if (f < 0)
         MP_CHECK(MP_EINTERNAL);
@@ -123,6 +158,8 @@ int mp_stats_write_end(const char *path, int64_t prior_tokens, const double *pri
 {
     char tmp[4200];
     tmp_name(tmp, sizeof tmp, path);
+    MP_CHECK(check_finite(path, "prior_diag_in", prior_diag_in, d, 1));
+    MP_CHECK(check_finite(path, "prior_diag_mid", prior_diag_mid, f, 1));
     hid_t h = mp_h5_open_mem(tmp);
     if (h < 0)
         MP_CHECK(MP_EIO);
@@ -219,8 +256,9 @@ int mp_stats_read(const char *path, mp_expert_stats *s)
         rc = get_attr(root, path, "d", H5T_NATIVE_INT64, &d);
     if (rc == 0)
         rc = get_attr(root, path, "f", H5T_NATIVE_INT64, &ff);
-    if (rc == 0 && (d <= 0 || ff <= 0 || d > 1 << 20 || ff > 1 << 20))
-        rc = mp_errorf(MP_EFORMAT, "%s: implausible dims d %lld f %lld", path, (long long)d, (long long)ff);
+    if (rc == 0 && (d <= 0 || ff <= 0 || d > 1 << 20 || ff > 1 << 20 || layer < 0 || expert < 0))
+        rc = mp_errorf(MP_EFORMAT, "%s: implausible layer %lld expert %lld d %lld f %lld", path, (long long)layer,
+                       (long long)expert, (long long)d, (long long)ff);
     if (rc == 0)
         rc = mp_stats_alloc(s, layer, expert, d, ff);
     if (rc == 0)
@@ -245,6 +283,11 @@ int mp_stats_read(const char *path, mp_expert_stats *s)
         rc = get(f, path, "prior_diag_in", s->prior_diag_in, (hsize_t)d);
     if (rc == 0)
         rc = get(f, path, "prior_diag_mid", s->prior_diag_mid, (hsize_t)ff);
+    if (rc == 0 && (s->count < 0 || s->prior_tokens < 0))
+        rc = mp_errorf(MP_EFORMAT, "%s: negative token count %lld or prior_tokens %lld", path, (long long)s->count,
+                       (long long)s->prior_tokens);
+    if (rc == 0)
+        rc = check_all_finite(path, s, 1);
     H5Gclose(root);
     H5Fclose(f);
     if (rc < 0)
@@ -275,6 +318,12 @@ int mp_stats_read_summary(const char *path, int64_t d, int64_t f, int64_t *count
         rc = get(h, path, "x_sq", x_sq, (hsize_t)d);
     if (rc == 0)
         rc = get(h, path, "h_sq", h_sq, (hsize_t)f);
+    if (rc == 0 && *count < 0)
+        rc = mp_errorf(MP_EFORMAT, "%s: negative token count %lld", path, (long long)*count);
+    if (rc == 0)
+        rc = check_finite(path, "x_sq", x_sq, d, 1);
+    if (rc == 0)
+        rc = check_finite(path, "h_sq", h_sq, f, 1);
     H5Gclose(root);
     H5Fclose(h);
     return rc;

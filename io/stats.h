@@ -22,7 +22,10 @@
  * and attributes layer, expert, d, f (int64), count (int64: tokens),
  * weight_sum (sum of routing weights), prior_tokens (int64).
  * Files are written under a temporary name and renamed; object timestamps
- * are off, so equal statistics give byte-identical files. Local. */
+ * are off, so equal statistics give byte-identical files. A NaN or infinity
+ * in statistics being written or read is MP_ENUMERIC naming the file, the
+ * dataset and the element; implausible dims or negative counts in a file
+ * are MP_EFORMAT. Local. */
 #ifndef MP_STATS_H
 #define MP_STATS_H
 #include <stddef.h>

@@ -53,6 +53,16 @@ int mp_epf_layer(mp_epf *s, int l, const mp_unit_hooks *hooks);
  * sequences (added in sequence order) and the number of predicted tokens. */
 int mp_epf_head(mp_epf *s, double *nll_sum, int64_t *n_pred);
 void mp_epf_free(mp_epf *s);
+/* Two passes over the same tokens (a: the original model, b: e.g. the compressed one), after their last
+ * layer: per predicted token the NLL of each, KL(p_a || p_b) of the next-token distributions and whether
+ * their top-1 tokens agree; root gets the sums (added in sequence order). */
+typedef struct {
+    double nll[2];  /* a, b */
+    double kl_sum;  /* sum over predicted tokens of KL(p_a || p_b) (nats) */
+    int64_t top1;   /* tokens whose argmax agrees */
+    int64_t n_pred;
+} mp_head_cmp;
+int mp_epf_head_compare(mp_epf *a, mp_epf *b, mp_head_cmp *out);
 /* The whole forward pass (eval): create, every layer, head. */
 int mp_epf_run(const mp_weights *w, const mp_tokens *tok, mp_observer observe, void *observe_ctx, double *nll_sum,
                int64_t *n_pred);

@@ -582,6 +582,8 @@ static int cmd_eval(args *a)
     }
     if (rc == 0 && (!model || !tokens))
         rc = mp_errorf(MP_EUSAGE, "eval needs --model DIR and --tokens FILE");
+    if (rc == 0 && max_seqs < 0)
+        rc = mp_errorf(MP_EUSAGE, "eval: --max-sequences %d: expected N >= 0 (0 = all sequences)", max_seqs);
     MP_CHECK(mp_mpi_agree(rc));
     mp_model *m = NULL;
     mp_tokens t = {0};

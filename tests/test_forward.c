@@ -371,6 +371,28 @@ static void starved(const char *root)
     mp_model_close(m);
 }
 
+/* Tokens the model cannot take reach the forward pass only through the library (the command line refuses them
+ * first): bad input data (MP_EFORMAT, exit 5), not a usage error; agreed by every rank. */
+static void tokens_too_long(void)
+{
+    mp_model *m = NULL;
+    CHECK_OK(mp_model_open(MP_FIXTURES "/mixtral_f32", &m));
+    if (!m)
+        return;
+    mp_tokens tok = {2, m->cfg.max_pos + 1, NULL};
+    tok.ids = calloc((size_t)tok.n_seq * (size_t)tok.seq_len, sizeof *tok.ids);
+    mp_weights w;
+    mp_model_weights(m, &w);
+    double nll = 0;
+    int64_t npred = 0;
+    int rc = mp_epf_run(&w, &tok, NULL, NULL, &nll, &npred);
+    CHECK(rc == MP_EFORMAT);
+    CHECK(strstr(mp_error_message(), "longer than the model's") != NULL);
+    mp_error_clear();
+    free(tok.ids);
+    mp_model_close(m);
+}
+
 /* ---- the token sample on a model with more routed tokens than sample_tokens and than one chunk ---- */
 
 #define SAMPLE_K 100
@@ -595,6 +617,7 @@ int main(int argc, char **argv)
         run_fixture(fx[i].name, fx[i].tol, NULL);
     run_fixture("qwen2_moe_f32", 1e-4, stats);
     starved(argv[1]);
+    tokens_too_long();
     sample_selection(argv[1]);
     if (mp_mpi_rank() == 0)
         pack_round_trip();
