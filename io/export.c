@@ -112,7 +112,7 @@ int mp_export_safetensors(const char *outdir, const char *dir, const char *sourc
         return mp_errorf(MP_EUSAGE, "export: %s exists and is not empty (choose a new directory)", dir);
     mp_outdir *o = NULL;
     MP_CHECK(mp_outdir_open(outdir, &o));
-    int n = mp_outdir_nsrc(o), rc = mp_outdir_check_shards(o);
+    int n = mp_outdir_nsrc(o), rc = mp_outdir_check_shards(o, 1);
     mp_st_decl *decl = calloc((size_t)n + 1, sizeof *decl);
     if (rc == 0 && !decl)
         rc = mp_errorf(MP_ENOMEM, "out of memory");

@@ -97,7 +97,7 @@ static int collect(const char *dir, info *in)
 {
     memset(in, 0, sizeof *in);
     MP_CHECK(mp_outdir_open(dir, &in->o));
-    int rc = mp_outdir_check_shards(in->o);
+    int rc = mp_outdir_check_shards(in->o, 0);
     const cJSON *j = mp_outdir_index(in->o);
     const mp_config *c = mp_outdir_config(in->o);
     in->md = cJSON_GetObjectItem(j, "metadata");

@@ -18,6 +18,7 @@
 #include "output.h"
 #include "qtensor_h5.h"
 #include "quant.h"
+#include "store.h"
 
 typedef struct {
     const char *path, *shard;
@@ -254,7 +255,7 @@ static int shard_of(mp_outdir *o, const char *path, hid_t *f)
                      e->shard);
 }
 
-int mp_outdir_check_shards(mp_outdir *o)
+int mp_outdir_check_shards(mp_outdir *o, int verify)
 {
     const cJSON *sh = cJSON_GetObjectItem(o->index, "shards"), *x;
     int k = 0;
@@ -269,6 +270,15 @@ int mp_outdir_check_shards(mp_outdir *o)
         if (cJSON_IsNumber(b) && (double)st.st_size != b->valuedouble)
             return mp_errorf(MP_EFORMAT, "%s: %lld bytes, index.json records %.0f", sp, (long long)st.st_size,
                              b->valuedouble);
+        const cJSON *h = cJSON_GetObjectItem(x, "xxh64");
+        uint64_t hv = 0;
+        char hex[17];
+        if (verify && cJSON_IsString(h)) {
+            MP_CHECK(mp_file_xxh64(sp, &hv));
+            snprintf(hex, sizeof hex, "%016llx", (unsigned long long)hv);
+            if (strcmp(hex, h->valuestring))
+                return mp_errorf(MP_EFORMAT, "%s: damaged (XXH64 %s, index.json records %s)", sp, hex, h->valuestring);
+        }
         if (o->shard_f[k] < 0 && (o->shard_f[k] = H5Fopen(sp, H5F_ACC_RDONLY, H5P_DEFAULT)) < 0)
             return mp_errorf(MP_EFORMAT, "%s: not a readable HDF5 file", sp);
         k++;

@@ -55,8 +55,9 @@ int mp_outdir_read_plain(mp_outdir *o, const char *path, mp_dtype dtype, float *
 int mp_outdir_read_expert(mp_outdir *o, int l, int e, int p, float *out);
 /* The shared expert's projection p of layer l (dequantized). */
 int mp_outdir_read_shared(mp_outdir *o, int l, int p, float *out);
-/* Open every shard listed in index.json; MP_ENOENT / MP_EFORMAT naming the first that is missing,
- * of another size than recorded, or not HDF5. */
-int mp_outdir_check_shards(mp_outdir *o);
+/* Open every shard listed in index.json; MP_ENOENT / MP_EFORMAT naming the first that is missing, of
+ * another size than recorded, not HDF5 or, with verify, of another XXH64 than recorded (checked before
+ * HDF5 reads it: a damaged file is refused, not handed to libhdf5). */
+int mp_outdir_check_shards(mp_outdir *o, int verify);
 
 #endif

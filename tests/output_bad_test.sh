@@ -9,7 +9,8 @@
 #  3. kill -9 while index.json is written (after the temporary file, before the rename) and right after
 #     the first shard is committed: no index.json; resumed: identical to an uninterrupted run;
 #  4. a damaged shard (truncated) after a finished run: noticed (note), written again: identical;
-#  5. a malformed index.json in output.dir: exit 5 naming it, unless --fresh.
+#  5. export of a damaged shard (one byte changed): exit 5 naming it; into a non-empty directory: exit 2;
+#  6. a malformed index.json in output.dir: exit 5 naming it, unless --fresh.
 # Every mpiexec runs under `timeout`.
 set -u
 MPIEXEC=$1 BIN=$2 OUT=$3
@@ -124,7 +125,21 @@ grep -q "note: output in $OUT/dmg.out: .*moepack-00002-of-.*missing or of anothe
 diff -r "$OUT/ref.out" "$OUT/dmg.out" >/dev/null || fail "rewritten output differs"
 echo "truncated shard: noticed, written again: identical"
 
-# 5. a malformed index.json
+# export: a damaged shard (same size, one byte changed) is refused before HDF5 reads it; a non-empty target
+cp -r "$OUT/ref.out" "$OUT/ex.out"
+printf 'X' | dd of="$OUT/ex.out/moepack-00002-of-$(printf %05d "$nref").h5" bs=1 seek=4000 conv=notrunc 2>/dev/null
+"$BIN" export --in "$OUT/ex.out" --format safetensors --out "$OUT/ex.export" >"$OUT/ex.log" 2>&1
+st=$?
+[ $st = 5 ] || fail "export of a damaged shard: exit $st, expected 5: $(cat "$OUT/ex.log")"
+grep -q "moepack-00002-of-.*h5: damaged (XXH64" "$OUT/ex.log" || fail "damaged shard not named: $(cat "$OUT/ex.log")"
+[ ! -e "$OUT/ex.export" ] || [ -z "$(ls "$OUT/ex.export")" ] || fail "export of a damaged shard left files"
+mkdir -p "$OUT/ex2" && touch "$OUT/ex2/something"
+"$BIN" export --in "$OUT/ref.out" --format safetensors --out "$OUT/ex2" >"$OUT/ex.log" 2>&1
+st=$?
+[ $st = 2 ] && grep -q "exists and is not empty" "$OUT/ex.log" || fail "export into a non-empty directory: exit $st: $(cat "$OUT/ex.log")"
+echo "export: a damaged shard refused (exit 5, named), a non-empty target refused (exit 2)"
+
+# 6. a malformed index.json
 mkdir -p "$OUT/bad.out" && echo '{"format": "moepack", "shards": [' >"$OUT/bad.out/index.json"
 run model "$OUT/badck" "$OUT/bad.out"
 st=$?
