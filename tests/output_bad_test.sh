@@ -1,11 +1,11 @@
 #!/bin/bash
 # output_bad_test.sh MPIEXEC MOEPACK OUTDIR - the output directory under bad input and faults (2 ranks).
-#  1. output.dir holding another model's result (another shape: the seed alone does not change a fingerprint): exit 11 naming its index.json, nothing touched;
-#     --fresh replaces it with this job's result;
+#  1. output.dir holding another model's result (another shape: the seed alone does not change a
+#     fingerprint): exit 11 naming its index.json, nothing touched; --fresh replaces it with this job's;
 #  2. a full disk while the shards are written (a 1.5 MiB tmpfs as output.dir; skipped without mount
-#     rights): exit 6 naming the shard and the system error; no index.json, no
-#     temporary file, every shard under its final name complete (h5dump reads it); the next run with
-#     room finishes and equals an uninterrupted run;
+#     rights): exit 6 naming the shard and the system error; no index.json, no temporary file, every
+#     shard under its final name complete (h5dump reads it); the next run with room finishes and equals
+#     an uninterrupted run; a full disk while the quantize stage writes its units: exit 6 naming one;
 #  3. kill -9 while index.json is written (after the temporary file, before the rename) and right after
 #     the first shard is committed: no index.json; resumed: identical to an uninterrupted run;
 #  4. a damaged shard (truncated) after a finished run: noticed (note), written again: identical;
