@@ -429,3 +429,56 @@ int mp_outdir_read_shared(mp_outdir *o, int l, int p, float *out)
     snprintf(g, sizeof g, "%s/%s", unit, MP_PROJ_NAME[p]);
     return read_q(o, unit, g, m, n, out);
 }
+
+void mp_outdir_factors_free(mp_outdir_factors *f)
+{
+    free(f->W), free(f->U), free(f->V);
+    memset(f, 0, sizeof *f);
+}
+
+int mp_outdir_read_factors(mp_outdir *o, int l, int u, int p, mp_outdir_factors *f)
+{
+    const mp_config *c = &o->cfg;
+    memset(f, 0, sizeof *f);
+    int shared = u == c->n_experts;
+    if (l < 0 || l >= c->n_layers || !c->is_moe[l] || u < 0 || u > c->n_experts || p < 0 || p > 2 ||
+        (shared && !(c->n_shared > 0 && c->shared_ffn > 0)))
+        return mp_errorf(MP_EUSAGE, "%s: no unit %d in layer %d", o->dir, u, l);
+    dims(c, p, shared, &f->m, &f->n);
+    if (!(f->W = malloc(sizeof(float) * (size_t)(f->m * f->n))))
+        return mp_errorf(MP_ENOMEM, "out of memory reading layer %d unit %d", l, u);
+    if (shared || !o->delta) {
+        int rc = shared ? mp_outdir_read_shared(o, l, p, f->W) : mp_outdir_read_expert(o, l, u, p, f->W);
+        if (rc < 0)
+            mp_outdir_factors_free(f);
+        return rc;
+    }
+    int rc = load_base(o, l);
+    if (rc == 0)
+        memcpy(f->W, o->base[p], sizeof(float) * (size_t)(f->m * f->n));
+    char unit[64], g[128], gu[160], gv[160];
+    snprintf(unit, sizeof unit, "/layers/%d/moe/experts/%d", l, u);
+    snprintf(g, sizeof g, "%s/%s", unit, MP_PROJ_NAME[p]);
+    hid_t fh = -1, go = -1;
+    if (rc == 0)
+        rc = shard_of(o, unit, &fh);
+    if (rc == 0 && ((go = H5Oopen(fh, g, H5P_DEFAULT)) < 0 || mp_h5_attr_read_i64(go, "rank", &f->rank) < 0 ||
+                    f->rank < 0 || f->rank > (f->m < f->n ? f->m : f->n)))
+        rc = mp_errorf(MP_EFORMAT, "%s: delta %s or its rank attribute is missing or out of range", o->index_path, g);
+    if (go >= 0)
+        H5Oclose(go);
+    if (rc == 0 && f->rank > 0) {
+        f->U = malloc(sizeof(float) * (size_t)(f->m * f->rank));
+        f->V = malloc(sizeof(float) * (size_t)(f->rank * f->n));
+        if (!f->U || !f->V)
+            rc = mp_errorf(MP_ENOMEM, "out of memory reading %s", g);
+        snprintf(gu, sizeof gu, "%s/U", g), snprintf(gv, sizeof gv, "%s/V", g);
+        if (rc == 0)
+            rc = read_q(o, unit, gu, f->m, f->rank, f->U);
+        if (rc == 0)
+            rc = read_q(o, unit, gv, f->rank, f->n, f->V);
+    }
+    if (rc < 0)
+        mp_outdir_factors_free(f);
+    return rc;
+}

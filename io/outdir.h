@@ -55,6 +55,16 @@ int mp_outdir_read_plain(mp_outdir *o, const char *path, mp_dtype dtype, float *
 int mp_outdir_read_expert(mp_outdir *o, int l, int e, int p, float *out);
 /* The shared expert's projection p of layer l (dequantized). */
 int mp_outdir_read_shared(mp_outdir *o, int l, int p, float *out);
+/* Unit u of MoE layer l (0..E-1 a routed expert, E the shared expert), projection p, as stored and
+ * dequantized, kept factored: W [m, n] (the layer's base with the decomposition, else the block itself)
+ * and, for a delta of rank r > 0, U [m, r] and V [r, n] (the expert computes W x + U (V x)). The arrays
+ * are the caller's (mp_outdir_factors_free). */
+typedef struct {
+    int64_t m, n, rank;
+    float *W, *U, *V;
+} mp_outdir_factors;
+int mp_outdir_read_factors(mp_outdir *o, int l, int u, int p, mp_outdir_factors *f);
+void mp_outdir_factors_free(mp_outdir_factors *f);
 /* Open every shard listed in index.json; MP_ENOENT / MP_EFORMAT naming the first that is missing, of
  * another size than recorded, not HDF5 or, with verify, of another XXH64 than recorded (checked before
  * HDF5 reads it: a damaged file is refused, not handed to libhdf5). */

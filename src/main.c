@@ -17,6 +17,8 @@
 #include "gpu_info.h"
 #include "h5util.h"
 #include "inspect.h"
+#include "cweights.h"
+#include "outdir.h"
 #include "inspect_out.h"
 #include "outdir.h"
 #include "tables.h"
@@ -55,7 +57,7 @@ static const char USAGE[] =
     "  calibrate [same options as run]\n"
     "        expert-parallel forward pass over the calibration tokens; per-expert statistics\n"
     "        into checkpoint.dir/calib (run it under mpirun to shard experts and sequences)\n"
-    "  eval --model DIR --tokens FILE [--max-sequences N] [--dump-logits FILE.h5]\n"
+    "  eval --model DIR --tokens FILE [--max-sequences N] [--dump-logits FILE.h5] [--compressed OUTDIR]\n"
     "        perplexity of the model on the tokens (C forward pass); --dump-logits writes the logits,\n"
     "        float32 [n_seq, seq_len, vocab] (dataset `logits`), e.g. to compare with transformers\n"
     "  export --in OUTDIR --format safetensors --out DIR [--shard-bytes N] [--source MODEL_DIR]\n"
@@ -558,9 +560,47 @@ static int cmd_plan(args *a)
     return mp_mpi_agree(rc);
 }
 
+/* the original and the compressed model side by side on the same tokens (collective) */
+static int eval_compressed(const mp_model *m, const mp_tokens *t, const char *dir, const char *tokens)
+{
+    mp_outdir *o = NULL;
+    mp_cweights *cw = NULL;
+    mp_weights w[2];
+    mp_epf *s[2] = {NULL, NULL};
+    mp_head_cmp hc;
+    int rc = mp_outdir_open(dir, &o);
+    if (rc == 0)
+        rc = mp_cweights_open(m, o, &cw, &w[1]);
+    rc = mp_mpi_agree(rc);
+    mp_model_weights(m, &w[0]);
+    for (int k = 0; k < 2 && rc == 0; k++)
+        rc = mp_epf_create(&w[k], t, NULL, NULL, &s[k]);
+    for (int l = 0; l < m->cfg.n_layers && rc == 0; l++)
+        for (int k = 0; k < 2 && rc == 0; k++)
+            rc = mp_epf_layer(s[k], l, NULL);
+    if (rc == 0)
+        rc = mp_epf_head_compare(s[0], s[1], &hc);
+    if (rc == 0 && mp_mpi_rank() == 0 && !(hc.n_pred > 0))
+        rc = mp_errorf(MP_ENUMERIC, "%s: no predicted tokens", tokens);
+    rc = mp_mpi_agree(rc);
+    if (rc == 0 && mp_mpi_rank() == 0) {
+        double n = (double)hc.n_pred;
+        printf("eval: original   perplexity %.6f (mean NLL %.6f)\n", exp(hc.nll[0] / n), hc.nll[0] / n);
+        printf("eval: compressed perplexity %.6f (mean NLL %.6f) from %s\n", exp(hc.nll[1] / n), hc.nll[1] / n, dir);
+        printf("eval: KL(original || compressed) %.6f nats/token, top-1 agreement %.2f%% over %lld predicted tokens "
+               "(%d sequences x %d)\n",
+               hc.kl_sum / n, 100.0 * (double)hc.top1 / n, (long long)hc.n_pred, t->n_seq, t->seq_len);
+    }
+    for (int k = 0; k < 2; k++)
+        mp_epf_free(s[k]);
+    mp_cweights_close(cw);
+    mp_outdir_close(o);
+    return rc;
+}
+
 static int cmd_eval(args *a)
 {
-    const char *model = NULL, *tokens = NULL, *dump = NULL, *name, *v;
+    const char *model = NULL, *tokens = NULL, *dump = NULL, *comp = NULL, *name, *v;
     int max_seqs = 0, rc = 0, r;
     while (rc == 0 && (r = next_opt(a, &name, &v, always_value)) != 0) {
         if (r < 0)
@@ -576,7 +616,7 @@ static int cmd_eval(args *a)
         else if (!strcmp(name, "--dump-logits"))
             dump = v;
         else if (!strcmp(name, "--compressed"))
-            rc = mp_errorf(MP_EUSAGE, "eval: --compressed is not implemented yet");
+            comp = v;
         else
             rc = mp_errorf(MP_EUSAGE, "eval: unknown option %s", name);
     }
@@ -584,10 +624,18 @@ static int cmd_eval(args *a)
         rc = mp_errorf(MP_EUSAGE, "eval needs --model DIR and --tokens FILE");
     if (rc == 0 && max_seqs < 0)
         rc = mp_errorf(MP_EUSAGE, "eval: --max-sequences %d: expected N >= 0 (0 = all sequences)", max_seqs);
+    if (rc == 0 && comp && dump)
+        rc = mp_errorf(MP_EUSAGE, "eval: --dump-logits and --compressed cannot be combined");
     MP_CHECK(mp_mpi_agree(rc));
     mp_model *m = NULL;
     mp_tokens t = {0};
     rc = open_inputs(model, tokens, max_seqs, &m, &t);
+    if (rc == 0 && comp) {
+        rc = eval_compressed(m, &t, comp, tokens);
+        mp_tokens_free(&t);
+        mp_model_close(m);
+        return rc;
+    }
     mp_weights w;
     double nll = 0;
     int64_t npred = 0;

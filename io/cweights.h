@@ -1,0 +1,24 @@
+/* cweights.h - a compressed model as the forward pass's weights (src/forward.h: mp_weights).
+ *
+ * The MoE layers are served from a moepack output directory as stored: every unit's blocks are the
+ * packed codes dequantized by the code that defines the formats (mp_qtensor_dequant), and with the
+ * decomposition a routed expert's projection p runs as base_p x + U_p (V_p x), the factors kept apart
+ * (never folded into a dense per-expert weight); rank 0 is the base alone. The shared expert and
+ * every non-MoE tensor come from the original model (the output holds copies of the latter in their
+ * dtype). The dequantized base of a layer and the factors of the unit in use are cached.
+ * Local (no MPI). */
+#ifndef MP_CWEIGHTS_H
+#define MP_CWEIGHTS_H
+
+#include "forward.h"
+#include "model.h"
+#include "outdir.h"
+
+typedef struct mp_cweights mp_cweights;
+
+/* m: the original model (the non-MoE weights); o: its compressed output (the same config.json:
+ * MP_EMISMATCH otherwise). *w is valid while both and *out live. */
+int mp_cweights_open(const mp_model *m, mp_outdir *o, mp_cweights **out, mp_weights *w);
+void mp_cweights_close(mp_cweights *c);
+
+#endif
