@@ -18,11 +18,17 @@
 #include <stdlib.h>
 #include <string.h>
 
+#ifdef __cplusplus /* also compiled as C++ by test_qgemm_emu.cpp */
+extern "C" {
+#endif
 #include "dtype.h"
 #include "error.h"
 #include "qgemm.h"
 #include "quant.h"
 #include "rng.h"
+#ifdef __cplusplus
+}
+#endif
 
 static const mp_qformat *ref_fmt(const char *name)
 {
@@ -37,8 +43,8 @@ static const mp_qformat *ref_fmt(const char *name)
 /* a random block [m, n] (Gaussian, per-column scales, a few outliers) quantized with RTN in format f */
 static mp_qtensor *ref_block(mp_rng *g, const mp_qformat *f, int64_t m, int64_t n)
 {
-    float *W = malloc(sizeof(float) * (size_t)(m * n));
-    double *cs = malloc(sizeof(double) * (size_t)n);
+    float *W = (float *)malloc(sizeof(float) * (size_t)(m * n));
+    double *cs = (double *)malloc(sizeof(double) * (size_t)n);
     for (int64_t j = 0; j < n; j++)
         cs[j] = 0.05 * exp(0.3 * mp_rng_normal(g));
     for (int64_t i = 0; i < m * n; i++)
@@ -59,7 +65,7 @@ static mp_qtensor *ref_block(mp_rng *g, const mp_qformat *f, int64_t m, int64_t 
 static void *ref_tokens(mp_rng *g, mp_qg_type t, int64_t rows, int64_t ld, int64_t n, float **xf)
 {
     void *X = malloc(mp_qg_type_size(t) * (size_t)(rows * ld > 0 ? rows * ld : 1));
-    float *F = malloc(sizeof(float) * (size_t)(rows * ld > 0 ? rows * ld : 1));
+    float *F = (float *)malloc(sizeof(float) * (size_t)(rows * ld > 0 ? rows * ld : 1));
     for (int64_t r = 0; r < rows; r++) {
         double rs = exp(0.5 * mp_rng_normal(g)); /* per-token scale: activation scales differ per row */
         for (int64_t k = 0; k < ld; k++) {
@@ -76,8 +82,8 @@ static void *ref_tokens(mp_rng *g, mp_qg_type t, int64_t rows, int64_t ld, int64
 static void ref_product(const mp_qtensor *W, const float *Xf, int64_t ldx, int64_t rows, double *y, double *scale)
 {
     int64_t m = W->m, n = W->n;
-    float *Wd = malloc(sizeof(float) * (size_t)(m * n));
-    float *xq = malloc(sizeof(float) * (size_t)n);
+    float *Wd = (float *)malloc(sizeof(float) * (size_t)(m * n));
+    float *xq = (float *)malloc(sizeof(float) * (size_t)n);
     mp_qtensor_dequant(W, Wd);
     for (int64_t i = 0; i < rows; i++) {
         const float *x = Xf + i * ldx;
@@ -106,9 +112,10 @@ static void ref_delta(const mp_qtensor *U, const mp_qtensor *V, const float *Xf,
                       double *scale)
 {
     int64_t m = U->m, r = U->n;
-    double *t = malloc(sizeof(double) * (size_t)(r > 0 ? r : 1)), *ts = malloc(sizeof(double) * (size_t)r);
-    float *tf = malloc(sizeof(float) * (size_t)r), *Ud = malloc(sizeof(float) * (size_t)(m * r));
-    float *tq = malloc(sizeof(float) * (size_t)r);
+    double *t = (double *)malloc(sizeof(double) * (size_t)(r > 0 ? r : 1)),
+           *ts = (double *)malloc(sizeof(double) * (size_t)r);
+    float *tf = (float *)malloc(sizeof(float) * (size_t)r), *Ud = (float *)malloc(sizeof(float) * (size_t)(m * r));
+    float *tq = (float *)malloc(sizeof(float) * (size_t)r);
     mp_qtensor_dequant(U, Ud);
     for (int64_t i = 0; i < rows; i++) {
         ref_product(V, Xf + i * ldx, ldx, 1, t, ts);
@@ -240,9 +247,9 @@ static void ref_case_grouped(ref_impl *im, mp_rng *g, int count, const mp_qforma
                              const int64_t *n, const int64_t *rows, mp_qg_type xt, mp_qg_type yt, int accumulate,
                              int64_t pad, const char *what)
 {
-    mp_qtensor **W = calloc((size_t)count, sizeof *W);
-    mp_qgemm_item *it = calloc((size_t)count, sizeof *it);
-    int64_t *row0 = calloc((size_t)count, sizeof *row0), total = 0, mmax = 1, nmax = 1;
+    mp_qtensor **W = (mp_qtensor **)calloc((size_t)count, sizeof *W);
+    mp_qgemm_item *it = (mp_qgemm_item *)calloc((size_t)count, sizeof *it);
+    int64_t *row0 = (int64_t *)calloc((size_t)count, sizeof *row0), total = 0, mmax = 1, nmax = 1;
     for (int i = 0; i < count; i++) {
         W[i] = ref_block(g, fmts[i], m[i], n[i]);
         row0[i] = total;
@@ -264,8 +271,8 @@ static void ref_case_grouped(ref_impl *im, mp_rng *g, int count, const mp_qforma
     } else {
         double tol = im->tol(im->ctx, xt);
         for (int i = 0; i < count; i++) {
-            double *ref = malloc(sizeof(double) * (size_t)(rows[i] * m[i] + 1));
-            double *sc = malloc(sizeof(double) * (size_t)(rows[i] * m[i] + 1));
+            double *ref = (double *)malloc(sizeof(double) * (size_t)(rows[i] * m[i] + 1));
+            double *sc = (double *)malloc(sizeof(double) * (size_t)(rows[i] * m[i] + 1));
             ref_product(W[i], Xf + row0[i] * ldx, ldx, rows[i], ref, sc);
             if (accumulate)
                 for (int64_t r = 0; r < rows[i]; r++)
@@ -295,14 +302,59 @@ static void ref_case_grouped(ref_impl *im, mp_rng *g, int count, const mp_qforma
     free(Y0);
 }
 
+/* the checks of ref_case_delta once the implementation ran */
+static void ref_check_delta(ref_impl *im, const mp_qtensor *B, int count, mp_qtensor *const *U, mp_qtensor *const *V,
+                            const mp_qdelta_item *it, int64_t m, int64_t n, int64_t total, const float *Xf, int64_t ldx,
+                            const void *Y, const void *Y0, mp_qg_type xt, mp_qg_type yt, int64_t ldy, const char *what)
+{
+    char buf[256];
+    double tol = im->tol(im->ctx, xt);
+    double *ref = (double *)calloc((size_t)(total * m + 1), sizeof *ref),
+           *sc = (double *)calloc((size_t)(total * m + 1), sizeof *sc);
+    double *base = B ? (double *)calloc((size_t)(total * m + 1), sizeof *base) : NULL;
+    double *d = (double *)malloc(sizeof(double) * (size_t)(total * m + 1)),
+           *ds = (double *)malloc(sizeof(double) * (size_t)(total * m + 1));
+    if (B) {
+        ref_product(B, Xf, ldx, total, ref, sc);
+        memcpy(base, ref, sizeof(double) * (size_t)(total * m));
+    } else {
+        for (int64_t i = 0; i < total * m; i++) {
+            ref[i] = mp_qg_load(Y0, yt, (i / m) * ldy + i % m);
+            sc[i] = fabs(ref[i]);
+        }
+    }
+    for (int i = 0; i < count; i++) {
+        if (!V[i] || !it[i].rows)
+            continue;
+        ref_delta(U[i], V[i], Xf + it[i].row0 * ldx, ldx, it[i].rows, d, ds);
+        for (int64_t k = 0; k < it[i].rows * m; k++) {
+            ref[it[i].row0 * m + k] += d[k];
+            sc[it[i].row0 * m + k] += ds[k];
+        }
+    }
+    /* rows the deltas cover were rounded twice with a base (base, then base + delta) */
+    snprintf(buf, sizeof buf, "%s (%s%s%d deltas, [%lld, %lld], X %s, Y %s)", what, B ? B->fmt->name : "",
+             B ? " base + " : "", count, (long long)m, (long long)n, mp_qg_type_name(xt), mp_qg_type_name(yt));
+    ref_count(im, ref_check(im, Y, yt, ldy, 0, total, m, ref, sc, base, tol, buf), buf);
+    int64_t r0 = 0, mm = m;
+    snprintf(buf, sizeof buf, "%s: elements outside the rows", what);
+    ref_count(im, ref_untouched(Y, Y0, yt, total, ldy, 1, &r0, &total, &mm), buf);
+    free(ref);
+    free(sc);
+    free(base);
+    free(d);
+    free(ds);
+}
+
 /* Deltas (or base + deltas when base_fmt is given): items with V [ranks[i], n] in vf[i], U [m, ranks[i]] in
  * uf[i] (vf[i] NULL: no delta for that item), stacked with gap rows. */
 static void ref_case_delta(ref_impl *im, mp_rng *g, const mp_qformat *base_fmt, int count, const mp_qformat *const *vf,
                            const mp_qformat *const *uf, const int64_t *ranks, int64_t m, int64_t n, const int64_t *rows,
                            mp_qg_type xt, mp_qg_type yt, int64_t pad, const char *what)
 {
-    mp_qtensor **U = calloc((size_t)count, sizeof *U), **V = calloc((size_t)count, sizeof *V), *B = NULL;
-    mp_qdelta_item *it = calloc((size_t)count, sizeof *it);
+    mp_qtensor **U = (mp_qtensor **)calloc((size_t)count, sizeof *U),
+               **V = (mp_qtensor **)calloc((size_t)count, sizeof *V), *B = NULL;
+    mp_qdelta_item *it = (mp_qdelta_item *)calloc((size_t)count, sizeof *it);
     int64_t total = 0;
     for (int i = 0; i < count; i++) {
         if (vf[i]) {
@@ -320,49 +372,13 @@ static void ref_case_delta(ref_impl *im, mp_rng *g, const mp_qformat *base_fmt, 
     void *Y = ref_output(g, yt, total, ldy, &Y0);
     int rc = B ? im->base_delta(im->ctx, B, total, it, count, X, xt, ldx, Y, yt, ldy)
                : im->delta(im->ctx, it, count, X, xt, ldx, Y, yt, ldy);
-    char buf[256];
     if (rc < 0) {
         fprintf(stderr, "%s: %s: failed: %s\n", im->name, what, mp_error_message());
         im->checks++;
         im->failures++;
-        goto done;
-    }
-    double tol = im->tol(im->ctx, xt);
-    double *ref = calloc((size_t)(total * m + 1), sizeof *ref), *sc = calloc((size_t)(total * m + 1), sizeof *sc);
-    double *base = B ? calloc((size_t)(total * m + 1), sizeof *base) : NULL;
-    double *d = malloc(sizeof(double) * (size_t)(total * m + 1)),
-           *ds = malloc(sizeof(double) * (size_t)(total * m + 1));
-    if (B) {
-        ref_product(B, Xf, ldx, total, ref, sc);
-        memcpy(base, ref, sizeof(double) * (size_t)(total * m));
     } else {
-        for (int64_t i = 0; i < total * m; i++) {
-            ref[i] = mp_qg_load(Y0, yt, (i / m) * ldy + i % m);
-            sc[i] = fabs(ref[i]);
-        }
+        ref_check_delta(im, B, count, U, V, it, m, n, total, Xf, ldx, Y, Y0, xt, yt, ldy, what);
     }
-    for (int i = 0; i < count; i++) {
-        if (!V[i] || !rows[i])
-            continue;
-        ref_delta(U[i], V[i], Xf + it[i].row0 * ldx, ldx, rows[i], d, ds);
-        for (int64_t k = 0; k < rows[i] * m; k++) {
-            ref[it[i].row0 * m + k] += d[k];
-            sc[it[i].row0 * m + k] += ds[k];
-        }
-    }
-    /* rows the deltas cover were rounded twice with a base (base, then base + delta) */
-    snprintf(buf, sizeof buf, "%s (%s%s%d deltas, [%lld, %lld], X %s, Y %s)", what, B ? B->fmt->name : "",
-             B ? " base + " : "", count, (long long)m, (long long)n, mp_qg_type_name(xt), mp_qg_type_name(yt));
-    ref_count(im, ref_check(im, Y, yt, ldy, 0, total, m, ref, sc, base, tol, buf), buf);
-    int64_t r0 = 0, mm = m;
-    snprintf(buf, sizeof buf, "%s: elements outside the rows", what);
-    ref_count(im, ref_untouched(Y, Y0, yt, total, ldy, 1, &r0, &total, &mm), buf);
-    free(ref);
-    free(sc);
-    free(base);
-    free(d);
-    free(ds);
-done:
     for (int i = 0; i < count; i++) {
         mp_qtensor_destroy(U[i]);
         mp_qtensor_destroy(V[i]);
@@ -384,7 +400,7 @@ static void ref_case_act_u(ref_impl *im, mp_rng *g, const mp_qformat *vfmt, cons
                            int64_t n, int64_t r, int64_t rows, mp_qg_type xt, const char *what)
 {
     mp_qtensor *V = ref_block(g, vfmt, r, n), *U = ref_block(g, ufmt, m, r);
-    float *Xf, *T = calloc((size_t)(rows * r + 1), sizeof *T);
+    float *Xf, *T = (float *)calloc((size_t)(rows * r + 1), sizeof *T);
     void *X = ref_tokens(g, xt, rows, n, n, &Xf), *Y0;
     void *Y = ref_output(g, MP_QG_F32, rows, m, &Y0);
     mp_qgemm_item a = {V, 0, rows}, b = {U, 0, rows};
@@ -396,8 +412,8 @@ static void ref_case_act_u(ref_impl *im, mp_rng *g, const mp_qformat *vfmt, cons
         im->checks++;
         im->failures++;
     } else {
-        double *ref = malloc(sizeof(double) * (size_t)(rows * (m > r ? m : r) + 1));
-        double *sc = malloc(sizeof(double) * (size_t)(rows * (m > r ? m : r) + 1));
+        double *ref = (double *)malloc(sizeof(double) * (size_t)(rows * (m > r ? m : r) + 1));
+        double *sc = (double *)malloc(sizeof(double) * (size_t)(rows * (m > r ? m : r) + 1));
         ref_product(V, Xf, n, rows, ref, sc);
         ref_count(im, ref_check(im, T, MP_QG_F32, r, 0, rows, r, ref, sc, NULL, im->tol(im->ctx, xt), buf), buf);
         ref_product(U, T, r, rows, ref, sc);
@@ -421,8 +437,9 @@ static void ref_case_act_u(ref_impl *im, mp_rng *g, const mp_qformat *vfmt, cons
 /* The suite both implementations pass: every format alone on odd shapes and every type combination, all
  * formats mixed in one grouped call (different row counts, an expert without tokens), items of different
  * shapes, deltas with mixed U/V formats and ranks, base + delta, activation-format U in two stages.
- * `big` adds shapes with aligned rows (n a multiple of 64, ld a multiple of 8) and more tokens per item. */
-static void ref_suite(ref_impl *im, uint64_t seed, int big)
+ * level 1 adds moderate shapes with aligned rows (n a multiple of 64, ld a multiple of 8) and many or few
+ * tokens per item, level 2 larger ones (longer rows, higher ranks). */
+static void ref_suite(ref_impl *im, uint64_t seed, int level)
 {
     mp_rng g;
     mp_rng_seed(&g, seed);
@@ -450,7 +467,8 @@ static void ref_suite(ref_impl *im, uint64_t seed, int big)
     for (int a = 0; a < 3; a++)
         for (int b = 0; b < 3; b++)
             for (int acc = 0; acc < 2; acc++)
-                ref_case_grouped(im, &g, REF_NFORMATS, F, m9, n9, r9, types[a], types[b], acc, 5, "mixed formats");
+                ref_case_grouped(im, &g, REF_NFORMATS, F, m9, n9, r9, types[a], types[b], acc, acc ? 3 : 5,
+                                 "mixed formats"); /* ldx 200: 16-byte rows with a partial last vector */
     /* items of different shapes in one call (as the U and V factors of several ranks are) */
     const mp_qformat *Fd[4] = {F[3], F[4], F[1], F[7]};
     const int64_t md[4] = {33, 5, 70, 8}, nd[4] = {150, 63, 8, 129}, rd[4] = {4, 20, 1, 11};
@@ -469,9 +487,34 @@ static void ref_suite(ref_impl *im, uint64_t seed, int big)
         ref_case_act_u(im, &g, F[3], F[7], 50, 100, 24, 9, types[a], "activation-format U");
         ref_case_act_u(im, &g, F[8], F[8], 31, 70, 17, 6, types[a], "activation-format U");
     }
-    if (!big)
+    if (level < 1)
         return;
-    /* aligned rows (vector loads), more tokens per expert (the kernels' larger tiles), longer rows */
+    /* aligned rows (n a multiple of 64, ld a multiple of 8: vector copies), many tokens per expert (mean
+     * above 32: the large tiles) and few (the small tiles), moderate sizes */
+    int64_t ma[REF_NFORMATS], na[REF_NFORMATS], ra[REF_NFORMATS];
+    const int64_t rowsa[REF_NFORMATS] = {40, 33, 0, 70, 35, 64, 1, 50, 36};
+    for (int i = 0; i < REF_NFORMATS; i++) {
+        ma[i] = 96;
+        na[i] = 256;
+        ra[i] = rowsa[i];
+    }
+    for (int a = 1; a < 3; a++) {
+        ref_case_grouped(im, &g, REF_NFORMATS, F, ma, na, ra, types[a], types[3 - a], a - 1, 0,
+                         "mixed formats, aligned, many tokens");
+        ref_case_grouped(im, &g, REF_NFORMATS, F, ma, na, ra, types[a], MP_QG_F32, 2 - a, 8,
+                         "mixed formats, aligned, padded ld, many tokens");
+    }
+    for (int i = 0; i < REF_NFORMATS; i++)
+        ra[i] = 16 - (i % 3);
+    for (int a = 1; a < 3; a++)
+        ref_case_grouped(im, &g, REF_NFORMATS, F, ma, na, ra, types[a], types[a], a - 1, 0,
+                         "mixed formats, aligned, few tokens");
+    const int64_t aranks[5] = {64, 16, 0, 32, 8}, arows[5] = {40, 8, 12, 35, 3};
+    for (int a = 1; a < 3; a++)
+        ref_case_delta(im, &g, F[3 + a], 5, vf, uf, aranks, 96, 256, arows, types[a], types[a], 0,
+                       "base + delta, aligned");
+    if (level < 2)
+        return;
     int64_t mb[REF_NFORMATS], nb[REF_NFORMATS], rb[REF_NFORMATS];
     const int64_t rowsb[REF_NFORMATS] = {150, 64, 0, 97, 200, 33, 128, 70, 65};
     for (int i = 0; i < REF_NFORMATS; i++) {

@@ -83,7 +83,7 @@ static void bad_arguments(void)
 int main(void)
 {
     ref_impl cpu = {"cpu", NULL, cpu_grouped, cpu_delta, cpu_base_delta, cpu_tol, 0, 0, 0.0, 0.0};
-    ref_suite(&cpu, 20240613, 1);
+    ref_suite(&cpu, 20240613, 2);
     printf("qgemm cpu: %lld comparisons, %lld failed; worst error / allowance %.3g (fp32 outputs: %.3g)\n",
            (long long)cpu.checks, (long long)cpu.failures, cpu.worst, cpu.worst32);
     t_checks += (int)cpu.checks;
