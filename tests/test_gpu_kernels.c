@@ -207,8 +207,10 @@ int main(void)
         mp_gpu_qtensor *d = NULL;
         CHECK_ERR(mp_gpu_qtensor_upload(q, &d), MP_EUSAGE, "GPU upload");
         mp_qtensor_destroy(q);
-        printf("SKIPPED: no GPU visible (%s; %s)\n", build,
-               MOEPACK_HAVE_CUDA ? "no CUDA device on this machine" : "built without CUDA");
+        if (MOEPACK_HAVE_CUDA)
+            printf("SKIPPED: no GPU visible (%s; no CUDA device on this machine)\n", build);
+        else
+            printf("SKIPPED: no GPU visible (built without CUDA)\n");
         return t_failures ? 1 : 77;
     }
     mp_gpu_describe(0, dev, sizeof dev);
