@@ -40,11 +40,24 @@ static int get_int(const jctx *j, const char *key, const int *def, int *out)
     return 0;
 }
 
+/* A size: positive and at most MP_CONFIG_SIZE_MAX (so that products of a few sizes fit int64). */
 static int get_pos(const jctx *j, const char *key, const int *def, int *out)
 {
     MP_CHECK(get_int(j, key, def, out));
     if (*out <= 0)
         return mp_errorf(MP_ECONFIG, "%s: key '%s' must be positive, got %d", j->what, key, *out);
+    if (*out > MP_CONFIG_SIZE_MAX)
+        return mp_errorf(MP_ECONFIG, "%s: key '%s' = %d is larger than the supported %d", j->what, key, *out,
+                         MP_CONFIG_SIZE_MAX);
+    return 0;
+}
+
+/* A count that may be 0 (bounded like get_pos). */
+static int get_nonneg(const jctx *j, const char *key, const int *def, int *out)
+{
+    MP_CHECK(get_int(j, key, def, out));
+    if (*out < 0 || *out > MP_CONFIG_SIZE_MAX)
+        return mp_errorf(MP_ECONFIG, "%s: key '%s' must be in [0, %d], got %d", j->what, key, MP_CONFIG_SIZE_MAX, *out);
     return 0;
 }
 
@@ -57,10 +70,22 @@ static int get_num(const jctx *j, const char *key, double def, int required, dou
         *out = def;
         return 0;
     }
-    if (!cJSON_IsNumber(v))
-        return mp_errorf(MP_ECONFIG, "%s: key '%s' must be a number", j->what, key);
+    if (!cJSON_IsNumber(v) || !isfinite(v->valuedouble))
+        return mp_errorf(MP_ECONFIG, "%s: key '%s' must be a finite number", j->what, key);
     *out = v->valuedouble;
     return 0;
+}
+
+/* A number with lo < x (or lo <= x when lo_incl) and x <= hi. */
+static int check_range(const jctx *j, const char *key, double x, double lo, int lo_incl, double hi)
+{
+    if ((lo_incl ? x >= lo : x > lo) && x <= hi)
+        return 0;
+    char hib[64] = "";
+    if (hi < HUGE_VAL)
+        snprintf(hib, sizeof hib, " and <= %g", hi);
+    return mp_errorf(MP_ECONFIG, "%s: key '%s' = %g is out of range (it must be %s %g%s)", j->what, key, x,
+                     lo_incl ? ">=" : ">", lo, hib);
 }
 
 static int get_bool(const jctx *j, const char *key, int def, int *out)
@@ -99,15 +124,15 @@ static int get_factor_list(const jctx *j, const cJSON *obj, const char *key, dou
     if (!v || cJSON_IsNull(v))
         return 0;
     if (!cJSON_IsArray(v))
-        return mp_errorf(MP_ECONFIG, "%s: rope key '%s' must be a list of numbers", j->what, key);
+        return mp_errorf(MP_ECONFIG, "%s: key '%s' must be a list of numbers", j->what, key);
     int len = cJSON_GetArraySize(v);
     *out = calloc((size_t)(len ? len : 1), sizeof **out);
     if (!*out)
         return mp_errorf(MP_ENOMEM, "out of memory");
-    for (int i = 0; i < len; i++) {
-        const cJSON *x = cJSON_GetArrayItem(v, i);
-        if (!cJSON_IsNumber(x))
-            return mp_errorf(MP_ECONFIG, "%s: rope key '%s'[%d] must be a number", j->what, key, i);
+    int i = 0;
+    for (const cJSON *x = v->child; x; x = x->next, i++) { /* not GetArrayItem: quadratic in the length */
+        if (!cJSON_IsNumber(x) || !isfinite(x->valuedouble) || !(x->valuedouble > 0))
+            return mp_errorf(MP_ECONFIG, "%s: key '%s'[%d] must be a positive finite number", j->what, key, i);
         (*out)[i] = x->valuedouble;
     }
     *n = len;
@@ -126,6 +151,7 @@ static int parse_rope(const jctx *j, mp_config *c, double def_theta)
     MP_CHECK(get_num(j, "rope_theta", def_theta, 0, &c->rope_theta));
     MP_CHECK(get_num(j, "partial_rotary_factor", 1.0, 0, &c->partial_rotary_factor));
     snprintf(c->rope_type, sizeof c->rope_type, "default");
+    snprintf(c->rope_type_key, sizeof c->rope_type_key, "rope_parameters.rope_type");
     c->rope_factor = 1.0;
     c->rope_beta_fast = 32;
     c->rope_beta_slow = 1;
@@ -135,18 +161,26 @@ static int parse_rope(const jctx *j, mp_config *c, double def_theta)
     c->rope_high_freq_factor = 4;
     c->rope_orig_max_pos = c->max_pos;
     const cJSON *src[2] = {rp, rs};
+    static const char *src_key[2] = {"rope_parameters", "rope_scaling"};
     for (int s = 0; s < 2; s++) {
         const cJSON *o = src[s];
         if (!o)
             continue;
-        jctx sub = {o, j->what, j->arch};
-        const cJSON *ty = cJSON_GetObjectItemCaseSensitive(o, "rope_type");
+        char what[4200];
+        snprintf(what, sizeof what, "%s: %s", j->what, src_key[s]);
+        jctx sub = {o, what, j->arch};
+        const char *tkey = "rope_type";
+        const cJSON *ty = cJSON_GetObjectItemCaseSensitive(o, tkey);
         if (!ty)
-            ty = cJSON_GetObjectItemCaseSensitive(o, "type");
-        if (ty && cJSON_IsString(ty))
+            ty = cJSON_GetObjectItemCaseSensitive(o, tkey = "type");
+        if (ty && cJSON_IsString(ty)) {
+            if (strlen(ty->valuestring) >= sizeof c->rope_type)
+                return mp_errorf(MP_ECONFIG, "%s: key '%s': unsupported rope type '%.40s...'", what, tkey,
+                                 ty->valuestring);
             snprintf(c->rope_type, sizeof c->rope_type, "%s", ty->valuestring);
-        else if (ty)
-            return mp_errorf(MP_ECONFIG, "%s: rope type must be a string", j->what);
+            snprintf(c->rope_type_key, sizeof c->rope_type_key, "%s.%s", src_key[s], tkey);
+        } else if (ty)
+            return mp_errorf(MP_ECONFIG, "%s: key '%s' (the rope type) must be a string", what, tkey);
         if (strcmp(c->rope_type, "su") == 0)
             snprintf(c->rope_type, sizeof c->rope_type, "longrope");
         MP_CHECK(get_num(&sub, "rope_theta", c->rope_theta, 0, &c->rope_theta));
@@ -161,20 +195,22 @@ static int parse_rope(const jctx *j, mp_config *c, double def_theta)
         int omp = c->rope_orig_max_pos;
         MP_CHECK(get_int(&sub, "original_max_position_embeddings", &omp, &c->rope_orig_max_pos));
         if (!c->rope_short_factor)
-            MP_CHECK(get_factor_list(j, o, "short_factor", &c->rope_short_factor, &c->n_rope_short));
+            MP_CHECK(get_factor_list(&sub, o, "short_factor", &c->rope_short_factor, &c->n_rope_short));
         if (!c->rope_long_factor)
-            MP_CHECK(get_factor_list(j, o, "long_factor", &c->rope_long_factor, &c->n_rope_long));
+            MP_CHECK(get_factor_list(&sub, o, "long_factor", &c->rope_long_factor, &c->n_rope_long));
+        if (strcmp(c->rope_type, "default") != 0)
+            MP_CHECK(check_range(&sub, "factor", c->rope_factor, 0, 0, HUGE_VAL));
     }
     /* Phi-3.5-MoE keeps original_max_position_embeddings at the top level */
     int omp = c->rope_orig_max_pos;
-    MP_CHECK(get_int(j, "original_max_position_embeddings", &omp, &c->rope_orig_max_pos));
-    if (!(c->rope_theta > 0))
-        return mp_errorf(MP_ECONFIG, "%s: rope_theta must be positive", j->what);
+    MP_CHECK(get_pos(j, "original_max_position_embeddings", &omp, &c->rope_orig_max_pos));
+    MP_CHECK(check_range(j, "rope_theta", c->rope_theta, 0, 0, HUGE_VAL));
+    MP_CHECK(check_range(j, "partial_rotary_factor", c->partial_rotary_factor, 0, 0, 1));
     static const char *known[] = {"default", "linear", "dynamic", "yarn", "longrope", "llama3"};
     for (size_t i = 0; i < sizeof known / sizeof *known; i++)
         if (strcmp(c->rope_type, known[i]) == 0)
             return 0;
-    return mp_errorf(MP_ECONFIG, "%s: unsupported rope type '%s'", j->what, c->rope_type);
+    return mp_errorf(MP_ECONFIG, "%s: key '%s': unsupported rope type '%s'", j->what, c->rope_type_key, c->rope_type);
 }
 
 static int find_arch(const jctx *j, mp_config *c)
@@ -225,7 +261,10 @@ static int parse_common(const jctx *j, mp_config *c)
         return mp_errorf(MP_ECONFIG, "%s: hidden_size %d is not a multiple of num_attention_heads %d", j->what,
                          c->hidden, c->n_heads);
     int hd = c->hidden / c->n_heads;
-    MP_CHECK(get_pos(j, "head_dim", &hd, &c->head_dim));
+    if (hd == 0 && !item(j, "head_dim"))
+        return mp_errorf(MP_ECONFIG, "%s: hidden_size %d is smaller than num_attention_heads %d", j->what, c->hidden,
+                         c->n_heads);
+    MP_CHECK(get_pos(j, "head_dim", hd > 0 ? &hd : NULL, &c->head_dim));
     if (c->n_heads % c->n_kv_heads != 0)
         return mp_errorf(MP_ECONFIG, "%s: num_attention_heads %d is not a multiple of num_key_value_heads %d",
                          j->what, c->n_heads, c->n_kv_heads);
@@ -257,9 +296,8 @@ static int parse_arch(const jctx *j, mp_config *c)
         }
         MP_CHECK(get_num(j, "rms_norm_eps", 1e-5, 0, &c->norm_eps));
         MP_CHECK(get_num(j, "router_jitter_noise", 0.0, 0, &c->router_jitter));
-        int sw = 0;
-        MP_CHECK(get_int(j, "sliding_window", &zero, &sw));
-        c->sliding_window = sw > 0 ? sw : 0;
+        MP_CHECK(check_range(j, "router_jitter_noise", c->router_jitter, 0, 1, HUGE_VAL));
+        MP_CHECK(get_nonneg(j, "sliding_window", &zero, &c->sliding_window));
         memset(c->is_moe, 1, (size_t)c->n_layers);
         break;
     }
@@ -280,6 +318,7 @@ static int parse_arch(const jctx *j, mp_config *c)
             MP_CHECK(get_bool(j, "attention_bias", 0, &c->attn_bias));
             c->o_bias = c->attn_bias;
             MP_CHECK(get_num(j, "clip_qkv", 0.0, 0, &c->clip_qkv));
+            MP_CHECK(check_range(j, "clip_qkv", c->clip_qkv, 0, 1, HUGE_VAL));
             c->qk_norm = MP_QKNORM_FULL;
             memset(c->is_moe, 1, (size_t)c->n_layers);
             break;
@@ -309,8 +348,8 @@ static int parse_arch(const jctx *j, mp_config *c)
         MP_CHECK(rc);
         int sw = 0, use_sw = 0;
         MP_CHECK(get_bool(j, "use_sliding_window", 0, &use_sw));
-        MP_CHECK(get_int(j, "sliding_window", &zero, &sw));
-        c->sliding_window = use_sw && sw > 0 ? sw : 0;
+        MP_CHECK(get_nonneg(j, "sliding_window", &zero, &sw));
+        c->sliding_window = use_sw ? sw : 0;
         break;
     }
     case MP_ARCH_DEEPSEEK_V2:
@@ -320,13 +359,16 @@ static int parse_arch(const jctx *j, mp_config *c)
         MP_CHECK(get_pos(j, "num_experts_per_tok", NULL, &c->top_k));
         MP_CHECK(get_pos(j, "moe_intermediate_size", NULL, &c->moe_ffn));
         MP_CHECK(get_pos(j, "intermediate_size", NULL, &c->dense_ffn));
-        MP_CHECK(get_int(j, "n_shared_experts", &zero, &c->n_shared));
-        if (c->n_shared < 0)
-            return mp_errorf(MP_ECONFIG, "%s: n_shared_experts must be >= 0", j->what);
+        MP_CHECK(get_nonneg(j, "n_shared_experts", &zero, &c->n_shared));
+        if ((int64_t)c->n_shared * c->moe_ffn > MP_CONFIG_SIZE_MAX)
+            return mp_errorf(MP_ECONFIG,
+                             "%s: n_shared_experts %d x moe_intermediate_size %d is larger than the "
+                             "supported %d",
+                             j->what, c->n_shared, c->moe_ffn, MP_CONFIG_SIZE_MAX);
         c->shared_ffn = c->n_shared * c->moe_ffn;
-        MP_CHECK(get_int(j, "first_k_dense_replace", &zero, &c->first_k_dense));
+        MP_CHECK(get_nonneg(j, "first_k_dense_replace", &zero, &c->first_k_dense));
         MP_CHECK(get_pos(j, "moe_layer_freq", &one, &c->moe_layer_freq));
-        MP_CHECK(get_int(j, "q_lora_rank", &zero, &c->q_lora_rank));
+        MP_CHECK(get_nonneg(j, "q_lora_rank", &zero, &c->q_lora_rank));
         MP_CHECK(get_pos(j, "kv_lora_rank", NULL, &c->kv_lora_rank));
         MP_CHECK(get_pos(j, "qk_nope_head_dim", NULL, &c->qk_nope_dim));
         MP_CHECK(get_pos(j, "qk_rope_head_dim", NULL, &c->qk_rope_dim));
@@ -336,6 +378,7 @@ static int parse_arch(const jctx *j, mp_config *c)
         MP_CHECK(get_str(j, "topk_method", v3 ? "noaux_tc" : "greedy", c->topk_method, sizeof c->topk_method));
         MP_CHECK(get_str(j, "scoring_func", v3 ? "sigmoid" : "softmax", c->scoring_func, sizeof c->scoring_func));
         MP_CHECK(get_num(j, "routed_scaling_factor", 1.0, 0, &c->routed_scaling));
+        MP_CHECK(check_range(j, "routed_scaling_factor", c->routed_scaling, 0, 0, HUGE_VAL));
         MP_CHECK(get_bool(j, "norm_topk_prob", v3, &c->norm_topk_prob));
         MP_CHECK(get_num(j, "rms_norm_eps", 1e-6, 0, &c->norm_eps));
         MP_CHECK(get_bool(j, "attention_bias", 0, &c->attn_bias));
@@ -345,9 +388,16 @@ static int parse_arch(const jctx *j, mp_config *c)
             return mp_errorf(MP_ECONFIG, "%s: unsupported topk_method '%s'", j->what, c->topk_method);
         if (strcmp(c->scoring_func, "softmax") && strcmp(c->scoring_func, "sigmoid"))
             return mp_errorf(MP_ECONFIG, "%s: unsupported scoring_func '%s'", j->what, c->scoring_func);
-        if (c->n_experts % c->n_group != 0 || c->topk_group > c->n_group)
-            return mp_errorf(MP_ECONFIG, "%s: n_routed_experts %d, n_group %d and topk_group %d are inconsistent",
-                             j->what, c->n_experts, c->n_group, c->topk_group);
+        if (c->n_experts % c->n_group != 0 || c->topk_group > c->n_group ||
+            (int64_t)c->topk_group * (c->n_experts / c->n_group) < c->top_k)
+            return mp_errorf(MP_ECONFIG,
+                             "%s: keys n_routed_experts %d, n_group %d, topk_group %d and num_experts_per_tok %d are "
+                             "inconsistent (n_group must divide the experts, topk_group <= n_group, and the chosen "
+                             "groups must hold num_experts_per_tok experts)",
+                             j->what, c->n_experts, c->n_group, c->topk_group, c->top_k);
+        if (c->qk_rope_dim % 2 != 0)
+            return mp_errorf(MP_ECONFIG, "%s: key 'qk_rope_head_dim' = %d must be even (rotary pairs)", j->what,
+                             c->qk_rope_dim);
         for (int l = 0; l < c->n_layers; l++)
             c->is_moe[l] = l >= c->first_k_dense && l % c->moe_layer_freq == 0;
         break;
@@ -355,26 +405,56 @@ static int parse_arch(const jctx *j, mp_config *c)
     default: return mp_errorf(MP_EINTERNAL, "unhandled architecture");
     }
     if (c->top_k > c->n_experts)
-        return mp_errorf(MP_ECONFIG, "%s: num_experts_per_tok %d exceeds the number of experts %d", j->what,
+        return mp_errorf(MP_ECONFIG, "%s: key 'num_experts_per_tok' = %d exceeds the number of experts %d", j->what,
                          c->top_k, c->n_experts);
+    MP_CHECK(check_range(j, "rms_norm_eps", c->norm_eps, 0, 0, HUGE_VAL));
     MP_CHECK(parse_rope(j, c, theta));
     if (c->dense_ffn == 0)
         for (int l = 0; l < c->n_layers; l++)
             if (!c->is_moe[l])
                 return mp_errorf(MP_ECONFIG, "%s: layer %d is dense but intermediate_size is not set", j->what, l);
+    if (mp_config_n_moe_layers(c) == 0)
+        return mp_errorf(MP_ECONFIG, "%s: no layer is a MoE layer (num_hidden_layers %d; see %s)", j->what, c->n_layers,
+                         c->arch == MP_ARCH_DEEPSEEK_V2 || c->arch == MP_ARCH_DEEPSEEK_V3
+                             ? "first_k_dense_replace and moe_layer_freq"
+                             : "mlp_only_layers and decoder_sparse_step");
+    /* rotate-half rope works on pairs */
+    if (c->arch != MP_ARCH_DEEPSEEK_V2 && c->arch != MP_ARCH_DEEPSEEK_V3) {
+        int64_t rd = (int64_t)(c->head_dim * c->partial_rotary_factor);
+        if (rd < 2)
+            return mp_errorf(MP_ECONFIG, "%s: head_dim %d x partial_rotary_factor %g leaves no rotary dimension",
+                             j->what, c->head_dim, c->partial_rotary_factor);
+        if (rd % 2 != 0)
+            return mp_errorf(MP_ECONFIG,
+                             "%s: head_dim %d x partial_rotary_factor %g = %lld rotary dimensions, which must be even "
+                             "(rotary pairs)",
+                             j->what, c->head_dim, c->partial_rotary_factor, (long long)rd);
+        if (c->rope_short_factor && c->n_rope_short != rd / 2)
+            return mp_errorf(MP_ECONFIG, "%s: rope short_factor has %d entries; the rotary dimension %lld needs %lld",
+                             j->what, c->n_rope_short, (long long)rd, (long long)(rd / 2));
+        if (c->rope_long_factor && c->n_rope_long != rd / 2)
+            return mp_errorf(MP_ECONFIG, "%s: rope long_factor has %d entries; the rotary dimension %lld needs %lld",
+                             j->what, c->n_rope_long, (long long)rd, (long long)(rd / 2));
+    }
     (void)zero;
     return 0;
 }
 
 int mp_config_parse(const char *json, const char *what, mp_config *cfg)
 {
+    return mp_config_parse_n(json, strlen(json), what, cfg);
+}
+
+int mp_config_parse_n(const char *json, size_t len, const char *what, mp_config *cfg)
+{
     memset(cfg, 0, sizeof *cfg);
-    cJSON *root = cJSON_Parse(json);
+    snprintf(cfg->file, sizeof cfg->file, "%s", what);
+    cJSON *root = cJSON_ParseWithLength(json, len);
     if (!root || !cJSON_IsObject(root)) {
         cJSON_Delete(root);
         return mp_errorf(MP_ECONFIG, "%s: not a valid JSON object", what);
     }
-    jctx j = {root, what, "?"};
+    jctx j = {root, cfg->file, "?"};
     int rc = 0;
     MP_CHECK_GOTO(find_arch(&j, cfg), out);
     j.arch = mp_arch_name(cfg->arch);
@@ -393,9 +473,9 @@ int mp_config_load(const char *path, mp_config *cfg)
     memset(cfg, 0, sizeof *cfg);
     char *buf = NULL;
     size_t n = 0;
-    MP_CHECK(mp_read_file(path, &buf, &n));
-    int rc = n > (64u << 20) ? mp_errorf(MP_ECONFIG, "%s: unreasonable size %zu bytes", path, n)
-                             : mp_config_parse(buf, path, cfg);
+    /* a directory, FIFO or device named config.json, or an absurdly large one, is an invalid config */
+    MP_CHECK(mp_read_file_max(path, 64u << 20, MP_ECONFIG, &buf, &n));
+    int rc = mp_config_parse_n(buf, n, path, cfg);
     free(buf);
     MP_CHECK(rc);
     return 0;

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "error.h"
+#include "h5check.h"
 #include "h5util.h"
 
 static const char *PN[3] = {"gate", "up", "down"};
@@ -143,6 +144,9 @@ int mp_fisher_read_rows(const char *path, int l, int e, int p, int64_t rows, int
 {
     char name[96];
     snprintf(name, sizeof name, "layer%d/expert%d/%s", l, e, PN[p]);
+    char top[24]; /* a user's file: regular, with metadata HDF5 can walk (h5check.h) */
+    snprintf(top, sizeof top, "layer%d", l);
+    MP_CHECK(mp_h5_precheck_path(path, top));
     mp_h5_init();
     hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
     if (f < 0)

@@ -6,6 +6,7 @@
 #include <ftw.h>
 #include <fcntl.h>
 #include <libgen.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -84,30 +85,88 @@ int mp_write_file_atomic(const char *path, const void *data, size_t n)
     return 0;
 }
 
-int mp_read_file(const char *path, char **out, size_t *n)
+const char *mp_file_kind(unsigned mode)
 {
-    FILE *fp = fopen(path, "rb");
-    if (!fp)
-        return mp_syserrorf(errno == ENOENT ? MP_ENOENT : MP_EIO, "%s: cannot open", path);
-    fseek(fp, 0, SEEK_END);
-    long len = ftell(fp);
-    fseek(fp, 0, SEEK_SET);
-    if (len < 0) {
-        fclose(fp);
-        return mp_syserrorf(MP_EIO, "%s: cannot determine size", path);
+    if (S_ISREG(mode))
+        return "a regular file";
+    if (S_ISDIR(mode))
+        return "a directory";
+    if (S_ISFIFO(mode))
+        return "a FIFO";
+    if (S_ISCHR(mode))
+        return "a character device";
+    if (S_ISBLK(mode))
+        return "a block device";
+    if (S_ISSOCK(mode))
+        return "a socket";
+    return "not a regular file";
+}
+
+int mp_open_regular(const char *path, int not_regular_code, int *fd_out, size_t *size)
+{
+    /* O_NONBLOCK: opening a FIFO must not wait for a writer; it is refused below */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    if (fd < 0)
+        return mp_syserrorf(errno == ENOENT || errno == ENOTDIR ? MP_ENOENT : MP_EIO, "%s: cannot open", path);
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        close(fd);
+        return mp_syserrorf(MP_EIO, "%s: cannot stat", path);
     }
-    char *buf = malloc((size_t)len + 1);
+    if (!S_ISREG(st.st_mode)) {
+        close(fd);
+        return mp_errorf(not_regular_code, "%s: is %s, not a regular file", path, mp_file_kind(st.st_mode));
+    }
+    if (st.st_size < 0 || (uint64_t)st.st_size > (uint64_t)SIZE_MAX / 2) {
+        close(fd);
+        return mp_errorf(MP_EFORMAT, "%s: unusable file size %lld", path, (long long)st.st_size);
+    }
+    *fd_out = fd;
+    *size = (size_t)st.st_size;
+    return 0;
+}
+
+int mp_read_file_max(const char *path, size_t max, int not_regular_code, char **out, size_t *n)
+{
+    *out = NULL;
+    int fd;
+    size_t len;
+    MP_CHECK(mp_open_regular(path, not_regular_code, &fd, &len));
+    if (len > max) {
+        close(fd);
+        return mp_errorf(not_regular_code, "%s: %zu bytes, more than the %zu bytes such a file may have", path, len,
+                         max);
+    }
+    char *buf = malloc(len + 1);
     if (!buf) {
-        fclose(fp);
-        return mp_errorf(MP_ENOMEM, "out of memory reading %s", path);
+        close(fd);
+        return mp_errorf(MP_ENOMEM, "out of memory reading %s (%zu bytes)", path, len);
     }
-    size_t got = fread(buf, 1, (size_t)len, fp);
-    fclose(fp);
+    size_t got = 0;
+    while (got < len) {
+        ssize_t r = read(fd, buf + got, len - got);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0) {
+            free(buf);
+            close(fd);
+            return mp_syserrorf(MP_EIO, "%s: read failed", path);
+        }
+        if (r == 0)
+            break; /* the file shrank while we read it: take what is there */
+        got += (size_t)r;
+    }
+    close(fd);
     buf[got] = '\0';
     *out = buf;
     if (n)
         *n = got;
     return 0;
+}
+
+int mp_read_file(const char *path, char **out, size_t *n)
+{
+    return mp_read_file_max(path, SIZE_MAX / 2, MP_EFORMAT, out, n);
 }
 
 static int rm_entry(const char *p, const struct stat *sb, int flag, struct FTW *ftw)

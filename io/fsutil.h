@@ -16,8 +16,18 @@ int mp_commit_file(const char *tmp, const char *final);
 int mp_write_file_atomic(const char *path, const void *data, size_t n);
 /* rm -r; a missing path is fine. */
 int mp_remove_tree(const char *path);
-/* Read a whole file; *out is malloc'ed and NUL-terminated. */
+/* Read a whole regular file; *out is malloc'ed and NUL-terminated. A missing path is MP_ENOENT; a
+ * directory, FIFO, device... is MP_EFORMAT naming what it is (never opened for reading, so a FIFO
+ * does not block). */
 int mp_read_file(const char *path, char **out, size_t *n);
+/* The same with a size limit: a file larger than `max` bytes, or a path that is not a regular file,
+ * is an error with code `bad_code` (e.g. MP_ECONFIG for config.json). */
+int mp_read_file_max(const char *path, size_t max, int bad_code, char **out, size_t *n);
+/* open(2) a regular file read-only: *fd and its *size; a path that exists but is not a regular
+ * file is an error with code `not_regular_code`. */
+int mp_open_regular(const char *path, int not_regular_code, int *fd, size_t *size);
+/* "a directory", "a FIFO", ... for a st_mode */
+const char *mp_file_kind(unsigned mode);
 /* fwrite that reports short writes (disk full, file size limit) as MP_EIO. */
 int mp_fwrite_all(const void *p, size_t n, void *fp, const char *path);
 

@@ -19,7 +19,7 @@ int mp_inspect_collect(const char *dir, mp_inspect_info *info)
         MP_CHECK(rc);
     }
     for (int i = 0; i < info->nproblems; i++)
-        info->nerrors += info->problems[i].kind != MP_PROBLEM_UNEXPECTED;
+        info->nerrors += mp_problem_is_error(info->problems[i].kind);
     for (int i = 0; i < m->ck->ntensors; i++) {
         const mp_tensor *t = &m->ck->tensors[i];
         info->n_tensors++;
@@ -59,7 +59,7 @@ int mp_inspect_status(const mp_inspect_info *info)
     }
     for (int i = 0; i < info->nproblems; i++) {
         const mp_problem *p = &info->problems[i];
-        if (p->kind != MP_PROBLEM_UNEXPECTED)
+        if (mp_problem_is_error(p->kind))
             return mp_errorf(MP_EFORMAT, "%s: %s (%d problems in all)", info->model->dir, p->text, info->nerrors);
     }
     return 0;
@@ -71,6 +71,7 @@ static const char *problem_kind(mp_problem_kind k)
     case MP_PROBLEM_MISSING: return "missing";
     case MP_PROBLEM_SHAPE: return "shape";
     case MP_PROBLEM_DTYPE: return "dtype";
+    case MP_PROBLEM_NOTE: return "note";
     default: return "unexpected";
     }
 }

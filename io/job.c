@@ -22,18 +22,18 @@ typedef struct {
     mp_job *job;
     const char *src; /* for messages */
     char base[4096]; /* directory for relative paths */
-    int line, rc;
+    int line, rc;    /* line: the line the reader handed to inih last; rc: the first handler error */
+    int err_line;    /* the line of that error */
+    int long_line;   /* first line longer than inih's buffer, 0 if none */
+    FILE *fp;
 } parse_ctx;
 
 static int set_path(char *dst, const char *base, const char *v)
 {
     if (!*v)
         return -1;
-    if (v[0] == '/' || !base[0])
-        snprintf(dst, 4096, "%s", v);
-    else
-        snprintf(dst, 4096, "%s/%s", base, v);
-    return 0;
+    int n = v[0] == '/' || !base[0] ? snprintf(dst, 4096, "%s", v) : snprintf(dst, 4096, "%s/%s", base, v);
+    return n < 0 || n >= 4096 ? -1 : 0; /* a path cut short would name another file */
 }
 
 static int set_int(int *dst, const char *v, int lo)
@@ -263,11 +263,35 @@ static int on_ini(void *user, const char *sec, const char *key, const char *v)
 {
     parse_ctx *p = user;
     int r = apply(p->job, p->base, sec, key, v);
-    if (r == -2)
-        p->rc = mp_errorf(MP_EUSAGE, "%s: unknown key '%s' in section [%s]", p->src, key, sec);
-    else if (r < 0)
-        p->rc = mp_errorf(MP_EUSAGE, "%s: bad value '%s' for %s.%s", p->src, v, sec, key);
+    if (r < 0 && p->rc == 0) { /* inih goes on after an error: keep the first one, with its line */
+        p->err_line = p->line;
+        if (r == -2)
+            p->rc = mp_errorf(MP_EUSAGE, "unknown key '%s' in section [%s]", key, sec);
+        else
+            p->rc = mp_errorf(MP_EUSAGE, "bad value '%s' for %s.%s", v, sec, key);
+    }
     return r == 0;
+}
+
+/* inih's line reader, counting lines and noticing lines longer than inih's buffer (which it would
+ * split into two lines) */
+static char *ini_reader_fn(char *str, int num, void *stream)
+{
+    parse_ctx *p = stream;
+    if (!fgets(str, num, p->fp))
+        return NULL;
+    p->line++;
+    size_t n = strlen(str);
+    if (n + 1 == (size_t)num && str[n - 1] != '\n') {
+        int ch = fgetc(p->fp);
+        if (ch != '\n' && ch != EOF) { /* more than fits: note it, skip the rest of the line */
+            if (!p->long_line)
+                p->long_line = p->line;
+            while ((ch = fgetc(p->fp)) != EOF && ch != '\n')
+                ;
+        }
+    }
+    return str;
 }
 
 int mp_job_load(const char *path, char *const *sets, int nsets, mp_job *job)
@@ -281,16 +305,36 @@ int mp_job_load(const char *path, char *const *sets, int nsets, mp_job *job)
             return mp_errorf(MP_EINTERNAL, "bad default of job key %s", KEYS[i].name);
     }
     if (path) {
-        if (access(path, R_OK) != 0)
-            return mp_syserrorf(MP_ENOENT, "job file %s", path);
-        parse_ctx p = {job, path, "", 0, 0};
+        int fd;
+        size_t size;
+        int rc = mp_open_regular(path, MP_EUSAGE, &fd, &size);
+        if (rc == MP_ENOENT)
+            return mp_errorf(MP_ENOENT, "job file %s: no such file", path);
+        MP_CHECK(rc);
+        parse_ctx p = {job, path, "", 0, 0, 0, 0, fdopen(fd, "r")};
+        if (!p.fp) {
+            close(fd);
+            return mp_syserrorf(MP_EIO, "cannot read job file %s", path);
+        }
         char tmp[4096];
-        snprintf(tmp, sizeof tmp, "%s", path);
+        if (snprintf(tmp, sizeof tmp, "%s", path) >= (int)sizeof tmp) {
+            fclose(p.fp);
+            return mp_errorf(MP_EUSAGE, "job file path is too long: %.200s...", path);
+        }
         snprintf(p.base, sizeof p.base, "%s", dirname(tmp));
-        int line = ini_parse(path, on_ini, &p);
+        int line = ini_parse_stream(ini_reader_fn, &p, on_ini, &p);
+        int read_err = ferror(p.fp);
+        fclose(p.fp);
+        if (read_err)
+            return mp_errorf(MP_EIO, "cannot read job file %s", path);
+        if (p.long_line && (line <= 0 || p.long_line <= line))
+            return mp_errorf(MP_EUSAGE,
+                             "%s:%d: line longer than %d characters (use --set section.key=value for "
+                             "long values)",
+                             path, p.long_line, INI_MAX_LINE - 1);
         if (line > 0) {
             char msg[1024];
-            snprintf(msg, sizeof msg, "%s", p.rc < 0 ? mp_error_message() : "syntax error");
+            snprintf(msg, sizeof msg, "%s", p.rc < 0 && p.err_line == line ? mp_error_message() : "syntax error");
             return mp_errorf(MP_EUSAGE, "%s:%d: %s", path, line, msg);
         }
         if (line < 0)
@@ -298,19 +342,22 @@ int mp_job_load(const char *path, char *const *sets, int nsets, mp_job *job)
     }
     for (int i = 0; i < nsets; i++) {
         char buf[4400], *dot = NULL, *eq = NULL;
+        if (strlen(sets[i]) >= sizeof buf)
+            return mp_errorf(MP_EUSAGE, "--set '%.300s...': too long", sets[i]);
         snprintf(buf, sizeof buf, "%s", sets[i]);
         eq = strchr(buf, '=');
         if (eq)
             *eq = '\0';
         dot = strchr(buf, '.');
+        const char *more = strlen(sets[i]) > 300 ? "..." : ""; /* messages show at most 300 characters */
         if (!eq || !dot)
-            return mp_errorf(MP_EUSAGE, "--set '%s': expected section.key=value", sets[i]);
+            return mp_errorf(MP_EUSAGE, "--set '%.300s%s': expected section.key=value", sets[i], more);
         *dot = '\0';
         int r = apply(job, "", buf, dot + 1, eq + 1);
         if (r == -2)
-            return mp_errorf(MP_EUSAGE, "--set '%s': unknown key", sets[i]);
+            return mp_errorf(MP_EUSAGE, "--set '%.300s%s': unknown key", sets[i], more);
         if (r < 0)
-            return mp_errorf(MP_EUSAGE, "--set '%s': bad value", sets[i]);
+            return mp_errorf(MP_EUSAGE, "--set '%.300s%s': bad value", sets[i], more);
     }
     if (!job->model_path[0])
         return mp_errorf(MP_EUSAGE, "%s: model.path is not set", path ? path : "job");

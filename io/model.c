@@ -24,6 +24,66 @@ static int detect_layout(mp_model *m)
     return 0;
 }
 
+/* 1 when tensors a and b (same shape) hold equal values, compared as fp32 in chunks (NaN != NaN, as
+ * torch.equal); 0 when they differ; < 0 on error */
+static int same_values(const mp_ckpt *ck, const mp_tensor *a, const mp_tensor *b)
+{
+    enum { CHUNK = 1 << 16 };
+    float *x = malloc(2 * CHUNK * sizeof *x);
+    if (!x)
+        return mp_errorf(MP_ENOMEM, "out of memory");
+    float *y = x + CHUNK;
+    int rc = 1;
+    for (int64_t i = 0; i < a->numel && rc == 1; i += CHUNK) {
+        int64_t n = a->numel - i < CHUNK ? a->numel - i : CHUNK;
+        rc = mp_ckpt_read_f32(ck, a, i, n, x);
+        if (rc == 0)
+            rc = mp_ckpt_read_f32(ck, b, i, n, y);
+        if (rc == 0) {
+            rc = 1;
+            for (int64_t k = 0; k < n && rc == 1; k++)
+                rc = x[k] == y[k];
+        }
+    }
+    free(x);
+    return rc;
+}
+
+/* The output head (see mp_model.head_name): with tie_word_embeddings and an lm_head.weight in the file,
+ * lm_head.weight becomes an expected tensor (shape [vocab, hidden] checked like any other), and it is
+ * the head unless it holds the same values as the embedding. */
+static int resolve_head(mp_model *m)
+{
+    static const char *EMB = "model.embed_tokens.weight", *HEAD = "lm_head.weight";
+    snprintf(m->head_name, sizeof m->head_name, "%s", m->cfg.tie_embeddings ? EMB : HEAD);
+    const mp_tensor *h = mp_ckpt_find(m->ck, HEAD), *e = mp_ckpt_find(m->ck, EMB);
+    if (!m->cfg.tie_embeddings || !h)
+        return 0;
+    mp_tensor_spec *ns = realloc(m->specs, (size_t)(m->nspecs + 1) * sizeof *ns);
+    if (!ns)
+        return mp_errorf(MP_ENOMEM, "out of memory");
+    m->specs = ns;
+    mp_tensor_spec *sp = &m->specs[m->nspecs++];
+    memset(sp, 0, sizeof *sp);
+    snprintf(sp->name, sizeof sp->name, "%s", HEAD);
+    sp->ndim = 2;
+    sp->shape[0] = m->cfg.vocab;
+    sp->shape[1] = m->cfg.hidden;
+    sp->role = MP_ROLE_LM_HEAD;
+    sp->layer = sp->expert = -1;
+    if (!e || e->ndim != 2 || h->ndim != 2 || e->shape[0] != h->shape[0] || e->shape[1] != h->shape[1] ||
+        h->shape[0] != m->cfg.vocab || h->shape[1] != m->cfg.hidden || !mp_dtype_is_float(e->dtype) ||
+        !mp_dtype_is_float(h->dtype))
+        return 0; /* mp_model_check reports what is wrong */
+    int same = same_values(m->ck, e, h);
+    MP_CHECK(same);
+    if (!same) {
+        snprintf(m->head_name, sizeof m->head_name, "%s", HEAD);
+        m->head_untied = 1;
+    }
+    return 0;
+}
+
 int mp_model_open_unchecked(const char *dir, mp_model **out)
 {
     *out = NULL;
@@ -33,7 +93,14 @@ int mp_model_open_unchecked(const char *dir, mp_model **out)
         return mp_errorf(MP_ENOMEM, "out of memory");
     m->dir = strdup(dir);
     char path[4096];
-    snprintf(path, sizeof path, "%s/config.json", dir);
+    if (!m->dir) {
+        rc = mp_errorf(MP_ENOMEM, "out of memory");
+        goto fail;
+    }
+    if (snprintf(path, sizeof path, "%s/config.json", dir) >= (int)sizeof path) {
+        rc = mp_errorf(MP_EUSAGE, "checkpoint path too long: %.200s...", dir);
+        goto fail;
+    }
     rc = mp_config_load(path, &m->cfg);
     if (rc == MP_ENOENT)
         rc = mp_errorf(MP_ENOENT, "%s: no config.json (not a Hugging Face checkpoint directory)", dir);
@@ -41,6 +108,7 @@ int mp_model_open_unchecked(const char *dir, mp_model **out)
     MP_CHECK_GOTO(mp_ckpt_open(dir, &m->ck), fail);
     MP_CHECK_GOTO(detect_layout(m), fail);
     MP_CHECK_GOTO(mp_registry_list(&m->cfg, m->layout, &m->specs, &m->nspecs), fail);
+    MP_CHECK_GOTO(resolve_head(m), fail);
     *out = m;
     return 0;
 fail:
@@ -55,7 +123,7 @@ int mp_model_open(const char *dir, mp_model **out)
     mp_problem *pr = NULL;
     int np = 0, rc = mp_model_check(m, &pr, &np);
     for (int i = 0; i < np && rc == 0; i++)
-        if (pr[i].kind != MP_PROBLEM_UNEXPECTED)
+        if (mp_problem_is_error(pr[i].kind))
             rc = mp_errorf(pr[i].kind == MP_PROBLEM_MISSING ? MP_ENOENT : MP_EFORMAT, "%s: %s", dir, pr[i].text);
     free(pr);
     if (rc < 0) {
@@ -139,6 +207,11 @@ int mp_model_check(const mp_model *m, mp_problem **problems, int *nproblems)
             MP_CHECK(push(&v, &n, &cap, MP_PROBLEM_DTYPE, "tensor '%s' has non-float dtype %s", s->name,
                           mp_dtype_name(t->dtype)));
     }
+    if (m->head_untied)
+        MP_CHECK(push(&v, &n, &cap, MP_PROBLEM_NOTE,
+                      "tie_word_embeddings is true but lm_head.weight in the checkpoint differs from "
+                      "model.embed_tokens.weight: the output head is the file's lm_head.weight (as in transformers, "
+                      "which does not tie them)"));
     mp_tensor_spec *sorted = malloc((size_t)(m->nspecs ? m->nspecs : 1) * sizeof *sorted);
     if (!sorted) {
         free(v);

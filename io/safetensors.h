@@ -6,8 +6,11 @@
  * nothing is loaded whole. Every header is validated on open: 8-byte length
  * within the file, JSON object, known dtype, integer shape, data_offsets inside
  * the data area, no two tensors overlapping, and shape x dtype size equal to
- * the byte span. A tensor named twice, or named in the index but absent from
- * its shard, is an error. Errors name the file and tensor.
+ * the byte span (element counts are computed with overflow checks and bounded
+ * by 2^50). A tensor named twice, or named in the index but absent from
+ * its shard, is an error; an index may only name plain files of the
+ * directory, and every shard must be a regular file. Errors name the file and
+ * tensor.
  *
  * Reading converts F32/F16/BF16/F64/F8 to fp32. An F8_E4M3 tensor `X.weight`
  * with a companion `X.weight_scale_inv` ([ceil(rows/128), ceil(cols/128)], the
@@ -42,6 +45,7 @@ typedef struct mp_st_file {
     unsigned char *map;
     size_t size;
     size_t data_off; /* 8 + header length */
+    int borrowed;    /* map is the caller's buffer (mp_ckpt_open_mem): not unmapped */
 } mp_st_file;
 
 typedef struct mp_ckpt {
@@ -58,6 +62,28 @@ typedef struct mp_ckpt {
 int mp_ckpt_open(const char *dir, mp_ckpt **out);
 /* Open a single safetensors file. */
 int mp_ckpt_open_file(const char *path, mp_ckpt **out);
+/* Validate a safetensors image held in memory exactly as a file is validated (the same parser);
+ * `buf` is not copied and must outlive the checkpoint; `name` stands for the file in messages. */
+int mp_ckpt_open_mem(const void *buf, size_t size, const char *name, mp_ckpt **out);
+
+/* model.safetensors.index.json, parsed and validated: every weight_map value is a plain file name
+ * (mp_st_shard_name_ok), no tensor is named twice, the map is not empty. */
+typedef struct {
+    int nfiles;
+    char **files; /* unique shard names, in order of first appearance */
+    int ntensors;
+    char **tensors; /* weight_map keys */
+    int *file_of;   /* tensors[i] lives in files[file_of[i]] */
+} mp_st_index;
+/* Parse an index from its text (`len` bytes, need not be NUL-terminated); `what` names it in messages.
+ * MP_EFORMAT for anything malformed; on error *ix is empty. */
+int mp_st_index_parse(const char *json, size_t len, const char *what, mp_st_index *ix);
+void mp_st_index_free(mp_st_index *ix);
+/* 0 when `name` may be a shard named by an index: a plain file name in the checkpoint directory (not
+ * empty, not "." or "..", no '/' or '\\', no control characters, at most 255 bytes), as Hugging Face
+ * writes them; else -1 and *why says what is wrong. The file itself must then be a regular file (a
+ * symbolic link to one is fine: the Hugging Face cache links snapshots to blobs). */
+int mp_st_shard_name_ok(const char *name, const char **why);
 void mp_ckpt_close(mp_ckpt *c);
 
 /* Tensor by exact name, or NULL. */

@@ -7,6 +7,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "checked.h"
 #include "error.h"
 #include "fsutil.h"
 
@@ -15,11 +16,11 @@ typedef struct {
     uint64_t begin, end;
 } placement;
 
+/* element count; declarations were checked by mp_st_write (mp_dims_product) before this is used */
 static int64_t numel_of(const mp_st_decl *d)
 {
-    int64_t n = 1;
-    for (int i = 0; i < d->ndim; i++)
-        n *= d->shape[i];
+    int64_t n = 0;
+    mp_dims_product(d->shape, d->ndim, MP_MAX_ELEMS, &n);
     return n;
 }
 
@@ -148,7 +149,13 @@ int mp_st_write(const char *dir, const mp_st_decl *decl, int n, uint64_t max_sha
     int shard = 0;
     uint64_t used = 0, total = 0;
     for (int i = 0; i < n; i++) {
-        uint64_t b = (uint64_t)numel_of(&decl[i]) * mp_dtype_size(decl[i].dtype);
+        int64_t ne;
+        if (decl[i].ndim < 0 || decl[i].ndim > 3 ||
+            mp_dims_product(decl[i].shape, decl[i].ndim, MP_MAX_ELEMS, &ne) < 0) {
+            free(pl);
+            return mp_errorf(MP_EINTERNAL, "writer: tensor '%s' has an unusable shape", decl[i].name);
+        }
+        uint64_t b = (uint64_t)ne * mp_dtype_size(decl[i].dtype); /* < 2^53 */
         if (used > 0 && max_shard_bytes > 0 && used + b > max_shard_bytes) {
             shard++;
             used = 0;

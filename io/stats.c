@@ -3,11 +3,13 @@
 #include "stats.h"
 
 #include <hdf5.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
+#include "checked.h"
 #include "error.h"
 #include "fsutil.h"
 #include "h5util.h"
@@ -15,6 +17,11 @@
 int mp_stats_alloc(mp_expert_stats *s, int64_t layer, int64_t expert, int64_t d, int64_t f)
 {
     memset(s, 0, sizeof *s);
+    int64_t dd, ff;
+    if (d <= 0 || f <= 0 || mp_mul_i64(d, d, &dd) < 0 || mp_mul_i64(f, f, &ff) < 0 || dd > MP_MAX_ELEMS ||
+        ff > MP_MAX_ELEMS)
+        return mp_errorf(MP_EINTERNAL, "statistics of layer %lld expert %lld: unusable dims d %lld f %lld",
+                         (long long)layer, (long long)expert, (long long)d, (long long)f);
     s->layer = layer, s->expert = expert, s->d = d, s->f = f;
     s->G_in = calloc((size_t)(d * d), sizeof(double));
     s->G_mid = calloc((size_t)(f * f), sizeof(double));
@@ -47,6 +54,25 @@ void mp_stats_path(char *buf, size_t cap, const char *dir, int layer, int expert
     snprintf(buf, cap, "%s/layer%04d/expert%04d.h5", dir, layer, expert);
 }
 
+int64_t mp_gram_packed_size(int64_t n) { return n * (n + 1) / 2; }
+
+void mp_gram_pack(const double *G, int64_t n, double *P)
+{
+    for (int64_t i = 0, k = 0; i < n; k += n - i, i++)
+        memcpy(P + k, G + i * n + i, sizeof(double) * (size_t)(n - i));
+}
+
+void mp_gram_unpack(double *G, int64_t n)
+{
+    /* row i's packed run starts at i n - i (i - 1) / 2 <= i n + i, its place: rows from the last one down
+     * never overwrite a run still to be moved */
+    for (int64_t i = n - 1; i >= 0; i--)
+        memmove(G + i * n + i, G + i * n - i * (i - 1) / 2, sizeof(double) * (size_t)(n - i));
+    for (int64_t i = 0; i < n; i++)
+        for (int64_t j = 0; j < i; j++)
+            G[i * n + j] = G[j * n + i];
+}
+
 static int put(hid_t f, const char *name, const double *v, int rank, hsize_t a, hsize_t b)
 {
     return mp_h5_put(f, name, H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, v, rank, a, b);
@@ -59,24 +85,65 @@ static int put_attr(hid_t f, const char *name, hid_t type, const void *v)
 
 static void tmp_name(char *buf, size_t cap, const char *path) { snprintf(buf, cap, "%s.partial", path); }
 
+/* MP_ENUMERIC naming the file, the dataset and the element when v[0..n) holds a NaN or an infinity */
+static int check_finite(const char *path, const char *name, const double *v, int64_t n, int64_t cols)
+{
+    for (int64_t i = 0; i < n; i++)
+        if (!isfinite(v[i])) {
+            if (cols > 1)
+                return mp_errorf(MP_ENUMERIC, "%s: statistics '%s': non-finite value %g at [%lld, %lld]", path, name,
+                                 v[i], (long long)(i / cols), (long long)(i % cols));
+            return mp_errorf(MP_ENUMERIC, "%s: statistics '%s': non-finite value %g at [%lld]", path, name, v[i],
+                             (long long)i);
+        }
+    return 0;
+}
+
+static int check_all_finite(const char *path, const mp_expert_stats *s, int with_prior)
+{
+    MP_CHECK(check_finite(path, "G_in", s->G_in, s->d * s->d, s->d));
+    MP_CHECK(check_finite(path, "G_mid", s->G_mid, s->f * s->f, s->f));
+    MP_CHECK(check_finite(path, "h_sq", s->h_sq, s->f, 1));
+    MP_CHECK(check_finite(path, "weight_sum", &s->weight_sum, 1, 1));
+    if (with_prior) {
+        MP_CHECK(check_finite(path, "prior_diag_in", s->prior_diag_in, s->d, 1));
+        MP_CHECK(check_finite(path, "prior_diag_mid", s->prior_diag_mid, s->f, 1));
+    }
+    return 0;
+}
+
 int mp_stats_write_begin(const char *path, const mp_expert_stats *s)
 {
     char tmp[4200];
     tmp_name(tmp, sizeof tmp, path);
+    MP_CHECK(check_all_finite(path, s, 0));
     hid_t f = mp_h5_create_mem();
     if (f < 0)
         MP_CHECK(MP_EINTERNAL);
     hid_t root = H5Gopen2(f, "/", H5P_DEFAULT);
-    double *x_sq = malloc(sizeof(double) * (size_t)s->d);
-    for (int64_t i = 0; x_sq && i < s->d; i++)
-        x_sq[i] = s->G_in[i * s->d + i];
-    int bad = (x_sq == NULL) | put(f, "G_in", s->G_in, 2, (hsize_t)s->d, (hsize_t)s->d) |
-              put(f, "G_mid", s->G_mid, 2, (hsize_t)s->f, (hsize_t)s->f) |
-              put(f, "h_sq", s->h_sq, 1, (hsize_t)s->f, 0) | (x_sq ? put(f, "x_sq", x_sq, 1, (hsize_t)s->d, 0) : 1) |
-              put_attr(root, "layer", H5T_STD_I64LE, &s->layer) | put_attr(root, "expert", H5T_STD_I64LE, &s->expert) |
-              put_attr(root, "d", H5T_STD_I64LE, &s->d) | put_attr(root, "f", H5T_STD_I64LE, &s->f) |
-              put_attr(root, "count", H5T_STD_I64LE, &s->count) |
-              put_attr(root, "weight_sum", H5T_IEEE_F64LE, &s->weight_sum);
+    int64_t d = s->d, ff = s->f, t = s->n_sample, np = mp_gram_packed_size(d > ff ? d : ff);
+    double *x_sq = malloc(sizeof(double) * (size_t)d), *P = malloc(sizeof(double) * (size_t)np);
+    for (int64_t i = 0; x_sq && i < d; i++)
+        x_sq[i] = s->G_in[i * d + i];
+    int bad = x_sq == NULL || P == NULL;
+    if (!bad) { /* one packing buffer for both: HDF5 copies each into the in-memory file */
+        mp_gram_pack(s->G_in, d, P);
+        bad |= put(f, "G_in_packed", P, 1, (hsize_t)mp_gram_packed_size(d), 0);
+        mp_gram_pack(s->G_mid, ff, P);
+        bad |= put(f, "G_mid_packed", P, 1, (hsize_t)mp_gram_packed_size(ff), 0);
+    }
+    free(P);
+    bad |= t < 0 || (t > 0 && (!s->X_sample || !s->H_sample || !s->sample_token));
+    if (!bad)
+        bad |= mp_h5_put(f, "X_sample", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, s->X_sample, 2, (hsize_t)t, (hsize_t)d) |
+               mp_h5_put(f, "H_sample", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, s->H_sample, 2, (hsize_t)t, (hsize_t)ff) |
+               mp_h5_put(f, "sample_token", H5T_STD_I64LE, H5T_NATIVE_INT64, s->sample_token, 1, (hsize_t)t, 0);
+    if (!bad)
+        bad |= put(f, "h_sq", s->h_sq, 1, (hsize_t)ff, 0) | put(f, "x_sq", x_sq, 1, (hsize_t)d, 0) |
+               put_attr(root, "layer", H5T_STD_I64LE, &s->layer) | put_attr(root, "expert", H5T_STD_I64LE, &s->expert) |
+               put_attr(root, "d", H5T_STD_I64LE, &s->d) | put_attr(root, "f", H5T_STD_I64LE, &s->f) |
+               put_attr(root, "count", H5T_STD_I64LE, &s->count) |
+               put_attr(root, "weight_sum", H5T_IEEE_F64LE, &s->weight_sum);
     H5Gclose(root);
     free(x_sq);
     if (bad) {
@@ -91,6 +158,8 @@ int mp_stats_write_end(const char *path, int64_t prior_tokens, const double *pri
 {
     char tmp[4200];
     tmp_name(tmp, sizeof tmp, path);
+    MP_CHECK(check_finite(path, "prior_diag_in", prior_diag_in, d, 1));
+    MP_CHECK(check_finite(path, "prior_diag_mid", prior_diag_mid, f, 1));
     hid_t h = mp_h5_open_mem(tmp);
     if (h < 0)
         MP_CHECK(MP_EIO);
@@ -108,7 +177,8 @@ int mp_stats_write_end(const char *path, int64_t prior_tokens, const double *pri
     return 0;
 }
 
-static int get(hid_t f, const char *path, const char *name, double *v, hsize_t n)
+/* dataset `name` of exactly n elements into v (memory type mem); an empty one reads nothing */
+static int get_typed(hid_t f, const char *path, const char *name, hid_t mem, void *v, hsize_t n)
 {
     hid_t ds = H5Dopen2(f, name, H5P_DEFAULT);
     if (ds < 0)
@@ -116,9 +186,47 @@ static int get(hid_t f, const char *path, const char *name, double *v, hsize_t n
     hid_t sp = H5Dget_space(ds);
     hssize_t np = H5Sget_simple_extent_npoints(sp);
     H5Sclose(sp);
-    int ok = np == (hssize_t)n && H5Dread(ds, H5T_NATIVE_DOUBLE, H5S_ALL, H5S_ALL, H5P_DEFAULT, v) >= 0;
+    int ok = np == (hssize_t)n && (n == 0 || H5Dread(ds, mem, H5S_ALL, H5S_ALL, H5P_DEFAULT, v) >= 0);
     H5Dclose(ds);
     return ok ? 0 : mp_errorf(MP_EFORMAT, "%s: dataset '%s' has the wrong size or cannot be read", path, name);
+}
+
+static int get(hid_t f, const char *path, const char *name, double *v, hsize_t n)
+{
+    return get_typed(f, path, name, H5T_NATIVE_DOUBLE, v, n);
+}
+
+/* the number of elements of dataset `name` */
+static int extent(hid_t f, const char *path, const char *name, int64_t *n)
+{
+    hid_t ds = H5Dopen2(f, name, H5P_DEFAULT);
+    if (ds < 0)
+        return mp_errorf(MP_EFORMAT, "%s: dataset '%s' is missing", path, name);
+    hid_t sp = H5Dget_space(ds);
+    hssize_t np = H5Sget_simple_extent_npoints(sp);
+    H5Sclose(sp);
+    H5Dclose(ds);
+    *n = np;
+    return np >= 0 ? 0 : mp_errorf(MP_EFORMAT, "%s: dataset '%s' cannot be read", path, name);
+}
+
+/* the sample: t from sample_token, then X_sample [t, d] and H_sample [t, f] */
+static int get_sample(hid_t f, const char *path, mp_expert_stats *s)
+{
+    int64_t t = 0;
+    MP_CHECK(extent(f, path, "sample_token", &t));
+    if (t == 0)
+        return 0;
+    s->sample_token = malloc(sizeof(int64_t) * (size_t)t);
+    s->X_sample = malloc(sizeof(float) * (size_t)(t * s->d));
+    s->H_sample = malloc(sizeof(float) * (size_t)(t * s->f));
+    if (!s->sample_token || !s->X_sample || !s->H_sample)
+        return mp_errorf(MP_ENOMEM, "%s: out of memory for a sample of %lld tokens", path, (long long)t);
+    s->n_sample = t;
+    MP_CHECK(get_typed(f, path, "sample_token", H5T_NATIVE_INT64, s->sample_token, (hsize_t)t));
+    MP_CHECK(get_typed(f, path, "X_sample", H5T_NATIVE_FLOAT, s->X_sample, (hsize_t)(t * s->d)));
+    MP_CHECK(get_typed(f, path, "H_sample", H5T_NATIVE_FLOAT, s->H_sample, (hsize_t)(t * s->f)));
+    return 0;
 }
 
 static int get_attr(hid_t f, const char *path, const char *name, hid_t mem, void *v)
@@ -148,8 +256,9 @@ int mp_stats_read(const char *path, mp_expert_stats *s)
         rc = get_attr(root, path, "d", H5T_NATIVE_INT64, &d);
     if (rc == 0)
         rc = get_attr(root, path, "f", H5T_NATIVE_INT64, &ff);
-    if (rc == 0 && (d <= 0 || ff <= 0 || d > 1 << 20 || ff > 1 << 20))
-        rc = mp_errorf(MP_EFORMAT, "%s: implausible dims d %lld f %lld", path, (long long)d, (long long)ff);
+    if (rc == 0 && (d <= 0 || ff <= 0 || d > 1 << 20 || ff > 1 << 20 || layer < 0 || expert < 0))
+        rc = mp_errorf(MP_EFORMAT, "%s: implausible layer %lld expert %lld d %lld f %lld", path, (long long)layer,
+                       (long long)expert, (long long)d, (long long)ff);
     if (rc == 0)
         rc = mp_stats_alloc(s, layer, expert, d, ff);
     if (rc == 0)
@@ -158,16 +267,27 @@ int mp_stats_read(const char *path, mp_expert_stats *s)
         rc = get_attr(root, path, "prior_tokens", H5T_NATIVE_INT64, &s->prior_tokens);
     if (rc == 0)
         rc = get_attr(root, path, "weight_sum", H5T_NATIVE_DOUBLE, &s->weight_sum);
+    /* the packed triangles are read into the front of the full matrices and unpacked in place */
     if (rc == 0)
-        rc = get(f, path, "G_in", s->G_in, (hsize_t)(d * d));
+        rc = get(f, path, "G_in_packed", s->G_in, (hsize_t)mp_gram_packed_size(d));
     if (rc == 0)
-        rc = get(f, path, "G_mid", s->G_mid, (hsize_t)(ff * ff));
+        rc = get(f, path, "G_mid_packed", s->G_mid, (hsize_t)mp_gram_packed_size(ff));
+    if (rc == 0) {
+        mp_gram_unpack(s->G_in, d);
+        mp_gram_unpack(s->G_mid, ff);
+        rc = get_sample(f, path, s);
+    }
     if (rc == 0)
         rc = get(f, path, "h_sq", s->h_sq, (hsize_t)ff);
     if (rc == 0)
         rc = get(f, path, "prior_diag_in", s->prior_diag_in, (hsize_t)d);
     if (rc == 0)
         rc = get(f, path, "prior_diag_mid", s->prior_diag_mid, (hsize_t)ff);
+    if (rc == 0 && (s->count < 0 || s->prior_tokens < 0))
+        rc = mp_errorf(MP_EFORMAT, "%s: negative token count %lld or prior_tokens %lld", path, (long long)s->count,
+                       (long long)s->prior_tokens);
+    if (rc == 0)
+        rc = check_all_finite(path, s, 1);
     H5Gclose(root);
     H5Fclose(f);
     if (rc < 0)
@@ -198,6 +318,12 @@ int mp_stats_read_summary(const char *path, int64_t d, int64_t f, int64_t *count
         rc = get(h, path, "x_sq", x_sq, (hsize_t)d);
     if (rc == 0)
         rc = get(h, path, "h_sq", h_sq, (hsize_t)f);
+    if (rc == 0 && *count < 0)
+        rc = mp_errorf(MP_EFORMAT, "%s: negative token count %lld", path, (long long)*count);
+    if (rc == 0)
+        rc = check_finite(path, "x_sq", x_sq, d, 1);
+    if (rc == 0)
+        rc = check_finite(path, "h_sq", h_sq, f, 1);
     H5Gclose(root);
     H5Fclose(h);
     return rc;

@@ -2,16 +2,30 @@
  *
  * One file per (MoE layer, expert) unit; the shared expert of a layer is unit
  * `expert = n_experts`. Datasets (fp64 unless noted):
- *   G_in [d, d]      sum of x x^T over the tokens routed to the expert
- *   G_mid [f, f]     sum of h h^T, h = silu(W_gate x) * (W_up x)
+ *   G_in_packed [d (d + 1) / 2]   sum of x x^T over the tokens routed to the
+ *                    expert, its upper triangle packed row by row (row i holds
+ *                    columns i..d-1: element (i, j), j >= i, at i d - i (i - 1) / 2 + j - i)
+ *   G_mid_packed [f (f + 1) / 2]  sum of h h^T, h = silu(W_gate x) * (W_up x), packed alike
  *   h_sq [f]         per-channel sum of h^2 (= diag G_mid)
  *   x_sq [d]         diag G_in
  *   prior_diag_in [d], prior_diag_mid [f]   the layer's average per-token
  *                    diagonal (see mp_stats_regularized)
+ *   X_sample fp32 [t, d], H_sample fp32 [t, f], sample_token int64 [t]
+ *                    a sample of the routed tokens (calibration.sample_tokens = K):
+ *                    of the tokens routed to the expert, the t = min(K, count) with
+ *                    the smallest priority XXH64(token, 8 bytes little-endian; seed
+ *                    layer * 65537 + expert), ties to the smaller token, stored in
+ *                    increasing global token index (sequence * seq_len + position)
+ *                    with the expert's input x and intermediate activation h of each;
+ *                    empty datasets when t = 0. The choice depends neither on the
+ *                    rank count nor on the chunking.
  * and attributes layer, expert, d, f (int64), count (int64: tokens),
  * weight_sum (sum of routing weights), prior_tokens (int64).
  * Files are written under a temporary name and renamed; object timestamps
- * are off, so equal statistics give byte-identical files. Local. */
+ * are off, so equal statistics give byte-identical files. A NaN or infinity
+ * in statistics being written or read is MP_ENUMERIC naming the file, the
+ * dataset and the element; implausible dims or negative counts in a file
+ * are MP_EFORMAT. Local. */
 #ifndef MP_STATS_H
 #define MP_STATS_H
 #include <stddef.h>
@@ -30,16 +44,20 @@ typedef struct {
     int64_t *sample_token;
 } mp_expert_stats;
 
-/* Allocate zeroed arrays for dims d, f. */
+/* Allocate zeroed arrays for dims d, f (the Grams full [n, n]; no sample). */
 int mp_stats_alloc(mp_expert_stats *s, int64_t layer, int64_t expert, int64_t d, int64_t f);
 void mp_stats_free(mp_expert_stats *s);
 /* Written in two steps, so that the Grams need not stay in memory until the
  * layer's prior is known: begin writes everything but the prior to a
- * temporary file next to `path`; end adds prior_tokens and the prior
- * diagonals and commits the file under `path` (on error nothing is left). */
+ * temporary file next to `path` (of G_in and G_mid only the upper triangles,
+ * G[i n + j] with j >= i, are read; the sample's n_sample rows); end adds
+ * prior_tokens and the prior diagonals and commits the file under `path` (on
+ * error nothing is left). */
 int mp_stats_write_begin(const char *path, const mp_expert_stats *s);
 int mp_stats_write_end(const char *path, int64_t prior_tokens, const double *prior_diag_in,
                        const double *prior_diag_mid, int64_t d, int64_t f);
+/* The whole file: G_in [d, d] and G_mid [f, f] unpacked to full symmetric matrices, the sample
+ * (NULL arrays when n_sample = 0). Free with mp_stats_free. */
 int mp_stats_read(const char *path, mp_expert_stats *s);
 /* Only the token count and the two diagonals (cheap): x_sq [d], h_sq [f]. */
 int mp_stats_read_summary(const char *path, int64_t d, int64_t f, int64_t *count, double *x_sq, double *h_sq);
@@ -49,6 +67,12 @@ int mp_stats_read_summary(const char *path, int64_t d, int64_t f, int64_t *count
  * been seen), G itself otherwise. which = 0: G_in [d, d], 1: G_mid [f, f].
  * Never NaN: with no tokens at all in the layer the prior is the identity. */
 void mp_stats_regularized(const mp_expert_stats *s, int which, double *out);
+/* The packed upper triangle of a symmetric matrix: P [n (n + 1) / 2] from the upper triangle of G [n, n]
+ * (row i: G[i, i..n-1]); unpack turns G, which holds the packed triangle in its first n (n + 1) / 2
+ * elements, into the full symmetric matrix in place. */
+int64_t mp_gram_packed_size(int64_t n);
+void mp_gram_pack(const double *G, int64_t n, double *P);
+void mp_gram_unpack(double *G, int64_t n);
 /* "DIR/layer0003/expert0012.h5" */
 void mp_stats_path(char *buf, size_t cap, const char *dir, int layer, int expert);
 

@@ -61,7 +61,7 @@ static int check_opts(const mp_synth_opts *o)
         {"--layers", o->layers, 1, 1024},   {"--experts", o->experts, 1, 4096}, {"--hidden", o->hidden, 8, 65536},
         {"--ffn", o->ffn, 1, 262144},       {"--vocab", o->vocab, 2, 1 << 24},  {"--heads", o->heads, 1, 1024},
         {"--kv-heads", o->kv_heads, 1, 1024}, {"--top-k", o->top_k, 1, 4096},   {"--n-seq", o->n_seq, 1, 1 << 20},
-        {"--seq-len", o->seq_len, 1, 1 << 20}, {"--shards", o->shards, 1, 9999},
+        {"--seq-len", o->seq_len, 2, 1 << 20}, {"--shards", o->shards, 1, 9999},
     };
     for (size_t i = 0; i < sizeof r / sizeof r[0]; i++)
         if (r[i].v < r[i].lo || r[i].v > r[i].hi)

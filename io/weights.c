@@ -19,10 +19,8 @@ static int check_finite(const mp_model *m, const char *name, const float *v, int
 }
 
 /* read tensor `name` (must have `numel` elements) into a new fp32 array */
-static int load(const mp_model *m, float **out, int64_t numel, const char *fmt, int l)
+static int load_named(const mp_model *m, float **out, int64_t numel, const char *name)
 {
-    char name[MP_NAME_MAX];
-    snprintf(name, sizeof name, fmt, l);
     const mp_tensor *t;
     MP_CHECK(mp_ckpt_get(m->ck, name, &t));
     if (t->numel != numel)
@@ -40,6 +38,14 @@ static int load(const mp_model *m, float **out, int64_t numel, const char *fmt, 
         MP_CHECK(rc);
     }
     return 0;
+}
+
+/* the same for the tensor named by `fmt` with layer l */
+static int load(const mp_model *m, float **out, int64_t numel, const char *fmt, int l)
+{
+    char name[MP_NAME_MAX];
+    snprintf(name, sizeof name, fmt, l);
+    return load_named(m, out, numel, name);
 }
 
 static int layer_load(void *ctx, int l, mp_layer_w *w)
@@ -116,6 +122,15 @@ static int embed(void *ctx, const int32_t *ids, int n, float *h)
     return 0;
 }
 
+/* the output head as transformers loads it (model.h: mp_model.head_name): lm_head.weight, or the embedding
+ * when tie_word_embeddings is true and the file has no different lm_head.weight */
+static const char *head_tensor(const mp_model *m)
+{
+    if (m->head_name[0])
+        return m->head_name;
+    return m->cfg.tie_embeddings ? "model.embed_tokens.weight" : "lm_head.weight";
+}
+
 static int head(void *ctx, float **nw, float **nb, float **hw, float **hb)
 {
     const mp_model *m = ctx;
@@ -126,7 +141,7 @@ static int head(void *ctx, float **nw, float **nb, float **hw, float **hb)
     if (rc == 0 && c->layernorm)
         rc = load(m, nb, c->hidden, "model.norm.bias", 0);
     if (rc == 0)
-        rc = load(m, hw, n, c->tie_embeddings ? "model.embed_tokens.weight" : "lm_head.weight", 0);
+        rc = load_named(m, hw, n, head_tensor(m));
     if (rc == 0 && c->lm_head_bias)
         rc = load(m, hb, c->vocab, "lm_head.bias", 0);
     if (rc < 0) {
@@ -147,5 +162,5 @@ static int expert(void *ctx, int l, int e, mp_proj p, float *out)
 
 void mp_model_weights(const mp_model *m, mp_weights *w)
 {
-    *w = (mp_weights){&m->cfg, (void *)m, layer_load, expert, embed, head};
+    *w = (mp_weights){&m->cfg, (void *)m, layer_load, expert, embed, head, NULL};
 }

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <xxhash.h>
 
 #include "error.h"
 #include "fsutil.h"
@@ -22,6 +23,23 @@ typedef struct {
     double *diag_in, *diag_mid; /* diag(G_in) [d], diag(G_mid) [f]; replaced by the prior diagonals */
 } unit_sum;
 
+/* One kept token of the sample: its priority, global index and row in the sample's storage. */
+typedef struct {
+    uint64_t pri;
+    int64_t tok;
+    int64_t row;
+} sample_key;
+
+/* The sample of the unit being accumulated: the (at most K) tokens of smallest (priority, token) seen so
+ * far, as a max-heap, so a new token replaces the root when it comes before it. Rows x [cap, d] and
+ * h [cap, f] grow with the sample up to K rows. */
+typedef struct {
+    int64_t K, n, cap;
+    uint64_t seed;
+    sample_key *heap;
+    float *x, *h;
+} sampler;
+
 typedef struct {
     mp_run *r;
     const char *dir;
@@ -30,6 +48,7 @@ typedef struct {
     unit_sum *us;      /* [E + 1] of the current layer */
     mp_expert_stats st; /* the unit being accumulated */
     double *Xd, *Hd;    /* fp64 copies of one chunk */
+    sampler sm;
     double nll_sum;
     int64_t n_pred;
 } calib;
@@ -40,6 +59,117 @@ static void unit_sums_free(calib *c)
         free(c->us[u].diag_in), free(c->us[u].diag_mid);
         memset(&c->us[u], 0, sizeof c->us[u]);
     }
+}
+
+/* ---- the token sample ------------------------------------------------------------------------------- */
+
+static void sampler_free(sampler *sm)
+{
+    free(sm->heap), free(sm->x), free(sm->h);
+    memset(sm, 0, sizeof *sm);
+}
+
+/* the priority of a global token index in unit u of layer l */
+static uint64_t sample_priority(int64_t tok, uint64_t seed)
+{
+    unsigned char b[8]; /* the index as int64, little-endian, whatever the machine */
+    for (int i = 0; i < 8; i++)
+        b[i] = (unsigned char)((uint64_t)tok >> (8 * i));
+    return XXH64(b, sizeof b, seed);
+}
+
+static int key_before(const sample_key *a, const sample_key *b)
+{
+    return a->pri < b->pri || (a->pri == b->pri && a->tok < b->tok);
+}
+
+static void heap_down(sample_key *hp, int64_t n, int64_t i)
+{
+    for (;;) {
+        int64_t m = i, a = 2 * i + 1, b = a + 1;
+        if (a < n && key_before(&hp[m], &hp[a]))
+            m = a;
+        if (b < n && key_before(&hp[m], &hp[b]))
+            m = b;
+        if (m == i)
+            return;
+        sample_key t = hp[i];
+        hp[i] = hp[m], hp[m] = t, i = m;
+    }
+}
+
+static void heap_up(sample_key *hp, int64_t i)
+{
+    while (i > 0 && key_before(&hp[(i - 1) / 2], &hp[i])) {
+        sample_key t = hp[i];
+        hp[i] = hp[(i - 1) / 2], hp[(i - 1) / 2] = t, i = (i - 1) / 2;
+    }
+}
+
+/* Offer one token (x [d], h [f]) to the sample. */
+static int sample_offer(sampler *sm, int64_t tok, const float *x, const float *h, int64_t d, int64_t f)
+{
+    if (sm->K == 0)
+        return 0;
+    sample_key k = {sample_priority(tok, sm->seed), tok, 0};
+    if (sm->n == sm->K) {
+        if (!key_before(&k, &sm->heap[0]))
+            return 0;
+        k.row = sm->heap[0].row; /* the root leaves; its row is reused */
+        sm->heap[0] = k;
+        heap_down(sm->heap, sm->n, 0);
+    } else {
+        if (sm->n == sm->cap) {
+            int64_t cap = sm->cap ? 2 * sm->cap : 64;
+            cap = cap < sm->K ? cap : sm->K;
+            sample_key *hp = realloc(sm->heap, sizeof *hp * (size_t)cap);
+            if (hp)
+                sm->heap = hp;
+            float *xs = hp ? realloc(sm->x, sizeof(float) * (size_t)(cap * d)) : NULL;
+            if (xs)
+                sm->x = xs;
+            float *hs = xs ? realloc(sm->h, sizeof(float) * (size_t)(cap * f)) : NULL;
+            if (hs)
+                sm->h = hs;
+            if (!hs)
+                return mp_errorf(MP_ENOMEM, "out of memory for a sample of %lld tokens", (long long)cap);
+            sm->cap = cap;
+        }
+        k.row = sm->n;
+        sm->heap[sm->n] = k;
+        heap_up(sm->heap, sm->n++);
+    }
+    memcpy(sm->x + k.row * d, x, sizeof(float) * (size_t)d);
+    memcpy(sm->h + k.row * f, h, sizeof(float) * (size_t)f);
+    return 0;
+}
+
+static int cmp_key_tok(const void *a, const void *b)
+{
+    int64_t x = ((const sample_key *)a)->tok, y = ((const sample_key *)b)->tok;
+    return (x > y) - (x < y);
+}
+
+/* The sample into st (X_sample, H_sample, sample_token in global token order). */
+static int sample_finish(sampler *sm, mp_expert_stats *st)
+{
+    int64_t t = sm->n, d = st->d, f = st->f;
+    if (t == 0)
+        return 0;
+    qsort(sm->heap, (size_t)t, sizeof *sm->heap, cmp_key_tok);
+    st->X_sample = malloc(sizeof(float) * (size_t)(t * d));
+    st->H_sample = malloc(sizeof(float) * (size_t)(t * f));
+    st->sample_token = malloc(sizeof(int64_t) * (size_t)t);
+    if (!st->X_sample || !st->H_sample || !st->sample_token)
+        return mp_errorf(MP_ENOMEM, "out of memory for a sample of %lld tokens", (long long)t);
+    for (int64_t i = 0; i < t; i++) {
+        const sample_key *k = &sm->heap[i];
+        memcpy(st->X_sample + i * d, sm->x + k->row * d, sizeof(float) * (size_t)d);
+        memcpy(st->H_sample + i * f, sm->h + k->row * f, sizeof(float) * (size_t)f);
+        st->sample_token[i] = k->tok;
+    }
+    st->n_sample = t;
+    return 0;
 }
 
 /* ---- statistics hooks (owner side, one unit at a time) ------------------------------------------ */
@@ -53,15 +183,20 @@ static int st_begin(void *ctx, int l, int u, int d, int f)
     if (!c->Xd || !c->Hd)
         return mp_errorf(MP_ENOMEM, "out of memory for the statistics of expert %d of layer %d", u, l);
     MP_CHECK(mp_stats_alloc(&c->st, l, u, d, f));
+    sampler_free(&c->sm);
+    c->sm.K = c->r->job->sample_tokens;
+    c->sm.seed = (uint64_t)l * 65537u + (uint64_t)u;
     return 0;
 }
 
-static int st_chunk(void *ctx, int l, int u, const float *x, const float *h, const float *w, int nb)
+static int st_chunk(void *ctx, int l, int u, const float *x, const float *h, const float *w, const int64_t *tok, int nb)
 {
     calib *c = ctx;
     mp_expert_stats *st = &c->st;
     int64_t d = st->d, f = st->f;
     (void)l, (void)u;
+    for (int i = 0; i < nb; i++)
+        MP_CHECK(sample_offer(&c->sm, tok[i], x + i * d, h + i * f, d, f));
     for (int64_t i = 0; i < (int64_t)nb * d; i++)
         c->Xd[i] = x[i];
     for (int64_t i = 0; i < (int64_t)nb * f; i++) {
@@ -76,29 +211,31 @@ static int st_chunk(void *ctx, int l, int u, const float *x, const float *h, con
     return 0;
 }
 
-static void symmetrize(double *G, int64_t n)
+/* the first non-finite entry of the upper triangle of G [n, n], or -1 */
+static int64_t first_nonfinite_upper(const double *G, int64_t n)
 {
     for (int64_t i = 0; i < n; i++)
-        for (int64_t j = 0; j < i; j++)
-            G[i * n + j] = G[j * n + i];
+        for (int64_t j = i; j < n; j++)
+            if (!isfinite(G[i * n + j]))
+                return i * n + j;
+    return -1;
 }
 
 static int st_end(void *ctx, int l, int u)
 {
     calib *c = ctx;
     mp_expert_stats *st = &c->st;
-    int64_t d = st->d, f = st->f;
-    symmetrize(st->G_in, d);
-    symmetrize(st->G_mid, f);
-    int rc = 0;
-    for (int64_t i = 0; i < d * d && rc == 0; i++)
-        if (!isfinite(st->G_in[i]))
-            rc = mp_errorf(MP_ENUMERIC, "layer %d expert %d: non-finite input statistics G_in[%lld, %lld]", l, u,
-                           (long long)(i / d), (long long)(i % d));
-    for (int64_t i = 0; i < f * f && rc == 0; i++)
-        if (!isfinite(st->G_mid[i]))
-            rc = mp_errorf(MP_ENUMERIC, "layer %d expert %d: non-finite intermediate statistics G_mid[%lld, %lld]",
-                           l, u, (long long)(i / f), (long long)(i % f));
+    int64_t d = st->d, f = st->f, at;
+    int rc = 0; /* the Grams hold their upper triangles (dsyrk); the file stores just these, packed */
+    if ((at = first_nonfinite_upper(st->G_in, d)) >= 0)
+        rc = mp_errorf(MP_ENUMERIC, "layer %d expert %d: non-finite input statistics G_in[%lld, %lld]", l, u,
+                       (long long)(at / d), (long long)(at % d));
+    if (rc == 0 && (at = first_nonfinite_upper(st->G_mid, f)) >= 0)
+        rc = mp_errorf(MP_ENUMERIC, "layer %d expert %d: non-finite intermediate statistics G_mid[%lld, %lld]", l, u,
+                       (long long)(at / f), (long long)(at % f));
+    if (rc == 0)
+        rc = sample_finish(&c->sm, st);
+    sampler_free(&c->sm);
     unit_sum *su = &c->us[u];
     su->owned = 1, su->count = st->count, su->f = f;
     su->diag_in = malloc(sizeof(double) * (size_t)d);
@@ -261,6 +398,7 @@ int mp_calib_layer(mp_run *r, int s, int l, int committed)
     mp_unit_hooks hk = {c, st_begin, st_chunk, st_end};
     int rc = mp_epf_layer(c->f, l, &hk);
     mp_stats_free(&c->st); /* after a failure inside a unit */
+    sampler_free(&c->sm);
     if (rc == 0)
         rc = commit_layer(c, l);
     unit_sums_free(c);
@@ -291,6 +429,7 @@ int mp_calib_end(mp_run *r, int s, int ok)
         mp_epf_free(c->f);
         unit_sums_free(c);
         mp_stats_free(&c->st);
+        sampler_free(&c->sm);
         free(c->us), free(c->Xd), free(c->Hd);
         free(c);
     }

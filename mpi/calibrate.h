@@ -3,8 +3,11 @@
  * Every layer runs through ep_forward.h; on the owner of each unit of a MoE
  * layer, hooks accumulate the statistics (stats.h) chunk by chunk in global
  * token order: G_in and G_mid as fp64 sums of the chunks' dsyrk (upper
- * triangle, mirrored at the end), h_sq, the token count and the routing
- * weights' sum; the unit's file is written when the unit is done. Then the
+ * triangle, stored packed), h_sq, the token count, the routing weights' sum
+ * and the token sample (calibration.sample_tokens = K: a max-heap of the K
+ * tokens of smallest priority XXH64(token; seed layer * 65537 + unit) seen so
+ * far, with their x and h, so memory stays bounded by K rows per unit); the
+ * unit's file is written when the unit is done. Then the
  * layer's prior is agreed (experts with fewer than calibration.min_tokens
  * tokens get the layer's average per-token diagonal, listed in
  * layerLLLL/report.json), the files are completed and the layer committed

@@ -52,15 +52,14 @@ static void moe_buf_free(moe_buf *b)
 
 static int has_shared(const mp_config *c) { return c->n_shared > 0 && c->shared_ffn > 0; }
 
+/* what the model cannot compute is a config problem (mp_forward_supported: MP_ECONFIG, which also bounds
+ * top-k and the experts per layer); tokens that do not fit the model are bad input data (MP_EFORMAT, the
+ * README's code for a bad tokens file), never a usage error */
 static int check_inputs(const mp_config *c, const mp_tokens *tok)
 {
     MP_CHECK(mp_forward_supported(c));
-    if (c->top_k > 63)
-        return mp_errorf(MP_EUSAGE, "top-k %d is larger than supported (63)", c->top_k);
-    if (c->n_experts > 4096)
-        return mp_errorf(MP_EUSAGE, "%d experts per layer is more than supported (4096)", c->n_experts);
     if (tok->seq_len > c->max_pos)
-        return mp_errorf(MP_EUSAGE, "calibration sequences of %d tokens are longer than the model's %d positions",
+        return mp_errorf(MP_EFORMAT, "calibration sequences of %d tokens are longer than the model's %d positions",
                          tok->seq_len, c->max_pos);
     for (int64_t i = 0; i < (int64_t)tok->n_seq * tok->seq_len; i++)
         if (tok->ids[i] < 0 || tok->ids[i] >= c->vocab)
@@ -121,6 +120,7 @@ static int route(const mp_epf *s, const mp_layer_w *lw, int l, moe_buf *b)
     b->idx = malloc(sizeof(int) * (size_t)(T * J + 1));
     if (!b->logits || !b->wt || !b->idx)
         return mp_errorf(MP_ENOMEM, "out of memory routing %lld tokens", (long long)T);
+    _Static_assert(MP_FORWARD_MAX_TOPK < 64, "ik/wk hold the top-k experts (mp_forward_supported bounds k)");
     int ik[64];
     float wk[64];
     for (int64_t t = 0; t < T; t++) {
@@ -235,7 +235,13 @@ static int run_unit(const mp_epf *s, const mp_layer_w *lw, int l, int u, const m
     int d = s->d, shared = u == s->E, f = shared ? cfg->shared_ffn : cfg->moe_ffn, rc = 0;
     const float *wg, *wu, *wd;
     float *own = NULL, *X = NULL, *Y = NULL, *Hm = NULL, *W = NULL;
-    if (shared) {
+    int64_t *G = NULL;
+    const mp_weights *sw = s->w;
+    if (sw->unit) { /* served by the weights' provider (a compressed model); no intermediate activations */
+        wg = wu = wd = NULL;
+        if (hk)
+            return mp_errorf(MP_EINTERNAL, "statistics hooks need dense experts");
+    } else if (shared) {
         wg = lw->sh_gate, wu = lw->sh_up, wd = lw->sh_down;
     } else {
         size_t fd = (size_t)f * (size_t)d;
@@ -253,7 +259,8 @@ static int run_unit(const mp_epf *s, const mp_layer_w *lw, int l, int u, const m
     Y = malloc(sizeof(float) * MP_CHUNK * (size_t)d);
     Hm = malloc(sizeof(float) * MP_CHUNK * (size_t)f);
     W = malloc(sizeof(float) * MP_CHUNK);
-    if (!X || !Y || !Hm || !W) {
+    G = malloc(sizeof(int64_t) * MP_CHUNK);
+    if (!X || !Y || !Hm || !W || !G) {
         rc = mp_errorf(MP_ENOMEM, "out of memory for expert %d of layer %d", u, l);
         goto out;
     }
@@ -262,17 +269,21 @@ static int run_unit(const mp_epf *s, const mp_layer_w *lw, int l, int u, const m
         for (int i = 0; i < nb; i++) {
             memcpy(X + (size_t)i * d, b->rx + (size_t)ix[c0 + i] * d, sizeof(float) * (size_t)d);
             W[i] = b->rmeta[ix[c0 + i]].w;
+            G[i] = b->rmeta[ix[c0 + i]].g;
         }
-        MP_CHECK_GOTO(mp_swiglu(wg, wu, wd, X, nb, d, f, Y, Hm), out);
+        if (sw->unit)
+            MP_CHECK_GOTO(sw->unit(sw->ctx, l, u, X, nb, Y), out);
+        else
+            MP_CHECK_GOTO(mp_swiglu(wg, wu, wd, X, nb, d, f, Y, Hm), out);
         for (int i = 0; i < nb; i++)
             memcpy(b->ry + (size_t)ix[c0 + i] * d, Y + (size_t)i * d, sizeof(float) * (size_t)d);
         if (hk)
-            MP_CHECK_GOTO(hk->chunk(hk->ctx, l, u, X, Hm, W, nb), out);
+            MP_CHECK_GOTO(hk->chunk(hk->ctx, l, u, X, Hm, W, G, nb), out);
     }
     if (hk)
         rc = hk->end(hk->ctx, l, u);
 out:
-    free(own), free(X), free(Y), free(Hm), free(W);
+    free(own), free(X), free(Y), free(Hm), free(W), free(G);
     return rc;
 }
 
@@ -420,6 +431,88 @@ int mp_epf_head(mp_epf *s, double *nll_sum, int64_t *n_pred)
     }
 out:
     free(nw), free(nb), free(hw), free(hb), free(lg), free(nll), free(all), free(cnt);
+    return rc;
+}
+
+/* log-softmax of r[V] into out[V] (fp64) */
+static void log_softmax(const float *r, int V, double *out)
+{
+    double mx = r[0], z = 0;
+    for (int v = 1; v < V; v++)
+        mx = r[v] > mx ? r[v] : mx;
+    for (int v = 0; v < V; v++)
+        z += exp((double)r[v] - mx);
+    double lz = mx + log(z);
+    for (int v = 0; v < V; v++)
+        out[v] = (double)r[v] - lz;
+}
+
+int mp_epf_head_compare(mp_epf *a, mp_epf *b, mp_head_cmp *out)
+{
+    const mp_config *cfg = a->cfg;
+    int d = a->d, S = a->S, V = cfg->vocab, rc = 0;
+    float *nw[2] = {NULL, NULL}, *nb[2] = {NULL, NULL}, *hw[2] = {NULL, NULL}, *hb[2] = {NULL, NULL};
+    float *lg[2] = {NULL, NULL};
+    double *lp[2] = {NULL, NULL}, *seq = calloc(4 * ((size_t)a->tok->n_seq + 1), sizeof(double)), *all = NULL;
+    int *cnt = malloc(sizeof(int) * (size_t)a->size * 2);
+    mp_epf *st[2] = {a, b};
+    memset(out, 0, sizeof *out);
+    if (!seq || !cnt)
+        rc = mp_errorf(MP_ENOMEM, "out of memory");
+    for (int k = 0; k < 2 && rc == 0; k++) {
+        rc = st[k]->w->head(st[k]->w->ctx, &nw[k], &nb[k], &hw[k], &hb[k]);
+        if (rc == 0)
+            mp_norm(cfg, st[k]->h, (int)st[k]->T, d, nw[k], nb[k], st[k]->x);
+        lg[k] = malloc(sizeof(float) * (size_t)S * (size_t)V);
+        lp[k] = malloc(sizeof(double) * (size_t)V);
+        if (rc == 0 && (!lg[k] || !lp[k]))
+            rc = mp_errorf(MP_ENOMEM, "out of memory for logits");
+    }
+    for (int q = 0; q < a->nseq && rc == 0; q++) {
+        for (int k = 0; k < 2; k++)
+            mp_lm_head(cfg, hw[k], hb[k], st[k]->x + (int64_t)q * S * d, S, lg[k]);
+        const int32_t *ids = a->tok->ids + (int64_t)(a->seq0 + q) * S;
+        double *acc = seq + 4 * (size_t)(a->seq0 + q); /* nll original, nll compressed, KL, top-1 agreements */
+        for (int t = 0; t + 1 < S; t++) {
+            int top[2] = {0, 0};
+            for (int k = 0; k < 2; k++) {
+                const float *r = lg[k] + (int64_t)t * V;
+                log_softmax(r, V, lp[k]);
+                for (int v = 1; v < V; v++)
+                    top[k] = r[v] > r[top[k]] ? v : top[k];
+                acc[k] -= lp[k][ids[t + 1]];
+            }
+            double kl = 0;
+            for (int v = 0; v < V; v++)
+                kl += exp(lp[0][v]) * (lp[0][v] - lp[1][v]);
+            acc[2] += kl, acc[3] += top[0] == top[1];
+        }
+        for (int k = 0; k < 3 && rc == 0; k++)
+            if (!isfinite(acc[k]))
+                rc = mp_errorf(MP_ENUMERIC, "sequence %d: the %s is not finite", a->seq0 + q,
+                               k == 2 ? "KL divergence" : k ? "compressed model's NLL" : "original model's NLL");
+    }
+    MP_CHECK_GOTO(mp_mpi_agree(rc), out);
+    int *dsp = cnt + a->size;
+    for (int r = 0; r < a->size; r++) {
+        int64_t x, y;
+        mp_seq_range(a->tok->n_seq, r, a->size, &x, &y);
+        cnt[r] = (int)(4 * (y - x)), dsp[r] = (int)(4 * x);
+    }
+    all = calloc(4 * ((size_t)a->tok->n_seq + 1), sizeof(double));
+    MP_CHECK_GOTO(mp_mpi_agree(all ? 0 : mp_errorf(MP_ENOMEM, "out of memory")), out);
+    MP_MPI(MPI_Gatherv(seq + 4 * (size_t)a->seq0, 4 * a->nseq, MPI_DOUBLE, all, cnt, dsp, MPI_DOUBLE, 0,
+                       MPI_COMM_WORLD));
+    if (a->rank == 0) { /* in sequence order: the same for any rank count */
+        for (int q = 0; q < a->tok->n_seq; q++)
+            out->nll[0] += all[4 * q], out->nll[1] += all[4 * q + 1], out->kl_sum += all[4 * q + 2],
+                out->top1 += (int64_t)all[4 * q + 3];
+        out->n_pred = (int64_t)a->tok->n_seq * (S - 1);
+    }
+out:
+    for (int k = 0; k < 2; k++)
+        free(nw[k]), free(nb[k]), free(hw[k]), free(hb[k]), free(lg[k]), free(lp[k]);
+    free(seq), free(all), free(cnt);
     return rc;
 }
 

@@ -31,12 +31,14 @@ typedef void (*mp_observer)(void *ctx, const char *what, int index, int seq0, in
                             const float *rows);
 
 /* Called on the owner of unit u (u = E: the shared expert) of MoE layer l, in unit order. chunk gets the
- * unit's inputs x [nb, d], its intermediate activations h [nb, f] (h = silu(x Wg^T) * (x Wu^T)) and the
- * tokens' routing weights w [nb], chunk after chunk in global token order. A negative return is agreed on. */
+ * unit's inputs x [nb, d], its intermediate activations h [nb, f] (h = silu(x Wg^T) * (x Wu^T)), the
+ * tokens' routing weights w [nb] and their global token indices tok [nb] (sequence * seq_len + position,
+ * strictly increasing; the same for any number of ranks), chunk after chunk in global token order. The
+ * arrays are valid during the call only. A negative return is agreed on. */
 typedef struct {
     void *ctx;
     int (*begin)(void *ctx, int l, int u, int d, int f);
-    int (*chunk)(void *ctx, int l, int u, const float *x, const float *h, const float *w, int nb);
+    int (*chunk)(void *ctx, int l, int u, const float *x, const float *h, const float *w, const int64_t *tok, int nb);
     int (*end)(void *ctx, int l, int u);
 } mp_unit_hooks;
 
@@ -51,6 +53,16 @@ int mp_epf_layer(mp_epf *s, int l, const mp_unit_hooks *hooks);
  * sequences (added in sequence order) and the number of predicted tokens. */
 int mp_epf_head(mp_epf *s, double *nll_sum, int64_t *n_pred);
 void mp_epf_free(mp_epf *s);
+/* Two passes over the same tokens (a: the original model, b: e.g. the compressed one), after their last
+ * layer: per predicted token the NLL of each, KL(p_a || p_b) of the next-token distributions and whether
+ * their top-1 tokens agree; root gets the sums (added in sequence order). */
+typedef struct {
+    double nll[2];  /* a, b */
+    double kl_sum;  /* sum over predicted tokens of KL(p_a || p_b) (nats) */
+    int64_t top1;   /* tokens whose argmax agrees */
+    int64_t n_pred;
+} mp_head_cmp;
+int mp_epf_head_compare(mp_epf *a, mp_epf *b, mp_head_cmp *out);
 /* The whole forward pass (eval): create, every layer, head. */
 int mp_epf_run(const mp_weights *w, const mp_tokens *tok, mp_observer observe, void *observe_ctx, double *nll_sum,
                int64_t *n_pred);

@@ -17,7 +17,7 @@
 #include "weights.h"
 
 static const char *const CALIB_KEYS[] = {"calibration.tokens", "calibration.min_tokens", "calibration.max_sequences",
-                                         NULL};
+                                         "calibration.sample_tokens", NULL};
 static const char *const DECOMP_KEYS[] = {"delta.weights", "delta.fisher",     "delta.fraction",
                                           "delta.rank",    "delta.target_ratio", "delta.candidates",
                                           "delta.lambda",  "delta.solver",       NULL};
@@ -37,8 +37,9 @@ static int delta_on(const mp_job *job) { return job->delta_enabled; }
 
 /* Adding a stage is one entry here (and its index in pipeline.h). */
 static const mp_stage STAGES[MP_NSTAGES] = {
-    {"calibrate", "calib", "calibrate v3 (statistics chunk 256)", "expert-parallel forward pass, per-expert statistics",
-     CALIB_KEYS, 0, always, mp_calib_begin, mp_calib_layer, mp_calib_end, mp_calib_print},
+    {"calibrate", "calib", "calibrate v4 (statistics chunk 256, packed Grams, token samples)",
+     "expert-parallel forward pass, per-expert statistics", CALIB_KEYS, 0, always, mp_calib_begin, mp_calib_layer,
+     mp_calib_end, mp_calib_print},
     {"decompose", "decomp", "decompose v2", "D2 base + whitened low-rank deltas", DECOMP_KEYS, 1, delta_on,
      mp_decomp_begin, mp_decomp_layer, mp_decomp_end, mp_decomp_print},
     {"measure", "measure", "measure v1", "loss, bytes and cost of every block under every option", MEASURE_KEYS, 1,

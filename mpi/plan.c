@@ -32,7 +32,16 @@ static int64_t h5_file(int64_t payload) { return payload + 8192; }
 
 static int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
 
-void mp_plan_make(const mp_config *c, int P, int n_seq, int S, int64_t model_bytes, double fraction, mp_plan *p)
+/* the statistics file of a unit (stats.h): packed fp64 Grams, the fp64 vectors, the sample of t tokens */
+static int64_t stats_file(int64_t d, int64_t f, int64_t t)
+{
+    return h5_file(8 * (d * (d + 1) / 2 + f * (f + 1) / 2 + 2 * (d + f)) + t * (4 * (d + f) + 8));
+}
+
+static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+void mp_plan_make(const mp_config *c, int P, int n_seq, int S, int64_t model_bytes, double fraction, int sample_tokens,
+                  mp_plan *p)
 {
     memset(p, 0, sizeof *p);
     int64_t d = c->hidden, f = c->moe_ffn, E = c->n_experts, K = c->top_k, V = c->vocab;
@@ -40,7 +49,7 @@ void mp_plan_make(const mp_config *c, int P, int n_seq, int S, int64_t model_byt
     int64_t qd = (int64_t)c->n_heads * c->head_dim, kvd = (int64_t)c->n_kv_heads * c->head_dim;
     int L = mp_config_n_moe_layers(c);
     p->ranks = P, p->n_seq = n_seq, p->seq_len = S, p->moe_layers = L, p->model_bytes = model_bytes;
-    p->delta_fraction = fraction;
+    p->delta_fraction = fraction, p->sample_tokens = sample_tokens;
     p->seqs_per_rank = (n_seq + P - 1) / P;
     p->units_per_rank = (int)((L * units + P - 1) / P);
     int64_t T = p->seqs_per_rank * S, Tall = (int64_t)n_seq * S;
@@ -48,8 +57,10 @@ void mp_plan_make(const mp_config *c, int P, int n_seq, int S, int64_t model_byt
 
     /* calibration: hidden states, attention scratch, one layer's non-expert weights, the routing and
      * exchange buffers (a token goes to K experts and the shared one; receivers get their share), one
-     * expert's weights and chunk buffers, one unit's fp64 statistics and their in-memory file; at the
-     * end, the output head and one sequence's logits */
+     * expert's weights and chunk buffers, one unit's fp64 statistics and their in-memory file and its
+     * image (packed), the token sample (heap rows, the sorted copy, in the file and its image: a routed
+     * expert gets Tall K / E tokens on average, the shared one all); at the end, the output head and
+     * one sequence's logits */
     int64_t hidden = 3 * T * d * 4 + (S * (2 * qd + 2 * kvd) + S * S + S * c->head_dim + S * d) * 4;
     int64_t layer_w = ((2 * qd + 2 * kvd) * d + E * d + 3 * fs * d + 2 * d) * 4;
     int64_t slots = K + (fs > 0);
@@ -60,11 +71,13 @@ void mp_plan_make(const mp_config *c, int P, int n_seq, int S, int64_t model_byt
     int64_t route = T * E * 4 + T * J * 8 + nsend * (24 + 2 * d * 4) + nrecv * (24 + 2 * d * 4 + 8);
     int64_t ffn = f > fs ? f : fs;
     int64_t expert = 3 * ffn * d * 4 + 256 * (2 * d + ffn + 1) * 4 + 256 * (d + ffn) * 8;
-    int64_t stats = 2 * 8 * (d * d + ffn * ffn) + units_layer * 8 * (d + ffn);
+    int64_t t_routed = min64(sample_tokens, E > 0 ? Tall * K / E : 0),
+            t_shared = fs > 0 ? min64(sample_tokens, Tall) : 0;
+    int64_t stats = 2 * 8 * (d * d + ffn * ffn) + units_layer * 8 * (d + ffn) +
+                    3 * max64(t_routed * (d + f), t_shared * (d + fs)) * 4;
     int64_t head = V * d * 4 + S * V * 4 + 2 * d * 4;
     p->st[MP_PLAN_CALIBRATE].peak_bytes = BASE_BYTES + hidden + max64(layer_w + route + expert + stats, head);
-    int64_t unit_file = h5_file(8 * (d * d + f * f + 2 * (d + f) + f));
-    int64_t shared_file = fs > 0 ? h5_file(8 * (d * d + fs * fs + 2 * (d + fs) + fs)) : 0;
+    int64_t unit_file = stats_file(d, f, t_routed), shared_file = fs > 0 ? stats_file(d, fs, t_shared) : 0;
     p->st[MP_PLAN_CALIBRATE].ckpt_total = (int64_t)L * (E * unit_file + shared_file + 4096);
     p->st[MP_PLAN_CALIBRATE].ckpt_bytes = (int64_t)p->units_per_rank * max64(unit_file, shared_file);
     double layer_flops = 2.0 * ((2 * qd + 2 * kvd) * d + E * d) + 2.0 * S * qd * 2;
@@ -87,7 +100,7 @@ void mp_plan_make(const mp_config *c, int P, int n_seq, int S, int64_t model_byt
                     k * (rows + cols) * 8; /* w, D, A; G, S; sigma; U, V (fp64 + fp32); SVD u, vt */
         work = max64(work, w);
     }
-    int64_t st_read = 8 * (d * d + f * f + 2 * (d + f));
+    int64_t st_read = 8 * (d * d + f * f + 2 * (d + f)) + t_routed * (d + f) * 4;
     int64_t factors = 3 * (f + d) * r * 4 + 3 * k * 8;
     p->st[MP_PLAN_DECOMPOSE].peak_bytes = BASE_BYTES + base + max64(basebuf, work + st_read + factors);
     int64_t efile = h5_file(factors), bfile = h5_file(3 * d * f * 4 + f * 8);
@@ -111,9 +124,9 @@ void mp_plan_print(const mp_plan *p, const mp_config *c, int json, FILE *out)
     static const char *names[MP_PLAN_NSTAGES] = {"calibrate", "decompose"};
     if (json) {
         fprintf(out, "{\"ranks\": %d, \"sequences\": %d, \"seq_len\": %d, \"moe_layers\": %d, \"units_per_rank\": %d, "
-                     "\"model_bytes\": %lld, \"delta_fraction\": %g, \"stages\": {",
+                     "\"model_bytes\": %lld, \"delta_fraction\": %g, \"sample_tokens\": %d, \"stages\": {",
                 p->ranks, p->n_seq, p->seq_len, p->moe_layers, p->units_per_rank, (long long)p->model_bytes,
-                p->delta_fraction);
+                p->delta_fraction, p->sample_tokens);
         for (int s = 0; s < MP_PLAN_NSTAGES; s++)
             fprintf(out, "%s\"%s\": {\"peak_bytes_per_rank\": %lld, \"ckpt_bytes_per_rank\": %lld, "
                          "\"ckpt_bytes\": %lld, \"out_bytes\": %lld, \"flops_per_rank\": %.6g}",
@@ -126,8 +139,10 @@ void mp_plan_print(const mp_plan *p, const mp_config *c, int json, FILE *out)
     human(m, sizeof m, (double)p->model_bytes);
     fprintf(out, "plan: %s (d %d, f %d, %d experts, %d MoE layers of %d), model %s on disk\n",
             mp_arch_name(c->arch), c->hidden, c->moe_ffn, c->n_experts, p->moe_layers, c->n_layers, m);
-    fprintf(out, "      %d rank%s: %lld of %d sequences x %d tokens and %d expert units per rank\n", p->ranks,
-            p->ranks == 1 ? "" : "s", (long long)p->seqs_per_rank, p->n_seq, p->seq_len, p->units_per_rank);
+    fprintf(out, "      %d rank%s: %lld of %d sequences x %d tokens and %d expert units per rank (%d sampled tokens "
+                 "each)\n",
+            p->ranks, p->ranks == 1 ? "" : "s", (long long)p->seqs_per_rank, p->n_seq, p->seq_len, p->units_per_rank,
+            p->sample_tokens);
     fprintf(out, "  %-10s %16s %18s %16s %14s\n", "stage", "peak RSS/rank", "checkpoint/rank", "checkpoint", "TFLOP/rank");
     int64_t peak = 0, disk = 0;
     for (int s = 0; s < MP_PLAN_NSTAGES; s++) {

@@ -42,13 +42,14 @@ typedef struct {
     int64_t seqs_per_rank;
     int64_t model_bytes;     /* the checkpoint as stored */
     double delta_fraction;   /* the rank policy's fraction */
+    int sample_tokens;       /* calibration.sample_tokens: tokens kept per unit */
     mp_plan_stage st[MP_PLAN_NSTAGES];
 } mp_plan;
 
 /* The plan of a job on `ranks` ranks: n_seq x seq_len calibration tokens, model_bytes on disk, the
- * decomposition at `fraction` (its largest rank). */
+ * decomposition at `fraction` (its largest rank), sample_tokens kept per unit (calibration.sample_tokens). */
 void mp_plan_make(const mp_config *c, int ranks, int n_seq, int seq_len, int64_t model_bytes, double fraction,
-                  mp_plan *p);
+                  int sample_tokens, mp_plan *p);
 /* A table for people, or JSON. */
 void mp_plan_print(const mp_plan *p, const mp_config *c, int json, FILE *out);
 

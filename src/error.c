@@ -9,12 +9,17 @@
 static _Thread_local char msg_buf[2048];
 static _Thread_local char trace_buf[2048];
 
+/* Messages are formatted into a scratch buffer first: an argument may be the current message
+ * (mp_errorf(rc, "context: %s", mp_error_message())), which formatting straight into msg_buf
+ * would overwrite while reading it. */
 int mp_errorf(int code, const char *fmt, ...)
 {
+    char tmp[sizeof msg_buf];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(msg_buf, sizeof msg_buf, fmt, ap);
+    vsnprintf(tmp, sizeof tmp, fmt, ap);
     va_end(ap);
+    memcpy(msg_buf, tmp, sizeof msg_buf);
     trace_buf[0] = '\0';
     return code;
 }
@@ -22,12 +27,14 @@ int mp_errorf(int code, const char *fmt, ...)
 int mp_syserrorf(int code, const char *fmt, ...)
 {
     int saved = errno;
+    char tmp[sizeof msg_buf];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(msg_buf, sizeof msg_buf, fmt, ap);
+    vsnprintf(tmp, sizeof tmp, fmt, ap);
     va_end(ap);
-    size_t len = strlen(msg_buf);
-    snprintf(msg_buf + len, sizeof msg_buf - len, ": %s", strerror(saved));
+    size_t len = strlen(tmp);
+    snprintf(tmp + len, sizeof tmp - len, ": %s", strerror(saved));
+    memcpy(msg_buf, tmp, sizeof msg_buf);
     trace_buf[0] = '\0';
     return code;
 }

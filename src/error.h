@@ -24,7 +24,8 @@ enum {
                            or --walltime); run again to resume */
 };
 
-/* Record an error message (printf format) and return `code`. */
+/* Record an error message (printf format) and return `code`. The arguments may include
+ * mp_error_message() itself (to add context to the current message). */
 int mp_errorf(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Like mp_errorf, with ": strerror(errno)" appended. */
 int mp_syserrorf(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

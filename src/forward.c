@@ -11,15 +11,37 @@
 
 int mp_forward_supported(const mp_config *c)
 {
+    /* what the config asks for is valid, but this forward pass cannot compute it: a config problem
+     * (MP_ECONFIG, exit 4) naming the file and the key, never a command-line error */
     if (c->arch != MP_ARCH_MIXTRAL && c->arch != MP_ARCH_QWEN2_MOE && c->arch != MP_ARCH_QWEN3_MOE &&
         c->arch != MP_ARCH_OLMOE)
-        return mp_errorf(MP_EUSAGE, "the forward pass does not support %s yet (mixtral, qwen2_moe, qwen3_moe, olmoe)",
-                         mp_arch_name(c->arch));
+        return mp_errorf(MP_ECONFIG,
+                         "%s: key 'model_type': the forward pass does not support %s yet (mixtral, qwen2_moe, "
+                         "qwen3_moe, olmoe)",
+                         c->file, mp_arch_name(c->arch));
     if (strcmp(c->rope_type, "default") && strcmp(c->rope_type, "linear"))
-        return mp_errorf(MP_EUSAGE, "the forward pass does not support rope type '%s' yet (default, linear)",
-                         c->rope_type);
+        return mp_errorf(MP_ECONFIG,
+                         "%s: key '%s': the forward pass does not support rope type '%s' yet (default, "
+                         "linear)",
+                         c->file, c->rope_type_key, c->rope_type);
     if (c->sliding_window > 0)
-        return mp_errorf(MP_EUSAGE, "the forward pass does not support sliding-window attention yet");
+        return mp_errorf(MP_ECONFIG,
+                         "%s: key 'sliding_window' = %d: the forward pass does not support sliding-window attention "
+                         "yet",
+                         c->file, c->sliding_window);
+    if (c->n_experts > MP_FORWARD_MAX_EXPERTS)
+        return mp_errorf(MP_ECONFIG, "%s: %d experts per layer is more than the forward pass supports (%d)", c->file,
+                         c->n_experts, MP_FORWARD_MAX_EXPERTS);
+    if (c->top_k > MP_FORWARD_MAX_TOPK)
+        return mp_errorf(MP_ECONFIG, "%s: key 'num_experts_per_tok' = %d is more than the forward pass supports (%d)",
+                         c->file, c->top_k, MP_FORWARD_MAX_TOPK);
+    /* the forward pass holds these products in int */
+    if ((int64_t)c->n_heads * c->head_dim > MP_CONFIG_SIZE_MAX ||
+        (int64_t)c->n_kv_heads * c->head_dim > MP_CONFIG_SIZE_MAX)
+        return mp_errorf(MP_ECONFIG,
+                         "%s: num_attention_heads %d x head_dim %d is larger than the forward pass "
+                         "supports (%d)",
+                         c->file, c->n_heads, c->head_dim, MP_CONFIG_SIZE_MAX);
     return 0;
 }
 
@@ -154,6 +176,7 @@ void mp_route(const mp_config *c, const mp_layer_w *w, const float *x, int n, fl
 {
     int E = c->n_experts, K = c->top_k, d = c->hidden;
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, E, d, 1.0f, x, d, w->router, d, 0.0f, logits, E);
+    _Static_assert(MP_FORWARD_MAX_EXPERTS <= 4096, "p holds one token's router probabilities");
     float p[4096];
     for (int t = 0; t < n; t++) {
         const float *lg = logits + (int64_t)t * E;

@@ -44,9 +44,17 @@ typedef struct mp_weights {
     int (*embed)(void *ctx, const int32_t *ids, int n, float *h);
     /* the final norm (*nw [d], *nb [d] or NULL) and the output head (*hw [V, d], *hb [V] or NULL); caller frees */
     int (*head)(void *ctx, float **nw, float **nb, float **hw, float **hb);
+    /* optional (NULL: dense experts from `expert` and the layer's shared expert): the output Y [n, d] of
+     * unit u of MoE layer l (u < E a routed expert, u = E the shared expert, before routing weights) for
+     * its inputs X [n, d] - a compressed model served as stored (quantized, base + U (V x) factored) */
+    int (*unit)(void *ctx, int l, int u, const float *X, int n, float *Y);
 } mp_weights;
 
-/* Fails with a clear message for architectures the forward pass does not cover yet. */
+/* MP_ECONFIG naming config.json and the key for what the forward pass does not cover yet:
+ * architectures, rope types other than default/linear, sliding windows, more than
+ * MP_FORWARD_MAX_EXPERTS experts or MP_FORWARD_MAX_TOPK experts per token. */
+#define MP_FORWARD_MAX_EXPERTS 4096
+#define MP_FORWARD_MAX_TOPK 63
 int mp_forward_supported(const mp_config *c);
 void mp_layer_free(mp_layer_w *w);
 

@@ -522,7 +522,7 @@ static int cmd_plan(args *a)
             if (job.delta_rank > 0) /* a fixed rank: the fraction that gives it for the gate/up shape */
                 fraction = (double)job.delta_rank * (cfg.hidden + cfg.moe_ffn) / ((double)cfg.hidden * cfg.moe_ffn);
             mp_plan p;
-            mp_plan_make(&cfg, ranks, n_seq, seq_len, model_bytes, fraction, &p);
+            mp_plan_make(&cfg, ranks, n_seq, seq_len, model_bytes, fraction, job.sample_tokens, &p);
             mp_plan_print(&p, &cfg, json, stdout);
         }
         mp_config_free(&cfg);
@@ -552,6 +552,8 @@ static int cmd_eval(args *a)
     }
     if (rc == 0 && (!model || !tokens))
         rc = mp_errorf(MP_EUSAGE, "eval needs --model DIR and --tokens FILE");
+    if (rc == 0 && max_seqs < 0)
+        rc = mp_errorf(MP_EUSAGE, "eval: --max-sequences %d: expected N >= 0 (0 = all sequences)", max_seqs);
     MP_CHECK(mp_mpi_agree(rc));
     mp_model *m = NULL;
     mp_tokens t = {0};

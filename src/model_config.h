@@ -22,7 +22,12 @@ typedef enum {
 /* q/k normalisation inside attention */
 typedef enum { MP_QKNORM_NONE, MP_QKNORM_HEAD, MP_QKNORM_FULL } mp_qknorm;
 
+/* Every size read from config.json (hidden_size, intermediate sizes, heads, experts, vocab, layers,
+ * positions, ...) is in [1, MP_CONFIG_SIZE_MAX]; products of a few of them fit int64. */
+#define MP_CONFIG_SIZE_MAX (1 << 24)
+
 typedef struct {
+    char file[4096]; /* the config.json it was read from (or the `what` given to mp_config_parse) */
     mp_arch arch;
     char model_type[32];
     char hidden_act[16];
@@ -54,6 +59,7 @@ typedef struct {
     /* rope */
     double rope_theta;
     char rope_type[24]; /* "default", "linear", "dynamic", "yarn", "longrope", "llama3" */
+    char rope_type_key[40]; /* where it came from, e.g. "rope_scaling.type" (for messages) */
     double rope_factor;
     int rope_orig_max_pos;
     double rope_beta_fast, rope_beta_slow, rope_mscale, rope_mscale_all_dim;

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "checked.h"
 #include "error.h"
 
 const char *mp_layout_name(mp_layout l) { return l == MP_LAYOUT_FUSED ? "fused" : "per-expert"; }
@@ -59,7 +60,8 @@ int64_t mp_expert_params(const mp_config *c) { return 3 * (int64_t)c->hidden * c
 typedef struct {
     mp_tensor_spec *v;
     int n, cap;
-    int err;
+    int err;       /* 1 out of memory, 2 a tensor too large, 3 too many tensors */
+    int64_t total; /* elements of all tensors */
 } spec_list;
 
 static void add(spec_list *s, mp_role role, int layer, int expert, int ndim, int64_t a, int64_t b, int64_t c3,
@@ -70,6 +72,10 @@ static void add(spec_list *s, mp_role role, int layer, int expert, int ndim, int
 {
     if (s->err)
         return;
+    if (s->n >= MP_REGISTRY_MAX_TENSORS) {
+        s->err = 3;
+        return;
+    }
     if (s->n == s->cap) {
         int nc = s->cap ? 2 * s->cap : 256;
         mp_tensor_spec *nv = realloc(s->v, (size_t)nc * sizeof *nv);
@@ -93,6 +99,10 @@ static void add(spec_list *s, mp_role role, int layer, int expert, int ndim, int
     t->role = role;
     t->layer = layer;
     t->expert = expert;
+    int64_t numel;
+    if (mp_dims_product(t->shape, ndim, MP_MAX_ELEMS, &numel) < 0 || mp_add_i64(s->total, numel, &s->total) < 0 ||
+        s->total > MP_REGISTRY_MAX_PARAMS)
+        s->err = 2;
 }
 
 static void add_norm(spec_list *s, const mp_config *c, int layer, int64_t n, const char *name)
@@ -162,7 +172,7 @@ static void add_moe(spec_list *s, const mp_config *c, mp_layout layout, int l)
         add(s, MP_ROLE_EXPERT, l, -1, 3, E, 2 * f, d, "model.layers.%d.mlp.experts.gate_up_proj", l);
         add(s, MP_ROLE_EXPERT, l, -1, 3, E, d, f, "model.layers.%d.mlp.experts.down_proj", l);
     } else {
-        for (int e = 0; e < E; e++)
+        for (int e = 0; e < E && !s->err; e++)
             for (int p = 0; p < 3; p++) {
                 mp_block_loc b;
                 mp_expert_block(c, layout, l, e, (mp_proj)p, &b);
@@ -182,7 +192,7 @@ int mp_registry_list(const mp_config *c, mp_layout layout, mp_tensor_spec **out,
     spec_list s = {0};
     int64_t d = c->hidden, V = c->vocab;
     add(&s, MP_ROLE_EMBED, -1, -1, 2, V, d, 0, "model.embed_tokens.weight");
-    for (int l = 0; l < c->n_layers; l++) {
+    for (int l = 0; l < c->n_layers && !s.err; l++) {
         char nm[64];
         snprintf(nm, sizeof nm, "model.layers.%d.input_layernorm", l);
         add_norm(&s, c, l, d, nm);
@@ -201,8 +211,20 @@ int mp_registry_list(const mp_config *c, mp_layout layout, mp_tensor_spec **out,
             add(&s, MP_ROLE_LM_HEAD, -1, -1, 1, V, 0, 0, "lm_head.bias");
     }
     if (s.err) {
+        int err = s.err;
+        char last[MP_NAME_MAX] = "";
+        if (s.n > 0)
+            snprintf(last, sizeof last, "%s", s.v[s.n - 1].name);
         free(s.v);
-        return mp_errorf(MP_ENOMEM, "out of memory");
+        if (err == 1)
+            return mp_errorf(MP_ENOMEM, "out of memory");
+        if (err == 3)
+            return mp_errorf(MP_ECONFIG, "%s: the sizes in this config imply more than %d tensors", c->file,
+                             MP_REGISTRY_MAX_TENSORS);
+        return mp_errorf(MP_ECONFIG,
+                         "%s: the sizes in this config imply tensor '%s' with more than 2^50 elements, or more than "
+                         "2^52 parameters in all",
+                         c->file, last);
     }
     *out = s.v;
     *n = s.n;

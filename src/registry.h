@@ -45,6 +45,11 @@ const char *mp_layout_name(mp_layout l);
 const char *mp_role_name(mp_role r);
 const char *mp_proj_name(mp_proj p);
 
+/* Bounds on what a config may imply (checked by mp_registry_list, MP_ECONFIG naming the config file):
+ * every tensor at most MP_MAX_ELEMS elements, all together at most 2^52, at most 2^21 tensors. */
+#define MP_REGISTRY_MAX_TENSORS (1 << 21)
+#define MP_REGISTRY_MAX_PARAMS (INT64_C(1) << 52)
+
 /* Every tensor the checkpoint must contain. *out is malloc'ed (caller frees). */
 int mp_registry_list(const mp_config *c, mp_layout layout, mp_tensor_spec **out, int *n);
 

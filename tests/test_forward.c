@@ -2,15 +2,23 @@
  * pass against transformers on every fixture model it covers (per-layer
  * hidden states, router logits, final logits), the Gram matrices, counts and
  * routing-weight sums against the forward-hook reference of qwen2_moe_f32,
- * and a model whose router starves expert 3 (the job finishes, the expert
- * gets the prior, nothing is NaN). Statistics are written under DIR for the
- * cross-rank byte comparison (same_stats.sh).
+ * the stored token samples (qwen2_moe_f32: every routed token kept, the
+ * token set that of transformers' top-k, X^T X and H^T H of the sample equal
+ * its Grams; a synth model with more tokens than sample_tokens and than one
+ * chunk: the sample is the min(K, count) tokens of smallest priority, its x
+ * and h exactly the rows the expert saw, h recomputed from x with the
+ * checkpoint's weights), packed Grams (file triangle = unpacked Gram, pack /
+ * unpack round trip), and a model whose router starves expert 3 (the job
+ * finishes, the expert gets the prior and an empty sample, nothing is NaN).
+ * Statistics are written under DIR for the cross-rank byte comparison
+ * (same_stats.sh).
  *   usage: test_forward DIR */
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <unistd.h>
 
 #include <hdf5.h>
+#include <xxhash.h>
 
 #include "fsutil.h"
 #include "pipeline.h"
@@ -85,6 +93,42 @@ static double rel_diff(const double *a, const double *b, int64_t n)
     return s > 0 ? e / s : e;
 }
 
+/* sum over the rows of X [t, n] of x x^T, fp64 [n, n] */
+static double *sample_gram(const float *X, int64_t t, int64_t n)
+{
+    double *G = calloc((size_t)(n * n), sizeof(double));
+    for (int64_t r = 0; r < t; r++)
+        for (int64_t i = 0; i < n; i++)
+            for (int64_t j = 0; j < n; j++)
+                G[i * n + j] += (double)X[r * n + i] * X[r * n + j];
+    return G;
+}
+
+/* the file's packed triangles hold exactly the upper triangles of the Grams mp_stats_read unpacked, and
+ * the unpacked Grams are symmetric */
+static void check_packed(const char *path, const mp_expert_stats *st)
+{
+    hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    CHECK(f >= 0);
+    for (int w = 0; w < 2 && f >= 0; w++) {
+        int64_t n = w ? st->f : st->d, np = n * (n + 1) / 2;
+        const double *G = w ? st->G_mid : st->G_in;
+        double *P = malloc(sizeof(double) * (size_t)np);
+        hid_t ds = H5Dopen2(f, w ? "G_mid_packed" : "G_in_packed", H5P_DEFAULT), sp = H5Dget_space(ds);
+        CHECK(ds >= 0 && H5Sget_simple_extent_npoints(sp) == np &&
+              H5Dread(ds, H5T_NATIVE_DOUBLE, H5S_ALL, H5S_ALL, H5P_DEFAULT, P) >= 0);
+        H5Sclose(sp), H5Dclose(ds);
+        int ok = 1;
+        for (int64_t i = 0, k = 0; i < n; i++)
+            for (int64_t j = i; j < n; j++, k++)
+                ok &= P[k] == G[i * n + j] && G[j * n + i] == G[i * n + j];
+        CHECK(ok);
+        free(P);
+    }
+    if (f >= 0)
+        H5Fclose(f);
+}
+
 static void check_grams(const char *stats, const mp_ckpt *ref, int E)
 {
     char path[1024], name[64];
@@ -110,6 +154,32 @@ static void check_grams(const char *stats, const mp_ckpt *ref, int E)
         printf("  gram layer 1 %s %d: tokens %lld, G_in rel err %.2e, G_mid rel err %.2e\n",
                u == E ? "shared" : "expert", u, (long long)st.count, e_in, e_mid);
         CHECK(e_in <= 1e-5 && e_mid <= 1e-5);
+        check_packed(path, &st);
+        /* the sample (sample_tokens 256 > every count here): every routed token, the set transformers routed
+         * to the unit, and its rows are the expert's inputs: X^T X and H^T H are transformers' Grams */
+        const mp_tensor *tk = mp_ckpt_find(ref, "topk_idx.1");
+        CHECK(tk && st.n_sample == st.count);
+        int64_t nr = 0, same = 1;
+        for (int64_t g = 0; tk && g < tk->shape[0]; g++) {
+            int routed = u == E;
+            for (int64_t k = 0; k < tk->shape[1]; k++)
+                routed |= ((const int32_t *)tk->data)[g * tk->shape[1] + k] == u;
+            if (routed)
+                same &= nr < st.n_sample && st.sample_token[nr++] == g;
+        }
+        CHECK(same && nr == st.n_sample);
+        double *gx = sample_gram(st.X_sample, st.n_sample, st.d), *gh = sample_gram(st.H_sample, st.n_sample, st.f);
+        snprintf(name, sizeof name, u == E ? "gin.1.shared" : "gin.1.%d", u);
+        memcpy(r, mp_ckpt_find(ref, name)->data, sizeof(double) * (size_t)(st.d * st.d));
+        double s_in = rel_diff(gx, r, st.d * st.d);
+        snprintf(name, sizeof name, u == E ? "gmid.1.shared" : "gmid.1.%d", u);
+        memcpy(r, mp_ckpt_find(ref, name)->data, sizeof(double) * (size_t)(st.f * st.f));
+        double s_mid = rel_diff(gh, r, st.f * st.f);
+        printf("  sample layer 1 %s %d: %lld tokens = transformers' routed set %s, X^T X rel err %.2e, H^T H rel err "
+               "%.2e\n",
+               u == E ? "shared" : "expert", u, (long long)st.n_sample, same ? "yes" : "NO", s_in, s_mid);
+        CHECK(s_in <= 1e-5 && s_mid <= 1e-5);
+        free(gx), free(gh);
         if (u < E) {
             const mp_tensor *tc = mp_ckpt_find(ref, "count.1"), *tw = mp_ckpt_find(ref, "wsum.1");
             CHECK(tc && ((const int64_t *)tc->data)[u] == st.count);
@@ -125,8 +195,8 @@ static void check_grams(const char *stats, const mp_ckpt *ref, int E)
 
 /* The calibration stage (statistics into ckpt/calib) through the pipeline, or, without ckpt, the forward
  * pass alone; root gets the NLL sum and the number of predicted tokens. */
-static int calibrate(const mp_model *m, const mp_tokens *tok, const char *ckpt, const char *extra, mp_observer ob,
-                     void *ctx, double *nll, int64_t *npred, int *starved)
+static int calibrate(const mp_model *m, const mp_tokens *tok, const char *ckpt, const char *extra, const char *until,
+                     mp_observer ob, void *ctx, double *nll, int64_t *npred, int *starved)
 {
     *starved = 0;
     if (!ckpt) {
@@ -139,7 +209,7 @@ static int calibrate(const mp_model *m, const mp_tokens *tok, const char *ckpt, 
     char *sets[] = {"model.path=x", "calibration.tokens=y", set_ck, (char *)extra};
     mp_job job;
     MP_CHECK(mp_job_load(NULL, sets, extra ? 4 : 3, &job));
-    mp_run_opts o = {.until = extra ? NULL : "calibrate", .quiet = 1, .fresh = 1, .observe = ob, .observe_ctx = ctx};
+    mp_run_opts o = {.until = until, .quiet = 1, .fresh = 1, .observe = ob, .observe_ctx = ctx};
     mp_run r;
     MP_CHECK(mp_pipeline_run(&job, m, tok, &o, &r));
     *nll = mp_summary_get(&r.sum[MP_STAGE_CALIBRATE], "nll_sum");
@@ -166,7 +236,7 @@ static void run_fixture(const char *name, double tol, const char *ckpt)
     double nll = 0;
     int64_t npred = 0;
     int starved = 0;
-    CHECK_OK(calibrate(m, &tok, ckpt, NULL, observe, &o, &nll, &npred, &starved));
+    CHECK_OK(calibrate(m, &tok, ckpt, NULL, "calibrate", observe, &o, &nll, &npred, &starved));
     double err[64], sc[64];
     MPI_Allreduce(o.err, err, 64, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
     MPI_Allreduce(o.scale, sc, 64, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
@@ -260,7 +330,7 @@ static void starved(const char *root)
     double nll = 0;
     int64_t npred = 0;
     int n_starved = 0;
-    CHECK_OK(calibrate(m, &tok, ckpt, "delta.solver=lapack" /* byte-comparable */, NULL, NULL, &nll, &npred,
+    CHECK_OK(calibrate(m, &tok, ckpt, "delta.solver=lapack" /* byte-comparable */, NULL, NULL, NULL, &nll, &npred,
                        &n_starved));
     if (mp_mpi_rank() == 0) {
         CHECK(n_starved >= 2); /* expert 3 of both layers */
@@ -269,6 +339,7 @@ static void starved(const char *root)
         mp_stats_path(path, sizeof path, stats, 1, 3);
         CHECK_OK(mp_stats_read(path, &st));
         CHECK(st.count == 0 && st.prior_tokens == 16 && st.weight_sum == 0);
+        CHECK(st.n_sample == 0 && !st.X_sample && !st.H_sample && !st.sample_token); /* an empty sample */
         double *G = malloc(sizeof(double) * (size_t)(st.d * st.d));
         mp_stats_regularized(&st, 0, G);
         int ok = 1;
@@ -299,6 +370,226 @@ static void starved(const char *root)
     mp_model_close(m);
 }
 
+/* Tokens the model cannot take reach the forward pass only through the library (the command line refuses them
+ * first): bad input data (MP_EFORMAT, exit 5), not a usage error; agreed by every rank. */
+static void tokens_too_long(void)
+{
+    mp_model *m = NULL;
+    CHECK_OK(mp_model_open(MP_FIXTURES "/mixtral_f32", &m));
+    if (!m)
+        return;
+    mp_tokens tok = {2, m->cfg.max_pos + 1, NULL};
+    tok.ids = calloc((size_t)tok.n_seq * (size_t)tok.seq_len, sizeof *tok.ids);
+    mp_weights w;
+    mp_model_weights(m, &w);
+    double nll = 0;
+    int64_t npred = 0;
+    int rc = mp_epf_run(&w, &tok, NULL, NULL, &nll, &npred);
+    CHECK(rc == MP_EFORMAT);
+    CHECK(strstr(mp_error_message(), "longer than the model's") != NULL);
+    mp_error_clear();
+    free(tok.ids);
+    mp_model_close(m);
+}
+
+/* ---- the token sample on a model with more routed tokens than sample_tokens and than one chunk ---- */
+
+#define SAMPLE_K 100
+
+typedef struct {
+    const mp_weights *w;
+    const char *stats;
+    int d, f, n, cap;
+    int64_t *tok;
+    float *x, *h;
+    int units, multi_chunk; /* units checked; units with more than K tokens over more than one chunk */
+} rec_ctx;
+
+static int rec_begin(void *vc, int l, int u, int d, int f)
+{
+    rec_ctx *c = vc;
+    (void)l, (void)u;
+    c->d = d, c->f = f, c->n = 0, c->cap = 0; /* the buffers regrow for this unit's dims */
+    return 0;
+}
+
+/* every routed row of the unit, as ep_forward hands it to the hooks */
+static int rec_chunk(void *vc, int l, int u, const float *x, const float *h, const float *w, const int64_t *tok,
+                     int nb)
+{
+    rec_ctx *c = vc;
+    (void)l, (void)u, (void)w;
+    if (c->n + nb > c->cap) {
+        c->cap = 2 * (c->n + nb);
+        c->tok = realloc(c->tok, sizeof(int64_t) * (size_t)c->cap);
+        c->x = realloc(c->x, sizeof(float) * (size_t)c->cap * (size_t)c->d);
+        c->h = realloc(c->h, sizeof(float) * (size_t)c->cap * (size_t)c->f);
+    }
+    memcpy(c->tok + c->n, tok, sizeof(int64_t) * (size_t)nb);
+    memcpy(c->x + (size_t)c->n * c->d, x, sizeof(float) * (size_t)nb * (size_t)c->d);
+    memcpy(c->h + (size_t)c->n * c->f, h, sizeof(float) * (size_t)nb * (size_t)c->f);
+    c->n += nb;
+    return 0;
+}
+
+typedef struct {
+    uint64_t pri;
+    int64_t tok;
+    int row;
+} prio;
+
+static int cmp_prio(const void *a, const void *b)
+{
+    const prio *x = a, *y = b;
+    if (x->pri != y->pri)
+        return x->pri < y->pri ? -1 : 1;
+    return (x->tok > y->tok) - (x->tok < y->tok);
+}
+
+static int cmp_prio_tok(const void *a, const void *b)
+{
+    const prio *x = a, *y = b;
+    return (x->tok > y->tok) - (x->tok < y->tok);
+}
+
+/* on the unit's owner, once its rows are recorded: the stored sample against them */
+static int rec_end(void *vc, int l, int u)
+{
+    rec_ctx *c = vc;
+    int d = c->d, f = c->f, n = c->n;
+    char path[1024];
+    mp_expert_stats st;
+    mp_stats_path(path, sizeof path, c->stats, l, u);
+    CHECK_OK(mp_stats_read(path, &st));
+    int64_t t = n < SAMPLE_K ? n : SAMPLE_K;
+    CHECK(st.count == n && st.n_sample == t);
+    int sorted = 1;
+    for (int64_t i = 0; i < n; i++)
+        sorted &= i == 0 || c->tok[i] > c->tok[i - 1]; /* the hook's indices: increasing */
+    for (int64_t i = 1; i < st.n_sample; i++)
+        sorted &= st.sample_token[i] > st.sample_token[i - 1];
+    CHECK(sorted);
+    /* the expected choice: the t routed tokens of smallest XXH64(token; layer * 65537 + unit) */
+    prio *p = malloc(sizeof(prio) * (size_t)(n + 1));
+    for (int i = 0; i < n; i++) {
+        int64_t g = c->tok[i]; /* little-endian machine: the int64's bytes as the format defines them */
+        p[i] = (prio){XXH64(&g, sizeof g, (uint64_t)l * 65537 + (uint64_t)u), g, i};
+    }
+    qsort(p, (size_t)n, sizeof *p, cmp_prio);
+    qsort(p, (size_t)t, sizeof *p, cmp_prio_tok);
+    int same_tok = st.n_sample == t, same_x = 1, same_h = 1;
+    for (int64_t i = 0; same_tok && i < t; i++) {
+        same_tok &= st.sample_token[i] == p[i].tok;
+        same_x &= !memcmp(st.X_sample + i * d, c->x + (size_t)p[i].row * d, sizeof(float) * (size_t)d);
+        same_h &= !memcmp(st.H_sample + i * f, c->h + (size_t)p[i].row * f, sizeof(float) * (size_t)f);
+    }
+    CHECK(same_tok && same_x && same_h);
+    /* h recomputed from the stored x with the checkpoint's weights */
+    double err = INFINITY, scale = 0;
+    if (st.n_sample > 0) {
+        int64_t ns = st.n_sample;
+        size_t fd = (size_t)f * (size_t)d;
+        float *own = malloc(3 * fd * sizeof(float)), *y = malloc(sizeof(float) * (size_t)(ns * d)),
+              *hm = malloc(sizeof(float) * (size_t)(ns * f));
+        const float *wg = own, *wu = own + fd, *wd = own + 2 * fd;
+        mp_layer_w lw = {0};
+        if (u == c->w->cfg->n_experts) {
+            CHECK_OK(c->w->layer(c->w->ctx, l, &lw));
+            wg = lw.sh_gate, wu = lw.sh_up, wd = lw.sh_down;
+        } else
+            for (int q = 0; q < 3; q++)
+                CHECK_OK(c->w->expert(c->w->ctx, l, u, (mp_proj)q, own + (size_t)q * fd));
+        CHECK_OK(mp_swiglu(wg, wu, wd, st.X_sample, (int)ns, d, f, y, hm));
+        err = 0;
+        for (int64_t i = 0; i < ns * f; i++) {
+            err = fmax(err, fabs((double)hm[i] - st.H_sample[i]));
+            scale = fmax(scale, fabs((double)st.H_sample[i]));
+        }
+        err = scale > 0 ? err / scale : err;
+        mp_layer_free(&lw);
+        free(own), free(y), free(hm);
+    }
+    CHECK(st.n_sample == 0 || err <= 1e-5);
+    printf("  sample layer %d unit %d (rank %d): %d tokens routed, %lld kept = the smallest priorities %s, x and h "
+           "= the expert's rows %s, h from x and the weights: rel err %.1e\n",
+           l, u, mp_mpi_rank(), n, (long long)st.n_sample, same_tok ? "yes" : "NO", same_x && same_h ? "yes" : "NO",
+           st.n_sample ? err : 0.0);
+    c->units++;
+    c->multi_chunk += n > SAMPLE_K && n > MP_CHUNK;
+    free(p);
+    mp_stats_free(&st);
+    return 0;
+}
+
+static void sample_selection(const char *root)
+{
+    char dir[600], ckpt[700], stats[800], path[1024];
+    snprintf(dir, sizeof dir, "%s/sample_model", root);
+    snprintf(ckpt, sizeof ckpt, "%s/sample_ckpt", root);
+    snprintf(stats, sizeof stats, "%s/calib", ckpt);
+    int rc = 0;
+    if (mp_mpi_rank() == 0) {
+        mp_synth_opts so;
+        mp_synth_defaults(&so);
+        so.arch = MP_ARCH_QWEN2_MOE, so.experts = 4, so.n_seq = 20, so.seq_len = 64, so.ffn = 32;
+        rc = mp_synth_write(&so, dir);
+        CHECK_OK(rc);
+    }
+    CHECK_OK(mp_mpi_agree(rc));
+    mp_model *m = NULL;
+    mp_tokens tok = {0};
+    snprintf(path, sizeof path, "%s/tokens.h5", dir);
+    CHECK_OK(mp_model_open(dir, &m));
+    CHECK_OK(mp_tokens_read(path, m ? m->cfg.vocab : 0, &tok));
+    double nll = 0;
+    int64_t npred = 0;
+    int n_starved = 0;
+    char set_k[64];
+    snprintf(set_k, sizeof set_k, "calibration.sample_tokens=%d", SAMPLE_K);
+    CHECK_OK(calibrate(m, &tok, ckpt, set_k, "calibrate", NULL, NULL, &nll, &npred, &n_starved));
+    /* the forward pass once more, its hooks recording every routed row, each owner checking its units */
+    mp_weights w;
+    mp_model_weights(m, &w);
+    rec_ctx rc_ = {.w = &w, .stats = stats};
+    mp_unit_hooks hk = {&rc_, rec_begin, rec_chunk, rec_end};
+    mp_epf *s = NULL;
+    CHECK_OK(mp_epf_create(&w, &tok, NULL, NULL, &s));
+    for (int l = 0; s && l < m->cfg.n_layers; l++)
+        CHECK_OK(mp_epf_layer(s, l, &hk));
+    mp_epf_free(s);
+    int mine[2] = {rc_.units, rc_.multi_chunk}, all[2];
+    MPI_Allreduce(mine, all, 2, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
+    int moe = 0;
+    for (int l = 0; l < m->cfg.n_layers; l++)
+        moe += m->cfg.is_moe[l];
+    if (mp_mpi_rank() == 0)
+        printf("sample (sample_tokens %d): %d units checked, %d of them with more tokens than the sample and than "
+               "one chunk\n",
+               SAMPLE_K, all[0], all[1]);
+    CHECK(all[0] == moe * (m->cfg.n_experts + 1) && all[1] >= moe);
+    free(rc_.tok), free(rc_.x), free(rc_.h);
+    mp_tokens_free(&tok);
+    mp_model_close(m);
+}
+
+/* pack -> unpack of an odd-sized symmetric matrix gives it back exactly */
+static void pack_round_trip(void)
+{
+    int64_t n = 77, np = mp_gram_packed_size(n);
+    double *G = malloc(sizeof(double) * (size_t)(n * n)), *H = malloc(sizeof(double) * (size_t)(n * n)),
+           *P = malloc(sizeof(double) * (size_t)np);
+    for (int64_t i = 0; i < n; i++)
+        for (int64_t j = i; j < n; j++)
+            G[i * n + j] = G[j * n + i] = sin((double)(i * 131 + j * 7)) * 1e3;
+    mp_gram_pack(G, n, P);
+    CHECK(np == 77 * 78 / 2 && P[0] == G[0] && P[n] == G[n + 1] && P[np - 1] == G[n * n - 1]);
+    memset(H, 0xff, sizeof(double) * (size_t)(n * n));
+    memcpy(H, P, sizeof(double) * (size_t)np);
+    mp_gram_unpack(H, n);
+    CHECK(!memcmp(G, H, sizeof(double) * (size_t)(n * n)));
+    free(G), free(H), free(P);
+}
+
 int main(int argc, char **argv)
 {
     CHECK_OK(mp_mpi_init(&argc, &argv));
@@ -325,6 +616,10 @@ int main(int argc, char **argv)
         run_fixture(fx[i].name, fx[i].tol, NULL);
     run_fixture("qwen2_moe_f32", 1e-4, stats);
     starved(argv[1]);
+    tokens_too_long();
+    sample_selection(argv[1]);
+    if (mp_mpi_rank() == 0)
+        pack_round_trip();
     int f = t_failures, all = 0;
     MPI_Allreduce(&f, &all, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
     mp_mpi_finalize();
