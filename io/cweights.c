@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "error.h"
+#include "quant.h"
 #include "weights.h"
 
 struct mp_cweights {
@@ -15,8 +16,8 @@ struct mp_cweights {
     mp_weights orig;
     int layer, unit;        /* the cached unit */
     mp_outdir_factors f[3]; /* its three projections */
-    float *t, *a, *g;       /* scratch: [n, r], [n, f], [n, f] */
-    int64_t cap_t, cap_a, cap_g;
+    float *t, *a, *g, *q;   /* scratch: [n, r], [n, f], [n, f], a quantized input */
+    int64_t cap_t, cap_a, cap_g, cap_q;
 };
 
 static int load_unit(mp_cweights *c, int l, int u)
@@ -43,18 +44,36 @@ static int grow(float **p, int64_t *cap, int64_t need)
     return 0;
 }
 
+/* the rows of X [n, k] as a part with `act` activation bits sees them: X itself, or quantized per token */
+static const float *act_input(mp_cweights *c, const float *X, int n, int64_t k, int act)
+{
+    if (!act)
+        return X;
+    if (grow(&c->q, &c->cap_q, (int64_t)n * k) < 0)
+        return NULL;
+    mp_quant_act(X, n, k, act, c->q);
+    return c->q;
+}
+
 /* out [n, m] = X [n, k] B^T (+ (X V^T) U^T): one projection of a unit, factored */
 static int project(mp_cweights *c, const mp_outdir_factors *f, const float *X, int n, float *out)
 {
     int64_t m = f->m, k = f->n, r = f->rank;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, (int)m, (int)k, 1.0f, X, (int)k, f->W, (int)k, 0.0f, out,
+    const float *x = act_input(c, X, n, k, f->act_w);
+    if (!x)
+        return mp_errorf(MP_ENOMEM, "out of memory");
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, (int)m, (int)k, 1.0f, x, (int)k, f->W, (int)k, 0.0f, out,
                 (int)m);
     if (r <= 0)
         return 0;
     MP_CHECK(grow(&c->t, &c->cap_t, (int64_t)n * r));
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, (int)r, (int)k, 1.0f, X, (int)k, f->V, (int)k, 0.0f, c->t,
+    if (!(x = act_input(c, X, n, k, f->act_v)))
+        return mp_errorf(MP_ENOMEM, "out of memory");
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, (int)r, (int)k, 1.0f, x, (int)k, f->V, (int)k, 0.0f, c->t,
                 (int)r);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, (int)m, (int)r, 1.0f, c->t, (int)r, f->U, (int)r, 1.0f, out,
+    if (!(x = act_input(c, c->t, n, r, f->act_u)))
+        return mp_errorf(MP_ENOMEM, "out of memory");
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, (int)m, (int)r, 1.0f, x, (int)r, f->U, (int)r, 1.0f, out,
                 (int)m);
     return 0;
 }
@@ -125,6 +144,6 @@ void mp_cweights_close(mp_cweights *c)
         return;
     for (int p = 0; p < 3; p++)
         mp_outdir_factors_free(&c->f[p]);
-    free(c->t), free(c->a), free(c->g);
+    free(c->t), free(c->a), free(c->g), free(c->q);
     free(c);
 }

@@ -1,12 +1,13 @@
 /* cweights.h - a compressed model as the forward pass's weights (src/forward.h: mp_weights).
  *
  * The MoE layers are served from a moepack output directory as stored: every unit's blocks are the
- * packed codes dequantized by the code that defines the formats (mp_qtensor_dequant), and with the
+ * packed codes dequantized by the code that defines the formats (mp_qtensor_dequant); with the
  * decomposition a routed expert's projection p runs as base_p x + U_p (V_p x), the factors kept apart
- * (never folded into a dense per-expert weight); rank 0 is the base alone. The shared expert and
- * every non-MoE tensor come from the original model (the output holds copies of the latter in their
- * dtype). The dequantized base of a layer and the factors of the unit in use are cached.
- * Local (no MPI). */
+ * (never folded into a dense per-expert weight), rank 0 being the base alone. A part in an activation
+ * format (w8a8, w4a4) sees its input quantized per token (mp_quant_act), as a kernel computes it. The
+ * shared expert (quantized like the others) is served from the output too; every non-MoE tensor comes
+ * from the original model (the output holds copies of them in their dtype). The dequantized base of a
+ * layer and the factors of the unit in use are cached. Local (no MPI). */
 #ifndef MP_CWEIGHTS_H
 #define MP_CWEIGHTS_H
 

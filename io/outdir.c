@@ -40,6 +40,7 @@ struct mp_outdir {
     int delta;
     int base_layer; /* layer of the cached base, -1 */
     float *base[3]; /* dequantized base of base_layer */
+    int base_act[3];  /* its formats' activation bits */
 };
 
 static int cmp_entry(const void *a, const void *b)
@@ -321,7 +322,14 @@ int mp_outdir_read_plain(mp_outdir *o, const char *path, mp_dtype dtype, float *
 }
 
 /* the dequantized tensor group at `gpath` (whose unit is `unit`) into out [m, n] */
+static int read_q_act(mp_outdir *o, const char *unit, const char *gpath, int64_t m, int64_t n, float *out, int *act);
 static int read_q(mp_outdir *o, const char *unit, const char *gpath, int64_t m, int64_t n, float *out)
+{
+    return read_q_act(o, unit, gpath, m, n, out, NULL);
+}
+
+/* as read_q; *act (may be NULL) = the format's activation bits (0: weights only) */
+static int read_q_act(mp_outdir *o, const char *unit, const char *gpath, int64_t m, int64_t n, float *out, int *act)
 {
     hid_t f;
     MP_CHECK(shard_of(o, unit, &f));
@@ -333,6 +341,8 @@ static int read_q(mp_outdir *o, const char *unit, const char *gpath, int64_t m, 
                        (long long)q->m, (long long)q->n, (long long)m, (long long)n);
     else
         mp_qtensor_dequant(q, out);
+    if (act)
+        *act = q->fmt->act_bits;
     mp_qtensor_destroy(q);
     return rc;
 }
@@ -358,7 +368,7 @@ static int load_base(mp_outdir *o, int l)
         if (!(o->base[p] = malloc(sizeof(float) * (size_t)(m * n))))
             return mp_errorf(MP_ENOMEM, "out of memory for the base of layer %d", l);
         snprintf(g, sizeof g, "%s/%s", unit, MP_PROJ_NAME[p]);
-        MP_CHECK(read_q(o, unit, g, m, n, o->base[p]));
+        MP_CHECK(read_q_act(o, unit, g, m, n, o->base[p], &o->base_act[p]));
     }
     o->base_layer = l;
     return 0;
@@ -448,7 +458,10 @@ int mp_outdir_read_factors(mp_outdir *o, int l, int u, int p, mp_outdir_factors 
     if (!(f->W = malloc(sizeof(float) * (size_t)(f->m * f->n))))
         return mp_errorf(MP_ENOMEM, "out of memory reading layer %d unit %d", l, u);
     if (shared || !o->delta) {
-        int rc = shared ? mp_outdir_read_shared(o, l, p, f->W) : mp_outdir_read_expert(o, l, u, p, f->W);
+        char unit[64], g[128];
+        snprintf(unit, sizeof unit, shared ? "/layers/%d/moe/shared" : "/layers/%d/moe/experts/%d", l, u);
+        snprintf(g, sizeof g, "%s/%s", unit, MP_PROJ_NAME[p]);
+        int rc = read_q_act(o, unit, g, f->m, f->n, f->W, &f->act_w);
         if (rc < 0)
             mp_outdir_factors_free(f);
         return rc;
@@ -456,6 +469,7 @@ int mp_outdir_read_factors(mp_outdir *o, int l, int u, int p, mp_outdir_factors 
     int rc = load_base(o, l);
     if (rc == 0)
         memcpy(f->W, o->base[p], sizeof(float) * (size_t)(f->m * f->n));
+    f->act_w = o->base_act[p];
     char unit[64], g[128], gu[160], gv[160];
     snprintf(unit, sizeof unit, "/layers/%d/moe/experts/%d", l, u);
     snprintf(g, sizeof g, "%s/%s", unit, MP_PROJ_NAME[p]);
@@ -474,9 +488,9 @@ int mp_outdir_read_factors(mp_outdir *o, int l, int u, int p, mp_outdir_factors 
             rc = mp_errorf(MP_ENOMEM, "out of memory reading %s", g);
         snprintf(gu, sizeof gu, "%s/U", g), snprintf(gv, sizeof gv, "%s/V", g);
         if (rc == 0)
-            rc = read_q(o, unit, gu, f->m, f->rank, f->U);
+            rc = read_q_act(o, unit, gu, f->m, f->rank, f->U, &f->act_u);
         if (rc == 0)
-            rc = read_q(o, unit, gv, f->rank, f->n, f->V);
+            rc = read_q_act(o, unit, gv, f->rank, f->n, f->V, &f->act_v);
     }
     if (rc < 0)
         mp_outdir_factors_free(f);

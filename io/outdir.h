@@ -62,6 +62,8 @@ int mp_outdir_read_shared(mp_outdir *o, int l, int p, float *out);
 typedef struct {
     int64_t m, n, rank;
     float *W, *U, *V;
+    int act_w, act_u, act_v; /* activation bits of each part's format (0: weights only): its input is
+                                quantized per token (src/quant.h: mp_quant_act) before the product */
 } mp_outdir_factors;
 int mp_outdir_read_factors(mp_outdir *o, int l, int u, int p, mp_outdir_factors *f);
 void mp_outdir_factors_free(mp_outdir_factors *f);

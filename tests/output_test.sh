@@ -71,6 +71,23 @@ check() { # check MODEL NAME UNITS_PER_LAYER MOE_LAYERS
     p1=$("$BIN" eval --model "$OUT/$name.export" --tokens "$OUT/$model/tokens.h5" | sed -n 's/^eval: perplexity \([0-9.]*\) .*/\1/p')
     awk -v a="$p0" -v b="$p1" 'BEGIN { exit !(b > 0 && b < 1.5 * a && b > a / 1.5) }' ||
         fail "$name: perplexity of the export $p1, of the source $p0"
+    # the compressed model served as stored (factored, activation formats quantized per token) next to
+    # the original: its original perplexity is the source's; without activation formats its perplexity
+    # is the export's (folded weights) to 1e-4; KL >= 0 and top-1 agreement in (0, 100] %
+    local ev q0 q1 kl t1
+    ev=$(timeout -k 10 120 "$MPIEXEC" --oversubscribe -n "$NP" "$BIN" eval --model "$OUT/$model" \
+        --tokens "$OUT/$model/tokens.h5" --compressed "$o") || fail "$name: eval --compressed: $ev"
+    q0=$(echo "$ev" | sed -n 's/^eval: original   perplexity \([0-9.]*\) .*/\1/p')
+    q1=$(echo "$ev" | sed -n 's/^eval: compressed perplexity \([0-9.]*\) .*/\1/p')
+    kl=$(echo "$ev" | sed -n 's/.*KL(original || compressed) \([0-9.e+-]*\) nats.*/\1/p')
+    t1=$(echo "$ev" | sed -n 's/.*top-1 agreement \([0-9.]*\)%.*/\1/p')
+    [ "$q0" = "$p0" ] || fail "$name: eval --compressed: original perplexity $q0, eval gives $p0"
+    awk -v k="$kl" -v t="$t1" 'BEGIN { exit !(k >= 0 && t > 0 && t <= 100) }' || fail "$name: KL $kl, top-1 $t1"
+    if ! grep -q '"w[48]a[48]"' "$o/index.json"; then
+        awk -v a="$q1" -v b="$p1" 'BEGIN { d = a - b; if (d < 0) d = -d; exit !(d <= 1e-4 * b) }' ||
+            fail "$name: compressed perplexity $q1 (factored) vs the export's $p1 (folded)"
+    fi
+    echo "$name: eval --compressed: perplexity $q1 (export $p1, original $q0), KL $kl nats/token, top-1 $t1 %"
     echo "$name: $n shard(s) readable by h5dump, inspect/--json/--plot OK, export equal to the shards, perplexity $p1 (source $p0)"
 }
 
