@@ -249,6 +249,8 @@ static void snapshot(const char *dir, char *out, size_t cap)
     while ((e = readdir(d)) && o + 200 < cap) {
         char p[1200];
         struct stat st;
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
+            continue; /* ".." is the shared parent: other cases' directories change its mtime */
         path_in(p, sizeof p, dir, e->d_name);
         if (lstat(p, &st) == 0)
             o += (size_t)snprintf(out + o, cap - o, "%s:%lld:%lld;", e->d_name, (long long)st.st_size,
