@@ -8,6 +8,7 @@
 
 #include "error.h"
 #include "h5util.h"
+#include "qtensor_h5.h"
 
 int mp_table_add(mp_proj_table *pt, double rank, int part, int fmt, double loss_raw, double loss, double bytes,
                  double cost, double M)
@@ -38,21 +39,6 @@ void mp_table_path(char *buf, int cap, const char *dir, int layer, int unit, int
         snprintf(buf, (size_t)cap, "%s/layer%04d/expert%04d.h5", dir, layer, unit);
 }
 
-static int put_str_attr(hid_t loc, const char *name, const char *v)
-{
-    hid_t ty = H5Tcopy(H5T_C_S1), sp = H5Screate(H5S_SCALAR), a = -1;
-    int bad = ty < 0 || sp < 0 || H5Tset_size(ty, strlen(v) + 1) < 0;
-    if (!bad)
-        bad = (a = H5Acreate2(loc, name, ty, sp, H5P_DEFAULT, H5P_DEFAULT)) < 0 || H5Awrite(a, ty, v) < 0;
-    if (a >= 0)
-        H5Aclose(a);
-    if (sp >= 0)
-        H5Sclose(sp);
-    if (ty >= 0)
-        H5Tclose(ty);
-    return bad ? -1 : 0;
-}
-
 int mp_table_write(const char *path, const mp_unit_table *t)
 {
     hid_t f = mp_h5_create_mem();
@@ -68,7 +54,7 @@ int mp_table_write(const char *path, const mp_unit_table *t)
     char names[1024] = "";
     for (int i = 0; i < t->nf; i++)
         snprintf(names + strlen(names), sizeof names - strlen(names), "%s%s", i ? "," : "", t->fmt[i]->name);
-    bad |= put_str_attr(f, "formats", names);
+    bad |= mp_h5_attr_str(f, "formats", names);
     for (int p = 0; p < 3 && !bad; p++) {
         char nm[32];
         snprintf(nm, sizeof nm, "table_%s", MP_PROJ_NAME[p]);
@@ -85,31 +71,10 @@ int mp_table_write(const char *path, const mp_unit_table *t)
     return mp_h5_save(f, path);
 }
 
-static int get_attr(hid_t f, const char *path, const char *name, hid_t mem, void *v)
+/* attribute `name` of the file's root, or MP_EFORMAT naming the file */
+static int need(int rc, const char *path, const char *name)
 {
-    hid_t a = H5Aopen(f, name, H5P_DEFAULT);
-    int ok = a >= 0 && H5Aread(a, mem, v) >= 0;
-    if (a >= 0)
-        H5Aclose(a);
-    return ok ? 0 : mp_errorf(MP_EFORMAT, "%s: attribute '%s' is missing or unreadable", path, name);
-}
-
-static int get_str_attr(hid_t f, const char *path, const char *name, char *buf, size_t cap)
-{
-    hid_t a = H5Aopen(f, name, H5P_DEFAULT), ty = a >= 0 ? H5Aget_type(a) : -1, mt = H5Tcopy(H5T_C_S1);
-    int ok = a >= 0 && ty >= 0 && H5Tget_class(ty) == H5T_STRING && !H5Tis_variable_str(ty) &&
-             H5Tget_size(ty) < cap && H5Tset_size(mt, cap) >= 0;
-    if (ok) {
-        memset(buf, 0, cap);
-        ok = H5Aread(a, mt, buf) >= 0;
-    }
-    if (ty >= 0)
-        H5Tclose(ty);
-    if (mt >= 0)
-        H5Tclose(mt);
-    if (a >= 0)
-        H5Aclose(a);
-    return ok ? 0 : mp_errorf(MP_EFORMAT, "%s: string attribute '%s' is missing or unreadable", path, name);
+    return rc < 0 ? mp_errorf(MP_EFORMAT, "%s: attribute '%s' is missing or unreadable", path, name) : 0;
 }
 
 int mp_table_read(const char *path, mp_unit_table *t)
@@ -121,19 +86,19 @@ int mp_table_read(const char *path, mp_unit_table *t)
         return mp_errorf(MP_ENOENT, "%s: cannot open the measure table", path);
     int64_t l = 0, u = 0, k = 0;
     char names[1024];
-    int rc = get_attr(f, path, "layer", H5T_NATIVE_INT64, &l);
+    int rc = need(mp_h5_attr_read_i64(f, "layer", &l), path, "layer");
     if (rc == 0)
-        rc = get_attr(f, path, "unit", H5T_NATIVE_INT64, &u);
+        rc = need(mp_h5_attr_read_i64(f, "unit", &u), path, "unit");
     if (rc == 0)
-        rc = get_attr(f, path, "kind", H5T_NATIVE_INT64, &k);
+        rc = need(mp_h5_attr_read_i64(f, "kind", &k), path, "kind");
     if (rc == 0)
-        rc = get_attr(f, path, "energy", H5T_NATIVE_DOUBLE, &t->energy);
+        rc = need(mp_h5_attr_read_f64(f, "energy", &t->energy), path, "energy");
     if (rc == 0)
-        rc = get_attr(f, path, "damping_raised", H5T_NATIVE_DOUBLE, &t->damping_raised);
+        rc = need(mp_h5_attr_read_f64(f, "damping_raised", &t->damping_raised), path, "damping_raised");
     if (rc == 0)
-        rc = get_attr(f, path, "unsampled", H5T_NATIVE_DOUBLE, &t->unsampled);
+        rc = need(mp_h5_attr_read_f64(f, "unsampled", &t->unsampled), path, "unsampled");
     if (rc == 0)
-        rc = get_str_attr(f, path, "formats", names, sizeof names);
+        rc = need(mp_h5_attr_read_str(f, "formats", names, sizeof names), path, "formats");
     if (rc == 0 && (k < 0 || k > MP_BK_SHARED || !(t->energy >= 0) || !isfinite(t->energy)))
         rc = mp_errorf(MP_EFORMAT, "%s: bad kind or energy", path);
     t->layer = (int)l, t->unit = (int)u, t->kind = (mp_block_kind)k;
@@ -142,10 +107,10 @@ int mp_table_read(const char *path, mp_unit_table *t)
     for (int p = 0; p < 3 && rc == 0; p++) {
         char nm[32];
         snprintf(nm, sizeof nm, "m_%s", MP_PROJ_NAME[p]);
-        rc = get_attr(f, path, nm, H5T_NATIVE_INT64, &t->p[p].m);
+        rc = need(mp_h5_attr_read_i64(f, nm, &t->p[p].m), path, nm);
         snprintf(nm, sizeof nm, "n_%s", MP_PROJ_NAME[p]);
         if (rc == 0)
-            rc = get_attr(f, path, nm, H5T_NATIVE_INT64, &t->p[p].n);
+            rc = need(mp_h5_attr_read_i64(f, nm, &t->p[p].n), path, nm);
         snprintf(nm, sizeof nm, "table_%s", MP_PROJ_NAME[p]);
         hid_t ds = rc == 0 ? H5Dopen2(f, nm, H5P_DEFAULT) : -1, sp = ds >= 0 ? H5Dget_space(ds) : -1;
         hsize_t dm[2] = {0, 0};
