@@ -117,14 +117,29 @@ static int cost_of(const mctx *x, const mp_qformat *f, int64_t m, int64_t n, dou
     return 0;
 }
 
-/* one block (W [m, n] with H, O, sample X [t, n]) under every format: rows (rank, part) of pt */
+/* a factorisation that needed more damping than asked: counted and reported once */
+static void note_damping(mctx *x, const mp_gptq_factor *fac, const char *label)
+{
+    mp_gptq_info info;
+    mp_gptq_factor_info(fac, &info);
+    if (info.retries > 0) {
+        x->damping_raised++;
+        fprintf(stderr, "moepack: note: %s: GPTQ damping raised to %.3g (the Hessian is not positive definite)\n",
+                label, info.percdamp);
+    }
+}
+
+/* one block (W [m, n] with H, O, sample X [t, n]) under every format: rows (rank, part) of pt. GPTQ uses
+ * `fac` when given (prepared from H), else a factor of its own. */
 static int measure_formats(mctx *x, mp_proj_table *pt, double rank, int part, const float *W, int64_t m, int64_t n,
                            const double *H, const double *O, const float *X, int64_t t, double tokens, double M,
-                           const char *label)
+                           const mp_gptq_factor *fac, const char *label)
 {
-    mp_gptq_factor *fac = NULL;
-    if (x->method == MP_QUANT_GPTQ)
-        MP_CHECK(mp_gptq_factor_create(H, n, &x->gopt, label, &fac));
+    mp_gptq_factor *own = NULL;
+    if (x->method == MP_QUANT_GPTQ && !fac) {
+        MP_CHECK(mp_gptq_factor_create(H, n, &x->gopt, label, &own));
+        fac = own;
+    }
     int rc = 0;
     for (int i = 0; i < x->nf && rc == 0; i++) {
         mp_qformat wf = *x->fmt[i];
@@ -142,13 +157,10 @@ static int measure_formats(mctx *x, mp_proj_table *pt, double rank, int part, co
             rc = cost_of(x, x->fmt[i], m, n, M, res.bytes, &sec);
         if (rc == 0)
             rc = mp_table_add(pt, rank, part, i, res.loss, 0, (double)res.bytes, sec, M);
-        if (rc == 0 && i == 0 && res.gptq.retries > 0) {
-            x->damping_raised++;
-            fprintf(stderr, "moepack: note: %s: GPTQ damping raised to %.3g (the Hessian is not positive definite)\n",
-                    label, res.gptq.percdamp);
-        }
     }
-    mp_gptq_factor_destroy(fac);
+    if (rc == 0 && own)
+        note_damping(x, own, label);
+    mp_gptq_factor_destroy(own);
     return rc;
 }
 
@@ -193,7 +205,7 @@ static int measure_unit(mctx *x, int l, int u, mp_unit_table *t, double *energy)
         char label[96];
         snprintf(label, sizeof label, "layer %d %s %d %s", l, mp_block_kind_name(s->kind), unit, MP_PROJ_NAME[p]);
         if (s->kind != MP_BK_DELTA) {
-            rc = measure_formats(x, pt, -1, 0, s->W, s->m, s->n, s->H, NULL, s->X, s->t, s->tokens, M, label);
+            rc = measure_formats(x, pt, -1, 0, s->W, s->m, s->n, s->H, NULL, s->X, s->t, s->tokens, M, NULL, label);
             continue;
         }
         int64_t ranks[18];
@@ -201,6 +213,8 @@ static int measure_unit(mctx *x, int l, int u, mp_unit_table *t, double *energy)
         mp_gptq_factor *fv = NULL; /* V's Hessian is G at every rank: one factor */
         if (x->method == MP_QUANT_GPTQ)
             rc = mp_gptq_factor_create(s->H, s->n, &x->gopt, label, &fv);
+        if (fv)
+            note_damping(x, fv, label);
         for (int i = 0; i < nr && rc == 0; i++) {
             int64_t r = ranks[i];
             rc = mp_table_add(pt, (double)r, 2, -1, mp_block_trunc_loss(s, r), 0, 0, 0, M);
@@ -213,22 +227,9 @@ static int measure_unit(mctx *x, int l, int u, mp_unit_table *t, double *energy)
             snprintf(lv, sizeof lv, "%s V (rank %lld)", label, (long long)r);
             rc = mp_block_delta_at(s, r, &Ur, &Vr, &HU, &OV, &XU);
             if (rc == 0)
-                rc = measure_formats(x, pt, (double)r, 0, Ur, s->m, r, HU, NULL, XU, s->t, s->tokens, M, lu);
-            for (int f = 0; f < x->nf && rc == 0; f++) {
-                mp_qformat wf = *x->fmt[f];
-                const mp_qformat *fm = x->fmt[f];
-                if (fm->act_bits && s->t == 0)
-                    wf.act_bits = 0, fm = &wf, x->unsampled++;
-                mp_qblock blk = {Vr, r, s->n, s->H, OV, fm->act_bits ? s->X : NULL, fm->act_bits ? s->t : 0,
-                                 fm->act_bits && s->t > 0 ? s->tokens / (double)s->t : 1.0, lv};
-                mp_qresult res;
-                double sec = 0;
-                rc = mp_quant_measure(fm, x->method, &blk, fv, &res, NULL);
-                if (rc == 0)
-                    rc = cost_of(x, x->fmt[f], r, s->n, M, res.bytes, &sec);
-                if (rc == 0)
-                    rc = mp_table_add(pt, (double)r, 1, f, res.loss, 0, (double)res.bytes, sec, M);
-            }
+                rc = measure_formats(x, pt, (double)r, 0, Ur, s->m, r, HU, NULL, XU, s->t, s->tokens, M, NULL, lu);
+            if (rc == 0) /* V is seen through U: output metric U^T U; its Hessian G is the same at every rank */
+                rc = measure_formats(x, pt, (double)r, 1, Vr, r, s->n, s->H, OV, s->X, s->t, s->tokens, M, fv, lv);
             free(Ur), free(Vr), free(XU), free(HU), free(OV);
         }
         mp_gptq_factor_destroy(fv);
