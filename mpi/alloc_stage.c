@@ -68,13 +68,21 @@ static int add_opt(inst *I, double loss, double cost, int64_t bytes, int tag, in
 
 static int new_group(inst *I, int layer, int64_t ref, int64_t rmax)
 {
-    int cap = I->cap_g;
-    MP_CHECK(grow((void **)&I->first, &cap, I->ng + 2, sizeof(int)));
-    cap = I->cap_g;
-    MP_CHECK(grow((void **)&I->layer, &cap, I->ng + 2, sizeof(int)));
-    cap = I->cap_g;
-    MP_CHECK(grow((void **)&I->ref, &cap, I->ng + 2, sizeof(int64_t)));
-    MP_CHECK(grow((void **)&I->rmax, &I->cap_g, I->ng + 2, sizeof(int64_t)));
+    if (I->ng + 2 > I->cap_g) { /* the per-group arrays grow together */
+        int c = I->cap_g ? 2 * I->cap_g : 256;
+        int *f = realloc(I->first, sizeof(int) * (size_t)c), *ly = f ? realloc(I->layer, sizeof(int) * (size_t)c) : NULL;
+        if (f)
+            I->first = f;
+        if (ly)
+            I->layer = ly;
+        int64_t *rf = ly ? realloc(I->ref, sizeof(int64_t) * (size_t)c) : NULL;
+        if (rf)
+            I->ref = rf;
+        int64_t *rm = rf ? realloc(I->rmax, sizeof(int64_t) * (size_t)c) : NULL;
+        if (!rm)
+            return mp_errorf(MP_ENOMEM, "out of memory for the allocation problem");
+        I->rmax = rm, I->cap_g = c;
+    }
     I->first[I->ng] = I->no;
     I->layer[I->ng] = layer, I->ref[I->ng] = ref, I->rmax[I->ng] = rmax;
     I->ng++;
