@@ -2,7 +2,6 @@
 #define _GNU_SOURCE
 #include "calibrate.h"
 
-#include <cblas.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -11,6 +10,7 @@
 
 #include "error.h"
 #include "fsutil.h"
+#include "gram.h"
 #include "layer_commit.h"
 #include "plan.h"
 #include "runtime.h"
@@ -47,7 +47,7 @@ typedef struct {
     int E, d, n_starved;
     unit_sum *us;      /* [E + 1] of the current layer */
     mp_expert_stats st; /* the unit being accumulated */
-    double *Xd, *Hd;    /* fp64 copies of one chunk */
+    float *scr;         /* [max(d, f)^2]: one chunk's fp32 Gram */
     sampler sm;
     double nll_sum;
     int64_t n_pred;
@@ -177,10 +177,10 @@ static int sample_finish(sampler *sm, mp_expert_stats *st)
 static int st_begin(void *ctx, int l, int u, int d, int f)
 {
     calib *c = ctx;
-    free(c->Xd), free(c->Hd);
-    c->Xd = malloc(sizeof(double) * MP_CHUNK * (size_t)d);
-    c->Hd = malloc(sizeof(double) * MP_CHUNK * (size_t)f);
-    if (!c->Xd || !c->Hd)
+    size_t n = (size_t)(d > f ? d : f);
+    free(c->scr);
+    c->scr = malloc(sizeof(float) * n * n);
+    if (!c->scr)
         return mp_errorf(MP_ENOMEM, "out of memory for the statistics of expert %d of layer %d", u, l);
     MP_CHECK(mp_stats_alloc(&c->st, l, u, d, f));
     sampler_free(&c->sm);
@@ -197,14 +197,9 @@ static int st_chunk(void *ctx, int l, int u, const float *x, const float *h, con
     (void)l, (void)u;
     for (int i = 0; i < nb; i++)
         MP_CHECK(sample_offer(&c->sm, tok[i], x + i * d, h + i * f, d, f));
-    for (int64_t i = 0; i < (int64_t)nb * d; i++)
-        c->Xd[i] = x[i];
-    for (int64_t i = 0; i < (int64_t)nb * f; i++) {
-        c->Hd[i] = h[i];
-        st->h_sq[i % f] += c->Hd[i] * c->Hd[i];
-    }
-    cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, (int)d, nb, 1.0, c->Xd, (int)d, 1.0, st->G_in, (int)d);
-    cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, (int)f, nb, 1.0, c->Hd, (int)f, 1.0, st->G_mid, (int)f);
+    _Static_assert(MP_CHUNK <= MP_GRAM_CHUNK, "a forward chunk is one fp32 Gram chunk");
+    mp_gram_add_chunk(x, nb, (int)d, c->scr, st->G_in, NULL);
+    mp_gram_add_chunk(h, nb, (int)f, c->scr, st->G_mid, st->h_sq);
     for (int i = 0; i < nb; i++)
         st->weight_sum += w[i];
     st->count += nb;
@@ -226,7 +221,7 @@ static int st_end(void *ctx, int l, int u)
     calib *c = ctx;
     mp_expert_stats *st = &c->st;
     int64_t d = st->d, f = st->f, at;
-    int rc = 0; /* the Grams hold their upper triangles (dsyrk); the file stores just these, packed */
+    int rc = 0; /* the Grams hold their upper triangles (gram.h); the file stores just these, packed */
     if ((at = first_nonfinite_upper(st->G_in, d)) >= 0)
         rc = mp_errorf(MP_ENUMERIC, "layer %d expert %d: non-finite input statistics G_in[%lld, %lld]", l, u,
                        (long long)(at / d), (long long)(at % d));
@@ -430,7 +425,7 @@ int mp_calib_end(mp_run *r, int s, int ok)
         unit_sums_free(c);
         mp_stats_free(&c->st);
         sampler_free(&c->sm);
-        free(c->us), free(c->Xd), free(c->Hd);
+        free(c->us), free(c->scr);
         free(c);
     }
     r->state = NULL;

@@ -2,8 +2,8 @@
  *
  * Every layer runs through ep_forward.h; on the owner of each unit of a MoE
  * layer, hooks accumulate the statistics (stats.h) chunk by chunk in global
- * token order: G_in and G_mid as fp64 sums of the chunks' dsyrk (upper
- * triangle, stored packed), h_sq, the token count, the routing weights' sum
+ * token order: G_in and G_mid as fp64 sums of the chunks' fp32 SSYRK
+ * (gram.h; upper triangle, stored packed), h_sq, the token count, the routing weights' sum
  * and the token sample (calibration.sample_tokens = K: a max-heap of the K
  * tokens of smallest priority XXH64(token; seed layer * 65537 + unit) seen so
  * far, with their x and h, so memory stays bounded by K rows per unit); the

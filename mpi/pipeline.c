@@ -40,7 +40,7 @@ static int delta_on(const mp_job *job) { return job->delta_enabled; }
 
 /* Adding a stage is one entry here (and its index in pipeline.h). */
 static const mp_stage STAGES[MP_NSTAGES] = {
-    {"calibrate", "calib", "calibrate v4 (statistics chunk 256, packed Grams, token samples)",
+    {"calibrate", "calib", "calibrate v5 (fp32 SSYRK chunks of 256 summed in fp64, packed Grams, token samples)",
      "expert-parallel forward pass, per-expert statistics", CALIB_KEYS, 0, always, mp_calib_begin, mp_calib_layer,
      mp_calib_end, mp_calib_print},
     {"decompose", "decomp", "decompose v2", "D2 base + whitened low-rank deltas", DECOMP_KEYS, 1, delta_on,
