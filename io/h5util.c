@@ -44,24 +44,6 @@ hid_t mp_h5_create_mem(void)
     return f;
 }
 
-hid_t mp_h5_open_mem(const char *path)
-{
-    mp_h5_init();
-    char *buf = NULL, name[64];
-    size_t n = 0;
-    if (mp_read_file(path, &buf, &n) < 0)
-        return -1;
-    hid_t fapl = mem_fapl();
-    H5Pset_file_image(fapl, buf, n);
-    free(buf);
-    mem_name(name, sizeof name);
-    hid_t f = H5Fopen(name, H5F_ACC_RDWR, fapl);
-    H5Pclose(fapl);
-    if (f < 0)
-        mp_errorf(MP_EFORMAT, "%s: not a readable HDF5 file", path);
-    return f;
-}
-
 int mp_h5_save(hid_t f, const char *path)
 {
     int rc = 0;

@@ -16,8 +16,6 @@
 void mp_h5_init(void);
 /* A new, empty in-memory file; < 0 (with an error set) on failure. */
 hid_t mp_h5_create_mem(void);
-/* An in-memory, writable copy of the file at `path`. */
-hid_t mp_h5_open_mem(const char *path);
 /* Write the in-memory file `f` to `path` atomically and close `f` (also on error). */
 int mp_h5_save(hid_t f, const char *path);
 /* Create a dataset creation property list without timestamps. */

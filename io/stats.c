@@ -2,12 +2,14 @@
 #define _GNU_SOURCE
 #include "stats.h"
 
+#include <fcntl.h>
 #include <hdf5.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <xxhash.h>
 
 #include "checked.h"
 #include "error.h"
@@ -112,11 +114,86 @@ static int check_all_finite(const char *path, const mp_expert_stats *s, int with
     return 0;
 }
 
+/* ---- writing once: the file with placeholders for the prior, patched in its tail ---------------------- */
+
+/* the placeholder of prior_tokens, found again in the image: a NaN pattern both as one fp64 and as two
+ * fp32 values, so no finite statistic or sample value can be mistaken for it */
+static const uint64_t PRIOR_SENTINEL = 0x7ff4dead7ff4beefull;
+
+/* A file written by mp_stats_write_begin whose prior is still to come: its bytes [tail_at, size) are kept,
+ * the XXH64 of the bytes before them is in `hash`; the prior's places are offsets into the file. */
+typedef struct pending {
+    struct pending *next;
+    char path[4200];
+    XXH64_state_t *hash;
+    int64_t d, f, size, tail_at, at_in, at_mid, at_tokens;
+    unsigned char *tail;
+} pending;
+
+static pending *pending_list = NULL;
+
+static pending *pending_take(const char *path)
+{
+    for (pending **p = &pending_list; *p; p = &(*p)->next)
+        if (!strcmp((*p)->path, path)) {
+            pending *q = *p;
+            *p = q->next;
+            return q;
+        }
+    return NULL;
+}
+
+static void pending_free(pending *p)
+{
+    if (p)
+        free(p->tail), XXH64_freeState(p->hash);
+    free(p);
+}
+
+static void le64(unsigned char *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++)
+        p[i] = (unsigned char)(v >> (8 * i));
+}
+
+static uint64_t dbits(double v)
+{
+    uint64_t u;
+    memcpy(&u, &v, sizeof u);
+    return u;
+}
+
+/* the file offset of dataset `name`'s contiguous data, -1 when HDF5 has none */
+static int64_t data_offset(hid_t f, const char *name)
+{
+    hid_t ds = H5Dopen2(f, name, H5P_DEFAULT);
+    haddr_t a = ds >= 0 ? H5Dget_offset(ds) : HADDR_UNDEF;
+    if (ds >= 0)
+        H5Dclose(ds);
+    return a == HADDR_UNDEF ? -1 : (int64_t)a;
+}
+
+/* the only place of the sentinel in img [n], or -1 */
+static int64_t find_sentinel(const unsigned char *img, int64_t n)
+{
+    unsigned char key[8];
+    for (int i = 0; i < 8; i++)
+        key[i] = (unsigned char)(PRIOR_SENTINEL >> (8 * i)); /* the attribute is little-endian */
+    int64_t at = -1;
+    for (const unsigned char *p = img; (p = memmem(p, (size_t)(img + n - p), key, 8)) != NULL; p++) {
+        if (at >= 0)
+            return -1;
+        at = p - img;
+    }
+    return at;
+}
+
 int mp_stats_write_begin(const char *path, const mp_expert_stats *s)
 {
     char tmp[4200];
     tmp_name(tmp, sizeof tmp, path);
     MP_CHECK(check_all_finite(path, s, 0));
+    pending_free(pending_take(path)); /* an earlier attempt's */
     hid_t f = mp_h5_create_mem();
     if (f < 0)
         MP_CHECK(MP_EINTERNAL);
@@ -132,7 +209,6 @@ int mp_stats_write_begin(const char *path, const mp_expert_stats *s)
         mp_gram_pack(s->G_mid, ff, P);
         bad |= put(f, "G_mid_packed", P, 1, (hsize_t)mp_gram_packed_size(ff), 0);
     }
-    free(P);
     bad |= t < 0 || (t > 0 && (!s->X_sample || !s->H_sample || !s->sample_token));
     if (!bad)
         bad |= mp_h5_put(f, "X_sample", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, s->X_sample, 2, (hsize_t)t, (hsize_t)d) |
@@ -144,37 +220,99 @@ int mp_stats_write_begin(const char *path, const mp_expert_stats *s)
                put_attr(root, "d", H5T_STD_I64LE, &s->d) | put_attr(root, "f", H5T_STD_I64LE, &s->f) |
                put_attr(root, "count", H5T_STD_I64LE, &s->count) |
                put_attr(root, "weight_sum", H5T_IEEE_F64LE, &s->weight_sum);
+    /* the prior's places, last, so that they lie in the file's tail: zeros and the sentinel for now */
+    if (!bad) {
+        memset(P, 0, sizeof(double) * (size_t)(d > ff ? d : ff));
+        int64_t sentinel = (int64_t)PRIOR_SENTINEL;
+        bad |= put(f, "prior_diag_in", P, 1, (hsize_t)d, 0) | put(f, "prior_diag_mid", P, 1, (hsize_t)ff, 0) |
+               put_attr(root, "prior_tokens", H5T_STD_I64LE, &sentinel);
+    }
+    free(P);
     H5Gclose(root);
     free(x_sq);
-    if (bad) {
-        H5Fclose(f);
+    pending *pd = bad ? NULL : calloc(1, sizeof *pd);
+    unsigned char *img = NULL;
+    ssize_t n = -1;
+    if (pd) {
+        pd->d = d, pd->f = ff;
+        pd->at_in = data_offset(f, "prior_diag_in"), pd->at_mid = data_offset(f, "prior_diag_mid");
+        if (H5Fflush(f, H5F_SCOPE_GLOBAL) >= 0 && (n = H5Fget_file_image(f, NULL, 0)) > 0 &&
+            (img = malloc((size_t)n)) != NULL && H5Fget_file_image(f, img, (size_t)n) != n)
+            n = -1;
+    }
+    H5Fclose(f);
+    if (pd && img && n > 0)
+        pd->at_tokens = find_sentinel(img, n);
+    if (!pd || !img || n <= 0 || pd->at_in < 0 || pd->at_mid < 0 || pd->at_tokens < 0 ||
+        pd->at_in + 8 * d > n || pd->at_mid + 8 * ff > n) {
+        pending_free(pd), free(img);
         return mp_errorf(MP_EINTERNAL, "%s: HDF5 could not build the statistics", path);
     }
-    return mp_h5_save(f, tmp);
+    /* the bytes before the first place of the prior are final: hashed now; the tail stays in memory */
+    pd->size = n;
+    pd->tail_at = pd->at_in < pd->at_mid ? pd->at_in : pd->at_mid;
+    pd->tail_at = pd->at_tokens < pd->tail_at ? pd->at_tokens : pd->tail_at;
+    pd->tail = malloc((size_t)(n - pd->tail_at));
+    pd->hash = XXH64_createState();
+    int rc = pd->tail && pd->hash ? 0 : mp_errorf(MP_ENOMEM, "%s: out of memory", path);
+    if (rc == 0) {
+        memcpy(pd->tail, img + pd->tail_at, (size_t)(n - pd->tail_at));
+        XXH64_reset(pd->hash, 0);
+        XXH64_update(pd->hash, img, (size_t)pd->tail_at);
+        snprintf(pd->path, sizeof pd->path, "%s", path);
+        FILE *fp = fopen(tmp, "wb");
+        rc = fp ? mp_fwrite_all(img, (size_t)n, fp, tmp) : mp_syserrorf(MP_EIO, "%s: cannot create", tmp);
+        if (fp && fclose(fp) != 0 && rc == 0)
+            rc = mp_syserrorf(MP_EIO, "%s: write failed", tmp);
+    }
+    free(img);
+    if (rc < 0) {
+        unlink(tmp);
+        pending_free(pd);
+        return rc;
+    }
+    pd->next = pending_list, pending_list = pd;
+    return 0;
 }
 
 int mp_stats_write_end(const char *path, int64_t prior_tokens, const double *prior_diag_in,
-                       const double *prior_diag_mid, int64_t d, int64_t f)
+                       const double *prior_diag_mid, int64_t d, int64_t f, uint64_t *xxh64)
 {
     char tmp[4200];
     tmp_name(tmp, sizeof tmp, path);
-    MP_CHECK(check_finite(path, "prior_diag_in", prior_diag_in, d, 1));
-    MP_CHECK(check_finite(path, "prior_diag_mid", prior_diag_mid, f, 1));
-    hid_t h = mp_h5_open_mem(tmp);
-    if (h < 0)
-        MP_CHECK(MP_EIO);
-    hid_t root = H5Gopen2(h, "/", H5P_DEFAULT);
-    int bad = put(h, "prior_diag_in", prior_diag_in, 1, (hsize_t)d, 0) |
-              put(h, "prior_diag_mid", prior_diag_mid, 1, (hsize_t)f, 0) |
-              put_attr(root, "prior_tokens", H5T_STD_I64LE, &prior_tokens);
-    H5Gclose(root);
-    if (bad) {
-        H5Fclose(h);
-        return mp_errorf(MP_EINTERNAL, "%s: HDF5 could not add the prior", path);
+    pending *pd = pending_take(path);
+    int rc = pd && pd->d == d && pd->f == f ? 0
+                                            : mp_errorf(MP_EINTERNAL, "%s: no statistics of d %lld f %lld pending", path,
+                                                        (long long)d, (long long)f);
+    if (rc == 0)
+        rc = check_finite(path, "prior_diag_in", prior_diag_in, d, 1);
+    if (rc == 0)
+        rc = check_finite(path, "prior_diag_mid", prior_diag_mid, f, 1);
+    if (rc == 0) { /* the file format is little-endian: so are the patches */
+        unsigned char *t = pd->tail - pd->tail_at;
+        for (int64_t i = 0; i < d; i++)
+            le64(t + pd->at_in + 8 * i, dbits(prior_diag_in[i]));
+        for (int64_t i = 0; i < f; i++)
+            le64(t + pd->at_mid + 8 * i, dbits(prior_diag_mid[i]));
+        le64(t + pd->at_tokens, (uint64_t)prior_tokens);
+        int fd = open(tmp, O_WRONLY | O_CLOEXEC);
+        size_t len = (size_t)(pd->size - pd->tail_at);
+        if (fd < 0)
+            rc = mp_syserrorf(MP_EIO, "%s: cannot open", tmp);
+        else if (pwrite(fd, pd->tail, len, (off_t)pd->tail_at) != (ssize_t)len)
+            rc = mp_syserrorf(MP_EIO, "%s: write failed", tmp);
+        if (fd >= 0 && close(fd) != 0 && rc == 0)
+            rc = mp_syserrorf(MP_EIO, "%s: write failed", tmp);
+        XXH64_update(pd->hash, pd->tail, len);
     }
-    MP_CHECK(mp_h5_save(h, path));
-    unlink(tmp);
-    return 0;
+    if (rc == 0)
+        rc = mp_commit_file(tmp, path);
+    if (rc == 0 && xxh64)
+        *xxh64 = XXH64_digest(pd->hash);
+    if (rc < 0)
+        unlink(tmp);
+    pending_free(pd);
+    return rc;
 }
 
 /* dataset `name` of exactly n elements into v (memory type mem); an empty one reads nothing */

@@ -48,14 +48,19 @@ typedef struct {
 int mp_stats_alloc(mp_expert_stats *s, int64_t layer, int64_t expert, int64_t d, int64_t f);
 void mp_stats_free(mp_expert_stats *s);
 /* Written in two steps, so that the Grams need not stay in memory until the
- * layer's prior is known: begin writes everything but the prior to a
- * temporary file next to `path` (of G_in and G_mid only the upper triangles,
- * G[i n + j] with j >= i, are read; the sample's n_sample rows); end adds
- * prior_tokens and the prior diagonals and commits the file under `path` (on
- * error nothing is left). */
+ * layer's prior is known: begin writes the whole file to a temporary name
+ * next to `path`, the prior's datasets and attribute last, as placeholders
+ * (of G_in and G_mid only the upper triangles, G[i n + j] with j >= i, are
+ * read; the sample's n_sample rows), hashes the bytes before the first
+ * placeholder and keeps the few after it in memory (per path, until end);
+ * end writes prior_tokens and the prior diagonals into their places (one
+ * pwrite of that tail), commits the file under `path` and returns its XXH64
+ * (store.h's checksum of the whole file, computed while writing; xxh64 may be
+ * NULL). Each file is written once and never read back. On error nothing is
+ * left. */
 int mp_stats_write_begin(const char *path, const mp_expert_stats *s);
 int mp_stats_write_end(const char *path, int64_t prior_tokens, const double *prior_diag_in,
-                       const double *prior_diag_mid, int64_t d, int64_t f);
+                       const double *prior_diag_mid, int64_t d, int64_t f, uint64_t *xxh64);
 /* The whole file: G_in [d, d] and G_mid [f, f] unpacked to full symmetric matrices, the sample
  * (NULL arrays when n_sample = 0). Free with mp_stats_free. */
 int mp_stats_read(const char *path, mp_expert_stats *s);

@@ -350,9 +350,7 @@ static int commit_layer(calib *c, int l)
             char path[4600];
             mp_stats_path(path, sizeof path, c->dir, l, u);
             rc = mp_stats_write_end(path, c->us[u].prior_tokens, c->us[u].diag_in, c->us[u].diag_mid, d,
-                                    c->us[u].f);
-            if (rc == 0)
-                rc = mp_file_xxh64(path, &h[u]);
+                                    c->us[u].f, &h[u]);
             h[E + 1 + u] = 1;
             mp_fault_point("calibrate: unit committed");
         }
