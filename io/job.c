@@ -96,6 +96,8 @@ static const key_def KEYS[] = {
     {"output.dir", K_PATH, F(out_dir), "moepack-out", 0, 0, NULL, "results of the job"},
     {"calibration.sample_tokens", K_INT, F(sample_tokens), "256", 0, 1 << 20, NULL,
      "routed inputs kept per expert (a deterministic sample) to measure activation formats"},
+    {"calibration.chunk_tokens", K_INT, F(chunk_tokens), "0", 0, 1 << 30, NULL,
+     "tokens per window of the MoE exchange (whole sequences; 0 = all): bounds memory, never changes results"},
     {"quant.formats", K_TEXT, F(quant_formats), "fp16,w8,w4,w4g128,w3g128,w2g128,w2g64", 0, 0, NULL,
      "candidate formats, comma-separated (fp16 w8 w4 w4g128 w3g128 w2g128 w2g64 w8a8 w4a4)"},
     {"quant.method", K_CHOICE, F(quant_method), "gptq", 0, 0, "gptq|rtn", "quantizer"},

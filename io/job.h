@@ -47,6 +47,7 @@ typedef struct {
     int n_candidates;          /* candidate fractions for the global allocator (factors kept at the largest) */
     double candidates[16];
     int sample_tokens;         /* calibration.sample_tokens: routed inputs kept per expert for activation formats */
+    int chunk_tokens;          /* calibration.chunk_tokens: tokens per window of the MoE exchange (0 = all) */
     /* [quant], [measure]: the options of every block (DESIGN section 4) */
     char quant_formats[512];   /* candidate formats, comma-separated names of src/quant.h's table */
     char quant_method[8];      /* "gptq" | "rtn" */

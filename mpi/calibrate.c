@@ -45,10 +45,11 @@ typedef struct {
     const char *dir;
     mp_epf *f;
     int E, d, n_starved;
-    unit_sum *us;      /* [E + 1] of the current layer */
-    mp_expert_stats st; /* the unit being accumulated */
-    float *scr;         /* [max(d, f)^2]: one chunk's fp32 Gram */
-    sampler sm;
+    unit_sum *us;       /* [E + 1] of the current layer */
+    mp_expert_stats *st; /* [E + 1]: the units being accumulated (several at once with windows, ep_forward.h) */
+    sampler *sm;         /* [E + 1] */
+    float *scr;         /* [scr_n]: one chunk's fp32 Gram (max(d, f)^2) */
+    size_t scr_n;
     double nll_sum;
     int64_t n_pred;
 } calib;
@@ -178,25 +179,28 @@ static int st_begin(void *ctx, int l, int u, int d, int f)
 {
     calib *c = ctx;
     size_t n = (size_t)(d > f ? d : f);
-    free(c->scr);
-    c->scr = malloc(sizeof(float) * n * n);
+    if (n * n > c->scr_n) {
+        free(c->scr);
+        c->scr_n = n * n;
+        c->scr = malloc(sizeof(float) * n * n);
+    }
     if (!c->scr)
         return mp_errorf(MP_ENOMEM, "out of memory for the statistics of expert %d of layer %d", u, l);
-    MP_CHECK(mp_stats_alloc(&c->st, l, u, d, f));
-    sampler_free(&c->sm);
-    c->sm.K = c->r->job->sample_tokens;
-    c->sm.seed = (uint64_t)l * 65537u + (uint64_t)u;
+    MP_CHECK(mp_stats_alloc(&c->st[u], l, u, d, f));
+    sampler_free(&c->sm[u]);
+    c->sm[u].K = c->r->job->sample_tokens;
+    c->sm[u].seed = (uint64_t)l * 65537u + (uint64_t)u;
     return 0;
 }
 
 static int st_chunk(void *ctx, int l, int u, const float *x, const float *h, const float *w, const int64_t *tok, int nb)
 {
     calib *c = ctx;
-    mp_expert_stats *st = &c->st;
+    mp_expert_stats *st = &c->st[u];
     int64_t d = st->d, f = st->f;
-    (void)l, (void)u;
+    (void)l;
     for (int i = 0; i < nb; i++)
-        MP_CHECK(sample_offer(&c->sm, tok[i], x + i * d, h + i * f, d, f));
+        MP_CHECK(sample_offer(&c->sm[u], tok[i], x + i * d, h + i * f, d, f));
     _Static_assert(MP_CHUNK <= MP_GRAM_CHUNK, "a forward chunk is one fp32 Gram chunk");
     mp_gram_add_chunk(x, nb, (int)d, c->scr, st->G_in, NULL);
     mp_gram_add_chunk(h, nb, (int)f, c->scr, st->G_mid, st->h_sq);
@@ -219,7 +223,7 @@ static int64_t first_nonfinite_upper(const double *G, int64_t n)
 static int st_end(void *ctx, int l, int u)
 {
     calib *c = ctx;
-    mp_expert_stats *st = &c->st;
+    mp_expert_stats *st = &c->st[u];
     int64_t d = st->d, f = st->f, at;
     int rc = 0; /* the Grams hold their upper triangles (gram.h); the file stores just these, packed */
     if ((at = first_nonfinite_upper(st->G_in, d)) >= 0)
@@ -229,8 +233,8 @@ static int st_end(void *ctx, int l, int u)
         rc = mp_errorf(MP_ENUMERIC, "layer %d expert %d: non-finite intermediate statistics G_mid[%lld, %lld]", l, u,
                        (long long)(at / f), (long long)(at % f));
     if (rc == 0)
-        rc = sample_finish(&c->sm, st);
-    sampler_free(&c->sm);
+        rc = sample_finish(&c->sm[u], st);
+    sampler_free(&c->sm[u]);
     unit_sum *su = &c->us[u];
     su->owned = 1, su->count = st->count, su->f = f;
     su->diag_in = malloc(sizeof(double) * (size_t)d);
@@ -371,9 +375,12 @@ int mp_calib_begin(mp_run *r, int s)
         return mp_errorf(MP_ENOMEM, "out of memory");
     c->r = r, c->dir = r->dir[s], c->E = r->m->cfg.n_experts, c->d = r->m->cfg.hidden;
     c->us = calloc((size_t)c->E + 1, sizeof *c->us);
-    if (!c->us)
+    c->st = calloc((size_t)c->E + 1, sizeof *c->st);
+    c->sm = calloc((size_t)c->E + 1, sizeof *c->sm);
+    if (!c->us || !c->st || !c->sm)
         return mp_errorf(MP_ENOMEM, "out of memory");
-    return mp_epf_create(&r->w, r->tok, r->o->observe, r->o->observe_ctx, &c->f);
+    MP_CHECK(mp_epf_create(&r->w, r->tok, r->o->observe, r->o->observe_ctx, &c->f));
+    return mp_epf_set_window(c->f, r->job->chunk_tokens);
 }
 
 int mp_calib_layer(mp_run *r, int s, int l, int committed)
@@ -390,8 +397,10 @@ int mp_calib_layer(mp_run *r, int s, int l, int committed)
     MP_CHECK(mp_mpi_agree(mp_mkdir_p(ldir)));
     mp_unit_hooks hk = {c, st_begin, st_chunk, st_end};
     int rc = mp_epf_layer(c->f, l, &hk);
-    mp_stats_free(&c->st); /* after a failure inside a unit */
-    sampler_free(&c->sm);
+    for (int u = 0; u <= c->E; u++) { /* after a failure inside a unit */
+        mp_stats_free(&c->st[u]);
+        sampler_free(&c->sm[u]);
+    }
     if (rc == 0)
         rc = commit_layer(c, l);
     unit_sums_free(c);
@@ -421,9 +430,11 @@ int mp_calib_end(mp_run *r, int s, int ok)
     if (c) {
         mp_epf_free(c->f);
         unit_sums_free(c);
-        mp_stats_free(&c->st);
-        sampler_free(&c->sm);
-        free(c->us), free(c->scr);
+        for (int u = 0; c->st && c->sm && u <= c->E; u++) {
+            mp_stats_free(&c->st[u]);
+            sampler_free(&c->sm[u]);
+        }
+        free(c->us), free(c->st), free(c->sm), free(c->scr);
         free(c);
     }
     r->state = NULL;

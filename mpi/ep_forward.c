@@ -20,11 +20,15 @@ struct mp_epf {
     void *observe_ctx;
     int rank, size, E, K, d, S;
     int seq0, nseq;
-    int64_t T;          /* local tokens */
-    float *h, *x, *y;   /* [T, d]: residual stream, normed input of the block, block output */
-    float *scr;         /* attention scratch */
+    int64_t T;         /* local tokens */
+    int64_t win_seq;   /* sequences per window of the MoE exchange (global), >= 1 */
+    int64_t wmax;      /* the most local tokens of one window */
+    float *h;          /* [T, d]: residual stream */
+    float *x, *y;      /* [wmax, d]: normed input of the block, block output (one window) */
+    float *scr;        /* attention scratch */
 };
 
+/* what travels to a unit's owner with each routed token */
 typedef struct {
     int64_t g;    /* global token index */
     int32_t unit; /* expert, or E for the shared expert */
@@ -33,24 +37,75 @@ typedef struct {
     int32_t pad;
 } item;
 
-/* one MoE layer's routing and exchange buffers; J = K + 1 slots per token (the last: the shared expert) */
+/* an owned unit's rows waiting for a full chunk of its global token order (fewer than MP_CHUNK between
+ * windows), with where each row's output goes */
 typedef struct {
-    int J;
-    float *logits, *wt; /* [T, E], [T, J] */
-    int *idx;           /* [T, J]: unit of each slot, -1 = empty */
-    int64_t *scnt, *rcnt, nsend, nrecv;
-    item *smeta, *rmeta;
-    float *sx, *rx, *ry, *sy;
-} moe_buf;
+    int begun, n;
+    float *x;          /* [MP_CHUNK, d] */
+    float w[MP_CHUNK];
+    int64_t g[MP_CHUNK];
+    int32_t src[MP_CHUNK], slot[MP_CHUNK];
+} staged;
 
-static void moe_buf_free(moe_buf *b)
+/* One MoE layer in windows: J = K (+ 1 with a shared expert) slots per token. The token's side keeps the
+ * routing of every local token and, in a pool, the outputs that came back for tokens still waiting for
+ * another slot's; the owner's side keeps each unit's staged rows and its expert weights. */
+typedef struct {
+    int J, sh;
+    const mp_layer_w *lw;
+    const mp_unit_hooks *hk;
+    int l;
+    float *logits, *wt;  /* [wmax, E], [T, J] */
+    int *idx;            /* [T, J] */
+    uint8_t *left;       /* [T]: slots whose output has not come back */
+    int64_t *row;        /* [T, J]: pool row of a slot's output, -1 while it is away */
+    float *pool;         /* [pcap, d] */
+    int64_t pcap, pfree_n, *pfree; /* free pool rows (a stack) */
+    int64_t *scnt, *rcnt;          /* [size] each */
+    item *smeta, *rmeta;
+    float *sx, *rx;                /* routed inputs, sent and received */
+    int64_t scap, rcap;
+    /* outputs of finished chunks, to their tokens' ranks */
+    float *oy, *ory;               /* [ocap, d] in compute order; [ocap, d] packed by rank */
+    int32_t *odst, *oslot, *ooslot; /* [ocap]; ooslot: slots packed by rank */
+    int64_t on, ocap, *ocnt, *orcnt;
+    float *rety;                   /* received outputs [orcap, d] */
+    int32_t *retslot;
+    int64_t orcap;
+    staged *st;                    /* [nst = E + 1], only owned units used */
+    int nst;
+    float *wbuf, *ws, *yb;         /* expert weights [3 f d], SwiGLU workspace [2 MP_CHUNK f], output [MP_CHUNK, d] */
+    int wunit;                     /* the unit whose weights are in wbuf, -1 */
+} moe_layer;
+
+static void moe_layer_free(moe_layer *b)
 {
-    free(b->logits), free(b->wt), free(b->idx), free(b->scnt);
-    free(b->smeta), free(b->rmeta), free(b->sx), free(b->rx), free(b->ry), free(b->sy);
+    free(b->logits), free(b->wt), free(b->idx), free(b->left), free(b->row), free(b->pool), free(b->pfree);
+    free(b->scnt), free(b->smeta), free(b->rmeta), free(b->sx), free(b->rx);
+    free(b->oy), free(b->ory), free(b->odst), free(b->oslot), free(b->ooslot), free(b->ocnt);
+    free(b->rety), free(b->retslot);
+    for (int u = 0; b->st && u < b->nst; u++)
+        free(b->st[u].x);
+    free(b->st), free(b->wbuf), free(b->ws), free(b->yb);
     memset(b, 0, sizeof *b);
 }
 
 static int has_shared(const mp_config *c) { return c->n_shared > 0 && c->shared_ffn > 0; }
+
+/* grow *p to hold n elements of `sz` bytes (capacity in *cap, in elements) */
+static int grow(void **p, int64_t *cap, int64_t n, size_t sz)
+{
+    if (n <= *cap)
+        return 0;
+    int64_t c = *cap ? *cap : 64;
+    while (c < n)
+        c *= 2;
+    void *q = realloc(*p, sz * (size_t)c);
+    if (!q)
+        return mp_errorf(MP_ENOMEM, "out of memory for %lld routed tokens", (long long)n);
+    *p = q, *cap = c;
+    return 0;
+}
 
 /* what the model cannot compute is a config problem (mp_forward_supported: MP_ECONFIG, which also bounds
  * top-k and the experts per layer); tokens that do not fit the model are bad input data (MP_EFORMAT, the
@@ -68,6 +123,31 @@ static int check_inputs(const mp_config *c, const mp_tokens *tok)
     return 0;
 }
 
+/* the local sequences [*a, *b) (relative to seq0) of window k */
+static void window_seqs(const mp_epf *s, int64_t k, int64_t *a, int64_t *b)
+{
+    int64_t lo = k * s->win_seq, hi = lo + s->win_seq;
+    lo = lo > s->seq0 ? lo : s->seq0, hi = hi < s->seq0 + s->nseq ? hi : s->seq0 + s->nseq;
+    *a = lo - s->seq0, *b = hi > lo ? hi - s->seq0 : lo - s->seq0;
+}
+
+static int64_t n_windows(const mp_epf *s) { return (s->tok->n_seq + s->win_seq - 1) / s->win_seq; }
+
+/* (re)size the window buffers for win_seq */
+static int window_buffers(mp_epf *s)
+{
+    int64_t most = 0, a, b;
+    for (int64_t k = 0; k < n_windows(s); k++) {
+        window_seqs(s, k, &a, &b);
+        most = b - a > most ? b - a : most;
+    }
+    s->wmax = most * s->S;
+    free(s->x), free(s->y);
+    size_t td = (size_t)((s->wmax > s->S ? s->wmax : s->S) * s->d + 1);
+    s->x = malloc(sizeof(float) * td), s->y = malloc(sizeof(float) * td);
+    return s->x && s->y ? 0 : mp_errorf(MP_ENOMEM, "out of memory for a window of %lld tokens", (long long)s->wmax);
+}
+
 int mp_epf_create(const mp_weights *w, const mp_tokens *tok, mp_observer observe, void *observe_ctx,
                   mp_epf **out)
 {
@@ -78,16 +158,19 @@ int mp_epf_create(const mp_weights *w, const mp_tokens *tok, mp_observer observe
     if (rc == 0 && !(s = calloc(1, sizeof *s)))
         rc = mp_errorf(MP_ENOMEM, "out of memory");
     if (s) {
-        *s = (mp_epf){w, cfg, tok, observe, observe_ctx, mp_mpi_rank(), mp_mpi_size(), cfg->n_experts, cfg->top_k,
-                      cfg->hidden, tok->seq_len, 0, 0, 0, NULL, NULL, NULL, NULL};
+        *s = (mp_epf){.w = w, .cfg = cfg, .tok = tok, .observe = observe, .observe_ctx = observe_ctx,
+                      .rank = mp_mpi_rank(), .size = mp_mpi_size(), .E = cfg->n_experts, .K = cfg->top_k,
+                      .d = cfg->hidden, .S = tok->seq_len};
         int64_t lo, hi;
         mp_seq_range(tok->n_seq, s->rank, s->size, &lo, &hi);
         s->seq0 = (int)lo, s->nseq = (int)(hi - lo), s->T = (int64_t)s->nseq * s->S;
-        size_t td = (size_t)(s->T * s->d + 1);
-        s->h = malloc(sizeof(float) * td), s->x = malloc(sizeof(float) * td), s->y = malloc(sizeof(float) * td);
+        s->win_seq = tok->n_seq > 0 ? tok->n_seq : 1;
+        s->h = malloc(sizeof(float) * (size_t)(s->T * s->d + 1));
         s->scr = malloc(sizeof(float) * (size_t)(mp_attention_scratch(cfg, s->S) + (int64_t)s->S * s->d));
-        if (!s->h || !s->x || !s->y || !s->scr)
+        if (!s->h || !s->scr)
             rc = mp_errorf(MP_ENOMEM, "out of memory for %lld tokens of hidden states", (long long)s->T);
+        if (rc == 0)
+            rc = window_buffers(s);
         if (rc == 0)
             rc = w->embed(w->ctx, tok->ids + (int64_t)s->seq0 * s->S, (int)s->T, s->h);
         if (rc == 0 && observe && s->T)
@@ -101,6 +184,13 @@ int mp_epf_create(const mp_weights *w, const mp_tokens *tok, mp_observer observe
     return rc;
 }
 
+int mp_epf_set_window(mp_epf *s, int64_t tokens)
+{
+    int64_t q = tokens > 0 ? tokens / s->S : s->tok->n_seq;
+    s->win_seq = q < 1 ? 1 : q;
+    return mp_mpi_agree(window_buffers(s));
+}
+
 void mp_epf_free(mp_epf *s)
 {
     if (!s)
@@ -109,43 +199,17 @@ void mp_epf_free(mp_epf *s)
     free(s);
 }
 
-/* Local: router logits, top-k units and weights of every local token, the shared expert in slot K. */
-static int route(const mp_epf *s, const mp_layer_w *lw, int l, moe_buf *b)
-{
-    const mp_config *cfg = s->cfg;
-    int E = s->E, K = s->K, d = s->d, J = b->J, sh = has_shared(cfg);
-    int64_t T = s->T;
-    b->logits = malloc(sizeof(float) * (size_t)(T * E + 1));
-    b->wt = malloc(sizeof(float) * (size_t)(T * J + 1));
-    b->idx = malloc(sizeof(int) * (size_t)(T * J + 1));
-    if (!b->logits || !b->wt || !b->idx)
-        return mp_errorf(MP_ENOMEM, "out of memory routing %lld tokens", (long long)T);
-    _Static_assert(MP_FORWARD_MAX_TOPK < 64, "ik/wk hold the top-k experts (mp_forward_supported bounds k)");
-    int ik[64];
-    float wk[64];
-    for (int64_t t = 0; t < T; t++) {
-        const float *xt = s->x + t * d;
-        mp_route(cfg, lw, xt, 1, b->logits + t * E, ik, wk);
-        for (int k = 0; k < K; k++)
-            b->idx[t * J + k] = ik[k], b->wt[t * J + k] = wk[k];
-        float g = 1.0f;
-        if (sh && lw->sh_gate_w) {
-            float z = 0;
-            for (int i = 0; i < d; i++)
-                z += xt[i] * lw->sh_gate_w[i];
-            g = 1.0f / (1.0f + expf(-z));
-        }
-        b->idx[t * J + K] = sh ? E : -1, b->wt[t * J + K] = g;
-    }
-    if (s->observe && T > 0)
-        s->observe(s->observe_ctx, "router", l, s->seq0, s->nseq, E, b->logits);
-    return 0;
-}
-
-/* Alltoallv with 64-bit element counts checked against INT_MAX. Collective. */
+/* Alltoallv with 64-bit element counts checked against INT_MAX; one rank: a copy. Collective. */
 static int exchange(const void *sbuf, const int64_t *scnt, void *rbuf, const int64_t *rcnt, int size,
                     MPI_Datatype type, int per)
 {
+    if (size == 1) {
+        int tsz = 0;
+        MPI_Type_size(type, &tsz);
+        if (scnt[0] && sbuf != rbuf)
+            memcpy(rbuf, sbuf, (size_t)tsz * (size_t)(scnt[0] * per));
+        return 0;
+    }
     int *sc = malloc(sizeof(int) * (size_t)size * 4), rc = 0;
     if (!sc)
         rc = mp_errorf(MP_ENOMEM, "out of memory");
@@ -166,215 +230,377 @@ static int exchange(const void *sbuf, const int64_t *scnt, void *rbuf, const int
     return rc;
 }
 
-/* Collective: every (token, unit) pair to the unit's owner; receivers get metadata and inputs. rc: the
- * local status so far (agreed here, before the first collective). */
-static int dispatch(const mp_epf *s, int l, moe_buf *b, int rc)
+/* ---- the token's side ------------------------------------------------------------------------------ */
+
+/* Local: router logits, top-k units and weights of the window's local tokens [t0, t0 + n) (x: their
+ * normed inputs), the shared expert in slot K. */
+static void route(const mp_epf *s, moe_layer *b, const float *x, int64_t t0, int64_t n)
+{
+    const mp_config *cfg = s->cfg;
+    const mp_layer_w *lw = b->lw;
+    int E = s->E, K = s->K, d = s->d, J = b->J;
+    _Static_assert(MP_FORWARD_MAX_TOPK < 64, "ik/wk hold the top-k experts (mp_forward_supported bounds k)");
+    int ik[64];
+    float wk[64];
+    for (int64_t i = 0; i < n; i++) {
+        const float *xt = x + i * d;
+        int64_t t = t0 + i;
+        mp_route(cfg, lw, xt, 1, b->logits + i * E, ik, wk);
+        for (int k = 0; k < K; k++)
+            b->idx[t * J + k] = ik[k], b->wt[t * J + k] = wk[k];
+        if (b->sh) {
+            float g = 1.0f;
+            if (lw->sh_gate_w) {
+                float z = 0;
+                for (int j = 0; j < d; j++)
+                    z += xt[j] * lw->sh_gate_w[j];
+                g = 1.0f / (1.0f + expf(-z));
+            }
+            b->idx[t * J + K] = E, b->wt[t * J + K] = g;
+        }
+        b->left[t] = (uint8_t)J;
+        for (int j = 0; j < J; j++)
+            b->row[t * J + j] = -1;
+    }
+}
+
+/* Collective: the window's (token, unit) pairs to the units' owners; receivers get metadata and inputs in
+ * rmeta/rx (one rank: the send buffers themselves). rc: the local status so far. */
+static int dispatch(const mp_epf *s, moe_layer *b, const float *x, int64_t t0, int64_t n, int64_t *nrecv, int rc)
 {
     int E = s->E, d = s->d, J = b->J, size = s->size;
-    int64_t T = s->T;
-    b->scnt = calloc((size_t)size * 2, sizeof(int64_t));
-    if (!b->scnt && rc == 0)
-        rc = mp_errorf(MP_ENOMEM, "out of memory");
+    int64_t nsend = n * J;
+    memset(b->scnt, 0, sizeof(int64_t) * (size_t)size * 2);
     int64_t *pos = NULL;
+    if (rc == 0)
+        rc = grow((void **)&b->smeta, &b->scap, nsend + 1, sizeof(item));
     if (rc == 0) {
-        b->rcnt = b->scnt + size;
-        for (int64_t t = 0; t < T; t++)
-            for (int j = 0; j < J; j++)
-                if (b->idx[t * J + j] >= 0)
-                    b->scnt[mp_unit_owner(l, b->idx[t * J + j], E, size)]++, b->nsend++;
-        b->smeta = malloc(sizeof(item) * (size_t)(b->nsend + 1));
-        b->sx = malloc(sizeof(float) * (size_t)(b->nsend * d + 1));
-        pos = calloc((size_t)size + 1, sizeof(int64_t));
-        if (!b->smeta || !b->sx || !pos)
-            rc = mp_errorf(MP_ENOMEM, "out of memory packing %lld tokens", (long long)b->nsend);
+        int64_t cap = b->scap - 1; /* sx has the capacity of smeta */
+        float *q = realloc(b->sx, sizeof(float) * (size_t)((cap + 1) * d));
+        if (q)
+            b->sx = q;
+        else
+            rc = mp_errorf(MP_ENOMEM, "out of memory packing %lld tokens", (long long)nsend);
     }
+    if (rc == 0 && !(pos = calloc((size_t)size + 1, sizeof(int64_t))))
+        rc = mp_errorf(MP_ENOMEM, "out of memory");
     if (rc == 0) {
+        for (int64_t t = t0; t < t0 + n; t++)
+            for (int j = 0; j < J; j++)
+                b->scnt[mp_unit_owner(b->l, b->idx[t * J + j], E, size)]++;
         for (int r = 1; r <= size; r++)
             pos[r] = pos[r - 1] + b->scnt[r - 1];
         int64_t g0 = (int64_t)s->seq0 * s->S;
-        for (int64_t t = 0; t < T; t++)
+        for (int64_t t = t0; t < t0 + n; t++)
             for (int j = 0; j < J; j++) {
                 int u = b->idx[t * J + j];
-                if (u < 0)
-                    continue;
-                int64_t p = pos[mp_unit_owner(l, u, E, size)]++;
+                int64_t p = pos[mp_unit_owner(b->l, u, E, size)]++;
                 b->smeta[p] = (item){g0 + t, u, (int32_t)(t * J + j), b->wt[t * J + j], 0};
-                memcpy(b->sx + p * d, s->x + t * d, sizeof(float) * (size_t)d);
+                memcpy(b->sx + p * d, x + (t - t0) * d, sizeof(float) * (size_t)d);
             }
     }
     free(pos);
     MP_CHECK(mp_mpi_agree(rc)); /* every rank reaches the exchanges; a local failure is agreed on first */
+    if (size == 1) {
+        b->rcnt[0] = b->scnt[0], *nrecv = b->scnt[0];
+        return 0;
+    }
     MP_MPI(MPI_Alltoall(b->scnt, 1, MPI_INT64_T, b->rcnt, 1, MPI_INT64_T, MPI_COMM_WORLD));
+    *nrecv = 0;
     for (int r = 0; r < size; r++)
-        b->nrecv += b->rcnt[r];
-    b->rmeta = malloc(sizeof(item) * (size_t)(b->nrecv + 1));
-    b->rx = malloc(sizeof(float) * (size_t)(b->nrecv * d + 1));
-    b->ry = malloc(sizeof(float) * (size_t)(b->nrecv * d + 1));
-    b->sy = malloc(sizeof(float) * (size_t)(b->nsend * d + 1));
-    if (!b->rmeta || !b->rx || !b->ry || !b->sy)
-        rc = mp_errorf(MP_ENOMEM, "out of memory receiving %lld tokens", (long long)b->nrecv);
+        *nrecv += b->rcnt[r];
+    int64_t cap = b->rcap;
+    rc = grow((void **)&b->rmeta, &b->rcap, *nrecv + 1, sizeof(item));
+    if (rc == 0 && b->rcap != cap) {
+        float *q = realloc(b->rx, sizeof(float) * (size_t)(b->rcap * d));
+        if (q)
+            b->rx = q;
+        else
+            rc = mp_errorf(MP_ENOMEM, "out of memory receiving %lld tokens", (long long)*nrecv);
+    }
     MP_CHECK(mp_mpi_agree(rc));
     MP_CHECK(exchange(b->smeta, b->scnt, b->rmeta, b->rcnt, size, MPI_BYTE, (int)sizeof(item)));
     MP_CHECK(exchange(b->sx, b->scnt, b->rx, b->rcnt, size, MPI_FLOAT, d));
     return 0;
 }
 
-static int cmp_item_g(const void *a, const void *b, void *base)
-{
-    const item *v = base;
-    int64_t x = v[*(const int64_t *)a].g, y = v[*(const int64_t *)b].g;
-    return (x > y) - (x < y);
-}
-
-/* Local, on the owner: the outputs of unit u for its received items ix[n] (sorted here by global token
- * index), chunk by chunk, each chunk shown to the hooks. */
-static int run_unit(const mp_epf *s, const mp_layer_w *lw, int l, int u, const moe_buf *b, int64_t *ix, int64_t n,
-                    const mp_unit_hooks *hk)
-{
-    const mp_config *cfg = s->cfg;
-    int d = s->d, shared = u == s->E, f = shared ? cfg->shared_ffn : cfg->moe_ffn, rc = 0;
-    const float *wg, *wu, *wd;
-    float *own = NULL, *X = NULL, *Y = NULL, *Hm = NULL, *W = NULL;
-    int64_t *G = NULL;
-    const mp_weights *sw = s->w;
-    if (sw->unit) { /* served by the weights' provider (a compressed model); no intermediate activations */
-        wg = wu = wd = NULL;
-        if (hk)
-            return mp_errorf(MP_EINTERNAL, "statistics hooks need dense experts");
-    } else if (shared) {
-        wg = lw->sh_gate, wu = lw->sh_up, wd = lw->sh_down;
-    } else {
-        size_t fd = (size_t)f * (size_t)d;
-        own = malloc(3 * fd * sizeof(float));
-        if (!own)
-            return mp_errorf(MP_ENOMEM, "out of memory for expert %d of layer %d", u, l);
-        wg = own, wu = own + fd, wd = own + 2 * fd;
-        for (int p = 0; p < 3; p++)
-            MP_CHECK_GOTO(s->w->expert(s->w->ctx, l, u, (mp_proj)p, own + (size_t)p * fd), out);
-    }
-    if (hk)
-        MP_CHECK_GOTO(hk->begin(hk->ctx, l, u, d, f), out);
-    qsort_r(ix, (size_t)n, sizeof *ix, cmp_item_g, (void *)b->rmeta);
-    X = malloc(sizeof(float) * MP_CHUNK * (size_t)d);
-    Y = malloc(sizeof(float) * MP_CHUNK * (size_t)d);
-    Hm = malloc(sizeof(float) * MP_CHUNK * (size_t)f);
-    W = malloc(sizeof(float) * MP_CHUNK);
-    G = malloc(sizeof(int64_t) * MP_CHUNK);
-    if (!X || !Y || !Hm || !W || !G) {
-        rc = mp_errorf(MP_ENOMEM, "out of memory for expert %d of layer %d", u, l);
-        goto out;
-    }
-    for (int64_t c0 = 0; c0 < n; c0 += MP_CHUNK) {
-        int nb = (int)(n - c0 < MP_CHUNK ? n - c0 : MP_CHUNK);
-        for (int i = 0; i < nb; i++) {
-            memcpy(X + (size_t)i * d, b->rx + (size_t)ix[c0 + i] * d, sizeof(float) * (size_t)d);
-            W[i] = b->rmeta[ix[c0 + i]].w;
-            G[i] = b->rmeta[ix[c0 + i]].g;
-        }
-        if (sw->unit)
-            MP_CHECK_GOTO(sw->unit(sw->ctx, l, u, X, nb, Y), out);
-        else
-            MP_CHECK_GOTO(mp_swiglu(wg, wu, wd, X, nb, d, f, Y, Hm), out);
-        for (int i = 0; i < nb; i++)
-            memcpy(b->ry + (size_t)ix[c0 + i] * d, Y + (size_t)i * d, sizeof(float) * (size_t)d);
-        if (hk)
-            MP_CHECK_GOTO(hk->chunk(hk->ctx, l, u, X, Hm, W, G, nb), out);
-    }
-    if (hk)
-        rc = hk->end(hk->ctx, l, u);
-out:
-    free(own), free(X), free(Y), free(Hm), free(W), free(G);
-    return rc;
-}
-
-/* Collective: every unit this rank owns, in unit order. */
-static int experts(const mp_epf *s, const mp_layer_w *lw, int l, const moe_buf *b, const mp_unit_hooks *hk)
-{
-    int E = s->E, rc = 0;
-    int64_t *ix = malloc(sizeof(int64_t) * (size_t)(b->nrecv + 1));
-    if (!ix)
-        rc = mp_errorf(MP_ENOMEM, "out of memory");
-    for (int u = 0; u <= E && rc == 0; u++) {
-        if (mp_unit_owner(l, u, E, s->size) != s->rank || (u == E && !has_shared(s->cfg)))
-            continue;
-        int64_t n = 0;
-        for (int64_t i = 0; i < b->nrecv; i++)
-            if (b->rmeta[i].unit == u)
-                ix[n++] = i;
-        rc = run_unit(s, lw, l, u, b, ix, n, hk);
-    }
-    free(ix);
-    return mp_mpi_agree(rc);
-}
-
-/* Collective: outputs back to the tokens' ranks; out[t] = sum over slots in order of weight * output. */
-static int combine(const mp_epf *s, moe_buf *b, float *out)
+/* Local: an output came back for slot `slot` of local token t; when it was the token's last, the block
+ * output is summed over its slots in order and added to the residual stream. */
+static int take_output(mp_epf *s, moe_layer *b, int32_t slot, const float *y)
 {
     int d = s->d, J = b->J;
-    MP_CHECK(exchange(b->ry, b->rcnt, b->sy, b->scnt, s->size, MPI_FLOAT, d));
-    /* each token's slots in order: routed experts in top-k order, then the shared expert */
-    int64_t *at = malloc(sizeof(int64_t) * (size_t)(s->T * J + 1));
-    int rc = at ? 0 : mp_errorf(MP_ENOMEM, "out of memory combining expert outputs");
-    for (int64_t i = 0; rc == 0 && i < s->T * J; i++)
-        at[i] = -1;
-    for (int64_t i = 0; rc == 0 && i < b->nsend; i++)
-        at[b->smeta[i].slot] = i;
-    for (int64_t t = 0; rc == 0 && t < s->T; t++) {
-        float *o = out + t * d;
-        memset(o, 0, sizeof(float) * (size_t)d);
-        for (int j = 0; j < J; j++) {
-            int64_t i = at[t * J + j];
-            if (i < 0)
+    int64_t t = slot / J;
+    if (b->pfree_n == 0) { /* the pool grows by half */
+        int64_t old = b->pcap, cap = old ? old + old / 2 : 256;
+        float *q = realloc(b->pool, sizeof(float) * (size_t)(cap * d));
+        int64_t *f = q ? realloc(b->pfree, sizeof(int64_t) * (size_t)cap) : NULL;
+        if (q)
+            b->pool = q;
+        if (!f)
+            return mp_errorf(MP_ENOMEM, "out of memory for expert outputs");
+        b->pfree = f, b->pcap = cap;
+        for (int64_t r = cap - 1; r >= old; r--)
+            b->pfree[b->pfree_n++] = r;
+    }
+    int64_t r = b->pfree[--b->pfree_n];
+    memcpy(b->pool + r * d, y, sizeof(float) * (size_t)d);
+    b->row[slot] = r;
+    if (--b->left[t] > 0)
+        return 0;
+    float *o = s->y; /* one row of scratch */
+    memset(o, 0, sizeof(float) * (size_t)d);
+    for (int j = 0; j < J; j++) {
+        const float *yi = b->pool + b->row[t * J + j] * d, wj = b->wt[t * J + j];
+        for (int k = 0; k < d; k++)
+            o[k] += wj * yi[k];
+        b->pfree[b->pfree_n++] = b->row[t * J + j];
+    }
+    float *h = s->h + t * d;
+    for (int k = 0; k < d; k++)
+        h[k] += o[k];
+    return 0;
+}
+
+/* ---- the owner's side ------------------------------------------------------------------------------ */
+
+/* Local: the staged rows of unit u (one chunk of its global token order) through the expert; the hooks see
+ * them; the outputs join the list going back to their tokens' ranks. */
+static int run_chunk(const mp_epf *s, moe_layer *b, int u)
+{
+    const mp_config *cfg = s->cfg;
+    const mp_layer_w *lw = b->lw;
+    const mp_weights *sw = s->w;
+    staged *q = &b->st[u];
+    int d = s->d, shared = u == s->E, f = shared ? cfg->shared_ffn : cfg->moe_ffn, nb = q->n, l = b->l;
+    if (nb == 0)
+        return 0;
+    if (sw->unit) /* served by the weights' provider (a compressed model); no intermediate activations */
+        MP_CHECK(sw->unit(sw->ctx, l, u, q->x, nb, b->yb));
+    else {
+        const float *wg = lw->sh_gate, *wu = lw->sh_up, *wd = lw->sh_down;
+        if (!shared) {
+            size_t fd = (size_t)f * (size_t)d;
+            if (b->wunit != u) {
+                b->wunit = -1;
+                for (int p = 0; p < 3; p++)
+                    MP_CHECK(sw->expert(sw->ctx, l, u, (mp_proj)p, b->wbuf + (size_t)p * fd));
+                b->wunit = u;
+            }
+            wg = b->wbuf, wu = b->wbuf + fd, wd = b->wbuf + 2 * fd;
+        }
+        mp_swiglu_ws(wg, wu, wd, q->x, nb, d, f, b->yb, b->ws);
+        if (b->hk)
+            MP_CHECK(b->hk->chunk(b->hk->ctx, l, u, q->x, b->ws, q->w, q->g, nb));
+    }
+    MP_CHECK(grow((void **)&b->odst, &b->ocap, b->on + nb, sizeof(int32_t)));
+    int64_t cap = b->ocap;
+    float *oy = realloc(b->oy, sizeof(float) * (size_t)(cap * d));
+    int32_t *os = oy ? realloc(b->oslot, sizeof(int32_t) * (size_t)cap) : NULL;
+    if (oy)
+        b->oy = oy;
+    if (!os)
+        return mp_errorf(MP_ENOMEM, "out of memory for the outputs of expert %d of layer %d", u, l);
+    b->oslot = os;
+    memcpy(b->oy + b->on * d, b->yb, sizeof(float) * (size_t)nb * (size_t)d);
+    for (int i = 0; i < nb; i++)
+        b->odst[b->on + i] = q->src[i], b->oslot[b->on + i] = q->slot[i];
+    b->on += nb;
+    q->n = 0;
+    return 0;
+}
+
+/* Local: the received rows of the window into their units' chunks, in unit order; full chunks run; in the
+ * last window the units finish (their remaining rows run, the hooks' end). Each unit's rows arrive in
+ * global token order: senders hold contiguous sequence ranges in rank order and send in token order. */
+static int owner_window(const mp_epf *s, moe_layer *b, int64_t nrecv, int last)
+{
+    int E = s->E, d = s->d, size = s->size, l = b->l;
+    const item *rm = size == 1 ? b->smeta : b->rmeta;
+    const float *rx = size == 1 ? b->sx : b->rx;
+    b->on = 0;
+    for (int u = 0; u <= E; u++) {
+        if (mp_unit_owner(l, u, E, size) != s->rank || (u == E && !b->sh))
+            continue;
+        staged *q = &b->st[u];
+        if (!q->begun) {
+            if (!q->x && !(q->x = malloc(sizeof(float) * MP_CHUNK * (size_t)d)))
+                return mp_errorf(MP_ENOMEM, "out of memory for expert %d of layer %d", u, l);
+            if (b->hk && !s->w->unit)
+                MP_CHECK(b->hk->begin(b->hk->ctx, l, u, d, u == E ? s->cfg->shared_ffn : s->cfg->moe_ffn));
+            else if (b->hk)
+                return mp_errorf(MP_EINTERNAL, "statistics hooks need dense experts");
+            q->begun = 1;
+        }
+        int64_t src = 0, seg_end = b->rcnt[0];
+        int64_t lastg = q->n ? q->g[q->n - 1] : -1;
+        for (int64_t i = 0; i < nrecv; i++) {
+            while (i >= seg_end)
+                seg_end += b->rcnt[++src];
+            if (rm[i].unit != u)
                 continue;
-            const float *yi = b->sy + i * d, wj = b->wt[t * J + j];
-            for (int k = 0; k < d; k++)
-                o[k] += wj * yi[k];
+            if (rm[i].g <= lastg)
+                return mp_errorf(MP_EINTERNAL, "layer %d unit %d: tokens out of global order", l, u);
+            lastg = rm[i].g;
+            memcpy(q->x + (size_t)q->n * d, rx + i * d, sizeof(float) * (size_t)d);
+            q->w[q->n] = rm[i].w, q->g[q->n] = rm[i].g, q->src[q->n] = (int32_t)src, q->slot[q->n] = rm[i].slot;
+            if (++q->n == MP_CHUNK)
+                MP_CHECK(run_chunk(s, b, u));
+        }
+        if (last) {
+            MP_CHECK(run_chunk(s, b, u));
+            if (b->hk)
+                MP_CHECK(b->hk->end(b->hk->ctx, l, u));
+            q->begun = 0;
         }
     }
-    free(at);
+    return 0;
+}
+
+/* Collective: the window's finished outputs back to their tokens' ranks, taken in (slot) order there. */
+static int give_back(mp_epf *s, moe_layer *b, int rc)
+{
+    int d = s->d, size = s->size;
+    int64_t *pos = NULL, nr = 0;
+    if (rc == 0) {
+        memset(b->ocnt, 0, sizeof(int64_t) * (size_t)size * 2);
+        for (int64_t i = 0; i < b->on; i++)
+            b->ocnt[b->odst[i]]++;
+    }
+    if (rc == 0 && size > 1) { /* packed by destination rank, in compute order within each */
+        int64_t cap = b->on + 1;
+        b->ory = realloc(b->ory, sizeof(float) * (size_t)(cap * d));
+        b->ooslot = realloc(b->ooslot, sizeof(int32_t) * (size_t)cap);
+        pos = calloc((size_t)size + 1, sizeof(int64_t));
+        if (!b->ory || !b->ooslot || !pos)
+            rc = mp_errorf(MP_ENOMEM, "out of memory returning %lld expert outputs", (long long)b->on);
+        for (int r = 1; rc == 0 && r <= size; r++)
+            pos[r] = pos[r - 1] + b->ocnt[r - 1];
+        for (int64_t i = 0; rc == 0 && i < b->on; i++) {
+            int64_t p = pos[b->odst[i]]++;
+            memcpy(b->ory + p * d, b->oy + i * d, sizeof(float) * (size_t)d);
+            b->ooslot[p] = b->oslot[i];
+        }
+    }
+    free(pos);
+    MP_CHECK(mp_mpi_agree(rc));
+    const float *y = b->oy;
+    const int32_t *sl = b->oslot;
+    if (size > 1) {
+        MP_MPI(MPI_Alltoall(b->ocnt, 1, MPI_INT64_T, b->orcnt, 1, MPI_INT64_T, MPI_COMM_WORLD));
+        for (int r = 0; r < size; r++)
+            nr += b->orcnt[r];
+        b->rety = realloc(b->rety, sizeof(float) * (size_t)((nr + 1) * d));
+        b->retslot = realloc(b->retslot, sizeof(int32_t) * (size_t)(nr + 1));
+        rc = b->rety && b->retslot ? 0 : mp_errorf(MP_ENOMEM, "out of memory for %lld expert outputs", (long long)nr);
+        MP_CHECK(mp_mpi_agree(rc));
+        MP_CHECK(exchange(b->ooslot, b->ocnt, b->retslot, b->orcnt, size, MPI_INT32_T, 1));
+        MP_CHECK(exchange(b->ory, b->ocnt, b->rety, b->orcnt, size, MPI_FLOAT, d));
+        y = b->rety, sl = b->retslot;
+    } else
+        nr = b->on;
+    for (int64_t i = 0; i < nr && rc == 0; i++)
+        rc = take_output(s, b, sl[i], y + i * d);
     return mp_mpi_agree(rc);
 }
 
-/* Collective: the MoE block of layer l for the local tokens, y[T, d] from x[T, d]. */
-static int moe_block(mp_epf *s, const mp_layer_w *lw, int l, const mp_unit_hooks *hk)
+/* buffers of one MoE layer */
+static int moe_layer_init(const mp_epf *s, moe_layer *b, const mp_layer_w *lw, int l, const mp_unit_hooks *hk)
 {
-    moe_buf b = {.J = s->K + 1};
-    int rc = route(s, lw, l, &b);
-    MP_CHECK_GOTO(dispatch(s, l, &b, rc), done);
-    MP_CHECK_GOTO(experts(s, lw, l, &b, hk), done);
-    MP_CHECK_GOTO(combine(s, &b, s->y), done);
-done:
-    moe_buf_free(&b);
+    const mp_config *cfg = s->cfg;
+    int E = s->E, d = s->d, size = s->size;
+    b->sh = has_shared(cfg), b->J = s->K + b->sh, b->lw = lw, b->hk = hk, b->l = l, b->wunit = -1;
+    int64_t T = s->T, J = b->J, fm = cfg->moe_ffn > cfg->shared_ffn ? cfg->moe_ffn : cfg->shared_ffn;
+    b->logits = malloc(sizeof(float) * (size_t)(s->wmax * E + 1));
+    b->wt = malloc(sizeof(float) * (size_t)(T * J + 1));
+    b->idx = malloc(sizeof(int) * (size_t)(T * J + 1));
+    b->left = malloc((size_t)T + 1);
+    b->row = malloc(sizeof(int64_t) * (size_t)(T * J + 1));
+    b->scnt = calloc((size_t)size * 2, sizeof(int64_t));
+    b->ocnt = calloc((size_t)size * 2, sizeof(int64_t));
+    b->st = calloc((size_t)E + 1, sizeof(staged));
+    b->nst = E + 1;
+    b->ws = malloc(sizeof(float) * 2 * MP_CHUNK * (size_t)fm);
+    b->yb = malloc(sizeof(float) * MP_CHUNK * (size_t)d);
+    b->wbuf = s->w->unit ? NULL : malloc(sizeof(float) * 3 * (size_t)cfg->moe_ffn * (size_t)d);
+    if (!b->logits || !b->wt || !b->idx || !b->left || !b->row || !b->scnt || !b->ocnt || !b->st || !b->ws ||
+        !b->yb || (!s->w->unit && !b->wbuf))
+        return mp_errorf(MP_ENOMEM, "out of memory routing %lld tokens", (long long)T);
+    b->rcnt = b->scnt + size, b->orcnt = b->ocnt + size;
+    return 0;
+}
+/* Local: norms and attention of local sequences [a, e) (relative to seq0); x [(e - a) S, d] gets the
+ * normed input of the block; a dense layer's MLP is added to the residual stream too. */
+static int attention_part(mp_epf *s, const mp_layer_w *lw, int64_t a, int64_t e)
+{
+    const mp_config *cfg = s->cfg;
+    int d = s->d, S = s->S, rc = 0;
+    for (int64_t q = a; q < e && rc == 0; q++) {
+        float *hs = s->h + q * S * d, *xs = lw->moe ? s->x + (q - a) * S * d : s->x, *ys = s->y;
+        mp_norm(cfg, hs, S, d, lw->in_norm, lw->in_norm_b, xs);
+        rc = mp_attention(cfg, lw, xs, S, ys, s->scr);
+        for (int64_t i = 0; i < (int64_t)S * d; i++)
+            hs[i] += ys[i];
+        mp_norm(cfg, hs, S, d, lw->post_norm, lw->post_norm_b, xs);
+        if (!lw->moe && rc == 0) {
+            rc = mp_swiglu(lw->mlp_gate, lw->mlp_up, lw->mlp_down, xs, S, d, cfg->dense_ffn, ys, NULL);
+            for (int64_t i = 0; i < (int64_t)S * d; i++)
+                hs[i] += ys[i];
+        }
+    }
     return rc;
 }
 
 int mp_epf_layer(mp_epf *s, int l, const mp_unit_hooks *hooks)
 {
-    const mp_config *cfg = s->cfg;
     int d = s->d, S = s->S;
     mp_layer_w lw = {0};
+    moe_layer b = {0};
     int rc = s->w->layer(s->w->ctx, l, &lw);
-    for (int q = 0; q < s->nseq && rc == 0; q++) {
-        float *hs = s->h + (int64_t)q * S * d, *xs = s->x + (int64_t)q * S * d, *ys = s->y + (int64_t)q * S * d;
-        mp_norm(cfg, hs, S, d, lw.in_norm, lw.in_norm_b, xs);
-        rc = mp_attention(cfg, &lw, xs, S, ys, s->scr);
-        for (int64_t i = 0; i < (int64_t)S * d; i++)
-            hs[i] += ys[i];
-        mp_norm(cfg, hs, S, d, lw.post_norm, lw.post_norm_b, xs);
-        if (!lw.moe && rc == 0)
-            rc = mp_swiglu(lw.mlp_gate, lw.mlp_up, lw.mlp_down, xs, S, d, cfg->dense_ffn, ys, NULL);
+    if (!lw.moe || rc < 0) {
+        if (rc == 0)
+            rc = attention_part(s, &lw, 0, s->nseq);
+        rc = mp_mpi_agree(rc);
+    } else {
+        rc = moe_layer_init(s, &b, &lw, l, hooks);
+        int64_t nw = n_windows(s);
+        for (int64_t k = 0; k < nw && rc == 0; k++) {
+            int64_t a, e, nrecv = 0;
+            window_seqs(s, k, &a, &e);
+            int64_t t0 = a * S, n = (e - a) * S;
+            rc = attention_part(s, &lw, a, e);
+            if (rc == 0 && n > 0) {
+                route(s, &b, s->x, t0, n);
+                if (s->observe)
+                    s->observe(s->observe_ctx, "router", l, s->seq0 + (int)a, (int)(e - a), s->E, b.logits);
+            }
+            rc = dispatch(s, &b, s->x, t0, n, &nrecv, rc);
+            if (rc == 0)
+                rc = owner_window(s, &b, nrecv, k == nw - 1);
+            rc = give_back(s, &b, rc);
+        }
+        for (int64_t t = 0; t < s->T && rc == 0; t++)
+            if (b.left[t])
+                rc = mp_errorf(MP_EINTERNAL, "layer %d: token %lld is missing an expert output", l,
+                               (long long)(s->seq0 * (int64_t)S + t));
+        rc = mp_mpi_agree(rc);
     }
-    rc = mp_mpi_agree(rc);
-    if (rc == 0 && lw.moe)
-        rc = moe_block(s, &lw, l, hooks);
-    if (rc == 0) {
-        for (int64_t i = 0; i < s->T * d; i++)
-            s->h[i] += s->y[i];
-        if (s->observe && s->T)
-            s->observe(s->observe_ctx, "hidden", l + 1, s->seq0, s->nseq, d, s->h);
-    }
+    if (rc == 0 && s->observe && s->T)
+        s->observe(s->observe_ctx, "hidden", l + 1, s->seq0, s->nseq, d, s->h);
+    moe_layer_free(&b);
     mp_layer_free(&lw);
     return rc;
+}
+
+/* -log softmax(r)[y] of one row r [V]: exponentials in fp32 (the logits are fp32), their sum in fp64 */
+static double token_nll(const float *r, int V, int y)
+{
+    float mx = r[0];
+    for (int v = 1; v < V; v++)
+        mx = r[v] > mx ? r[v] : mx;
+    double z = 0;
+    for (int v = 0; v < V; v++)
+        z += (double)expf(r[v] - mx);
+    return (double)mx + log(z) - (double)r[y];
 }
 
 int mp_epf_head(mp_epf *s, double *nll_sum, int64_t *n_pred)
@@ -385,29 +611,19 @@ int mp_epf_head(mp_epf *s, double *nll_sum, int64_t *n_pred)
     double *nll = calloc((size_t)s->tok->n_seq + 1, sizeof(double)), *all = NULL;
     int *cnt = malloc(sizeof(int) * (size_t)s->size * 2);
     int rc = nll && cnt ? s->w->head(s->w->ctx, &nw, &nb, &hw, &hb) : mp_errorf(MP_ENOMEM, "out of memory");
-    if (rc == 0) {
-        mp_norm(cfg, s->h, (int)s->T, d, nw, nb, s->x);
-        if (s->observe && s->T)
-            s->observe(s->observe_ctx, "hidden", cfg->n_layers + 1, s->seq0, s->nseq, d, s->x);
-        lg = malloc(sizeof(float) * (size_t)S * (size_t)V);
-        if (!lg)
-            rc = mp_errorf(MP_ENOMEM, "out of memory for logits");
-    }
+    if (rc == 0 && !(lg = malloc(sizeof(float) * (size_t)S * (size_t)V)))
+        rc = mp_errorf(MP_ENOMEM, "out of memory for logits");
     for (int q = 0; q < s->nseq && rc == 0; q++) {
-        mp_lm_head(cfg, hw, hb, s->x + (int64_t)q * S * d, S, lg);
+        mp_norm(cfg, s->h + (int64_t)q * S * d, S, d, nw, nb, s->x);
+        if (s->observe)
+            s->observe(s->observe_ctx, "hidden", cfg->n_layers + 1, s->seq0 + q, 1, d, s->x);
+        mp_lm_head(cfg, hw, hb, s->x, S, lg);
         if (s->observe)
             s->observe(s->observe_ctx, "logits", 0, s->seq0 + q, 1, V, lg);
         const int32_t *ids = s->tok->ids + (int64_t)(s->seq0 + q) * S;
         double acc = 0;
-        for (int t = 0; t + 1 < S; t++) {
-            const float *r = lg + (int64_t)t * V;
-            double mx = r[0], z = 0;
-            for (int v = 1; v < V; v++)
-                mx = r[v] > mx ? r[v] : mx;
-            for (int v = 0; v < V; v++)
-                z += exp((double)r[v] - mx);
-            acc += mx + log(z) - r[ids[t + 1]];
-        }
+        for (int t = 0; t + 1 < S; t++)
+            acc += token_nll(lg + (int64_t)t * V, V, ids[t + 1]);
         if (!isfinite(acc))
             rc = mp_errorf(MP_ENUMERIC, "the negative log-likelihood of sequence %d is not finite", s->seq0 + q);
         nll[s->seq0 + q] = acc;
@@ -461,16 +677,16 @@ int mp_epf_head_compare(mp_epf *a, mp_epf *b, mp_head_cmp *out)
         rc = mp_errorf(MP_ENOMEM, "out of memory");
     for (int k = 0; k < 2 && rc == 0; k++) {
         rc = st[k]->w->head(st[k]->w->ctx, &nw[k], &nb[k], &hw[k], &hb[k]);
-        if (rc == 0)
-            mp_norm(cfg, st[k]->h, (int)st[k]->T, d, nw[k], nb[k], st[k]->x);
         lg[k] = malloc(sizeof(float) * (size_t)S * (size_t)V);
         lp[k] = malloc(sizeof(double) * (size_t)V);
         if (rc == 0 && (!lg[k] || !lp[k]))
             rc = mp_errorf(MP_ENOMEM, "out of memory for logits");
     }
     for (int q = 0; q < a->nseq && rc == 0; q++) {
-        for (int k = 0; k < 2; k++)
-            mp_lm_head(cfg, hw[k], hb[k], st[k]->x + (int64_t)q * S * d, S, lg[k]);
+        for (int k = 0; k < 2; k++) {
+            mp_norm(cfg, st[k]->h + (int64_t)q * S * d, S, d, nw[k], nb[k], st[k]->x);
+            mp_lm_head(cfg, hw[k], hb[k], st[k]->x, S, lg[k]);
+        }
         const int32_t *ids = a->tok->ids + (int64_t)(a->seq0 + q) * S;
         double *acc = seq + 4 * (size_t)(a->seq0 + q); /* nll original, nll compressed, KL, top-1 agreements */
         for (int t = 0; t + 1 < S; t++) {

@@ -2,17 +2,25 @@
  *
  * Sequences are split into contiguous ranges, one per rank, and the units of
  * every MoE layer (routed experts, the shared expert as unit E) have owners
- * (plan.h: mp_seq_range, mp_unit_owner). One layer on every rank:
- *   attention  norms and attention of the rank's own sequences (src/forward.h);
- *   route      router logits, top-k experts and weights of every local token;
- *   dispatch   every (token, unit) pair to the unit's owner (MPI_Alltoallv);
- *   experts    the owner sorts what it received by global token index and runs
- *              each unit in chunks of MP_CHUNK tokens of that order (hooks see
- *              every chunk: calibration statistics);
- *   combine    outputs back to the token's rank (MPI_Alltoallv), summed with
- *              the routing weights in top-k order, then the shared expert.
- * Every result therefore is bit-identical for any number of ranks (BLAS has
- * one thread per rank). A rank without sequences or without tokens for its
+ * (plan.h: mp_seq_range, mp_unit_owner). One MoE layer on every rank, window
+ * after window of the global sequences (mp_epf_set_window; one window by
+ * default):
+ *   attention  norms and attention of the rank's sequences in the window (src/forward.h);
+ *   route      router logits, top-k experts and weights of those tokens;
+ *   dispatch   every (token, unit) pair to the unit's owner (MPI_Alltoallv; one
+ *              rank: no copy);
+ *   experts    the owner appends what it received, in global token order, to
+ *              each unit's staged rows and runs every full chunk of MP_CHUNK
+ *              tokens of that order (the last window also the rest); hooks see
+ *              every chunk (calibration statistics);
+ *   combine    outputs go back to the token's rank (MPI_Alltoallv); once all of
+ *              a token's slots are back they are summed with the routing
+ *              weights in top-k order, then the shared expert, and added to
+ *              the residual stream.
+ * Chunks and sums are thus the same for any number of ranks and any window,
+ * and every result is bit-identical (BLAS has one thread per rank). Memory:
+ * the residual stream [local tokens, d], the rest bounded by the window and
+ * the staged chunks. A rank without sequences or without tokens for its
  * units still takes part in every collective. All functions but
  * mp_epf_free are collective over MPI_COMM_WORLD and return the agreed status. */
 #ifndef MP_EP_FORWARD_H
@@ -26,11 +34,14 @@
 
 /* Observer of intermediate results on the local rank (tests): what = "hidden" (index 0 = embeddings,
  * l + 1 = output of layer l, n_layers + 1 = after the final norm), "router" (index l, width E) or
- * "logits" (width V). Rows are the tokens of global sequences [seq0, seq0 + nseq) in order. */
+ * "logits" (width V). Rows are the tokens of global sequences [seq0, seq0 + nseq) in order (one call may
+ * cover part of the rank's sequences: "router" one window, "hidden" after the final norm and "logits"
+ * one sequence). */
 typedef void (*mp_observer)(void *ctx, const char *what, int index, int seq0, int nseq, int width,
                             const float *rows);
 
-/* Called on the owner of unit u (u = E: the shared expert) of MoE layer l, in unit order. chunk gets the
+/* Called on the owner of unit u (u = E: the shared expert) of MoE layer l: begin, then its chunks, then end;
+ * with one window unit after unit in unit order, with several the units' calls interleave. chunk gets the
  * unit's inputs x [nb, d], its intermediate activations h [nb, f] (h = silu(x Wg^T) * (x Wu^T)), the
  * tokens' routing weights w [nb] and their global token indices tok [nb] (sequence * seq_len + position,
  * strictly increasing; the same for any number of ranks), chunk after chunk in global token order. The
@@ -47,6 +58,11 @@ typedef struct mp_epf mp_epf;
 /* Embed the local sequences of `tok` (every rank holds all of them). */
 int mp_epf_create(const mp_weights *w, const mp_tokens *tok, mp_observer observe, void *observe_ctx,
                   mp_epf **out);
+/* The MoE exchange in windows of `tokens` calibration tokens (whole sequences, at least one; 0: all
+ * tokens at once, the default): only the residual stream of the local tokens grows with their number,
+ * every other buffer with the window. Results do not depend on it. With more than one window the units'
+ * hook calls interleave (every owned unit is begun in the first window and ended in the last). */
+int mp_epf_set_window(mp_epf *s, int64_t tokens);
 /* Layer l (all layers in order): hidden states of the local tokens advance by one layer. hooks may be NULL. */
 int mp_epf_layer(mp_epf *s, int l, const mp_unit_hooks *hooks);
 /* After the last layer: final norm, output head and the next-token NLL; root gets the sum over all

@@ -86,6 +86,7 @@ void mp_norm(const mp_config *c, const float *x, int n, int d, const float *w, c
 int64_t mp_attention_scratch(const mp_config *c, int S)
 {
     int64_t qd = (int64_t)c->n_heads * c->head_dim, kvd = (int64_t)c->n_kv_heads * c->head_dim;
+    /* q, k, v, attention output; scores; the rotary table (cos and sin of S x head_dim / 2 angles) */
     return (int64_t)S * (qd + 2 * kvd + qd) + (int64_t)S * S + (int64_t)S * c->head_dim;
 }
 
@@ -97,20 +98,28 @@ static void add_bias(float *y, int n, int m, const float *b)
                 y[(int64_t)i * m + j] += b[j];
 }
 
-/* rotate-half rope on one [hd] vector at position pos */
-static void rope(float *v, int hd, int rd, int pos, const mp_config *c)
+/* the rotary table of positions 0..S-1: cs, sn [S, half] (half = rd / 2) */
+static void rope_table(const mp_config *c, int S, int rd, float *cs, float *sn)
 {
     int half = rd / 2;
     double scale = strcmp(c->rope_type, "linear") == 0 ? c->rope_factor : 1.0;
     for (int i = 0; i < half; i++) {
         float inv = (float)(1.0 / pow(c->rope_theta, (double)(2 * i) / rd));
-        float ang = (float)((double)pos / scale) * inv;
-        float cs = cosf(ang), sn = sinf(ang);
-        float a = v[i], b = v[i + half];
-        v[i] = a * cs - b * sn;
-        v[i + half] = b * cs + a * sn;
+        for (int pos = 0; pos < S; pos++) {
+            float ang = (float)((double)pos / scale) * inv;
+            cs[(int64_t)pos * half + i] = cosf(ang), sn[(int64_t)pos * half + i] = sinf(ang);
+        }
     }
-    (void)hd;
+}
+
+/* rotate-half rope on one vector v [rd..] with the angles of its position (cs, sn [half]) */
+static void rope(float *v, int half, const float *cs, const float *sn)
+{
+    for (int i = 0; i < half; i++) {
+        float a = v[i], b = v[i + half];
+        v[i] = a * cs[i] - b * sn[i];
+        v[i + half] = b * cs[i] + a * sn[i];
+    }
 }
 
 int mp_attention(const mp_config *c, const mp_layer_w *w, const float *x, int S, float *out, float *scratch)
@@ -144,11 +153,15 @@ int mp_attention(const mp_config *c, const mp_layer_w *w, const float *x, int S,
             for (int64_t i = 0; i < lens[a]; i++)
                 arrs[a][i] = arrs[a][i] > cl ? cl : arrs[a][i] < -cl ? -cl : arrs[a][i];
     }
+    int half = rd / 2;
+    float *cs = sc + (int64_t)S * S, *sn = cs + (int64_t)S * half; /* S * rd <= S * hd floats */
+    rope_table(c, S, rd, cs, sn);
     for (int s = 0; s < S; s++) {
+        const float *cp = cs + (int64_t)s * half, *sp = sn + (int64_t)s * half;
         for (int h = 0; h < H; h++)
-            rope(q + (int64_t)s * qd + h * hd, hd, rd, s, c);
+            rope(q + (int64_t)s * qd + h * hd, half, cp, sp);
         for (int h = 0; h < KV; h++)
-            rope(k + (int64_t)s * kvd + h * hd, hd, rd, s, c);
+            rope(k + (int64_t)s * kvd + h * hd, half, cp, sp);
     }
     float scale = 1.0f / sqrtf((float)hd);
     for (int h = 0; h < H; h++) {
@@ -208,6 +221,19 @@ void mp_route(const mp_config *c, const mp_layer_w *w, const float *x, int n, fl
     }
 }
 
+void mp_swiglu_ws(const float *wg, const float *wu, const float *wd, const float *x, int n, int d, int f, float *y,
+                  float *ws)
+{
+    if (n == 0)
+        return;
+    float *g = ws, *u = ws + (size_t)n * f;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, f, d, 1.0f, x, d, wg, d, 0.0f, g, f);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, f, d, 1.0f, x, d, wu, d, 0.0f, u, f);
+    for (int64_t i = 0; i < (int64_t)n * f; i++)
+        g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, d, f, 1.0f, g, f, wd, f, 0.0f, y, d);
+}
+
 int mp_swiglu(const float *wg, const float *wu, const float *wd, const float *x, int n, int d, int f, float *y,
               float *hmid)
 {
@@ -216,12 +242,7 @@ int mp_swiglu(const float *wg, const float *wu, const float *wd, const float *x,
     float *g = malloc(sizeof(float) * (size_t)n * (size_t)f * 2);
     if (!g)
         return mp_errorf(MP_ENOMEM, "out of memory (expert activations for %d tokens)", n);
-    float *u = g + (size_t)n * f;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, f, d, 1.0f, x, d, wg, d, 0.0f, g, f);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, f, d, 1.0f, x, d, wu, d, 0.0f, u, f);
-    for (int64_t i = 0; i < (int64_t)n * f; i++)
-        g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, d, f, 1.0f, g, f, wd, f, 0.0f, y, d);
+    mp_swiglu_ws(wg, wu, wd, x, n, d, f, y, g);
     if (hmid)
         memcpy(hmid, g, sizeof(float) * (size_t)n * f);
     free(g);

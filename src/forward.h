@@ -70,6 +70,9 @@ void mp_route(const mp_config *c, const mp_layer_w *w, const float *x, int n, fl
 /* SwiGLU MLP: hmid[n, f] = silu(x Wg^T) * (x Wu^T); y[n, d] = hmid Wd^T. hmid may be NULL. */
 int mp_swiglu(const float *wg, const float *wu, const float *wd, const float *x, int n, int d, int f, float *y,
               float *hmid);
+/* The same with the caller's workspace ws [2 n f] (no allocation); on return ws[0 .. n f) holds hmid. */
+void mp_swiglu_ws(const float *wg, const float *wu, const float *wd, const float *x, int n, int d, int f, float *y,
+                  float *ws);
 /* logits[n, V] = x[n, d] w^T (+ b) */
 void mp_lm_head(const mp_config *c, const float *w, const float *b, const float *x, int n, float *logits);
 
