@@ -2,6 +2,7 @@
 #define _GNU_SOURCE
 #include "calibrate.h"
 
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -11,6 +12,7 @@
 #include "error.h"
 #include "fsutil.h"
 #include "gram.h"
+#include "hidden_ckpt.h"
 #include "layer_commit.h"
 #include "plan.h"
 #include "runtime.h"
@@ -52,6 +54,8 @@ typedef struct {
     size_t scr_n;
     double nll_sum;
     int64_t n_pred;
+    int hid_layer; /* the layer whose output every rank's hidden-state checkpoint holds, -1 */
+    int defer;     /* the first layer not run yet because the checkpoint lies ahead, -1 */
 } calib;
 
 static void unit_sums_free(calib *c)
@@ -367,6 +371,32 @@ static int commit_layer(calib *c, int l)
 
 /* ---- stage functions ------------------------------------------------------------------------------- */
 
+/* Collective: the layer all ranks' hidden-state checkpoints hold, or -1 (none, or they disagree). */
+static int find_checkpoint(calib *c)
+{
+    int seq0, nseq;
+    mp_epf_hidden(c->f, &seq0, &nseq);
+    int l = nseq > 0 ? mp_hidden_find(c->dir, c->r->fp[MP_STAGE_CALIBRATE], seq0, nseq, c->r->tok->seq_len, c->d)
+                     : -2; /* no sequences: no file, no say */
+    int mm[2] = {l == -2 ? INT_MAX : l, l == -2 ? -1 : l}, out[2];
+    mm[1] = -mm[1];
+    MP_MPI(MPI_Allreduce(mm, out, 2, MPI_INT, MPI_MIN, MPI_COMM_WORLD));
+    int lo = out[0], hi = -out[1];
+    return lo == hi && lo >= 0 && lo != INT_MAX ? lo : -1;
+}
+
+/* Collective: the hidden states after layer l from the checkpoint (agreed; on failure nothing changed that
+ * matters: the caller replays). */
+static int load_checkpoint(calib *c, int l)
+{
+    int seq0, nseq;
+    float *h = mp_epf_hidden(c->f, &seq0, &nseq);
+    int rc = nseq > 0 ? mp_hidden_load(c->dir, c->r->fp[MP_STAGE_CALIBRATE], l, seq0, nseq, c->r->tok->seq_len,
+                                       c->d, h)
+                      : 0;
+    return mp_mpi_agree(rc);
+}
+
 int mp_calib_begin(mp_run *r, int s)
 {
     calib *c = calloc(1, sizeof *c);
@@ -379,19 +409,46 @@ int mp_calib_begin(mp_run *r, int s)
     c->sm = calloc((size_t)c->E + 1, sizeof *c->sm);
     if (!c->us || !c->st || !c->sm)
         return mp_errorf(MP_ENOMEM, "out of memory");
+    c->hid_layer = c->defer = -1;
     MP_CHECK(mp_epf_create(&r->w, r->tok, r->o->observe, r->o->observe_ctx, &c->f));
-    return mp_epf_set_window(c->f, r->job->chunk_tokens);
+    MP_CHECK(mp_epf_set_window(c->f, r->job->chunk_tokens));
+    c->hid_layer = find_checkpoint(c);
+    return 0;
 }
 
 int mp_calib_layer(mp_run *r, int s, int l, int committed)
 {
     calib *c = r->state;
+    const mp_config *cfg = &r->m->cfg;
     (void)s;
-    if (!r->m->cfg.is_moe[l] || committed) {
-        if (committed)
-            c->n_starved += r->kept_starved;
-        return mp_epf_layer(c->f, l, NULL);
+    if (committed)
+        c->n_starved += r->kept_starved;
+    /* a kept layer at or before the checkpointed one: nothing to run (loaded when its layer comes) */
+    if (l <= c->hid_layer && (committed || !cfg->is_moe[l])) {
+        if (l < c->hid_layer) {
+            c->defer = c->defer < 0 ? l : c->defer;
+            return 0;
+        }
+        int seq0, nseq;
+        float *h = mp_epf_hidden(c->f, &seq0, &nseq);
+        if (load_checkpoint(c, l) == 0) {
+            if (r->rank == 0)
+                fprintf(stderr, "moepack: note: calibrate resumes from the hidden states after layer %d "
+                                "(checkpoint): layers 0..%d not replayed\n", l, l);
+            c->defer = c->hid_layer = -1;
+            if (r->o->observe && nseq > 0)
+                r->o->observe(r->o->observe_ctx, "hidden", l + 1, seq0, nseq, c->d, h);
+            return 0;
+        }
+        if (r->rank == 0)
+            fprintf(stderr, "moepack: note: %s; replaying the forward pass\n", mp_error_message());
     }
+    if (c->defer >= 0) /* a layer to compute before the checkpoint: the kept ones before it run after all */
+        for (int k = c->defer; k < l; k++)
+            MP_CHECK(mp_epf_layer(c->f, k, NULL));
+    c->defer = c->hid_layer = -1;
+    if (!cfg->is_moe[l] || committed)
+        return mp_epf_layer(c->f, l, NULL);
     char ldir[4600];
     snprintf(ldir, sizeof ldir, "%s/layer%04d", c->dir, l);
     MP_CHECK(mp_mpi_agree(mp_mkdir_p(ldir)));
@@ -404,6 +461,13 @@ int mp_calib_layer(mp_run *r, int s, int l, int committed)
     if (rc == 0)
         rc = commit_layer(c, l);
     unit_sums_free(c);
+    if (rc == 0) { /* the layer's output, for a resumed run */
+        int seq0, nseq;
+        const float *h = mp_epf_hidden(c->f, &seq0, &nseq);
+        rc = nseq > 0 ? mp_hidden_save(c->dir, r->fp[MP_STAGE_CALIBRATE], l, seq0, nseq, r->tok->seq_len, c->d, h)
+                      : 0;
+        rc = mp_mpi_agree(rc);
+    }
     return rc;
 }
 
@@ -411,7 +475,9 @@ int mp_calib_end(mp_run *r, int s, int ok)
 {
     calib *c = r->state;
     int rc = 0;
-    if (ok && c) {
+    if (ok && c && c->defer >= 0) /* every layer kept, but not the last one's checkpoint: cannot happen */
+        rc = mp_errorf(MP_EINTERNAL, "calibrate: layers %d.. were never run", c->defer);
+    if (ok && c && rc == 0) {
         rc = mp_epf_head(c->f, &c->nll_sum, &c->n_pred);
         if (rc == 0) {
             mp_summary *sum = &r->sum[s];
@@ -426,6 +492,8 @@ int mp_calib_end(mp_run *r, int s, int ok)
             mp_summary_set(sum, "sequences", r->tok->n_seq);
             mp_summary_set(sum, "seq_len", r->tok->seq_len);
         }
+        if (rc == 0 && r->rank == 0) /* the stage is about to be committed: the checkpoint has done its job */
+            rc = mp_hidden_remove(c->dir);
     }
     if (c) {
         mp_epf_free(c->f);

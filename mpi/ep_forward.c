@@ -191,6 +191,12 @@ int mp_epf_set_window(mp_epf *s, int64_t tokens)
     return mp_mpi_agree(window_buffers(s));
 }
 
+float *mp_epf_hidden(mp_epf *s, int *seq0, int *nseq)
+{
+    *seq0 = s->seq0, *nseq = s->nseq;
+    return s->h;
+}
+
 void mp_epf_free(mp_epf *s)
 {
     if (!s)

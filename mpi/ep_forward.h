@@ -63,6 +63,9 @@ int mp_epf_create(const mp_weights *w, const mp_tokens *tok, mp_observer observe
  * every other buffer with the window. Results do not depend on it. With more than one window the units'
  * hook calls interleave (every owned unit is begun in the first window and ended in the last). */
 int mp_epf_set_window(mp_epf *s, int64_t tokens);
+/* The local residual stream h [nseq * seq_len, d] of global sequences [seq0, seq0 + nseq), between layers
+ * (to save it, or to replace it with the states after a later layer, which then follows). Local. */
+float *mp_epf_hidden(mp_epf *s, int *seq0, int *nseq);
 /* Layer l (all layers in order): hidden states of the local tokens advance by one layer. hooks may be NULL. */
 int mp_epf_layer(mp_epf *s, int l, const mp_unit_hooks *hooks);
 /* After the last layer: final norm, output head and the next-token NLL; root gets the sum over all

@@ -4,7 +4,8 @@
 #     all stages (calibration, decomposition, measure, allocation, quantization and the output's shards
 #     and index.json), then resume (sometimes after a second crash, and with another rank count): the
 #     committed tree and the output directory equal an uninterrupted run's byte for byte;
-#  2. SIGUSR1 and SIGTERM at a unit boundary and inside a unit, and --walltime:
+#  2. SIGUSR1 and SIGTERM at a unit boundary and inside a unit, and --walltime (the resumed calibrations
+#     load the hidden states of their last layer instead of replaying the forward pass):
 #     exit status 12, and the resumed run equals the uninterrupted one;
 #  3. a truncated unit and a corrupted unit are detected and recomputed (a statistics file and a
 #     quantized unit);
@@ -89,17 +90,21 @@ done
 # allocate, quantize) = 15 stopped runs, then a 16th that completes
 ck="$OUT/wall"
 runs=0
+hidden=0 # resumed calibrations that loaded the hidden-state checkpoint instead of replaying the forward pass
 while :; do
     runs=$((runs + 1))
     [ $runs -le 30 ] || fail "--walltime: no progress after 30 runs"
     run 2 "$ck" --walltime 0.001
     st=$?
+    grep -q "resumes from the hidden states after layer $((runs - 2)) (checkpoint)" "$ck.log" && hidden=$((hidden + 1))
     [ $st = 0 ] && break
     [ $st = 12 ] || fail "--walltime: exit $st, expected 12: $(tail -3 "$ck.log")"
 done
 layers=$(find "$ck" -name DONE | wc -l)
 [ $runs = 16 ] && [ $layers = 15 ] || fail "--walltime: finished after $runs runs with $layers layers, expected 16 runs (one new layer per run)"
+[ $hidden = 3 ] || fail "--walltime: $hidden resumed calibrations loaded the hidden-state checkpoint, expected 3"
 same "$ck"
+echo "--walltime: 3 resumed calibrations loaded the hidden states of their last layer, none replayed it"
 echo "--walltime: $((runs - 1)) runs stopped with exit 12 after one new layer each, the ${runs}th finished: identical"
 
 ck="$OUT/damaged"
