@@ -50,7 +50,7 @@ typedef struct {
     unit_sum *us;       /* [E + 1] of the current layer */
     mp_expert_stats *st; /* [E + 1]: the units being accumulated (several at once with windows, ep_forward.h) */
     sampler *sm;         /* [E + 1] */
-    float *scr;         /* [scr_n]: one chunk's fp32 Gram (max(d, f)^2) */
+    float *scr;         /* [scr_n]: the fp32 Gram workspace (gram.h) */
     size_t scr_n;
     double nll_sum;
     int64_t n_pred;
@@ -182,11 +182,11 @@ static int sample_finish(sampler *sm, mp_expert_stats *st)
 static int st_begin(void *ctx, int l, int u, int d, int f)
 {
     calib *c = ctx;
-    size_t n = (size_t)(d > f ? d : f);
-    if (n * n > c->scr_n) {
+    size_t n = (size_t)MP_GRAM_PANEL * (size_t)(d > f ? d : f);
+    if (n > c->scr_n) {
         free(c->scr);
-        c->scr_n = n * n;
-        c->scr = malloc(sizeof(float) * n * n);
+        c->scr_n = n;
+        c->scr = malloc(sizeof(float) * n);
     }
     if (!c->scr)
         return mp_errorf(MP_ENOMEM, "out of memory for the statistics of expert %d of layer %d", u, l);

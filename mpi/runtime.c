@@ -2,6 +2,7 @@
 #include "runtime.h"
 
 #include <cblas.h>
+#include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,6 +23,11 @@ int mp_mpi_init(int *argc, char ***argv)
     MPI_Comm_size(MPI_COMM_WORLD, &g_size);
     /* one BLAS thread per rank: ranks fill the cores, and results must not depend on thread counts */
     openblas_set_num_threads(1);
+    /* Buffers of tens of MB (Grams, statistics file images, expert weights) are allocated and freed per
+     * unit; by default glibc maps and unmaps each of them, and zero-filling the fresh pages was ~10 % of
+     * calibrate's time (page faults). Up to this size they are kept in the heap and reused. */
+    mallopt(M_MMAP_THRESHOLD, 256 << 20);
+    mallopt(M_TRIM_THRESHOLD, 512 << 20);
     return 0;
 }
 

@@ -16,7 +16,7 @@ static double check_rows(const char *what, const float *X, int64_t t, int n)
 {
     double *G = malloc(sizeof(double) * (size_t)n * n), *R = calloc((size_t)n * n, sizeof(double));
     double *sq = calloc((size_t)n, sizeof(double)), *rsq = calloc((size_t)n, sizeof(double));
-    float *scr = malloc(sizeof(float) * (size_t)n * n);
+    float *scr = malloc(sizeof(float) * MP_GRAM_PANEL * (size_t)n);
     for (int64_t i = 0; i < (int64_t)n * n; i++)
         G[i] = -7.0; /* the lower triangle must keep it */
     for (int64_t i = 0; i < n; i++)
