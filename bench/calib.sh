@@ -1,10 +1,74 @@
 #!/bin/sh
-# calib.sh [BUILD_DIR] - calibration benchmark with 1 and 2 ranks on the same synthetic model.
+# calib.sh [BUILD_DIR [PYTHON]] - calibration benchmark on synthetic models (bench_calib.c makes them:
+# Mixtral d 1024, f 2816, 8 experts top-2, 4 layers, vocab 32000; Qwen3-MoE d 1024, f 768, 32 experts
+# top-4; 32 x 256 tokens), every number a ratio measured in the same run:
+#  1. bench_calib with 1 and 2 ranks: calibrate / eval speed, system time / wall time of calibrate,
+#     Gram accumulation / SSYRK rate, forward / SGEMM rate, expert GEMM share;
+#  2. memory: peak RSS of calibrate with calibration.chunk_tokens = 2048 on 8 and on 32 sequences (4x);
+#  3. with PYTHON (torch + transformers, e.g. /opt/refenv/bin/python): whole processes as a user runs
+#     them, interleaved, $MOEPACK_BENCH_RUNS (3) runs each, medians: `moepack eval` against
+#     calib_ref.py --mode eval (transformers' forward, eager experts), `moepack calibrate` against
+#     calib_ref.py --mode calib (the same forward with fp64 Gram accumulation per expert, written to
+#     files), 1 rank / 1 thread and 2 ranks / 2 threads.
+# $MOEPACK_BENCH_ARCHS (default "mixtral qwen3_moe") picks the models; $MOEPACK_BENCH_DIR (default
+# /tmp/moepack-bench-calib) keeps them between runs.
 set -eu
-B=${1:-build}
+B=$(cd "${1:-build}" && pwd)
+PY=${2:-}
+RUNS=${MOEPACK_BENCH_RUNS:-3}
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=${MOEPACK_BENCH_DIR:-/tmp/moepack-bench-calib}
 if [ "$(id -u)" = 0 ]; then export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1; fi
-export MOEPACK_BENCH_DIR=/tmp/moepack-bench-calib-$$
-trap 'rm -rf "$MOEPACK_BENCH_DIR"' EXIT
-for np in 1 2; do
-    mpiexec --oversubscribe -n $np "$B/bench/bench_calib"
+launch() { # NP CMD...: one rank directly, more under mpiexec
+    np=$1
+    shift
+    if [ "$np" = 1 ]; then "$@"; else mpiexec --oversubscribe -n "$np" "$@"; fi
+}
+seconds() { # CMD...: wall seconds of the whole process (its output to $ROOT/last.log)
+    t0=$(date +%s.%N)
+    "$@" >"$ROOT/last.log" 2>&1 || { cat "$ROOT/last.log" >&2; exit 1; }
+    t1=$(date +%s.%N)
+    echo "$t1 - $t0" | bc -l
+}
+median() { sort -n | awk '{v[NR] = $1} END {print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
+echo "load when started: $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) cores"
+for arch in ${MOEPACK_BENCH_ARCHS:-mixtral qwen3_moe}; do
+    D=$ROOT/$arch
+    mkdir -p "$D"
+    echo "== $arch"
+    for np in 1 2; do
+        MOEPACK_BENCH_ARCH=$arch MOEPACK_BENCH_DIR=$D mpiexec --oversubscribe -n $np "$B/bench/bench_calib" |
+            grep -v '^calibrate:' | tee "$D/bench$np.txt"
+    done
+    rss() { MOEPACK_BENCH_ARCH=$arch MOEPACK_BENCH_DIR=$D MOEPACK_BENCH_CHUNK=2048 MOEPACK_BENCH_NSEQ=$1 \
+        mpiexec --oversubscribe -n 1 "$B/bench/bench_calib" | sed -n 's/.*peak RSS per rank (calibrate) \([0-9.]*\) MB/\1/p'; }
+    r8=$(rss 8)
+    r32=$(rss 32)
+    echo "  memory, calibration.chunk_tokens 2048: peak RSS $r8 MB with 8 sequences, $r32 MB with 32:" \
+        "RATIO $(echo "$r32 / $r8" | bc -l | cut -c1-5)"
+    [ -n "$PY" ] || continue
+    M=$D/model
+    set_="--set model.path=$M --set calibration.tokens=$M/tokens.h5 --set checkpoint.dir=$D/ck-cli --quiet --fresh"
+    for t in 1 2; do
+        : >"$D/t.ev" && : >"$D/t.rev" && : >"$D/t.ca" && : >"$D/t.rca" && : >"$D/t.fwd"
+        for r in $(seq 1 "$RUNS"); do
+            seconds launch $t "$B/moepack" eval --model "$M" --tokens "$M/tokens.h5" >>"$D/t.ev"
+            OMP_NUM_THREADS=$t seconds "$PY" "$HERE/calib_ref.py" "$M" "$M/tokens.h5" --mode eval --threads $t >>"$D/t.rev"
+            sed -n 's/.*forward \([0-9.]*\) s.*/\1/p' "$ROOT/last.log" >>"$D/t.fwd"
+            # shellcheck disable=SC2086
+            seconds launch $t "$B/moepack" calibrate $set_ >>"$D/t.ca"
+            OMP_NUM_THREADS=$t seconds "$PY" "$HERE/calib_ref.py" "$M" "$M/tokens.h5" --mode calib --threads $t \
+                --out "$D/ref-grams" >>"$D/t.rca"
+        done
+        ev=$(median <"$D/t.ev") rev=$(median <"$D/t.rev") ca=$(median <"$D/t.ca") rca=$(median <"$D/t.rca")
+        echo "  $t rank(s) / thread(s), medians of $RUNS interleaved whole-process runs:" \
+            "eval $ev s, transformers $rev s: RATIO $(echo "$rev / $ev" | bc -l | cut -c1-5);" \
+            "calibrate $ca s, transformers + Grams $rca s: RATIO $(echo "$rca / $ca" | bc -l | cut -c1-5);" \
+            "calibrate / eval speed $(echo "$ev / $ca" | bc -l | cut -c1-5)"
+        fw=$(median <"$D/t.fwd") mf=$(sed -n 's/.*eval (forward only): *\([0-9.]*\) s.*/\1/p' "$D/bench$t.txt")
+        echo "  forward only (in-process): moepack $mf s (bench_calib above), transformers $fw s (median):" \
+            "RATIO $(echo "$fw / $mf" | bc -l | cut -c1-5)"
+        rm -rf "$D/ref-grams" "$D/ck-cli"
+    done
 done
+echo "load when finished: $(cut -d' ' -f1-3 /proc/loadavg)"
