@@ -180,7 +180,10 @@ static int decompose_expert(const dctx *x, int l, int e, float *const base[3], i
                 rc = randomized ? mp_whitened_rsvd(D, rows, cols, S, r, 16, 3,
                                                    0x5eedULL + (uint64_t)(l * 4099 + e * 3 + p), U, V, sig)
                                 : mp_whitened_svd(D, rows, cols, S, r, U, V, sig);
-            if (rc == 0) { /* ||Delta S||_F^2: the loss of rank 0 */
+            if (rc == 0 && !randomized) /* ||Delta S||_F^2, the loss of rank 0: the whole thin spectrum's */
+                for (int64_t i = 0; i < k; i++)
+                    energy += sig[i] * sig[i];
+            else if (rc == 0) { /* the randomized SVD has only the leading values */
                 cblas_dtrmm(CblasRowMajor, CblasRight, CblasLower, CblasNoTrans, CblasNonUnit, (int)rows, (int)cols,
                             1.0, S, (int)cols, D, (int)cols);
                 for (int64_t i = 0; i < rows * cols; i++)

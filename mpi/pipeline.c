@@ -43,7 +43,7 @@ static const mp_stage STAGES[MP_NSTAGES] = {
     {"calibrate", "calib", "calibrate v5 (fp32 SSYRK chunks of 256 summed in fp64, packed Grams, token samples)",
      "expert-parallel forward pass, per-expert statistics", CALIB_KEYS, 0, always, mp_calib_begin, mp_calib_layer,
      mp_calib_end, mp_calib_print},
-    {"decompose", "decomp", "decompose v2", "D2 base + whitened low-rank deltas", DECOMP_KEYS, 1, delta_on,
+    {"decompose", "decomp", "decompose v3 (rank-0 loss from the exact spectrum)", "D2 base + whitened low-rank deltas", DECOMP_KEYS, 1, delta_on,
      mp_decomp_begin, mp_decomp_layer, mp_decomp_end, mp_decomp_print},
     {"measure", "measure", "measure v1", "loss, bytes and cost of every block under every option", MEASURE_KEYS, 1,
      always, mp_measure_begin, mp_measure_layer, mp_measure_end, mp_measure_print},
