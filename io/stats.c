@@ -101,10 +101,27 @@ static int check_finite(const char *path, const char *name, const double *v, int
     return 0;
 }
 
-static int check_all_finite(const char *path, const mp_expert_stats *s, int with_prior)
+/* the same for the upper triangle of G [n, n] (what a writer reads) */
+static int check_finite_upper(const char *path, const char *name, const double *G, int64_t n)
 {
-    MP_CHECK(check_finite(path, "G_in", s->G_in, s->d * s->d, s->d));
-    MP_CHECK(check_finite(path, "G_mid", s->G_mid, s->f * s->f, s->f));
+    for (int64_t i = 0; i < n; i++)
+        for (int64_t j = i; j < n; j++)
+            if (!isfinite(G[i * n + j]))
+                return mp_errorf(MP_ENUMERIC, "%s: statistics '%s': non-finite value %g at [%lld, %lld]", path, name,
+                                 G[i * n + j], (long long)i, (long long)j);
+    return 0;
+}
+
+/* upper: only the Grams' upper triangles count (a writer's input); else the whole matrices (a file read) */
+static int check_all_finite(const char *path, const mp_expert_stats *s, int with_prior, int upper)
+{
+    if (upper) {
+        MP_CHECK(check_finite_upper(path, "G_in", s->G_in, s->d));
+        MP_CHECK(check_finite_upper(path, "G_mid", s->G_mid, s->f));
+    } else {
+        MP_CHECK(check_finite(path, "G_in", s->G_in, s->d * s->d, s->d));
+        MP_CHECK(check_finite(path, "G_mid", s->G_mid, s->f * s->f, s->f));
+    }
     MP_CHECK(check_finite(path, "h_sq", s->h_sq, s->f, 1));
     MP_CHECK(check_finite(path, "weight_sum", &s->weight_sum, 1, 1));
     if (with_prior) {
@@ -192,7 +209,7 @@ int mp_stats_write_begin(const char *path, const mp_expert_stats *s)
 {
     char tmp[4200];
     tmp_name(tmp, sizeof tmp, path);
-    MP_CHECK(check_all_finite(path, s, 0));
+    MP_CHECK(check_all_finite(path, s, 0, 1));
     pending_free(pending_take(path)); /* an earlier attempt's */
     hid_t f = mp_h5_create_mem();
     if (f < 0)
@@ -241,8 +258,15 @@ int mp_stats_write_begin(const char *path, const mp_expert_stats *s)
             n = -1;
     }
     H5Fclose(f);
-    if (pd && img && n > 0)
-        pd->at_tokens = find_sentinel(img, n);
+    if (pd && img && n > 0) { /* where it was put: after the prior's datasets, else anywhere */
+        int64_t from = (pd->at_in < pd->at_mid ? pd->at_in : pd->at_mid) - (1 << 16);
+        from = from > 0 && from < n ? from : 0;
+        pd->at_tokens = find_sentinel(img + from, n - from);
+        if (pd->at_tokens < 0 && from > 0)
+            pd->at_tokens = find_sentinel(img, n);
+        else if (pd->at_tokens >= 0)
+            pd->at_tokens += from;
+    }
     if (!pd || !img || n <= 0 || pd->at_in < 0 || pd->at_mid < 0 || pd->at_tokens < 0 ||
         pd->at_in + 8 * d > n || pd->at_mid + 8 * ff > n) {
         pending_free(pd), free(img);
@@ -425,7 +449,7 @@ int mp_stats_read(const char *path, mp_expert_stats *s)
         rc = mp_errorf(MP_EFORMAT, "%s: negative token count %lld or prior_tokens %lld", path, (long long)s->count,
                        (long long)s->prior_tokens);
     if (rc == 0)
-        rc = check_all_finite(path, s, 1);
+        rc = check_all_finite(path, s, 1, 0);
     H5Gclose(root);
     H5Fclose(f);
     if (rc < 0)
