@@ -6,7 +6,7 @@
  *   - the Gram accumulation (mp_gram_add_chunk: SSYRK of a 256-token chunk + the fp64 sum) against a bare
  *     SSYRK of the same shape: rate ratio;
  *   - the forward's effective GFLOP/s against SGEMM at the expert chunk shapes, and the share of the
- *     forward that the expert GEMMs would take at that rate;
+ *     layers' time (the forward without the output head) that the expert GEMMs take at that rate;
  *   - peak RSS per rank (calibration.chunk_tokens from $MOEPACK_BENCH_CHUNK bounds it).
  * usage: bench_calib [MODEL_DIR TOKENS]   default: a synthetic model in $MOEPACK_BENCH_DIR (default
  * /tmp/moepack-bench-calib; reused when present): $MOEPACK_BENCH_ARCH = mixtral (d 1024, f 2816, 8
@@ -193,8 +193,16 @@ int main(int argc, char **argv)
     MPI_Reduce(&sys, &sysmax, 1, MPI_DOUBLE, MPI_MAX, 0, MPI_COMM_WORLD);
     MPI_Barrier(MPI_COMM_WORLD);
     t0 = now();
+    mp_epf *f = NULL;
     if (rc == 0)
-        rc = mp_epf_run(&w, &t, NULL, NULL, &nll, &npred);
+        rc = mp_epf_create(&w, &t, NULL, NULL, &f);
+    for (int l = 0; l < c->n_layers && rc == 0; l++)
+        rc = mp_epf_layer(f, l, NULL);
+    MPI_Barrier(MPI_COMM_WORLD);
+    double layers = now() - t0;
+    if (rc == 0)
+        rc = mp_epf_head(f, &nll, &npred);
+    mp_epf_free(f);
     MPI_Barrier(MPI_COMM_WORLD);
     double fwd = now() - t0;
     if (rc == 0 && rank == 0) {
@@ -216,9 +224,11 @@ int main(int argc, char **argv)
         printf("  SGEMM at the expert chunk shapes (256 x f x d): %.1f / %.1f GFLOP/s (gate/up, down)\n", g_up,
                g_down);
         printf("  RATIO forward GFLOP/s / expert SGEMM rate: %.2f\n", fl / fwd / 1e9 / P / ex_rate);
-        printf("  RATIO expert GEMM share of the forward (expert flops at the SGEMM rate / forward time): %.2f\n",
-               ex / P / (ex_rate * 1e9) / fwd);
-        printf("  (the output head is %.0f %% of the forward's flops)\n", 100 * 2 * T * c->hidden * c->vocab / fl);
+        printf("  RATIO expert GEMM share of the layers (expert flops at the SGEMM rate / time of the layers, "
+               "%.3f s of the %.3f s): %.2f\n",
+               layers, fwd, ex / P / (ex_rate * 1e9) / layers);
+        printf("  (the output head and the NLL: %.0f %% of the forward's time, %.0f %% of its flops)\n",
+               100 * (fwd - layers) / fwd, 100 * 2 * T * c->hidden * c->vocab / fl);
         printf("  peak RSS per rank (calibrate) %.1f MB\n", maxrss / 1e6);
     }
     mp_tokens_free(&t);
