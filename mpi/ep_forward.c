@@ -74,7 +74,7 @@ typedef struct {
     int64_t orcap;
     staged *st;                    /* [nst = E + 1], only owned units used */
     int nst;
-    float *wbuf, *ws, *yb;         /* expert weights [3 f d], SwiGLU workspace [2 MP_CHUNK f], output [MP_CHUNK, d] */
+    float *wbuf, *ws;              /* expert weights [3 f d], SwiGLU workspace [2 MP_CHUNK f] */
     int wunit;                     /* the unit whose weights are in wbuf, -1 */
 } moe_layer;
 
@@ -86,7 +86,7 @@ static void moe_layer_free(moe_layer *b)
     free(b->rety), free(b->retslot);
     for (int u = 0; b->st && u < b->nst; u++)
         free(b->st[u].x);
-    free(b->st), free(b->wbuf), free(b->ws), free(b->yb);
+    free(b->st), free(b->wbuf), free(b->ws);
     memset(b, 0, sizeof *b);
 }
 
@@ -277,12 +277,11 @@ static int dispatch(const mp_epf *s, moe_layer *b, const float *x, int64_t t0, i
     int E = s->E, d = s->d, J = b->J, size = s->size;
     int64_t nsend = n * J;
     memset(b->scnt, 0, sizeof(int64_t) * (size_t)size * 2);
-    int64_t *pos = NULL;
+    int64_t *pos = NULL, old = b->scap;
     if (rc == 0)
         rc = grow((void **)&b->smeta, &b->scap, nsend + 1, sizeof(item));
-    if (rc == 0) {
-        int64_t cap = b->scap - 1; /* sx has the capacity of smeta */
-        float *q = realloc(b->sx, sizeof(float) * (size_t)((cap + 1) * d));
+    if (rc == 0 && b->scap != old) { /* sx has the capacity of smeta */
+        float *q = realloc(b->sx, sizeof(float) * (size_t)(b->scap * d));
         if (q)
             b->sx = q;
         else
@@ -380,8 +379,20 @@ static int run_chunk(const mp_epf *s, moe_layer *b, int u)
     int d = s->d, shared = u == s->E, f = shared ? cfg->shared_ffn : cfg->moe_ffn, nb = q->n, l = b->l;
     if (nb == 0)
         return 0;
+    int64_t old = b->ocap; /* the outputs go straight into the list going back */
+    MP_CHECK(grow((void **)&b->odst, &b->ocap, b->on + nb, sizeof(int32_t)));
+    if (b->ocap != old) {
+        float *oy = realloc(b->oy, sizeof(float) * (size_t)(b->ocap * d));
+        int32_t *os = oy ? realloc(b->oslot, sizeof(int32_t) * (size_t)b->ocap) : NULL;
+        if (oy)
+            b->oy = oy;
+        if (!os)
+            return mp_errorf(MP_ENOMEM, "out of memory for the outputs of expert %d of layer %d", u, l);
+        b->oslot = os;
+    }
+    float *y = b->oy + b->on * d;
     if (sw->unit) /* served by the weights' provider (a compressed model); no intermediate activations */
-        MP_CHECK(sw->unit(sw->ctx, l, u, q->x, nb, b->yb));
+        MP_CHECK(sw->unit(sw->ctx, l, u, q->x, nb, y));
     else {
         const float *wg = lw->sh_gate, *wu = lw->sh_up, *wd = lw->sh_down;
         if (!shared) {
@@ -394,20 +405,10 @@ static int run_chunk(const mp_epf *s, moe_layer *b, int u)
             }
             wg = b->wbuf, wu = b->wbuf + fd, wd = b->wbuf + 2 * fd;
         }
-        mp_swiglu_ws(wg, wu, wd, q->x, nb, d, f, b->yb, b->ws);
+        mp_swiglu_ws(wg, wu, wd, q->x, nb, d, f, y, b->ws);
         if (b->hk)
             MP_CHECK(b->hk->chunk(b->hk->ctx, l, u, q->x, b->ws, q->w, q->g, nb));
     }
-    MP_CHECK(grow((void **)&b->odst, &b->ocap, b->on + nb, sizeof(int32_t)));
-    int64_t cap = b->ocap;
-    float *oy = realloc(b->oy, sizeof(float) * (size_t)(cap * d));
-    int32_t *os = oy ? realloc(b->oslot, sizeof(int32_t) * (size_t)cap) : NULL;
-    if (oy)
-        b->oy = oy;
-    if (!os)
-        return mp_errorf(MP_ENOMEM, "out of memory for the outputs of expert %d of layer %d", u, l);
-    b->oslot = os;
-    memcpy(b->oy + b->on * d, b->yb, sizeof(float) * (size_t)nb * (size_t)d);
     for (int i = 0; i < nb; i++)
         b->odst[b->on + i] = q->src[i], b->oslot[b->on + i] = q->slot[i];
     b->on += nb;
@@ -526,10 +527,9 @@ static int moe_layer_init(const mp_epf *s, moe_layer *b, const mp_layer_w *lw, i
     b->st = calloc((size_t)E + 1, sizeof(staged));
     b->nst = E + 1;
     b->ws = malloc(sizeof(float) * 2 * MP_CHUNK * (size_t)fm);
-    b->yb = malloc(sizeof(float) * MP_CHUNK * (size_t)d);
     b->wbuf = s->w->unit ? NULL : malloc(sizeof(float) * 3 * (size_t)cfg->moe_ffn * (size_t)d);
     if (!b->logits || !b->wt || !b->idx || !b->left || !b->row || !b->scnt || !b->ocnt || !b->st || !b->ws ||
-        !b->yb || (!s->w->unit && !b->wbuf))
+        (!s->w->unit && !b->wbuf))
         return mp_errorf(MP_ENOMEM, "out of memory routing %lld tokens", (long long)T);
     b->rcnt = b->scnt + size, b->orcnt = b->ocnt + size;
     return 0;

@@ -3,11 +3,13 @@
  *
  * Both checkpoints were made by `moepack run --until measure` with calibration.sample_tokens larger than
  * any expert's token count and calibration.min_tokens = 0, so each unit's stored sample holds every token
- * routed to it (checked here) and its Grams are exactly sum x x^T of those tokens (no prior). For a base,
+ * routed to it (checked here) and its Grams are sum x x^T of those tokens (no prior), accumulated as fp32
+ * chunks of <= 256 tokens summed in fp64 (src/gram.h: within 1e-6 of the fp64 sum, tests/test_gram.c). For a base,
  * a U factor, a V factor (CKPT_DELTA) and a whole expert's gate and down (CKPT_DENSE), the block is
  * quantized as the quantize stage would (mp_block_quantize), the tokens are run through the original
  * and the quantized block (fp64 products of the fp32 values), and sum_t ||y_t - yq_t||^2 is compared with
- * the table's loss_raw, tr(E H E^T): relative difference <= 1e-9. The quantized codes must also be the
+ * the table's loss_raw, tr(E H E^T): relative difference <= 1e-6 (the Grams' fp32 chunks; 1e-9 with
+ * fp64 Grams). The quantized codes must also be the
  * measured ones, or the losses would not agree. */
 #include <math.h>
 #include <stdio.h>
@@ -76,7 +78,7 @@ static void compare(const char *what, double d, double tab)
     double rel = fabs(d - tab) / fmax(fabs(tab), 1e-300);
     worst = rel > worst ? rel : worst;
     printf("  %-42s direct %.15e  table %.15e  rel %.1e\n", what, d, tab, rel);
-    CHECK(isfinite(tab) && d > 0 && rel <= 1e-9);
+    CHECK(isfinite(tab) && d > 0 && rel <= 1e-6);
 }
 
 static void load_job(const char *model, mp_job *job, const char *method)
@@ -177,7 +179,7 @@ int main(int argc, char **argv)
         }
         mp_blocks_free(b);
     }
-    printf("worst relative difference %.2e (tolerance 1e-9)\n", worst);
+    printf("worst relative difference %.2e (tolerance 1e-6)\n", worst);
     mp_model_close(m);
     return t_done("test_measure_direct");
 }
