@@ -382,7 +382,7 @@ static int find_checkpoint(calib *c)
     mm[1] = -mm[1];
     MP_MPI(MPI_Allreduce(mm, out, 2, MPI_INT, MPI_MIN, MPI_COMM_WORLD));
     int lo = out[0], hi = -out[1];
-    return lo == hi && lo >= 0 && lo != INT_MAX ? lo : -1;
+    return lo == hi && lo >= 0 && lo < c->r->m->cfg.n_layers ? lo : -1;
 }
 
 /* Collective: the hidden states after layer l from the checkpoint (agreed; on failure nothing changed that

@@ -11,8 +11,12 @@
  * layer's prior is agreed (experts with fewer than calibration.min_tokens
  * tokens get the layer's average per-token diagonal, listed in
  * layerLLLL/report.json), the files are completed and the layer committed
- * (store.h, with the stage fingerprint). A committed layer only runs
- * forward, for the hidden states of the next one. Summary: perplexity,
+ * (store.h, with the stage fingerprint), and each rank saves its hidden
+ * states after the layer (hidden_ckpt.h). A committed layer computes
+ * nothing: a resumed run loads the hidden states of the last committed
+ * layer and replays the forward pass of the kept layers only when that
+ * checkpoint is missing, damaged or made with other rank ranges. The
+ * checkpoint is removed when the stage ends. Summary: perplexity,
  * nll_sum, predicted_tokens, starved_experts. Stage functions of the table
  * in pipeline.c; collective. */
 #ifndef MP_CALIBRATE_H
