@@ -339,16 +339,6 @@ static int read_qt(mp_outdir *o, const char *unit, const char *gpath, int64_t m,
     return 0;
 }
 
-/* the dequantized tensor group at `gpath` (whose unit is `unit`) into out [m, n] */
-static int read_q(mp_outdir *o, const char *unit, const char *gpath, int64_t m, int64_t n, float *out)
-{
-    mp_qtensor *q;
-    MP_CHECK(read_qt(o, unit, gpath, m, n, &q));
-    mp_qtensor_dequant(q, out);
-    mp_qtensor_destroy(q);
-    return 0;
-}
-
 static void dims(const mp_config *c, int p, int shared, int64_t *m, int64_t *n)
 {
     int64_t f = shared ? c->shared_ffn : c->moe_ffn, d = c->hidden;
@@ -358,18 +348,26 @@ static void dims(const mp_config *c, int p, int shared, int64_t *m, int64_t *n)
 
 int mp_outdir_has_delta(const mp_outdir *o) { return o->delta; }
 
+/* projection p of the unit group `unit` (a base, an expert without the decomposition, the shared expert),
+ * packed, checked to be the block's shape */
+static int block_qt(mp_outdir *o, const char *unit, int p, int shared, mp_qtensor **out)
+{
+    int64_t m, n;
+    dims(&o->cfg, p, shared, &m, &n);
+    char g[128];
+    snprintf(g, sizeof g, "%s/%s", unit, MP_PROJ_NAME[p]);
+    return read_qt(o, unit, g, m, n, out);
+}
+
 int mp_outdir_read_qbase(mp_outdir *o, int l, int p, mp_qtensor **out)
 {
     const mp_config *c = &o->cfg;
     *out = NULL;
     if (!o->delta || l < 0 || l >= c->n_layers || !c->is_moe[l] || p < 0 || p > 2)
         return mp_errorf(MP_EUSAGE, "%s: no base block %d in layer %d", o->dir, p, l);
-    int64_t m, n;
-    dims(c, p, 0, &m, &n);
-    char unit[64], g[96];
+    char unit[64];
     snprintf(unit, sizeof unit, "/layers/%d/moe/base", l);
-    snprintf(g, sizeof g, "%s/%s", unit, MP_PROJ_NAME[p]);
-    return read_qt(o, unit, g, m, n, out);
+    return block_qt(o, unit, p, 0, out);
 }
 
 static int load_base(mp_outdir *o, int l)
@@ -431,12 +429,13 @@ int mp_outdir_read_shared(mp_outdir *o, int l, int p, float *out)
     const mp_config *c = &o->cfg;
     if (l < 0 || l >= c->n_layers || !c->is_moe[l] || c->shared_ffn <= 0 || p < 0 || p > 2)
         return mp_errorf(MP_EUSAGE, "%s: no shared expert in layer %d", o->dir, l);
-    int64_t m, n;
-    dims(c, p, 1, &m, &n);
-    char unit[64], g[128];
+    char unit[64];
     snprintf(unit, sizeof unit, "/layers/%d/moe/shared", l);
-    snprintf(g, sizeof g, "%s/%s", unit, MP_PROJ_NAME[p]);
-    return read_q(o, unit, g, m, n, out);
+    mp_qtensor *q;
+    MP_CHECK(block_qt(o, unit, p, 1, &q));
+    mp_qtensor_dequant(q, out);
+    mp_qtensor_destroy(q);
+    return 0;
 }
 
 void mp_outdir_qfactors_free(mp_outdir_qfactors *q)
@@ -458,7 +457,7 @@ int mp_outdir_read_qfactors(mp_outdir *o, int l, int u, int p, mp_outdir_qfactor
     snprintf(unit, sizeof unit, shared ? "/layers/%d/moe/shared" : "/layers/%d/moe/experts/%d", l, u);
     snprintf(g, sizeof g, "%s/%s", unit, MP_PROJ_NAME[p]);
     if (shared || !o->delta)
-        return read_qt(o, unit, g, q->m, q->n, &q->W);
+        return block_qt(o, unit, p, shared, &q->W);
     q->delta = 1;
     hid_t fh = -1, go = -1;
     int rc = shard_of(o, unit, &fh);
