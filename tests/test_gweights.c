@@ -181,7 +181,8 @@ static void run_output(const char *model_dir, const char *out_dir)
     float dummy = 0;
     CHECK_OK(gw.unit(gw.ctx, first_moe, 0, &dummy, 0, &dummy));
     printf("%s (" WHERE "): %d units x 3 token counts + 2 out of order, decomposition %s: compared with the CPU "
-           "provider\n", out_dir, calls / 3, mp_outdir_has_delta(o) ? "on" : "off");
+           "provider\n",
+           out_dir, calls / 3, mp_outdir_has_delta(o) ? "on" : "off");
 out:
     mp_gweights_close(gwp);
     mp_cweights_close(cwp);

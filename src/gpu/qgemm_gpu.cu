@@ -702,8 +702,8 @@ struct mp_gpu_qgemm {
 };
 
 /* A[i] *= silu(G[i]); thread t of the launch takes i = t, t + stride, ... */
-__global__ void __launch_bounds__(256) swiglu_kernel(const float *__restrict__ G, float *__restrict__ A,
-                                                     long long count, long long stride)
+__global__ void __launch_bounds__(256)
+    swiglu_kernel(const float *__restrict__ G, float *__restrict__ A, long long count, long long stride)
 {
     for (long long i = (long long)blockIdx.x * 256 + threadIdx.x; i < count; i += stride) {
         const float z = G[i];
