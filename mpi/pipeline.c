@@ -47,7 +47,7 @@ static const mp_stage STAGES[MP_NSTAGES] = {
      mp_calib_end, mp_calib_print, NULL, NULL},
     {"decompose", "decomp", "decompose v2", "D2 base + whitened low-rank deltas", DECOMP_KEYS, 1, delta_on,
      mp_decomp_begin, mp_decomp_layer, mp_decomp_end, mp_decomp_print, NULL, NULL},
-    {"measure", "measure", "measure v1", "loss, bytes and cost of every block under every option", MEASURE_KEYS, 1,
+    {"measure", "measure", "measure v2 (activation grid max|x| / (2^(b-1) - 1))", "loss, bytes and cost of every block under every option", MEASURE_KEYS, 1,
      always, mp_measure_begin, mp_measure_layer, mp_measure_end, mp_measure_print, NULL, NULL},
     {"allocate", "alloc", "allocate v1", "one global allocation of ranks and formats under the budget", ALLOC_KEYS, 1,
      always, mp_allocate_begin, mp_allocate_layer, mp_allocate_end, mp_allocate_print, NULL, NULL},

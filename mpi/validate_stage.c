@@ -13,6 +13,7 @@
 #include "factors.h"
 #include "fsutil.h"
 #include "gpu_info.h"
+#include "gweights.h"
 #include "layer_commit.h"
 #include "metric_reduce.h"
 #include "outdir.h"
@@ -31,8 +32,9 @@ typedef struct {
     char source[128]; /* where the tokens come from (no paths: the output's bytes do not depend on them) */
     int held_out, own_tok, cuda;
     mp_outdir *o;
-    mp_cweights *cw;
-    mp_weights cwv; /* the compressed model */
+    mp_cweights *cw; /* the compressed model on the CPU (also: the per-block parts) */
+    mp_gweights *gw; /* its units on this rank's GPU (validate.device = cuda) */
+    mp_weights cwv;  /* the compressed model as the validation runs it (CPU or GPU units) */
     mp_epf *a, *b;  /* the original and the compressed forward pass */
     mp_metric_reducer *red;
     int E, shared, delta, d, f;
@@ -77,23 +79,42 @@ static void release_tokens(vctx *x)
 
 /* ---- device ------------------------------------------------------------------------------------- */
 
-/* Collective: cuda when validate.device asks for it (or auto finds a GPU on every rank) and the build
- * can run the compressed experts there; else the CPU, said once. */
+/* Collective: x->cuda = 1 when validate.device is cuda, or auto and every rank sees a GPU in a build with
+ * CUDA; cuda without one is MP_EUSAGE (said before any work: mp_validate_check). */
 static int choose_device(vctx *x, int say)
 {
     const char *want = x->r->job->val_device;
-    int gpus = mp_gpu_device_count(), all = 0;
+    int gpus = MOEPACK_HAVE_CUDA ? mp_gpu_device_count() : 0, all = 0;
     MP_MPI(MPI_Allreduce(&gpus, &all, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD));
-    char why[200] = "";
-    if (all == 0)
-        snprintf(why, sizeof why, "no GPU is visible%s", MOEPACK_HAVE_CUDA ? "" : " (built without CUDA)");
-    else
-        snprintf(why, sizeof why, "this build serves compressed experts on the CPU only");
+    x->cuda = strcmp(want, "cpu") && all > 0;
+    if (x->cuda || !strcmp(want, "cpu"))
+        return 0;
+    const char *why = MOEPACK_HAVE_CUDA ? "no GPU is visible" : "no GPU is visible (built without CUDA)";
     if (!strcmp(want, "cuda"))
-        return mp_mpi_agree(mp_errorf(MP_EUSAGE, "validate.device = cuda: %s; use validate.device = auto or cpu", why));
-    if (say && !strcmp(want, "auto") && x->r->rank == 0 && !x->r->o->quiet)
+        return mp_mpi_agree(mp_errorf(MP_EUSAGE, "validate.device = cuda: %s%s; use validate.device = auto or cpu",
+                                      why, x->r->size > 1 ? " on some rank" : ""));
+    if (say && x->r->rank == 0 && !x->r->o->quiet)
         fprintf(x->r->o->log_json ? stderr : stdout, "validate: %s; the compressed experts run on the CPU\n", why);
-    x->cuda = 0;
+    return 0;
+}
+
+/* Collective: the GPU units of x->cwv (one GPU per rank: the node-local rank modulo the devices). A failure
+ * is an error with validate.device = cuda; with auto it is said and the CPU serves the units. */
+static int open_gpu(vctx *x)
+{
+    int lr = 0, ls = 1, nd = mp_gpu_device_count();
+    mp_weights cpu = x->cwv;
+    MP_CHECK(mp_mpi_node_rank(&lr, &ls));
+    int rc = mp_mpi_agree(nd > 0 ? mp_gweights_open(x->r->m, x->o, lr % nd, &x->gw, &x->cwv)
+                                 : mp_errorf(MP_EUSAGE, "rank %d: no GPU is visible", x->r->rank));
+    if (rc == 0 || !strcmp(x->r->job->val_device, "cuda"))
+        return rc;
+    if (x->r->rank == 0 && !x->r->o->quiet)
+        fprintf(x->r->o->log_json ? stderr : stdout, "validate: the GPU path failed (%s); the compressed experts run "
+                "on the CPU\n", mp_error_message());
+    mp_error_clear();
+    mp_gweights_close(x->gw), x->gw = NULL;
+    x->cwv = cpu, x->cuda = 0;
     return 0;
 }
 
@@ -282,6 +303,8 @@ int mp_validate_begin(mp_run *r, int s)
     if (rc == 0)
         rc = mp_cweights_open(r->m, x->o, &x->cw, &x->cwv);
     MP_CHECK(mp_mpi_agree(rc));
+    if (x->cuda)
+        MP_CHECK(open_gpu(x));
     MP_CHECK(mp_metric_reducer_create(x->cuda ? MP_REDUCE_AUTO : MP_REDUCE_MPI, &x->red));
     int fm = c->moe_ffn > c->shared_ffn ? c->moe_ffn : c->shared_ffn, w = fm > x->d ? fm : x->d;
     size_t chunk = (size_t)MP_CHUNK * (size_t)w;
@@ -463,6 +486,7 @@ int mp_validate_end(mp_run *r, int s, int ok)
         mp_head_cmp hc;
         rc = mp_epf_head_compare(x->a, x->b, &hc);
         mp_epf_free(x->b), x->b = NULL; /* the shards are written below: nothing may hold them open */
+        mp_gweights_close(x->gw), x->gw = NULL;
         mp_cweights_close(x->cw), x->cw = NULL;
         mp_outdir_close(x->o), x->o = NULL;
         rc = mp_mpi_agree(rc); /* also: every rank has closed the shards before rank 0 opens them to write */
@@ -486,6 +510,7 @@ int mp_validate_end(mp_run *r, int s, int ok)
     }
     if (x) {
         mp_epf_free(x->a), mp_epf_free(x->b);
+        mp_gweights_close(x->gw);
         mp_cweights_close(x->cw);
         mp_outdir_close(x->o);
         mp_metric_reducer_destroy(x->red);

@@ -38,22 +38,22 @@
 static double worst = 0;
 static long tokens_total = 0, tokens_tied = 0, tokens_tied_differ = 0;
 
-/* 1 when a row x [k] that an activation format quantizes per token (mp_quant_act, `bits`) has a value
- * within 1e-3 of a step of a rounding boundary of its grid (x / s at k + 1/2, below the clamp at the top;
- * the row's largest negative value, at -(2^bits - 1) / 2, always is one): there fp32 sums taken in another
- * order (the GPU's) may give the neighbouring code */
+/* 1 when a row x [k] that an activation format quantizes per token (mp_quant_act, `bits`: scale
+ * max |x| / top, codes in [-top, top]) has a value within 1e-3 of a step of a rounding boundary of its grid
+ * (x / s at k + 1/2 inside the clamp): there fp32 sums taken in another order (the GPU's) may give the
+ * neighbouring code */
 static int near_tie(const float *x, int64_t k, int bits)
 {
-    const double qhalf = ((1 << bits) - 1) / 2.0, top = (1 << (bits - 1)) - 1;
+    const double top = (1 << (bits - 1)) - 1;
     float amax = 0;
     for (int64_t i = 0; i < k; i++)
         amax = fmaxf(amax, fabsf(x[i]));
     if (amax == 0)
         return 0;
-    const double s = amax / qhalf;
+    const double s = amax / top;
     for (int64_t i = 0; i < k; i++) {
         const double v = x[i] / s;
-        if (v < top && fabs(v - floor(v) - 0.5) < 1e-3)
+        if (fabs(v) < top && fabs(v - floor(v) - 0.5) < 1e-3)
             return 1;
     }
     return 0;
