@@ -160,6 +160,7 @@ static int parse_rope(const jctx *j, mp_config *c, double def_theta)
     c->rope_low_freq_factor = 1;
     c->rope_high_freq_factor = 4;
     c->rope_orig_max_pos = c->max_pos;
+    c->rope_truncate = 1;
     const cJSON *src[2] = {rp, rs};
     static const char *src_key[2] = {"rope_parameters", "rope_scaling"};
     for (int s = 0; s < 2; s++) {
@@ -185,6 +186,11 @@ static int parse_rope(const jctx *j, mp_config *c, double def_theta)
             snprintf(c->rope_type, sizeof c->rope_type, "longrope");
         MP_CHECK(get_num(&sub, "rope_theta", c->rope_theta, 0, &c->rope_theta));
         MP_CHECK(get_num(&sub, "factor", c->rope_factor, 0, &c->rope_factor));
+        c->rope_has_factor |= item(&sub, "factor") != NULL;
+        MP_CHECK(get_num(&sub, "attention_factor", c->rope_attention_factor, 0, &c->rope_attention_factor));
+        MP_CHECK(get_bool(&sub, "truncate", c->rope_truncate, &c->rope_truncate));
+        MP_CHECK(get_num(&sub, "short_mscale", c->rope_short_mscale, 0, &c->rope_short_mscale));
+        MP_CHECK(get_num(&sub, "long_mscale", c->rope_long_mscale, 0, &c->rope_long_mscale));
         MP_CHECK(get_num(&sub, "partial_rotary_factor", c->partial_rotary_factor, 0, &c->partial_rotary_factor));
         MP_CHECK(get_num(&sub, "beta_fast", c->rope_beta_fast, 0, &c->rope_beta_fast));
         MP_CHECK(get_num(&sub, "beta_slow", c->rope_beta_slow, 0, &c->rope_beta_slow));
@@ -200,6 +206,7 @@ static int parse_rope(const jctx *j, mp_config *c, double def_theta)
             MP_CHECK(get_factor_list(&sub, o, "long_factor", &c->rope_long_factor, &c->n_rope_long));
         if (strcmp(c->rope_type, "default") != 0)
             MP_CHECK(check_range(&sub, "factor", c->rope_factor, 0, 0, HUGE_VAL));
+        MP_CHECK(check_range(&sub, "attention_factor", c->rope_attention_factor, 0, 1, HUGE_VAL));
     }
     /* Phi-3.5-MoE keeps original_max_position_embeddings at the top level */
     int omp = c->rope_orig_max_pos;
@@ -382,6 +389,10 @@ static int parse_arch(const jctx *j, mp_config *c)
         MP_CHECK(get_bool(j, "norm_topk_prob", v3, &c->norm_topk_prob));
         MP_CHECK(get_num(j, "rms_norm_eps", 1e-6, 0, &c->norm_eps));
         MP_CHECK(get_bool(j, "attention_bias", 0, &c->attn_bias));
+        /* DeepseekV2 always rotates interleaved pairs; DeepseekV3 unless rope_interleave is false */
+        MP_CHECK(get_bool(j, "rope_interleave", 1, &c->rope_interleave));
+        if (!v3)
+            c->rope_interleave = 1;
         c->head_dim = c->qk_nope_dim + c->qk_rope_dim;
         if (strcmp(c->topk_method, "greedy") && strcmp(c->topk_method, "group_limited_greedy") &&
             strcmp(c->topk_method, "noaux_tc"))
