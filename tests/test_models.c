@@ -136,7 +136,7 @@ int main(void)
         mp_inspect_free(&info);
         mp_model_close(m);
     }
-    CHECK(models == 9);
+    CHECK(models == 11);
     check_inspect_json("qwen2_moe_f32");
     check_inspect_json("olmoe_f32_sharded");
 
