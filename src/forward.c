@@ -35,6 +35,11 @@ int mp_forward_supported(const mp_config *c)
                          "%s: key 'attention_bias' = true: the forward pass does not support biases in DeepSeek's "
                          "latent attention yet",
                          c->file);
+    if (is_deepseek(c) && c->moe_layer_freq != 1)
+        return mp_errorf(MP_ECONFIG,
+                         "%s: key 'moe_layer_freq' = %d: transformers' DeepSeek classes make every layer from "
+                         "first_k_dense_replace on a MoE layer; only moe_layer_freq 1 is supported",
+                         c->file, c->moe_layer_freq);
     if (is_deepseek(c) && c->n_heads != c->n_kv_heads)
         return mp_errorf(MP_ECONFIG,
                          "%s: key 'num_key_value_heads' = %d: DeepSeek's latent attention expands one key/value head "

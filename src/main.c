@@ -237,7 +237,10 @@ static int cmd_inspect(args *a)
     }
     char probe[4200];
     snprintf(probe, sizeof probe, "%s/job.json", path ? path : "");
-    if (rc == 0 && mp_mpi_rank() == 0 && access(probe, F_OK) == 0) { /* a job's checkpoint directory */
+    struct stat st;
+    if (rc == 0 && mp_mpi_rank() == 0 && stat(path, &st) == 0 && S_ISREG(st.st_mode)) { /* a config.json alone */
+        rc = mp_inspect_config(path, json, stdout);
+    } else if (rc == 0 && mp_mpi_rank() == 0 && access(probe, F_OK) == 0) { /* a job's checkpoint directory */
         snprintf(probe, sizeof probe, "%s/measure", path);
         rc = mp_tables_print(probe, json, stdout);
     } else if (rc == 0 && mp_mpi_rank() == 0) {
