@@ -302,7 +302,8 @@ static int parse_arch(const jctx *j, mp_config *c)
             MP_CHECK(get_bool(j, "lm_head_bias", 0, &c->lm_head_bias));
         }
         MP_CHECK(get_num(j, "rms_norm_eps", 1e-5, 0, &c->norm_eps));
-        MP_CHECK(get_num(j, "router_jitter_noise", 0.0, 0, &c->router_jitter));
+        /* transformers' defaults: PhimoeConfig 0.01 (sparsemixer's threshold), MixtralConfig 0 */
+        MP_CHECK(get_num(j, "router_jitter_noise", c->arch == MP_ARCH_PHIMOE ? 0.01 : 0.0, 0, &c->router_jitter));
         MP_CHECK(check_range(j, "router_jitter_noise", c->router_jitter, 0, 1, HUGE_VAL));
         MP_CHECK(get_nonneg(j, "sliding_window", &zero, &c->sliding_window));
         memset(c->is_moe, 1, (size_t)c->n_layers);

@@ -16,11 +16,16 @@ int mp_forward_supported(const mp_config *c)
     /* what the config asks for is valid, but this forward pass cannot compute it: a config problem
      * (MP_ECONFIG, exit 4) naming the file and the key, never a command-line error */
     if (c->arch != MP_ARCH_MIXTRAL && c->arch != MP_ARCH_QWEN2_MOE && c->arch != MP_ARCH_QWEN3_MOE &&
-        c->arch != MP_ARCH_OLMOE && !is_deepseek(c))
+        c->arch != MP_ARCH_OLMOE && c->arch != MP_ARCH_PHIMOE && !is_deepseek(c))
         return mp_errorf(MP_ECONFIG,
                          "%s: key 'model_type': the forward pass does not support %s yet (mixtral, qwen2_moe, "
-                         "qwen3_moe, olmoe, deepseek_v2, deepseek_v3)",
+                         "qwen3_moe, olmoe, deepseek_v2, deepseek_v3, phimoe)",
                          c->file, mp_arch_name(c->arch));
+    if (c->arch == MP_ARCH_PHIMOE && c->top_k != 2)
+        return mp_errorf(MP_ECONFIG,
+                         "%s: key 'num_experts_per_tok' = %d: Phi-3.5-MoE's sparsemixer routes every token to 2 "
+                         "experts",
+                         c->file, c->top_k);
     if (strcmp(c->rope_type, "default") && strcmp(c->rope_type, "linear") && strcmp(c->rope_type, "dynamic") &&
         strcmp(c->rope_type, "yarn") && strcmp(c->rope_type, "longrope"))
         return mp_errorf(MP_ECONFIG,
@@ -45,11 +50,12 @@ int mp_forward_supported(const mp_config *c)
                          "%s: key 'num_key_value_heads' = %d: DeepSeek's latent attention expands one key/value head "
                          "per query head; num_attention_heads is %d",
                          c->file, c->n_kv_heads, c->n_heads);
-    if (c->sliding_window > 0)
+    /* Mixtral and Phi-3.5-MoE slide every layer's window; Qwen's per-layer windows are not done */
+    if (c->sliding_window > 0 && c->arch != MP_ARCH_MIXTRAL && c->arch != MP_ARCH_PHIMOE)
         return mp_errorf(MP_ECONFIG,
-                         "%s: key 'sliding_window' = %d: the forward pass does not support sliding-window attention "
-                         "yet",
-                         c->file, c->sliding_window);
+                         "%s: key 'use_sliding_window' = true (sliding_window %d): the forward pass does not support "
+                         "%s's sliding-window attention yet",
+                         c->file, c->sliding_window, mp_arch_name(c->arch));
     int rd = is_deepseek(c) ? c->qk_rope_dim : (int)(c->head_dim * c->partial_rotary_factor);
     if (rd > 1024)
         return mp_errorf(MP_ECONFIG, "%s: %d rotary dimensions per head are more than the forward pass supports (1024)",
@@ -211,19 +217,18 @@ static void rope(float *v, int rd, int pos, const rope_tab *t, int interleave)
     }
 }
 
-/* causal softmax of the rows of sc [S, S] */
-static void causal_softmax(float *sc, int S)
+/* causal softmax of the rows of sc [S, S]; with a window W > 0 row i sees the keys j > i - W */
+static void causal_softmax(float *sc, int S, int W)
 {
     for (int i = 0; i < S; i++) {
         float *row = sc + (int64_t)i * S, mx = -INFINITY, sum = 0;
-        for (int j = 0; j <= i; j++)
+        int j0 = W > 0 && i - W + 1 > 0 ? i - W + 1 : 0;
+        for (int j = j0; j <= i; j++)
             mx = row[j] > mx ? row[j] : mx;
-        for (int j = 0; j <= i; j++)
+        for (int j = j0; j <= i; j++)
             sum += row[j] = expf(row[j] - mx);
-        for (int j = 0; j <= i; j++)
-            row[j] /= sum;
-        for (int j = i + 1; j < S; j++)
-            row[j] = 0.0f;
+        for (int j = 0; j < S; j++)
+            row[j] = j >= j0 && j <= i ? row[j] / sum : 0.0f;
     }
 }
 
@@ -269,7 +274,7 @@ static int mla_attention(const mp_config *c, const mp_layer_w *w, const float *x
     for (int h = 0; h < H; h++) {
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, S, S, qk, (float)scale, q + h * qk, H * qk, K + h * qk,
                     H * qk, 0.0f, sc, S);
-        causal_softmax(sc, S);
+        causal_softmax(sc, S, 0);
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, S, vd, S, 1.0f, sc, S, kv + h * kvw + nope, H * kvw,
                     0.0f, att + h * vd, H * vd);
     }
@@ -322,7 +327,7 @@ int mp_attention(const mp_config *c, const mp_layer_w *w, const float *x, int S,
     for (int h = 0; h < H; h++) {
         const float *qh = q + h * hd, *kh = k + (h / grp) * hd, *vh = v + (h / grp) * hd;
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, S, S, hd, scale, qh, qd, kh, kvd, 0.0f, sc, S);
-        causal_softmax(sc, S);
+        causal_softmax(sc, S, c->sliding_window);
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, S, hd, S, 1.0f, sc, S, vh, kvd, 0.0f, att + h * hd, qd);
     }
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, S, d, qd, 1.0f, att, qd, w->wo, qd, 0.0f, out, d);
@@ -363,6 +368,27 @@ static void group_mask(const mp_config *c, const float *sc, int v3, unsigned cha
         memset(ok + gi[j] * per, 1, (size_t)per);
 }
 
+/* Phi-3.5-MoE's sparsemixer in eval mode (transformers' sparsemixer, training=False): the largest score, then
+ * the largest other one; each weighs softmax over the scores within 2 * router_jitter_noise (relative) of it */
+static void sparsemixer(const mp_config *c, const float *s, int E, int *ix, float *wk)
+{
+    float eps2 = (float)(2 * c->router_jitter);
+    for (int k = 0; k < 2; k++) {
+        int best = -1;
+        for (int e = 0; e < E; e++)
+            if ((k == 0 || e != ix[0]) && (best < 0 || s[e] > s[best]))
+                best = e;
+        float m = s[best], sum = 0;
+        for (int e = 0; e < E; e++) {
+            float f = fabsf(s[e]) > m ? fabsf(s[e]) : m;
+            if ((k == 0 || e != ix[0]) && !((m - s[e]) / f > eps2))
+                sum += expf(s[e] - m);
+        }
+        ix[k] = best;
+        wk[k] = 1.0f / sum; /* exp(m - m) / sum */
+    }
+}
+
 void mp_route(const mp_config *c, const mp_layer_w *w, const float *x, int n, float *logits, int *idx, float *wt)
 {
     int E = c->n_experts, K = c->top_k, d = c->hidden;
@@ -375,6 +401,10 @@ void mp_route(const mp_config *c, const mp_layer_w *w, const float *x, int n, fl
         const float *lg = logits + (int64_t)t * E;
         int *ix = idx + (int64_t)t * K;
         float *wk = wt + (int64_t)t * K, tot = 0;
+        if (c->arch == MP_ARCH_PHIMOE) {
+            sparsemixer(c, lg, E, ix, wk);
+            continue;
+        }
         if (v3) { /* sigmoid scores; the choice adds e_score_correction_bias, the weights do not */
             for (int e = 0; e < E; e++) {
                 p[e] = 1.0f / (1.0f + expf(-lg[e]));

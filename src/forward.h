@@ -1,18 +1,20 @@
 /* forward.h - the building blocks of the fp32 forward pass (BLAS sgemm).
  *
- * Covers Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE, DeepSeek-V2/V3 exactly as
- * transformers computes them: RMSNorm (variance in fp32), rotary embeddings
+ * Covers Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE, DeepSeek-V2/V3 and Phi-3.5-MoE
+ * exactly as transformers computes them: RMSNorm (variance in fp32) or
+ * LayerNorm with bias (Phi), rotary embeddings
  * (rotate-half, or DeepSeek's interleaved pairs; rope types "default",
  * "linear", "dynamic" (at most max_position_embeddings tokens, where it is the
  * default rope), "yarn" with its attention factor, "longrope" with its short/long
- * factors), grouped-query causal attention with optional q/k biases and q/k
+ * factors and Phi's short/long mscale), grouped-query causal attention with
+ * optional q/k/v/o biases, the sliding window of Mixtral and Phi, q/k
  * RMSNorm (per head for Qwen3, over the whole projection for OLMoE), OLMoE's
  * clip_qkv, DeepSeek's multi-head latent attention (q with or without
  * q_lora_rank, the compressed kv with its RMSNorm, the decoupled rotary part,
  * the softmax scale with YaRN's mscale_all_dim), the routers (softmax top-k
  * with optional renormalisation; DeepSeek-V2 softmax greedy or group-limited
  * top-k; DeepSeek-V3 sigmoid with e_score_correction_bias and grouped top-k;
- * both times routed_scaling_factor), SwiGLU experts, the shared expert with its
+ * both times routed_scaling_factor; Phi's sparsemixer in eval mode), SwiGLU experts, the shared expert with its
  * optional sigmoid gate.
  * All matrices are row-major; weights are [out, in] as in the checkpoints.
  * Weights come through mp_weights, an interface the loader implements
@@ -63,7 +65,8 @@ typedef struct mp_weights {
 } mp_weights;
 
 /* MP_ECONFIG naming config.json and the key for what the forward pass does not cover yet:
- * architectures, rope type llama3, sliding windows, DeepSeek's attention_bias, more than
+ * architectures, rope type llama3, Qwen's sliding windows, DeepSeek's attention_bias or
+ * moe_layer_freq != 1, Phi with other than 2 experts per token, more than
  * MP_FORWARD_MAX_EXPERTS experts or MP_FORWARD_MAX_TOPK experts per token. */
 #define MP_FORWARD_MAX_EXPERTS 4096
 #define MP_FORWARD_MAX_TOPK 63
