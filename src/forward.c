@@ -33,8 +33,8 @@ int mp_forward_supported(const mp_config *c)
                          "linear, dynamic, yarn, longrope)",
                          c->file, c->rope_type_key, c->rope_type);
     if (!strcmp(c->rope_type, "longrope") && (!c->rope_short_factor || !c->rope_long_factor))
-        return mp_errorf(MP_ECONFIG, "%s: key '%s' is 'longrope' but short_factor or long_factor is missing",
-                         c->file, c->rope_type_key);
+        return mp_errorf(MP_ECONFIG, "%s: key '%s' is 'longrope' but short_factor or long_factor is missing", c->file,
+                         c->rope_type_key);
     if (is_deepseek(c) && c->attn_bias)
         return mp_errorf(MP_ECONFIG,
                          "%s: key 'attention_bias' = true: the forward pass does not support biases in DeepSeek's "
@@ -57,6 +57,10 @@ int mp_forward_supported(const mp_config *c)
                          "%s's sliding-window attention yet",
                          c->file, c->sliding_window, mp_arch_name(c->arch));
     int rd = is_deepseek(c) ? c->qk_rope_dim : (int)(c->head_dim * c->partial_rotary_factor);
+    if (!strcmp(c->rope_type, "longrope") && (c->n_rope_short != rd / 2 || c->n_rope_long != rd / 2))
+        return mp_errorf(MP_ECONFIG,
+                         "%s: rope short_factor / long_factor have %d / %d entries; %d rotary dimensions need %d",
+                         c->file, c->n_rope_short, c->n_rope_long, rd, rd / 2);
     if (rd > 1024)
         return mp_errorf(MP_ECONFIG, "%s: %d rotary dimensions per head are more than the forward pass supports (1024)",
                          c->file, rd);
@@ -159,6 +163,8 @@ static void rope_table(const mp_config *c, int rd, int S, rope_tab *t)
 {
     int half = rd / 2;
     double base = c->rope_theta, f = c->rope_factor;
+    if (!c->rope_has_factor && (!strcmp(c->rope_type, "yarn") || !strcmp(c->rope_type, "longrope")))
+        f = (double)c->max_pos / c->rope_orig_max_pos; /* transformers' default for both */
     t->mscale = 1.0f;
     for (int i = 0; i < half; i++)
         t->inv[i] = (float)(1.0 / pow(base, (double)(2 * i) / rd));
@@ -194,10 +200,9 @@ static void rope_table(const mp_config *c, int rd, int S, rope_tab *t)
         const double *ext = lng ? c->rope_long_factor : c->rope_short_factor;
         for (int i = 0; i < half; i++)
             t->inv[i] = 1.0f / ((float)ext[i] * (float)pow(base, (double)(2 * i) / rd));
-        double fac = c->rope_has_factor ? f : (double)c->max_pos / c->rope_orig_max_pos;
         double af = c->rope_attention_factor > 0 ? c->rope_attention_factor
-                    : fac <= 1.0               ? 1.0
-                                               : sqrt(1 + log(fac) / log((double)c->rope_orig_max_pos));
+                    : f <= 1.0                 ? 1.0
+                                               : sqrt(1 + log(f) / log((double)c->rope_orig_max_pos));
         double pm = lng ? c->rope_long_mscale : c->rope_short_mscale; /* Phi-3.5-MoE's own factors */
         t->mscale = (float)(pm > 0 ? pm : af);
     }

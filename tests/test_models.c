@@ -116,8 +116,8 @@ static void check_inspect_config(const char *file, double total, double active, 
 {
     char cmd[2400], out[600];
     snprintf(out, sizeof out, "%s/inspect_cfg.%d.json", MP_TEST_TMP, (int)getpid());
-    snprintf(cmd, sizeof cmd, "ASAN_OPTIONS=detect_leaks=0 '%s' inspect '%s/configs/%s.json' --json > '%s'", MOEPACK_BIN,
-             MP_FIXTURES, file, out);
+    snprintf(cmd, sizeof cmd, "ASAN_OPTIONS=detect_leaks=0 '%s' inspect '%s/configs/%s.json' --json > '%s'",
+             MOEPACK_BIN, MP_FIXTURES, file, out);
     CHECK(system(cmd) == 0);
     char *text = NULL;
     size_t n;
