@@ -235,7 +235,7 @@ static int find_arch(const jctx *j, mp_config *c)
     }
     return mp_errorf(MP_ECONFIG,
                      "%s: unknown architecture (model_type '%s'); supported: mixtral, qwen2_moe, qwen3_moe, "
-                     "olmoe, deepseek_v2, deepseek_v3, phimoe",
+                     "olmoe, deepseek, deepseek_v2, deepseek_v3, phimoe",
                      j->what, mt ? mt->valuestring : "(none)");
 }
 
@@ -414,6 +414,29 @@ static int parse_arch(const jctx *j, mp_config *c)
             c->is_moe[l] = l >= c->first_k_dense && l % c->moe_layer_freq == 0;
         break;
     }
+    case MP_ARCH_DEEPSEEK: { /* DeepSeek-MoE-16B's remote code: Llama attention, DeepSeek-V2's softmax MoE */
+        MP_CHECK(get_pos(j, "n_routed_experts", NULL, &c->n_experts));
+        MP_CHECK(get_pos(j, "num_experts_per_tok", NULL, &c->top_k));
+        MP_CHECK(get_pos(j, "moe_intermediate_size", NULL, &c->moe_ffn));
+        MP_CHECK(get_pos(j, "intermediate_size", NULL, &c->dense_ffn));
+        MP_CHECK(get_nonneg(j, "n_shared_experts", &zero, &c->n_shared));
+        if ((int64_t)c->n_shared * c->moe_ffn > MP_CONFIG_SIZE_MAX)
+            return mp_errorf(MP_ECONFIG, "%s: n_shared_experts %d x moe_intermediate_size %d is larger than the "
+                             "supported %d", j->what, c->n_shared, c->moe_ffn, MP_CONFIG_SIZE_MAX);
+        c->shared_ffn = c->n_shared * c->moe_ffn;
+        MP_CHECK(get_nonneg(j, "first_k_dense_replace", &zero, &c->first_k_dense));
+        MP_CHECK(get_pos(j, "moe_layer_freq", &one, &c->moe_layer_freq));
+        MP_CHECK(get_bool(j, "norm_topk_prob", 0, &c->norm_topk_prob));
+        MP_CHECK(get_num(j, "rms_norm_eps", 1e-6, 0, &c->norm_eps));
+        MP_CHECK(get_bool(j, "attention_bias", 0, &c->attn_bias));
+        c->o_bias = c->attn_bias;
+        MP_CHECK(get_str(j, "scoring_func", "softmax", c->scoring_func, sizeof c->scoring_func));
+        if (strcmp(c->scoring_func, "softmax"))
+            return mp_errorf(MP_ECONFIG, "%s: unsupported scoring_func '%s' (softmax)", j->what, c->scoring_func);
+        for (int l = 0; l < c->n_layers; l++)
+            c->is_moe[l] = l >= c->first_k_dense && l % c->moe_layer_freq == 0;
+        break;
+    }
     default: return mp_errorf(MP_EINTERNAL, "unhandled architecture");
     }
     if (c->top_k > c->n_experts)
@@ -427,7 +450,7 @@ static int parse_arch(const jctx *j, mp_config *c)
                 return mp_errorf(MP_ECONFIG, "%s: layer %d is dense but intermediate_size is not set", j->what, l);
     if (mp_config_n_moe_layers(c) == 0)
         return mp_errorf(MP_ECONFIG, "%s: no layer is a MoE layer (num_hidden_layers %d; see %s)", j->what, c->n_layers,
-                         c->arch == MP_ARCH_DEEPSEEK_V2 || c->arch == MP_ARCH_DEEPSEEK_V3
+                         c->arch == MP_ARCH_DEEPSEEK_V2 || c->arch == MP_ARCH_DEEPSEEK_V3 || c->arch == MP_ARCH_DEEPSEEK
                              ? "first_k_dense_replace and moe_layer_freq"
                              : "mlp_only_layers and decoder_sparse_step");
     /* rotate-half rope works on pairs */

@@ -47,8 +47,8 @@ int mp_synth_parse_arch(const char *name, mp_arch *out)
     if (mp_arch_from_name(name, out) == 0)
         return 0;
     return mp_errorf(MP_EUSAGE,
-                     "unknown --arch '%s' (choose mixtral, qwen2_moe, qwen3_moe, olmoe, deepseek_v2, deepseek_v3, "
-                     "phimoe)",
+                     "unknown --arch '%s' (choose mixtral, qwen2_moe, qwen3_moe, olmoe, deepseek, deepseek_v2, "
+                     "deepseek_v3, phimoe)",
                      name);
 }
 
@@ -195,6 +195,19 @@ int mp_synth_config_json(const mp_synth_opts *o, char **json)
         }
         break;
     }
+    case MP_ARCH_DEEPSEEK: /* DeepSeek-MoE-16B: plain multi-head attention, the first layer dense */
+        cJSON_AddNumberToObject(j, "num_key_value_heads", o->heads);
+        cJSON_AddNumberToObject(j, "n_routed_experts", o->experts);
+        cJSON_AddNumberToObject(j, "n_shared_experts", 2);
+        cJSON_AddNumberToObject(j, "moe_intermediate_size", o->ffn);
+        cJSON_AddNumberToObject(j, "intermediate_size", 2 * o->ffn);
+        cJSON_AddNumberToObject(j, "first_k_dense_replace", o->layers > 1 ? 1 : 0);
+        cJSON_AddNumberToObject(j, "moe_layer_freq", 1);
+        add_float(j, "rms_norm_eps", 1e-6);
+        cJSON_AddStringToObject(j, "scoring_func", "softmax");
+        cJSON_AddBoolToObject(j, "norm_topk_prob", 0);
+        cJSON_AddBoolToObject(j, "attention_bias", 0);
+        break;
     default: break;
     }
     *json = cJSON_Print(j);

@@ -16,10 +16,10 @@ int mp_forward_supported(const mp_config *c)
     /* what the config asks for is valid, but this forward pass cannot compute it: a config problem
      * (MP_ECONFIG, exit 4) naming the file and the key, never a command-line error */
     if (c->arch != MP_ARCH_MIXTRAL && c->arch != MP_ARCH_QWEN2_MOE && c->arch != MP_ARCH_QWEN3_MOE &&
-        c->arch != MP_ARCH_OLMOE && c->arch != MP_ARCH_PHIMOE && !is_deepseek(c))
+        c->arch != MP_ARCH_OLMOE && c->arch != MP_ARCH_PHIMOE && c->arch != MP_ARCH_DEEPSEEK && !is_deepseek(c))
         return mp_errorf(MP_ECONFIG,
                          "%s: key 'model_type': the forward pass does not support %s yet (mixtral, qwen2_moe, "
-                         "qwen3_moe, olmoe, deepseek_v2, deepseek_v3, phimoe)",
+                         "qwen3_moe, olmoe, deepseek, deepseek_v2, deepseek_v3, phimoe)",
                          c->file, mp_arch_name(c->arch));
     if (c->arch == MP_ARCH_PHIMOE && c->top_k != 2)
         return mp_errorf(MP_ECONFIG,

@@ -66,7 +66,7 @@ static const char USAGE[] =
     "        tokenizer and generation files of the original checkpoint too)\n"
     "  version                       same as --version\n"
     "\n"
-    "architectures: mixtral qwen2_moe qwen3_moe olmoe deepseek_v2 deepseek_v3 phimoe\n"
+    "architectures: mixtral qwen2_moe qwen3_moe olmoe deepseek deepseek_v2 deepseek_v3 phimoe\n"
     "exit status: 0 ok, 2 usage, 3 missing file/tensor, 4 bad config, 5 malformed file,\n"
     "             6 I/O error, 7 out of memory, 8 MPI/other rank failed, 9 internal, 10 numeric,\n"
     "             11 checkpoint directory of another job, 12 stopped (signal/walltime), resumable\n";

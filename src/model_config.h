@@ -16,6 +16,7 @@ typedef enum {
     MP_ARCH_DEEPSEEK_V2,
     MP_ARCH_DEEPSEEK_V3,
     MP_ARCH_PHIMOE,
+    MP_ARCH_DEEPSEEK, /* DeepSeek-MoE-16B (remote code): plain attention, DeepSeek-V2's MoE */
     MP_ARCH_COUNT
 } mp_arch;
 

@@ -1,9 +1,9 @@
 #!/bin/bash
 # output_test.sh MPIEXEC NP MOEPACK EXPORT_CHECK OUTDIR - the compressed model on disk, with NP ranks.
-# Six synthetic models (qwen2_moe F32 per-expert with a shared expert, vocabulary 4096 so that shards of
+# Seven synthetic models (qwen2_moe F32 per-expert with a shared expert, vocabulary 4096 so that shards of
 # 1 MiB split it; mixtral BF16 fused with candidate ranks; qwen3_moe F16 without the decomposition, with
 # every weight format including the symmetric w8a8/w4a4 and fp16; deepseek_v2 and deepseek_v3 with a dense
-# first layer and a shared expert; phimoe) go through the whole pipeline
+# first layer and a shared expert; phimoe; deepseek) go through the whole pipeline
 # (calibrate, decompose, measure, allocate, quantize) to the output. For each:
 #  1. every shard is read whole by h5dump and carries the fingerprint of index.json; a shard above
 #     output.shard_bytes holds a single item; no temporary file is left;
@@ -113,8 +113,9 @@ h5dump -H -d /embed "$OUT/c.out/moepack-00001-of-"*.h5 | grep -q "H5T_IEEE_F16LE
     fail "c: f16 embeddings not stored as IEEE half: $(h5dump -H -d /embed "$OUT/c.out/"moepack-00001*.h5 | head -8)"
 
 # DeepSeek: latent attention, a dense first layer, shared experts; V2 softmax greedy, V3 sigmoid grouped top-k;
-# Phi-3.5-MoE: LayerNorm and attention biases, sparsemixer, lm_head bias (units per layer, MoE layers)
-for a in "deepseek_v2 6 2" "deepseek_v3 6 2" "phimoe 5 3"; do
+# Phi-3.5-MoE: LayerNorm and attention biases, sparsemixer, lm_head bias; DeepSeek-MoE-16B's layout (plain
+# attention, two shared experts) (units per layer, MoE layers)
+for a in "deepseek_v2 6 2" "deepseek_v3 6 2" "phimoe 5 3" "deepseek 6 2"; do
     set -- $a
     "$BIN" synth --arch "$1" --out "$OUT/$1" --layers 3 --experts 4 --ffn 32 --n-seq 8 --seq-len 32 --seed 14 \
         >/dev/null || fail "synth $1"

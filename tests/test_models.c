@@ -164,7 +164,7 @@ int main(void)
         mp_inspect_free(&info);
         mp_model_close(m);
     }
-    CHECK(models == 14);
+    CHECK(models == 15);
     check_inspect_json("qwen2_moe_f32");
     check_inspect_json("olmoe_f32_sharded");
     check_inspect_config("deepseek-v2-lite", 15.7, 2.4, 1); /* the card counts active without the embedding */
