@@ -283,6 +283,27 @@ static int parse_common(const jctx *j, mp_config *c)
     return c->is_moe ? 0 : mp_errorf(MP_ENOMEM, "out of memory");
 }
 
+/* DeepSeek's MoE keys (deepseek, deepseek_v2, deepseek_v3): experts, sizes, shared experts, which layers */
+static int parse_deepseek_moe(const jctx *j, mp_config *c)
+{
+    int zero = 0, one = 1;
+    MP_CHECK(get_pos(j, "n_routed_experts", NULL, &c->n_experts));
+    MP_CHECK(get_pos(j, "num_experts_per_tok", NULL, &c->top_k));
+    MP_CHECK(get_pos(j, "moe_intermediate_size", NULL, &c->moe_ffn));
+    MP_CHECK(get_pos(j, "intermediate_size", NULL, &c->dense_ffn));
+    MP_CHECK(get_nonneg(j, "n_shared_experts", &zero, &c->n_shared));
+    if ((int64_t)c->n_shared * c->moe_ffn > MP_CONFIG_SIZE_MAX)
+        return mp_errorf(MP_ECONFIG,
+                         "%s: n_shared_experts %d x moe_intermediate_size %d is larger than the supported %d", j->what,
+                         c->n_shared, c->moe_ffn, MP_CONFIG_SIZE_MAX);
+    c->shared_ffn = c->n_shared * c->moe_ffn;
+    MP_CHECK(get_nonneg(j, "first_k_dense_replace", &zero, &c->first_k_dense));
+    MP_CHECK(get_pos(j, "moe_layer_freq", &one, &c->moe_layer_freq));
+    for (int l = 0; l < c->n_layers; l++)
+        c->is_moe[l] = l >= c->first_k_dense && l % c->moe_layer_freq == 0;
+    return 0;
+}
+
 static int parse_arch(const jctx *j, mp_config *c)
 {
     int zero = 0, one = 1, two = 2;
@@ -363,19 +384,7 @@ static int parse_arch(const jctx *j, mp_config *c)
     case MP_ARCH_DEEPSEEK_V2:
     case MP_ARCH_DEEPSEEK_V3: {
         int v3 = c->arch == MP_ARCH_DEEPSEEK_V3;
-        MP_CHECK(get_pos(j, "n_routed_experts", NULL, &c->n_experts));
-        MP_CHECK(get_pos(j, "num_experts_per_tok", NULL, &c->top_k));
-        MP_CHECK(get_pos(j, "moe_intermediate_size", NULL, &c->moe_ffn));
-        MP_CHECK(get_pos(j, "intermediate_size", NULL, &c->dense_ffn));
-        MP_CHECK(get_nonneg(j, "n_shared_experts", &zero, &c->n_shared));
-        if ((int64_t)c->n_shared * c->moe_ffn > MP_CONFIG_SIZE_MAX)
-            return mp_errorf(MP_ECONFIG,
-                             "%s: n_shared_experts %d x moe_intermediate_size %d is larger than the "
-                             "supported %d",
-                             j->what, c->n_shared, c->moe_ffn, MP_CONFIG_SIZE_MAX);
-        c->shared_ffn = c->n_shared * c->moe_ffn;
-        MP_CHECK(get_nonneg(j, "first_k_dense_replace", &zero, &c->first_k_dense));
-        MP_CHECK(get_pos(j, "moe_layer_freq", &one, &c->moe_layer_freq));
+        MP_CHECK(parse_deepseek_moe(j, c));
         MP_CHECK(get_nonneg(j, "q_lora_rank", &zero, &c->q_lora_rank));
         MP_CHECK(get_pos(j, "kv_lora_rank", NULL, &c->kv_lora_rank));
         MP_CHECK(get_pos(j, "qk_nope_head_dim", NULL, &c->qk_nope_dim));
@@ -410,22 +419,10 @@ static int parse_arch(const jctx *j, mp_config *c)
         if (c->qk_rope_dim % 2 != 0)
             return mp_errorf(MP_ECONFIG, "%s: key 'qk_rope_head_dim' = %d must be even (rotary pairs)", j->what,
                              c->qk_rope_dim);
-        for (int l = 0; l < c->n_layers; l++)
-            c->is_moe[l] = l >= c->first_k_dense && l % c->moe_layer_freq == 0;
         break;
     }
     case MP_ARCH_DEEPSEEK: { /* DeepSeek-MoE-16B's remote code: Llama attention, DeepSeek-V2's softmax MoE */
-        MP_CHECK(get_pos(j, "n_routed_experts", NULL, &c->n_experts));
-        MP_CHECK(get_pos(j, "num_experts_per_tok", NULL, &c->top_k));
-        MP_CHECK(get_pos(j, "moe_intermediate_size", NULL, &c->moe_ffn));
-        MP_CHECK(get_pos(j, "intermediate_size", NULL, &c->dense_ffn));
-        MP_CHECK(get_nonneg(j, "n_shared_experts", &zero, &c->n_shared));
-        if ((int64_t)c->n_shared * c->moe_ffn > MP_CONFIG_SIZE_MAX)
-            return mp_errorf(MP_ECONFIG, "%s: n_shared_experts %d x moe_intermediate_size %d is larger than the "
-                             "supported %d", j->what, c->n_shared, c->moe_ffn, MP_CONFIG_SIZE_MAX);
-        c->shared_ffn = c->n_shared * c->moe_ffn;
-        MP_CHECK(get_nonneg(j, "first_k_dense_replace", &zero, &c->first_k_dense));
-        MP_CHECK(get_pos(j, "moe_layer_freq", &one, &c->moe_layer_freq));
+        MP_CHECK(parse_deepseek_moe(j, c));
         MP_CHECK(get_bool(j, "norm_topk_prob", 0, &c->norm_topk_prob));
         MP_CHECK(get_num(j, "rms_norm_eps", 1e-6, 0, &c->norm_eps));
         MP_CHECK(get_bool(j, "attention_bias", 0, &c->attn_bias));
@@ -433,8 +430,6 @@ static int parse_arch(const jctx *j, mp_config *c)
         MP_CHECK(get_str(j, "scoring_func", "softmax", c->scoring_func, sizeof c->scoring_func));
         if (strcmp(c->scoring_func, "softmax"))
             return mp_errorf(MP_ECONFIG, "%s: unsupported scoring_func '%s' (softmax)", j->what, c->scoring_func);
-        for (int l = 0; l < c->n_layers; l++)
-            c->is_moe[l] = l >= c->first_k_dense && l % c->moe_layer_freq == 0;
         break;
     }
     default: return mp_errorf(MP_EINTERNAL, "unhandled architecture");
