@@ -61,6 +61,13 @@ static int check_inputs(const mp_config *c, const mp_tokens *tok)
     if (tok->seq_len > c->max_pos)
         return mp_errorf(MP_EFORMAT, "calibration sequences of %d tokens are longer than the model's %d positions",
                          tok->seq_len, c->max_pos);
+    /* past the original length transformers' PhimoeForCausalLM keeps the short factors but takes long_mscale,
+     * unlike Phi's own code: no reference to follow */
+    if (c->arch == MP_ARCH_PHIMOE && !strcmp(c->rope_type, "longrope") && tok->seq_len > c->rope_orig_max_pos)
+        return mp_errorf(MP_ECONFIG,
+                         "%s: key 'original_max_position_embeddings' = %d: Phi-3.5-MoE's longrope beyond it (sequences "
+                         "of %d tokens) is not supported",
+                         c->file, c->rope_orig_max_pos, tok->seq_len);
     for (int64_t i = 0; i < (int64_t)tok->n_seq * tok->seq_len; i++)
         if (tok->ids[i] < 0 || tok->ids[i] >= c->vocab)
             return mp_errorf(MP_EFORMAT, "token id %d at [%lld, %lld] is outside the vocabulary [0, %d)",

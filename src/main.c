@@ -68,7 +68,7 @@ static const char USAGE[] =
     "        tokenizer and generation files of the original checkpoint too)\n"
     "  version                       same as --version\n"
     "\n"
-    "architectures: mixtral qwen2_moe qwen3_moe olmoe deepseek_v2 deepseek_v3 phimoe\n"
+    "architectures: mixtral qwen2_moe qwen3_moe olmoe deepseek deepseek_v2 deepseek_v3 phimoe\n"
     "exit status: 0 ok, 2 usage, 3 missing file/tensor, 4 bad config, 5 malformed file,\n"
     "             6 I/O error, 7 out of memory, 8 MPI/other rank failed, 9 internal, 10 numeric,\n"
     "             11 checkpoint directory of another job, 12 stopped (signal/walltime), resumable\n";
@@ -239,7 +239,10 @@ static int cmd_inspect(args *a)
     }
     char probe[4200];
     snprintf(probe, sizeof probe, "%s/job.json", path ? path : "");
-    if (rc == 0 && mp_mpi_rank() == 0 && access(probe, F_OK) == 0) { /* a job's checkpoint directory */
+    struct stat st;
+    if (rc == 0 && mp_mpi_rank() == 0 && stat(path, &st) == 0 && S_ISREG(st.st_mode)) { /* a config.json alone */
+        rc = mp_inspect_config(path, json, stdout);
+    } else if (rc == 0 && mp_mpi_rank() == 0 && access(probe, F_OK) == 0) { /* a job's checkpoint directory */
         snprintf(probe, sizeof probe, "%s/measure", path);
         rc = mp_tables_print(probe, json, stdout);
     } else if (rc == 0 && mp_mpi_rank() == 0) {
