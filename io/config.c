@@ -160,6 +160,7 @@ static int parse_rope(const jctx *j, mp_config *c, double def_theta)
     c->rope_low_freq_factor = 1;
     c->rope_high_freq_factor = 4;
     c->rope_orig_max_pos = c->max_pos;
+    c->rope_truncate = 1;
     const cJSON *src[2] = {rp, rs};
     static const char *src_key[2] = {"rope_parameters", "rope_scaling"};
     for (int s = 0; s < 2; s++) {
@@ -185,6 +186,11 @@ static int parse_rope(const jctx *j, mp_config *c, double def_theta)
             snprintf(c->rope_type, sizeof c->rope_type, "longrope");
         MP_CHECK(get_num(&sub, "rope_theta", c->rope_theta, 0, &c->rope_theta));
         MP_CHECK(get_num(&sub, "factor", c->rope_factor, 0, &c->rope_factor));
+        c->rope_has_factor |= item(&sub, "factor") != NULL;
+        MP_CHECK(get_num(&sub, "attention_factor", c->rope_attention_factor, 0, &c->rope_attention_factor));
+        MP_CHECK(get_bool(&sub, "truncate", c->rope_truncate, &c->rope_truncate));
+        MP_CHECK(get_num(&sub, "short_mscale", c->rope_short_mscale, 0, &c->rope_short_mscale));
+        MP_CHECK(get_num(&sub, "long_mscale", c->rope_long_mscale, 0, &c->rope_long_mscale));
         MP_CHECK(get_num(&sub, "partial_rotary_factor", c->partial_rotary_factor, 0, &c->partial_rotary_factor));
         MP_CHECK(get_num(&sub, "beta_fast", c->rope_beta_fast, 0, &c->rope_beta_fast));
         MP_CHECK(get_num(&sub, "beta_slow", c->rope_beta_slow, 0, &c->rope_beta_slow));
@@ -200,6 +206,7 @@ static int parse_rope(const jctx *j, mp_config *c, double def_theta)
             MP_CHECK(get_factor_list(&sub, o, "long_factor", &c->rope_long_factor, &c->n_rope_long));
         if (strcmp(c->rope_type, "default") != 0)
             MP_CHECK(check_range(&sub, "factor", c->rope_factor, 0, 0, HUGE_VAL));
+        MP_CHECK(check_range(&sub, "attention_factor", c->rope_attention_factor, 0, 1, HUGE_VAL));
     }
     /* Phi-3.5-MoE keeps original_max_position_embeddings at the top level */
     int omp = c->rope_orig_max_pos;
@@ -228,7 +235,7 @@ static int find_arch(const jctx *j, mp_config *c)
     }
     return mp_errorf(MP_ECONFIG,
                      "%s: unknown architecture (model_type '%s'); supported: mixtral, qwen2_moe, qwen3_moe, "
-                     "olmoe, deepseek_v2, deepseek_v3, phimoe",
+                     "olmoe, deepseek, deepseek_v2, deepseek_v3, phimoe",
                      j->what, mt ? mt->valuestring : "(none)");
 }
 
@@ -276,6 +283,27 @@ static int parse_common(const jctx *j, mp_config *c)
     return c->is_moe ? 0 : mp_errorf(MP_ENOMEM, "out of memory");
 }
 
+/* DeepSeek's MoE keys (deepseek, deepseek_v2, deepseek_v3): experts, sizes, shared experts, which layers */
+static int parse_deepseek_moe(const jctx *j, mp_config *c)
+{
+    int zero = 0, one = 1;
+    MP_CHECK(get_pos(j, "n_routed_experts", NULL, &c->n_experts));
+    MP_CHECK(get_pos(j, "num_experts_per_tok", NULL, &c->top_k));
+    MP_CHECK(get_pos(j, "moe_intermediate_size", NULL, &c->moe_ffn));
+    MP_CHECK(get_pos(j, "intermediate_size", NULL, &c->dense_ffn));
+    MP_CHECK(get_nonneg(j, "n_shared_experts", &zero, &c->n_shared));
+    if ((int64_t)c->n_shared * c->moe_ffn > MP_CONFIG_SIZE_MAX)
+        return mp_errorf(MP_ECONFIG,
+                         "%s: n_shared_experts %d x moe_intermediate_size %d is larger than the supported %d", j->what,
+                         c->n_shared, c->moe_ffn, MP_CONFIG_SIZE_MAX);
+    c->shared_ffn = c->n_shared * c->moe_ffn;
+    MP_CHECK(get_nonneg(j, "first_k_dense_replace", &zero, &c->first_k_dense));
+    MP_CHECK(get_pos(j, "moe_layer_freq", &one, &c->moe_layer_freq));
+    for (int l = 0; l < c->n_layers; l++)
+        c->is_moe[l] = l >= c->first_k_dense && l % c->moe_layer_freq == 0;
+    return 0;
+}
+
 static int parse_arch(const jctx *j, mp_config *c)
 {
     int zero = 0, one = 1, two = 2;
@@ -295,7 +323,8 @@ static int parse_arch(const jctx *j, mp_config *c)
             MP_CHECK(get_bool(j, "lm_head_bias", 0, &c->lm_head_bias));
         }
         MP_CHECK(get_num(j, "rms_norm_eps", 1e-5, 0, &c->norm_eps));
-        MP_CHECK(get_num(j, "router_jitter_noise", 0.0, 0, &c->router_jitter));
+        /* transformers' defaults: PhimoeConfig 0.01 (sparsemixer's threshold), MixtralConfig 0 */
+        MP_CHECK(get_num(j, "router_jitter_noise", c->arch == MP_ARCH_PHIMOE ? 0.01 : 0.0, 0, &c->router_jitter));
         MP_CHECK(check_range(j, "router_jitter_noise", c->router_jitter, 0, 1, HUGE_VAL));
         MP_CHECK(get_nonneg(j, "sliding_window", &zero, &c->sliding_window));
         memset(c->is_moe, 1, (size_t)c->n_layers);
@@ -355,19 +384,7 @@ static int parse_arch(const jctx *j, mp_config *c)
     case MP_ARCH_DEEPSEEK_V2:
     case MP_ARCH_DEEPSEEK_V3: {
         int v3 = c->arch == MP_ARCH_DEEPSEEK_V3;
-        MP_CHECK(get_pos(j, "n_routed_experts", NULL, &c->n_experts));
-        MP_CHECK(get_pos(j, "num_experts_per_tok", NULL, &c->top_k));
-        MP_CHECK(get_pos(j, "moe_intermediate_size", NULL, &c->moe_ffn));
-        MP_CHECK(get_pos(j, "intermediate_size", NULL, &c->dense_ffn));
-        MP_CHECK(get_nonneg(j, "n_shared_experts", &zero, &c->n_shared));
-        if ((int64_t)c->n_shared * c->moe_ffn > MP_CONFIG_SIZE_MAX)
-            return mp_errorf(MP_ECONFIG,
-                             "%s: n_shared_experts %d x moe_intermediate_size %d is larger than the "
-                             "supported %d",
-                             j->what, c->n_shared, c->moe_ffn, MP_CONFIG_SIZE_MAX);
-        c->shared_ffn = c->n_shared * c->moe_ffn;
-        MP_CHECK(get_nonneg(j, "first_k_dense_replace", &zero, &c->first_k_dense));
-        MP_CHECK(get_pos(j, "moe_layer_freq", &one, &c->moe_layer_freq));
+        MP_CHECK(parse_deepseek_moe(j, c));
         MP_CHECK(get_nonneg(j, "q_lora_rank", &zero, &c->q_lora_rank));
         MP_CHECK(get_pos(j, "kv_lora_rank", NULL, &c->kv_lora_rank));
         MP_CHECK(get_pos(j, "qk_nope_head_dim", NULL, &c->qk_nope_dim));
@@ -382,6 +399,10 @@ static int parse_arch(const jctx *j, mp_config *c)
         MP_CHECK(get_bool(j, "norm_topk_prob", v3, &c->norm_topk_prob));
         MP_CHECK(get_num(j, "rms_norm_eps", 1e-6, 0, &c->norm_eps));
         MP_CHECK(get_bool(j, "attention_bias", 0, &c->attn_bias));
+        /* DeepseekV2 always rotates interleaved pairs; DeepseekV3 unless rope_interleave is false */
+        MP_CHECK(get_bool(j, "rope_interleave", 1, &c->rope_interleave));
+        if (!v3)
+            c->rope_interleave = 1;
         c->head_dim = c->qk_nope_dim + c->qk_rope_dim;
         if (strcmp(c->topk_method, "greedy") && strcmp(c->topk_method, "group_limited_greedy") &&
             strcmp(c->topk_method, "noaux_tc"))
@@ -398,8 +419,17 @@ static int parse_arch(const jctx *j, mp_config *c)
         if (c->qk_rope_dim % 2 != 0)
             return mp_errorf(MP_ECONFIG, "%s: key 'qk_rope_head_dim' = %d must be even (rotary pairs)", j->what,
                              c->qk_rope_dim);
-        for (int l = 0; l < c->n_layers; l++)
-            c->is_moe[l] = l >= c->first_k_dense && l % c->moe_layer_freq == 0;
+        break;
+    }
+    case MP_ARCH_DEEPSEEK: { /* DeepSeek-MoE-16B's remote code: Llama attention, DeepSeek-V2's softmax MoE */
+        MP_CHECK(parse_deepseek_moe(j, c));
+        MP_CHECK(get_bool(j, "norm_topk_prob", 0, &c->norm_topk_prob));
+        MP_CHECK(get_num(j, "rms_norm_eps", 1e-6, 0, &c->norm_eps));
+        MP_CHECK(get_bool(j, "attention_bias", 0, &c->attn_bias));
+        c->o_bias = c->attn_bias;
+        MP_CHECK(get_str(j, "scoring_func", "softmax", c->scoring_func, sizeof c->scoring_func));
+        if (strcmp(c->scoring_func, "softmax"))
+            return mp_errorf(MP_ECONFIG, "%s: unsupported scoring_func '%s' (softmax)", j->what, c->scoring_func);
         break;
     }
     default: return mp_errorf(MP_EINTERNAL, "unhandled architecture");
@@ -415,7 +445,7 @@ static int parse_arch(const jctx *j, mp_config *c)
                 return mp_errorf(MP_ECONFIG, "%s: layer %d is dense but intermediate_size is not set", j->what, l);
     if (mp_config_n_moe_layers(c) == 0)
         return mp_errorf(MP_ECONFIG, "%s: no layer is a MoE layer (num_hidden_layers %d; see %s)", j->what, c->n_layers,
-                         c->arch == MP_ARCH_DEEPSEEK_V2 || c->arch == MP_ARCH_DEEPSEEK_V3
+                         c->arch == MP_ARCH_DEEPSEEK_V2 || c->arch == MP_ARCH_DEEPSEEK_V3 || c->arch == MP_ARCH_DEEPSEEK
                              ? "first_k_dense_replace and moe_layer_freq"
                              : "mlp_only_layers and decoder_sparse_step");
     /* rotate-half rope works on pairs */

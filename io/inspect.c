@@ -5,7 +5,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "config.h"
 #include "error.h"
+#include "registry.h"
 
 int mp_inspect_collect(const char *dir, mp_inspect_info *info)
 {
@@ -173,4 +175,60 @@ int mp_inspect_print(const mp_inspect_info *info, int json, FILE *out)
     for (int i = 0; i < info->nproblems; i++)
         fprintf(out, "  %-10s %s\n", problem_kind(info->problems[i].kind), info->problems[i].text);
     return 0;
+}
+
+int mp_inspect_config(const char *path, int json, FILE *out)
+{
+    mp_config c;
+    MP_CHECK(mp_config_load(path, &c));
+    mp_tensor_spec *s = NULL;
+    int n = 0, rc = mp_registry_list(&c, MP_LAYOUT_PER_EXPERT, &s, &n);
+    int64_t total = 0, expert = 0, shared = 0;
+    for (int i = 0; i < n; i++) {
+        int64_t ne = 1;
+        for (int k = 0; k < s[i].ndim; k++)
+            ne *= s[i].shape[k]; /* bounded by mp_registry_list */
+        total += ne;
+        expert += s[i].role == MP_ROLE_EXPERT ? ne : 0;
+        shared += s[i].role == MP_ROLE_SHARED ? ne : 0;
+    }
+    free(s);
+    int64_t active = total - expert + (int64_t)mp_config_n_moe_layers(&c) * c.top_k * mp_expert_params(&c);
+    if (rc == 0 && json) {
+        cJSON *j = cJSON_CreateObject(), *p = NULL;
+        char *txt = NULL;
+        if (j) {
+            cJSON_AddStringToObject(j, "config", path);
+            cJSON_AddStringToObject(j, "architecture", mp_arch_name(c.arch));
+            cJSON_AddNumberToObject(j, "layers", c.n_layers);
+            cJSON_AddNumberToObject(j, "moe_layers", mp_config_n_moe_layers(&c));
+            p = cJSON_AddObjectToObject(j, "parameters");
+        }
+        if (p) {
+            cJSON_AddNumberToObject(p, "total", (double)total);
+            cJSON_AddNumberToObject(p, "routed_experts", (double)expert);
+            cJSON_AddNumberToObject(p, "shared_experts", (double)shared);
+            cJSON_AddNumberToObject(p, "active_per_token", (double)active);
+            cJSON_AddNumberToObject(p, "per_expert", (double)mp_expert_params(&c));
+            cJSON_AddNumberToObject(p, "embedding", (double)c.vocab * c.hidden);
+            txt = cJSON_Print(j);
+        }
+        cJSON_Delete(j);
+        if (!txt)
+            rc = mp_errorf(MP_ENOMEM, "out of memory");
+        else
+            fprintf(out, "%s\n", txt);
+        free(txt);
+    } else if (rc == 0) {
+        fprintf(out, "config          %s (no weights: counts from the expected tensor shapes)\n", path);
+        fprintf(out, "architecture    %s, %d layers, %d MoE layers, %d experts, top-%d\n", mp_arch_name(c.arch),
+                c.n_layers, mp_config_n_moe_layers(&c), c.n_experts, c.top_k);
+        fprintf(out,
+                "parameters      total %lld (%.2fB), routed experts %lld, shared %lld, active/token %lld (%.2fB; "
+                "%.2fB without the input embedding)\n",
+                (long long)total, (double)total / 1e9, (long long)expert, (long long)shared, (long long)active,
+                (double)active / 1e9, (double)(active - (int64_t)c.vocab * c.hidden) / 1e9);
+    }
+    mp_config_free(&c);
+    return rc;
 }

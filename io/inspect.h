@@ -25,6 +25,9 @@ typedef struct {
 } mp_inspect_info;
 
 int mp_inspect_collect(const char *dir, mp_inspect_info *info);
+/* A config.json alone (no weights): the parameter counts (total, routed experts, shared, active per token)
+ * implied by the registry's tensor shapes, as text or JSON, e.g. to size a job before a download. */
+int mp_inspect_config(const char *path, int json, FILE *out);
 int mp_inspect_print(const mp_inspect_info *info, int json, FILE *out);
 void mp_inspect_free(mp_inspect_info *info);
 /* 0 when the checkpoint has every expected tensor with the right shape,

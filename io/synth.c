@@ -47,8 +47,8 @@ int mp_synth_parse_arch(const char *name, mp_arch *out)
     if (mp_arch_from_name(name, out) == 0)
         return 0;
     return mp_errorf(MP_EUSAGE,
-                     "unknown --arch '%s' (choose mixtral, qwen2_moe, qwen3_moe, olmoe, deepseek_v2, deepseek_v3, "
-                     "phimoe)",
+                     "unknown --arch '%s' (choose mixtral, qwen2_moe, qwen3_moe, olmoe, deepseek, deepseek_v2, "
+                     "deepseek_v3, phimoe)",
                      name);
 }
 
@@ -161,16 +161,24 @@ int mp_synth_config_json(const mp_synth_opts *o, char **json)
         cJSON_AddBoolToObject(j, "norm_topk_prob", 0);
         cJSON_AddBoolToObject(j, "attention_bias", 0);
         break;
+    case MP_ARCH_DEEPSEEK: /* DeepSeek-MoE-16B: multi-head attention, two shared experts, the MoE of V2 */
     case MP_ARCH_DEEPSEEK_V2:
     case MP_ARCH_DEEPSEEK_V3: {
-        int v3 = o->arch == MP_ARCH_DEEPSEEK_V3;
+        int v3 = o->arch == MP_ARCH_DEEPSEEK_V3, v1 = o->arch == MP_ARCH_DEEPSEEK;
         cJSON_AddNumberToObject(j, "num_key_value_heads", o->heads); /* MLA: one KV head per head */
         cJSON_AddNumberToObject(j, "n_routed_experts", o->experts);
-        cJSON_AddNumberToObject(j, "n_shared_experts", 1);
+        cJSON_AddNumberToObject(j, "n_shared_experts", v1 ? 2 : 1);
         cJSON_AddNumberToObject(j, "moe_intermediate_size", o->ffn);
         cJSON_AddNumberToObject(j, "intermediate_size", 2 * o->ffn);
         cJSON_AddNumberToObject(j, "first_k_dense_replace", o->layers > 1 ? 1 : 0);
         cJSON_AddNumberToObject(j, "moe_layer_freq", 1);
+        if (v1) {
+            add_float(j, "rms_norm_eps", 1e-6);
+            cJSON_AddStringToObject(j, "scoring_func", "softmax");
+            cJSON_AddBoolToObject(j, "norm_topk_prob", 0);
+            cJSON_AddBoolToObject(j, "attention_bias", 0);
+            break;
+        }
         cJSON_AddNumberToObject(j, "kv_lora_rank", o->hidden / 2);
         if (v3)
             cJSON_AddNumberToObject(j, "q_lora_rank", o->hidden / 2);

@@ -64,10 +64,25 @@ static int layer_load(void *ctx, int l, mp_layer_w *w)
         LOAD(in_norm_b, d, "model.layers.%d.input_layernorm.bias");
         LOAD(post_norm_b, d, "model.layers.%d.post_attention_layernorm.bias");
     }
-    LOAD(wq, qd * d, "model.layers.%d.self_attn.q_proj.weight");
-    LOAD(wk, kvd * d, "model.layers.%d.self_attn.k_proj.weight");
-    LOAD(wv, kvd * d, "model.layers.%d.self_attn.v_proj.weight");
-    LOAD(wo, d * qd, "model.layers.%d.self_attn.o_proj.weight");
+    if (c->arch == MP_ARCH_DEEPSEEK_V2 || c->arch == MP_ARCH_DEEPSEEK_V3) {
+        int64_t H = c->n_heads, qk = c->qk_nope_dim + c->qk_rope_dim, ql = c->q_lora_rank, r = c->kv_lora_rank;
+        if (ql > 0) {
+            LOAD(wq_a, ql * d, "model.layers.%d.self_attn.q_a_proj.weight");
+            LOAD(q_a_norm, ql, "model.layers.%d.self_attn.q_a_layernorm.weight");
+            LOAD(wq_b, H * qk * ql, "model.layers.%d.self_attn.q_b_proj.weight");
+        } else {
+            LOAD(wq, H * qk * d, "model.layers.%d.self_attn.q_proj.weight");
+        }
+        LOAD(wkv_a, (r + c->qk_rope_dim) * d, "model.layers.%d.self_attn.kv_a_proj_with_mqa.weight");
+        LOAD(kv_a_norm, r, "model.layers.%d.self_attn.kv_a_layernorm.weight");
+        LOAD(wkv_b, H * (c->qk_nope_dim + c->v_head_dim) * r, "model.layers.%d.self_attn.kv_b_proj.weight");
+        LOAD(wo, d * H * c->v_head_dim, "model.layers.%d.self_attn.o_proj.weight");
+    } else {
+        LOAD(wq, qd * d, "model.layers.%d.self_attn.q_proj.weight");
+        LOAD(wk, kvd * d, "model.layers.%d.self_attn.k_proj.weight");
+        LOAD(wv, kvd * d, "model.layers.%d.self_attn.v_proj.weight");
+        LOAD(wo, d * qd, "model.layers.%d.self_attn.o_proj.weight");
+    }
     if (c->attn_bias) {
         LOAD(bq, qd, "model.layers.%d.self_attn.q_proj.bias");
         LOAD(bk, kvd, "model.layers.%d.self_attn.k_proj.bias");
@@ -86,11 +101,18 @@ static int layer_load(void *ctx, int l, mp_layer_w *w)
         char rn[MP_NAME_MAX];
         mp_name_router(c, m->layout, l, rn, sizeof rn);
         MP_CHECK_GOTO(load(m, &w->router, (int64_t)c->n_experts * d, rn, l), fail);
+        if (strcmp(c->topk_method, "noaux_tc") == 0)
+            LOAD(router_bias, c->n_experts, "model.layers.%d.mlp.gate.e_score_correction_bias");
         if (c->n_shared > 0 && c->shared_ffn > 0) {
             int64_t fs = c->shared_ffn;
-            LOAD(sh_gate, fs * d, "model.layers.%d.mlp.shared_expert.gate_proj.weight");
-            LOAD(sh_up, fs * d, "model.layers.%d.mlp.shared_expert.up_proj.weight");
-            LOAD(sh_down, d * fs, "model.layers.%d.mlp.shared_expert.down_proj.weight");
+            static const char *pj[3] = {"gate", "up", "down"};
+            float **dst[3] = {&w->sh_gate, &w->sh_up, &w->sh_down};
+            for (int p = 0; p < 3; p++) { /* Qwen2-MoE: mlp.shared_expert; DeepSeek: mlp.shared_experts */
+                char fmt[96];
+                snprintf(fmt, sizeof fmt, "model.layers.%%d.mlp.%s.%s_proj.weight",
+                         c->arch == MP_ARCH_QWEN2_MOE ? "shared_expert" : "shared_experts", pj[p]);
+                MP_CHECK_GOTO(load(m, dst[p], fs * d, fmt, l), fail);
+            }
             if (c->shared_gate)
                 LOAD(sh_gate_w, d, "model.layers.%d.mlp.shared_expert_gate.weight");
         }

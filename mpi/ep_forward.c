@@ -52,6 +52,8 @@ typedef struct {
  * another slot's; the owner's side keeps each unit's staged rows and its expert weights. */
 typedef struct {
     int J, sh;
+    const mp_weights *sw; /* whose units run */
+    float *yout;          /* [T, d]: the block outputs, or NULL: added to the residual stream */
     const mp_layer_w *lw;
     const mp_unit_hooks *hk;
     int l;
@@ -116,6 +118,13 @@ static int check_inputs(const mp_config *c, const mp_tokens *tok)
     if (tok->seq_len > c->max_pos)
         return mp_errorf(MP_EFORMAT, "calibration sequences of %d tokens are longer than the model's %d positions",
                          tok->seq_len, c->max_pos);
+    /* past the original length transformers' PhimoeForCausalLM keeps the short factors but takes long_mscale,
+     * unlike Phi's own code: no reference to follow */
+    if (c->arch == MP_ARCH_PHIMOE && !strcmp(c->rope_type, "longrope") && tok->seq_len > c->rope_orig_max_pos)
+        return mp_errorf(MP_ECONFIG,
+                         "%s: key 'original_max_position_embeddings' = %d: Phi-3.5-MoE's longrope beyond it (sequences "
+                         "of %d tokens) is not supported",
+                         c->file, c->rope_orig_max_pos, tok->seq_len);
     for (int64_t i = 0; i < (int64_t)tok->n_seq * tok->seq_len; i++)
         if (tok->ids[i] < 0 || tok->ids[i] >= c->vocab)
             return mp_errorf(MP_EFORMAT, "token id %d at [%lld, %lld] is outside the vocabulary [0, %d)",
@@ -360,9 +369,13 @@ static int take_output(mp_epf *s, moe_layer *b, int32_t slot, const float *y)
             o[k] += wj * yi[k];
         b->pfree[b->pfree_n++] = b->row[t * J + j];
     }
-    float *h = s->h + t * d;
-    for (int k = 0; k < d; k++)
-        h[k] += o[k];
+    if (b->yout)
+        memcpy(b->yout + t * d, o, sizeof(float) * (size_t)d);
+    else {
+        float *h = s->h + t * d;
+        for (int k = 0; k < d; k++)
+            h[k] += o[k];
+    }
     return 0;
 }
 
@@ -374,7 +387,7 @@ static int run_chunk(const mp_epf *s, moe_layer *b, int u)
 {
     const mp_config *cfg = s->cfg;
     const mp_layer_w *lw = b->lw;
-    const mp_weights *sw = s->w;
+    const mp_weights *sw = b->sw;
     staged *q = &b->st[u];
     int d = s->d, shared = u == s->E, f = shared ? cfg->shared_ffn : cfg->moe_ffn, nb = q->n, l = b->l;
     if (nb == 0)
@@ -432,7 +445,7 @@ static int owner_window(const mp_epf *s, moe_layer *b, int64_t nrecv, int last)
         if (!q->begun) {
             if (!q->x && !(q->x = malloc(sizeof(float) * MP_CHUNK * (size_t)d)))
                 return mp_errorf(MP_ENOMEM, "out of memory for expert %d of layer %d", u, l);
-            if (b->hk && !s->w->unit)
+            if (b->hk && !b->sw->unit)
                 MP_CHECK(b->hk->begin(b->hk->ctx, l, u, d, u == E ? s->cfg->shared_ffn : s->cfg->moe_ffn));
             else if (b->hk)
                 return mp_errorf(MP_EINTERNAL, "statistics hooks need dense experts");
@@ -511,11 +524,13 @@ static int give_back(mp_epf *s, moe_layer *b, int rc)
 }
 
 /* buffers of one MoE layer */
-static int moe_layer_init(const mp_epf *s, moe_layer *b, const mp_layer_w *lw, int l, const mp_unit_hooks *hk)
+static int moe_layer_init(const mp_epf *s, moe_layer *b, const mp_weights *sw, const mp_layer_w *lw, int l,
+                          const mp_unit_hooks *hk, float *yout)
 {
     const mp_config *cfg = s->cfg;
     int E = s->E, d = s->d, size = s->size;
-    b->sh = has_shared(cfg), b->J = s->K + b->sh, b->lw = lw, b->hk = hk, b->l = l, b->wunit = -1;
+    b->sh = has_shared(cfg), b->J = s->K + b->sh, b->sw = sw, b->yout = yout, b->lw = lw, b->hk = hk, b->l = l;
+    b->wunit = -1;
     int64_t T = s->T, J = b->J, fm = cfg->moe_ffn > cfg->shared_ffn ? cfg->moe_ffn : cfg->shared_ffn;
     b->logits = malloc(sizeof(float) * (size_t)(s->wmax * E + 1));
     b->wt = malloc(sizeof(float) * (size_t)(T * J + 1));
@@ -527,9 +542,9 @@ static int moe_layer_init(const mp_epf *s, moe_layer *b, const mp_layer_w *lw, i
     b->st = calloc((size_t)E + 1, sizeof(staged));
     b->nst = E + 1;
     b->ws = malloc(sizeof(float) * 2 * MP_CHUNK * (size_t)fm);
-    b->wbuf = s->w->unit ? NULL : malloc(sizeof(float) * 3 * (size_t)cfg->moe_ffn * (size_t)d);
+    b->wbuf = sw->unit ? NULL : malloc(sizeof(float) * 3 * (size_t)cfg->moe_ffn * (size_t)d);
     if (!b->logits || !b->wt || !b->idx || !b->left || !b->row || !b->scnt || !b->ocnt || !b->st || !b->ws ||
-        (!s->w->unit && !b->wbuf))
+        (!sw->unit && !b->wbuf))
         return mp_errorf(MP_ENOMEM, "out of memory routing %lld tokens", (long long)T);
     b->rcnt = b->scnt + size, b->orcnt = b->ocnt + size;
     return 0;
@@ -556,45 +571,118 @@ static int attention_part(mp_epf *s, const mp_layer_w *lw, int64_t a, int64_t e)
     return rc;
 }
 
-int mp_epf_layer(mp_epf *s, int l, const mp_unit_hooks *hooks)
+/* Collective: root gets all[n_seq * w], the per-sequence values seq[q * w ..] of every rank's own sequences
+ * (indexed by global sequence), so that sums over them can be added in sequence order. */
+static int gather_seq(const mp_epf *s, const double *seq, int w, double *all)
+{
+    int *cnt = malloc(sizeof(int) * (size_t)s->size * 2);
+    MP_CHECK(mp_mpi_agree(cnt ? 0 : mp_errorf(MP_ENOMEM, "out of memory")));
+    int *dsp = cnt + s->size;
+    for (int r = 0; r < s->size; r++) {
+        int64_t a, b;
+        mp_seq_range(s->tok->n_seq, r, s->size, &a, &b);
+        cnt[r] = (int)(w * (b - a)), dsp[r] = (int)(w * a);
+    }
+    int rc = MPI_Gatherv(seq + (size_t)w * s->seq0, w * s->nseq, MPI_DOUBLE, all, cnt, dsp, MPI_DOUBLE, 0,
+                         MPI_COMM_WORLD);
+    free(cnt);
+    MP_MPI(rc);
+    return 0;
+}
+
+/* Collective, with alt: root's sq[0..1] = sum over tokens of ||y - y_alt||^2 and ||y||^2, per sequence and
+ * added in sequence order; then the residual stream gets y. */
+static int compare_outputs(mp_epf *s, const float *y, const float *y2, double sq[2])
+{
+    int d = s->d, S = s->S;
+    double *seq = calloc(2 * ((size_t)s->tok->n_seq + 1), sizeof(double));
+    double *all = calloc(2 * ((size_t)s->tok->n_seq + 1), sizeof(double));
+    int rc = mp_mpi_agree(seq && all ? 0 : mp_errorf(MP_ENOMEM, "out of memory comparing a layer"));
+    for (int q = 0; q < s->nseq && rc == 0; q++) {
+        double *acc = seq + 2 * (size_t)(s->seq0 + q);
+        for (int64_t i = (int64_t)q * S * d; i < (int64_t)(q + 1) * S * d; i++) {
+            double e = (double)y[i] - y2[i];
+            acc[0] += e * e, acc[1] += (double)y[i] * y[i];
+        }
+    }
+    if (rc == 0)
+        rc = gather_seq(s, seq, 2, all);
+    for (int q = 0; rc == 0 && s->rank == 0 && q < s->tok->n_seq; q++)
+        sq[0] += all[2 * q], sq[1] += all[2 * q + 1];
+    for (int64_t i = 0; rc == 0 && i < s->T * d; i++)
+        s->h[i] += y[i];
+    free(seq), free(all);
+    return rc;
+}
+
+/* Collective: layer l; with alt, a MoE layer's block once more from alt's units on the same inputs and
+ * routing (a second exchange of the same rows, its own chunks), and sq as compare_outputs. */
+static int layer_run(mp_epf *s, int l, const mp_unit_hooks *hooks, const mp_weights *alt, double sq[2])
 {
     int d = s->d, S = s->S;
     mp_layer_w lw = {0};
-    moe_layer b = {0};
+    moe_layer b = {0}, b2 = {0};
+    float *y = NULL, *y2 = NULL;
+    if (alt)
+        sq[0] = sq[1] = 0;
     int rc = s->w->layer(s->w->ctx, l, &lw);
     if (!lw.moe || rc < 0) {
         if (rc == 0)
             rc = attention_part(s, &lw, 0, s->nseq);
         rc = mp_mpi_agree(rc);
     } else {
-        rc = moe_layer_init(s, &b, &lw, l, hooks);
+        if (alt) {
+            y = malloc(sizeof(float) * (size_t)(s->T * d + 1)), y2 = malloc(sizeof(float) * (size_t)(s->T * d + 1));
+            rc = y && y2 ? 0 : mp_errorf(MP_ENOMEM, "out of memory comparing layer %d", l);
+        }
+        if (rc == 0)
+            rc = moe_layer_init(s, &b, s->w, &lw, l, hooks, y);
+        if (rc == 0 && alt)
+            rc = moe_layer_init(s, &b2, alt, &lw, l, NULL, y2);
+        rc = mp_mpi_agree(rc);
         int64_t nw = n_windows(s);
         for (int64_t k = 0; k < nw && rc == 0; k++) {
             int64_t a, e, nrecv = 0;
             window_seqs(s, k, &a, &e);
             int64_t t0 = a * S, n = (e - a) * S;
             rc = attention_part(s, &lw, a, e);
-            if (rc == 0 && n > 0) {
-                route(s, &b, s->x, t0, n);
-                if (s->observe)
-                    s->observe(s->observe_ctx, "router", l, s->seq0 + (int)a, (int)(e - a), s->E, b.logits);
+            for (int pass = 0; pass < (alt ? 2 : 1); pass++) { /* the model's units, then alt's */
+                moe_layer *bp = pass ? &b2 : &b;
+                if (rc == 0 && n > 0) {
+                    route(s, bp, s->x, t0, n);
+                    if (s->observe && !pass)
+                        s->observe(s->observe_ctx, "router", l, s->seq0 + (int)a, (int)(e - a), s->E, bp->logits);
+                }
+                rc = dispatch(s, bp, s->x, t0, n, &nrecv, rc);
+                if (rc == 0)
+                    rc = owner_window(s, bp, nrecv, k == nw - 1);
+                rc = give_back(s, bp, rc);
             }
-            rc = dispatch(s, &b, s->x, t0, n, &nrecv, rc);
-            if (rc == 0)
-                rc = owner_window(s, &b, nrecv, k == nw - 1);
-            rc = give_back(s, &b, rc);
         }
         for (int64_t t = 0; t < s->T && rc == 0; t++)
-            if (b.left[t])
+            if (b.left[t] || (alt && b2.left[t]))
                 rc = mp_errorf(MP_EINTERNAL, "layer %d: token %lld is missing an expert output", l,
                                (long long)(s->seq0 * (int64_t)S + t));
         rc = mp_mpi_agree(rc);
+        if (rc == 0 && alt)
+            rc = compare_outputs(s, y, y2, sq);
     }
     if (rc == 0 && s->observe && s->T)
         s->observe(s->observe_ctx, "hidden", l + 1, s->seq0, s->nseq, d, s->h);
     moe_layer_free(&b);
+    moe_layer_free(&b2);
+    free(y), free(y2);
     mp_layer_free(&lw);
     return rc;
+}
+
+int mp_epf_layer(mp_epf *s, int l, const mp_unit_hooks *hooks) { return layer_run(s, l, hooks, NULL, NULL); }
+
+int mp_epf_layer_compare(mp_epf *s, int l, const mp_unit_hooks *hooks, const mp_weights *alt, double sq[2])
+{
+    if (!alt || !alt->unit)
+        return mp_mpi_agree(mp_errorf(MP_EINTERNAL, "mp_epf_layer_compare needs units served by `unit`"));
+    return layer_run(s, l, hooks, alt, sq);
 }
 
 /* -log softmax(r)[y] of one row r [V]: exponentials in fp32 (the logits are fp32), their sum in fp64 */
@@ -615,8 +703,7 @@ int mp_epf_head(mp_epf *s, double *nll_sum, int64_t *n_pred)
     int d = s->d, S = s->S, V = cfg->vocab;
     float *nw = NULL, *nb = NULL, *hw = NULL, *hb = NULL, *lg = NULL;
     double *nll = calloc((size_t)s->tok->n_seq + 1, sizeof(double)), *all = NULL;
-    int *cnt = malloc(sizeof(int) * (size_t)s->size * 2);
-    int rc = nll && cnt ? s->w->head(s->w->ctx, &nw, &nb, &hw, &hb) : mp_errorf(MP_ENOMEM, "out of memory");
+    int rc = nll ? s->w->head(s->w->ctx, &nw, &nb, &hw, &hb) : mp_errorf(MP_ENOMEM, "out of memory");
     if (rc == 0 && !(lg = malloc(sizeof(float) * (size_t)S * (size_t)V)))
         rc = mp_errorf(MP_ENOMEM, "out of memory for logits");
     for (int q = 0; q < s->nseq && rc == 0; q++) {
@@ -636,15 +723,9 @@ int mp_epf_head(mp_epf *s, double *nll_sum, int64_t *n_pred)
     }
     MP_CHECK_GOTO(mp_mpi_agree(rc), out);
     /* gather per-sequence sums; root adds them in sequence order */
-    int *dsp = cnt + s->size;
-    for (int r = 0; r < s->size; r++) {
-        int64_t a, b;
-        mp_seq_range(s->tok->n_seq, r, s->size, &a, &b);
-        cnt[r] = (int)(b - a), dsp[r] = (int)a;
-    }
     all = calloc((size_t)s->tok->n_seq + 1, sizeof(double));
     MP_CHECK_GOTO(mp_mpi_agree(all ? 0 : mp_errorf(MP_ENOMEM, "out of memory")), out);
-    MP_MPI(MPI_Gatherv(nll + s->seq0, s->nseq, MPI_DOUBLE, all, cnt, dsp, MPI_DOUBLE, 0, MPI_COMM_WORLD));
+    MP_CHECK_GOTO(gather_seq(s, nll, 1, all), out);
     *nll_sum = 0, *n_pred = 0;
     if (s->rank == 0) {
         for (int q = 0; q < s->tok->n_seq; q++)
@@ -652,7 +733,7 @@ int mp_epf_head(mp_epf *s, double *nll_sum, int64_t *n_pred)
         *n_pred = (int64_t)s->tok->n_seq * (S - 1);
     }
 out:
-    free(nw), free(nb), free(hw), free(hb), free(lg), free(nll), free(all), free(cnt);
+    free(nw), free(nb), free(hw), free(hb), free(lg), free(nll), free(all);
     return rc;
 }
 
@@ -676,10 +757,9 @@ int mp_epf_head_compare(mp_epf *a, mp_epf *b, mp_head_cmp *out)
     float *nw[2] = {NULL, NULL}, *nb[2] = {NULL, NULL}, *hw[2] = {NULL, NULL}, *hb[2] = {NULL, NULL};
     float *lg[2] = {NULL, NULL};
     double *lp[2] = {NULL, NULL}, *seq = calloc(4 * ((size_t)a->tok->n_seq + 1), sizeof(double)), *all = NULL;
-    int *cnt = malloc(sizeof(int) * (size_t)a->size * 2);
     mp_epf *st[2] = {a, b};
     memset(out, 0, sizeof *out);
-    if (!seq || !cnt)
+    if (!seq)
         rc = mp_errorf(MP_ENOMEM, "out of memory");
     for (int k = 0; k < 2 && rc == 0; k++) {
         rc = st[k]->w->head(st[k]->w->ctx, &nw[k], &nb[k], &hw[k], &hb[k]);
@@ -715,16 +795,9 @@ int mp_epf_head_compare(mp_epf *a, mp_epf *b, mp_head_cmp *out)
                                k == 2 ? "KL divergence" : k ? "compressed model's NLL" : "original model's NLL");
     }
     MP_CHECK_GOTO(mp_mpi_agree(rc), out);
-    int *dsp = cnt + a->size;
-    for (int r = 0; r < a->size; r++) {
-        int64_t x, y;
-        mp_seq_range(a->tok->n_seq, r, a->size, &x, &y);
-        cnt[r] = (int)(4 * (y - x)), dsp[r] = (int)(4 * x);
-    }
     all = calloc(4 * ((size_t)a->tok->n_seq + 1), sizeof(double));
     MP_CHECK_GOTO(mp_mpi_agree(all ? 0 : mp_errorf(MP_ENOMEM, "out of memory")), out);
-    MP_MPI(MPI_Gatherv(seq + 4 * (size_t)a->seq0, 4 * a->nseq, MPI_DOUBLE, all, cnt, dsp, MPI_DOUBLE, 0,
-                       MPI_COMM_WORLD));
+    MP_CHECK_GOTO(gather_seq(a, seq, 4, all), out);
     if (a->rank == 0) { /* in sequence order: the same for any rank count */
         for (int q = 0; q < a->tok->n_seq; q++)
             out->nll[0] += all[4 * q], out->nll[1] += all[4 * q + 1], out->kl_sum += all[4 * q + 2],
@@ -734,7 +807,7 @@ int mp_epf_head_compare(mp_epf *a, mp_epf *b, mp_head_cmp *out)
 out:
     for (int k = 0; k < 2; k++)
         free(nw[k]), free(nb[k]), free(hw[k]), free(hb[k]), free(lg[k]), free(lp[k]);
-    free(seq), free(all), free(cnt);
+    free(seq), free(all);
     return rc;
 }
 

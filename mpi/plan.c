@@ -7,6 +7,7 @@
 
 #include "decompose.h"
 #include "error.h"
+#include "forward.h"
 
 void mp_shard_range(int64_t n, int rank, int size, int64_t *lo, int64_t *hi)
 {
@@ -61,8 +62,14 @@ void mp_plan_make(const mp_config *c, int P, int n_seq, int S, int64_t model_byt
      * image (packed), the token sample (heap rows, the sorted copy, in the file and its image: a routed
      * expert gets Tall K / E tokens on average, the shared one all); at the end, the output head and
      * one sequence's logits */
-    int64_t hidden = 3 * T * d * 4 + (S * (2 * qd + 2 * kvd) + S * S + S * c->head_dim + S * d) * 4;
-    int64_t layer_w = ((2 * qd + 2 * kvd) * d + E * d + 3 * fs * d + 2 * d) * 4;
+    int64_t hidden = 3 * T * d * 4 + (mp_attention_scratch(c, S) + S * d) * 4;
+    int64_t attn_w = (2 * qd + 2 * kvd) * d;
+    if (c->arch == MP_ARCH_DEEPSEEK_V2 || c->arch == MP_ARCH_DEEPSEEK_V3) { /* latent attention */
+        int64_t H = c->n_heads, qk = c->qk_nope_dim + c->qk_rope_dim, ql = c->q_lora_rank, r = c->kv_lora_rank;
+        attn_w = (ql > 0 ? ql * d + H * qk * ql : H * qk * d) + (r + c->qk_rope_dim) * d +
+                 H * (c->qk_nope_dim + c->v_head_dim) * r + d * H * c->v_head_dim;
+    }
+    int64_t layer_w = (attn_w + E * d + 3 * fs * d + 2 * d) * 4;
     int64_t slots = K + (fs > 0);
     /* the busiest owner receives its units' share of the routed tokens, the shared expert's included */
     int64_t nsend = T * slots, nrecv = Tall * slots;

@@ -1,11 +1,21 @@
 /* forward.h - the building blocks of the fp32 forward pass (BLAS sgemm).
  *
- * Covers Mixtral, Qwen2-MoE, Qwen3-MoE and OLMoE exactly as transformers
- * computes them: RMSNorm (variance in fp32), rotary embeddings (rotate-half,
- * "default" and "linear" rope), grouped-query causal attention with optional
- * q/k biases and q/k RMSNorm (per head for Qwen3, over the whole projection
- * for OLMoE), OLMoE's clip_qkv, the softmax router with top-k and optional
- * renormalisation, SwiGLU experts, the shared expert with its sigmoid gate.
+ * Covers Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE, DeepSeek-V2/V3 and Phi-3.5-MoE
+ * exactly as transformers computes them: RMSNorm (variance in fp32) or
+ * LayerNorm with bias (Phi), rotary embeddings
+ * (rotate-half, or DeepSeek's interleaved pairs; rope types "default",
+ * "linear", "dynamic" (at most max_position_embeddings tokens, where it is the
+ * default rope), "yarn" with its attention factor, "longrope" with its short/long
+ * factors and Phi's short/long mscale), grouped-query causal attention with
+ * optional q/k/v/o biases, the sliding window of Mixtral and Phi, q/k
+ * RMSNorm (per head for Qwen3, over the whole projection for OLMoE), OLMoE's
+ * clip_qkv, DeepSeek's multi-head latent attention (q with or without
+ * q_lora_rank, the compressed kv with its RMSNorm, the decoupled rotary part,
+ * the softmax scale with YaRN's mscale_all_dim), the routers (softmax top-k
+ * with optional renormalisation; DeepSeek-V2 softmax greedy or group-limited
+ * top-k; DeepSeek-V3 sigmoid with e_score_correction_bias and grouped top-k;
+ * both times routed_scaling_factor; Phi's sparsemixer in eval mode), SwiGLU experts, the shared expert with its
+ * optional sigmoid gate.
  * All matrices are row-major; weights are [out, in] as in the checkpoints.
  * Weights come through mp_weights, an interface the loader implements
  * (io/weights.h for a Hugging Face checkpoint): a layer's non-expert weights
@@ -26,7 +36,11 @@ typedef struct {
     float *wq, *wk, *wv, *wo;                             /* [H hd, d], [KV hd, d], [KV hd, d], [d, H hd] */
     float *bq, *bk, *bv, *bo;                             /* optional biases */
     float *q_norm, *k_norm;                               /* [hd] (per head) or [H hd]/[KV hd] (full) */
+    /* DeepSeek MLA (wq is q_proj [H qk, d] without q_lora_rank; wo is o_proj [d, H v]) */
+    float *wq_a, *q_a_norm, *wq_b;                        /* [ql, d], [ql], [H qk, ql] */
+    float *wkv_a, *kv_a_norm, *wkv_b;                     /* [r + rope, d], [r], [H (nope + v), r] */
     float *router;                                        /* [E, d] */
+    float *router_bias;                                   /* DeepSeek-V3 e_score_correction_bias [E] */
     float *sh_gate, *sh_up, *sh_down, *sh_gate_w;        /* shared expert [fs, d], [fs, d], [d, fs], gate [1, d] */
     float *mlp_gate, *mlp_up, *mlp_down;                  /* dense MLP of non-MoE layers */
 } mp_layer_w;
@@ -51,7 +65,8 @@ typedef struct mp_weights {
 } mp_weights;
 
 /* MP_ECONFIG naming config.json and the key for what the forward pass does not cover yet:
- * architectures, rope types other than default/linear, sliding windows, more than
+ * architectures, rope type llama3, Qwen's sliding windows, DeepSeek's attention_bias or
+ * moe_layer_freq != 1, Phi with other than 2 experts per token, more than
  * MP_FORWARD_MAX_EXPERTS experts or MP_FORWARD_MAX_TOPK experts per token. */
 #define MP_FORWARD_MAX_EXPERTS 4096
 #define MP_FORWARD_MAX_TOPK 63
@@ -64,8 +79,8 @@ void mp_norm(const mp_config *c, const float *x, int n, int d, const float *w, c
  * scratch: mp_attention_scratch(c, S) floats. */
 int64_t mp_attention_scratch(const mp_config *c, int S);
 int mp_attention(const mp_config *c, const mp_layer_w *w, const float *x, int S, float *out, float *scratch);
-/* logits[n, E] = x[n, d] router^T; idx/wt[n, k]: top-k experts (descending probability, ties to the
- * lower index) and their routing weights (softmax, renormalised when the config says so). */
+/* logits[n, E] = x[n, d] router^T; idx/wt[n, k]: top-k experts (descending score, ties to the lower
+ * index) and their routing weights as the architecture forms them (see the top of this file). */
 void mp_route(const mp_config *c, const mp_layer_w *w, const float *x, int n, float *logits, int *idx, float *wt);
 /* SwiGLU MLP: hmid[n, f] = silu(x Wg^T) * (x Wu^T); y[n, d] = hmid Wd^T. hmid may be NULL. */
 int mp_swiglu(const float *wg, const float *wu, const float *wd, const float *x, int n, int d, int f, float *y,

@@ -17,6 +17,7 @@ static const struct {
     {MP_ARCH_DEEPSEEK_V2, "deepseek_v2", "DeepseekV2ForCausalLM"},
     {MP_ARCH_DEEPSEEK_V3, "deepseek_v3", "DeepseekV3ForCausalLM"},
     {MP_ARCH_PHIMOE, "phimoe", "PhimoeForCausalLM"}, /* published: PhiMoEForCausalLM (matched ignoring case) */
+    {MP_ARCH_DEEPSEEK, "deepseek", "DeepseekForCausalLM"},
 };
 #define N_ARCH ((int)(sizeof arch_table / sizeof arch_table[0]))
 

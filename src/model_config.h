@@ -16,6 +16,7 @@ typedef enum {
     MP_ARCH_DEEPSEEK_V2,
     MP_ARCH_DEEPSEEK_V3,
     MP_ARCH_PHIMOE,
+    MP_ARCH_DEEPSEEK, /* DeepSeek-MoE-16B (remote code): plain attention, DeepSeek-V2's MoE */
     MP_ARCH_COUNT
 } mp_arch;
 
@@ -61,6 +62,11 @@ typedef struct {
     char rope_type[24]; /* "default", "linear", "dynamic", "yarn", "longrope", "llama3" */
     char rope_type_key[40]; /* where it came from, e.g. "rope_scaling.type" (for messages) */
     double rope_factor;
+    int rope_has_factor;          /* 'factor' was given (longrope without it: max_position / original) */
+    double rope_attention_factor; /* yarn/longrope 'attention_factor'; 0 = derived as transformers does */
+    int rope_truncate;            /* yarn 'truncate' (default true) */
+    double rope_short_mscale, rope_long_mscale; /* Phi-3.5-MoE longrope; 0 = absent */
+    int rope_interleave;          /* DeepSeek: rotary pairs (2i, 2i+1) instead of (i, i + rd/2) */
     int rope_orig_max_pos;
     double rope_beta_fast, rope_beta_slow, rope_mscale, rope_mscale_all_dim;
     double rope_low_freq_factor, rope_high_freq_factor;

@@ -853,20 +853,22 @@ done:
 
 void mp_quant_act(const float *X, int64_t t, int64_t n, int bits, float *Xq)
 {
-    int half = 1 << (bits - 1);
-    float qhalf = (float)((1 << bits) - 1) / 2.0f;
+    /* symmetric, 2^bits - 1 levels: the row's extreme values land on +-top (x / s = +-top up to a rounding
+     * error far from a tie), so inputs that differ in their last bits (another summation order, a GPU) give
+     * the same codes */
+    float top = (float)((1 << (bits - 1)) - 1);
     for (int64_t r = 0; r < t; r++) {
         const float *x = X + r * n;
         float *y = Xq + r * n, amax = 0;
         for (int64_t i = 0; i < n; i++)
             amax = fmaxf(amax, fabsf(x[i]));
-        float s = amax / qhalf;
+        float s = amax / top;
         for (int64_t i = 0; i < n; i++) {
             if (s == 0.0f) {
                 y[i] = 0.0f;
                 continue;
             }
-            float v = fminf(fmaxf(x[i] / s, (float)-half), (float)(half - 1));
+            float v = fminf(fmaxf(x[i] / s, -top), top);
             y[i] = rintf(v) * s;
         }
     }

@@ -87,7 +87,7 @@ done
 
 # an impossible --walltime: every run commits one new layer and stops (exit 12); rerunning the same
 # command finishes: 3 layers in each of the stages that commit layers (calibrate, decompose, measure,
-# allocate, quantize) = 15 stopped runs, then a 16th that completes
+# allocate, quantize, validate) = 18 stopped runs, then a 19th that completes
 ck="$OUT/wall"
 runs=0
 hidden=0 # resumed calibrations that loaded the hidden-state checkpoint instead of replaying the forward pass
@@ -101,7 +101,7 @@ while :; do
     [ $st = 12 ] || fail "--walltime: exit $st, expected 12: $(tail -3 "$ck.log")"
 done
 layers=$(find "$ck" -name DONE | wc -l)
-[ $runs = 16 ] && [ $layers = 15 ] || fail "--walltime: finished after $runs runs with $layers layers, expected 16 runs (one new layer per run)"
+[ $runs = 19 ] && [ $layers = 18 ] || fail "--walltime: finished after $runs runs with $layers layers, expected 19 runs (one new layer per run)"
 [ $hidden = 3 ] || fail "--walltime: $hidden resumed calibrations loaded the hidden-state checkpoint, expected 3"
 same "$ck"
 echo "--walltime: 3 resumed calibrations loaded the hidden states of their last layer, none replayed it"

@@ -614,22 +614,33 @@ static void config_cases(void)
              "rope_parameters: key 'factor' = 0 is out of range");
     /* valid configs the forward pass does not compute yet: a config problem (4), never usage (2); with
      * `calibrate` found before the checkpoint directory is claimed (no job.json left behind) */
-    cfg_case("cfg_rope_yarn_forward", EVAL | CALIB, "rope_parameters",
-             "{\"rope_type\": \"yarn\", \"factor\": 4, \"rope_theta\": 10000}", MP_ECONFIG,
-             "config.json: key 'rope_parameters.rope_type': the forward pass does not support rope type 'yarn'");
-    cfg_case("cfg_rope_scaling_dynamic_forward", EVAL | CALIB, "rope_scaling", "{\"type\": \"dynamic\", \"factor\": 2}",
-             MP_ECONFIG, "key 'rope_scaling.type': the forward pass does not support rope type 'dynamic'");
-    cfg_case("cfg_sliding_window_forward", EVAL | CALIB, "sliding_window", "4096", MP_ECONFIG,
-             "config.json: key 'sliding_window' = 4096: the forward pass does not support sliding-window");
+    cfg_case("cfg_rope_llama3_forward", EVAL | CALIB, "rope_parameters",
+             "{\"rope_type\": \"llama3\", \"factor\": 8, \"rope_theta\": 10000}", MP_ECONFIG,
+             "config.json: key 'rope_parameters.rope_type': the forward pass does not support rope type 'llama3'");
+    cfg_case("cfg_rope_longrope_no_factors", EVAL | CALIB, "rope_scaling", "{\"type\": \"longrope\", \"factor\": 2}",
+             MP_ECONFIG, "key 'rope_scaling.type' is 'longrope' but short_factor or long_factor is missing");
+    begin("cfg_sliding_window_forward");
+    model_from("qwen2_moe_f32");
+    config_set("use_sliding_window", "true");
+    config_set("sliding_window", "4096");
+    expect("cfg_sliding_window_forward", EVAL | CALIB, MP_ECONFIG,
+           "config.json: key 'use_sliding_window' = true (sliding_window 4096): the forward pass does not support "
+           "qwen2_moe's sliding-window attention");
     cfg_case("cfg_sliding_window_negative", INSPECT, "sliding_window", "-1", MP_ECONFIG,
              "key 'sliding_window' must be in [0, 16777216], got -1");
     cfg_case("cfg_router_jitter_negative", INSPECT, "router_jitter_noise", "-0.5", MP_ECONFIG,
              "key 'router_jitter_noise' = -0.5 is out of range");
 
-    begin("cfg_arch_without_forward");
-    snprintf(g_model, sizeof g_model, "%s/deepseek_v2_f32", FX);
-    expect("cfg_arch_without_forward", EVAL | CALIB, MP_ECONFIG,
-           "config.json: key 'model_type': the forward pass does not support deepseek_v2 yet");
+    begin("cfg_deepseek_attention_bias");
+    model_from("deepseek_v2_f32");
+    config_set("attention_bias", "true");
+    expect("cfg_deepseek_attention_bias", EVAL | CALIB, MP_ECONFIG,
+           "config.json: key 'attention_bias' = true: the forward pass does not support biases in DeepSeek's");
+    begin("cfg_phimoe_top3");
+    model_from("phimoe_longrope");
+    config_set("num_experts_per_tok", "3");
+    expect("cfg_phimoe_top3", EVAL | CALIB, MP_ECONFIG,
+           "config.json: key 'num_experts_per_tok' = 3: Phi-3.5-MoE's sparsemixer routes every token to 2");
 }
 
 static void tokens_cases(void)

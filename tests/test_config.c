@@ -3,6 +3,7 @@
  * needs, and the total / active parameter counts implied by the registry's
  * tensor shapes against the numbers the model cards publish. */
 #include "config.h"
+#include "forward.h"
 #include "registry.h"
 #include "testutil.h"
 
@@ -61,6 +62,7 @@ int main(void)
                E[i].total, active / 1e9, E[i].active);
         CHECK(fabs(total / 1e9 - E[i].total) <= 0.01 * E[i].total + 0.05);
         CHECK(fabs(active / 1e9 - E[i].active) <= 0.03 * E[i].active + 0.05);
+        CHECK_OK(mp_forward_supported(&c)); /* every published config runs through the forward pass */
         mp_config_free(&c);
     }
 
@@ -75,12 +77,14 @@ int main(void)
     CHECK_NEAR(c.rope_factor, 40, 0);
     CHECK(c.rope_orig_max_pos == 4096);
     CHECK(!c.is_moe[2] && c.is_moe[3]);
+    CHECK(c.rope_interleave && c.rope_mscale_all_dim == 1.0 && c.rope_has_factor);
     mp_config_free(&c);
     CHECK_OK(mp_config_load(MP_FIXTURES "/configs/phi-3.5-moe.json", &c));
     CHECK(c.layernorm && c.attn_bias && c.lm_head_bias && !strcmp(c.rope_type, "longrope"));
     CHECK(c.n_rope_short == 64 && c.n_rope_long == 64 && c.rope_short_factor && c.rope_long_factor);
     if (c.rope_long_factor)
         CHECK_NEAR(c.rope_long_factor[63], 32.5, 1e-12);
+    CHECK(c.rope_short_mscale > 1 && c.rope_long_mscale > 1 && c.sliding_window > 0 && c.rope_orig_max_pos == 4096);
     mp_config_free(&c);
     CHECK_OK(mp_config_load(MP_FIXTURES "/configs/qwen1.5-moe-a2.7b.json", &c));
     CHECK(c.shared_gate && c.n_shared == 1 && c.attn_bias && c.dense_ffn == 5632);

@@ -644,7 +644,9 @@ int main(int argc, char **argv)
         double tol;
     } fx[] = {
         {"mixtral_f32", 1e-4},  {"mixtral_fused", 1e-4},  {"olmoe_f32", 1e-4},      {"olmoe_f32_sharded", 1e-4},
-        {"qwen3_moe_f32", 1e-4}, {"mixtral_bf16", 5e-2},  {"qwen3_moe_bf16", 5e-2},
+        {"qwen3_moe_f32", 1e-4}, {"mixtral_bf16", 5e-2},  {"qwen3_moe_bf16", 5e-2},  {"deepseek_v2_f32", 1e-5},
+        {"deepseek_v2_yarn", 1e-5}, {"deepseek_v3_fp8", 1e-5}, {"phimoe_longrope", 1e-5},
+        {"qwen3_moe_yarn", 1e-5},   {"mixtral_linear", 1e-5}, {"deepseek_moe", 1e-5},
     };
     for (size_t i = 0; i < sizeof fx / sizeof fx[0]; i++)
         run_fixture(fx[i].name, fx[i].tol, NULL);

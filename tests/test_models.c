@@ -111,6 +111,34 @@ static void check_inspect_json(const char *name)
     free(text);
 }
 
+/* `moepack inspect CONFIG.json --json` (no weights) gives the parameter counts the model cards publish */
+static void check_inspect_config(const char *file, double total, double active, int active_wo_embed)
+{
+    char cmd[2400], out[600];
+    snprintf(out, sizeof out, "%s/inspect_cfg.%d.json", MP_TEST_TMP, (int)getpid());
+    snprintf(cmd, sizeof cmd, "ASAN_OPTIONS=detect_leaks=0 '%s' inspect '%s/configs/%s.json' --json > '%s'",
+             MOEPACK_BIN, MP_FIXTURES, file, out);
+    CHECK(system(cmd) == 0);
+    char *text = NULL;
+    size_t n;
+    CHECK_OK(mp_read_file(out, &text, &n));
+    unlink(out);
+    cJSON *j = text ? cJSON_Parse(text) : NULL, *p = cJSON_GetObjectItem(j, "parameters");
+    CHECK(p != NULL);
+    if (p) {
+        double t = cJSON_GetObjectItem(p, "total")->valuedouble / 1e9;
+        double a = (cJSON_GetObjectItem(p, "active_per_token")->valuedouble -
+                    (active_wo_embed ? cJSON_GetObjectItem(p, "embedding")->valuedouble : 0)) /
+                   1e9;
+        fprintf(stderr, "  inspect %s: total %.2fB (published %gB), active %.2fB (published %gB)\n", file, t, total, a,
+                active);
+        CHECK(fabs(t - total) <= 0.005 * total + 0.05);
+        CHECK(fabs(a - active) <= 0.03 * active + 0.05);
+    }
+    cJSON_Delete(j);
+    free(text);
+}
+
 int main(void)
 {
     char *text = NULL;
@@ -136,9 +164,12 @@ int main(void)
         mp_inspect_free(&info);
         mp_model_close(m);
     }
-    CHECK(models == 9);
+    CHECK(models == 15);
     check_inspect_json("qwen2_moe_f32");
     check_inspect_json("olmoe_f32_sharded");
+    check_inspect_config("deepseek-v2-lite", 15.7, 2.4, 1); /* the card counts active without the embedding */
+    check_inspect_config("deepseek-v3", 671, 37, 0);
+    check_inspect_config("phi-3.5-moe", 41.9, 6.6, 0);
 
     /* the same seeds saved differently by transformers */
     static const struct {

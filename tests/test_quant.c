@@ -498,17 +498,19 @@ static void test_loss_identities(void)
             CHECK_OK(mp_quant_measure(f, MP_QUANT_GPTQ, &blk, NULL, &res, &q));
             float *Wq = dequant(q);
             mp_quant_act(X, t, n, f->act_bits, Xq);
-            /* the activation grid: per-token amax / ((2^b - 1) / 2), codes in [-2^(b-1), 2^(b-1) - 1] */
-            int bad = 0, half = 1 << (f->act_bits - 1);
+            /* the activation grid: per-token amax / (2^(b-1) - 1), codes in [-(2^(b-1) - 1), 2^(b-1) - 1]; the
+             * row's largest |x| lands on a code exactly */
+            int bad = 0, top = (1 << (f->act_bits - 1)) - 1;
             for (int64_t r = 0; r < t; r++) {
                 float amax = 0;
                 for (int64_t i = 0; i < n; i++)
                     amax = fmaxf(amax, fabsf(X[r * n + i]));
-                float s = amax / ((float)((1 << f->act_bits) - 1) / 2.0f);
+                float s = amax / (float)top;
                 for (int64_t i = 0; i < n; i++) {
                     float c = rintf(Xq[r * n + i] / s);
-                    bad += fabsf(Xq[r * n + i] - c * s) > 1e-6f * s * fabsf(c) || c < -half || c > half - 1 ||
+                    bad += fabsf(Xq[r * n + i] - c * s) > 1e-6f * s * fabsf(c) || c < -top || c > top ||
                            fabsf(Xq[r * n + i] - X[r * n + i]) > 0.50001f * s;
+                    bad += fabsf(X[r * n + i]) == amax && fabsf(fabsf(Xq[r * n + i]) - amax) > 1e-6f * amax;
                 }
             }
             CHECK(bad == 0);

@@ -101,13 +101,13 @@ __device__ __forceinline__ int find_item(const Desc *descs, int count, int b)
     return lo;
 }
 
-/* Activation formats: s_act[r] = absmax(row r of X, first n values) / ((2^bits - 1) / 2), the scale of
+/* Activation formats: s_act[r] = absmax(row r of X, first n values) / (2^(bits-1) - 1), the scale of
  * mp_quant_act (0 for rows past the item). One warp per row; max is exact in any order. */
 template <int XK, int BM, int THREADS>
 __device__ void act_scales(const Desc &d, long long row_base, int rows_here, float *s_act)
 {
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const float qhalf = (float)((1 << d.act_bits) - 1) / 2.0f;
+    const float top = (float)((1 << (d.act_bits - 1)) - 1);
     for (int r = warp; r < BM; r += THREADS / 32) {
         float amax = 0.0f;
         if (r < rows_here) {
@@ -118,17 +118,18 @@ __device__ void act_scales(const Desc &d, long long row_base, int rows_here, flo
         for (int o = 16; o > 0; o >>= 1)
             amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
         if (lane == 0)
-            s_act[r] = amax / qhalf;
+            s_act[r] = amax / top;
     }
 }
 
-/* the integer of x on the per-token grid of scale s (mp_quant_act: rint(clamp(x / s, -half, half - 1))) */
+/* the integer of x on the per-token grid of scale s (mp_quant_act: rint(clamp(x / s, -top, top)),
+ * top = 2^(bits-1) - 1) */
 __device__ __forceinline__ float act_code(float x, float s, int bits)
 {
-    const float half = (float)(1 << (bits - 1));
+    const float top = (float)((1 << (bits - 1)) - 1);
     if (s == 0.0f)
         return 0.0f;
-    return rintf(fminf(fmaxf(x / s, -half), half - 1.0f));
+    return rintf(fminf(fmaxf(x / s, -top), top));
 }
 
 /* ---- CUDA-core path --------------------------------------------------------------------------------
@@ -701,6 +702,16 @@ struct mp_gpu_qgemm {
     int launches;
 };
 
+/* A[i] *= silu(G[i]); thread t of the launch takes i = t, t + stride, ... */
+__global__ void __launch_bounds__(256)
+    swiglu_kernel(const float *__restrict__ G, float *__restrict__ A, long long count, long long stride)
+{
+    for (long long i = (long long)blockIdx.x * 256 + threadIdx.x; i < count; i += stride) {
+        const float z = G[i];
+        A[i] *= z / (1.0f + expf(-z));
+    }
+}
+
 static int no_device(const char *label)
 {
     if (mp_gpu_device_count() > 0)
@@ -788,6 +799,20 @@ extern "C" void mp_gpu_qgemm_destroy(mp_gpu_qgemm *g)
 extern "C" void mp_gpu_qgemm_set_path(mp_gpu_qgemm *g, mp_gpu_path path) { g->path = path; }
 
 extern "C" int mp_gpu_qgemm_last_launches(const mp_gpu_qgemm *g) { return g->launches; }
+
+extern "C" int mp_gpu_qgemm_swiglu(mp_gpu_qgemm *g, const float *G, float *A, int64_t count, const char *label)
+{
+    g->launches = 0;
+    if (count < 0 || (count > 0 && (!G || !A)))
+        return mp_errorf(MP_EUSAGE, "%s: SwiGLU of %lld values (G or A NULL?)", LBL(label), (long long)count);
+    if (count == 0)
+        return 0;
+    const long long blocks = count / 256 + 1 < 4096 ? count / 256 + 1 : 4096;
+    MP_LAUNCH(swiglu_kernel, (unsigned)blocks, 256, 0, g->stream, G, A, (long long)count, blocks * 256);
+    MP_CHECK(mp_cuda_error(cudaGetLastError(), "GPU SwiGLU (launch)"));
+    g->launches = 1;
+    return 0;
+}
 
 extern "C" int mp_gpu_qgemm_sync(mp_gpu_qgemm *g)
 {
