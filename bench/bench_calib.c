@@ -221,8 +221,7 @@ int main(int argc, char **argv)
         printf("  RATIO Gram accumulation / bare SSYRK rate (median of 21 pairs): %.2f (n = f %d), %.2f (n = d %d); "
                "SSYRK %.1f / %.1f GFLOP/s\n",
                gr_f, c->moe_ffn, gr_d, c->hidden, syrk_f, syrk_d);
-        printf("  SGEMM at the expert chunk shapes (256 x f x d): %.1f / %.1f GFLOP/s (gate/up, down)\n", g_up,
-               g_down);
+        printf("  SGEMM at the expert chunk shapes (256 x f x d): %.1f / %.1f GFLOP/s (gate/up, down)\n", g_up, g_down);
         printf("  RATIO forward GFLOP/s / expert SGEMM rate: %.2f\n", fl / fwd / 1e9 / P / ex_rate);
         printf("  RATIO expert GEMM share of the layers (expert flops at the SGEMM rate / time of the layers, "
                "%.3f s of the %.3f s): %.2f\n",

@@ -78,8 +78,8 @@ static int read_header(FILE *f, uint64_t fp, int seq0, int nseq, int S, int d, u
     uint64_t w[HDR];
     for (int i = 0; i < HDR; i++)
         w[i] = get64(hd + 8 + 8 * i);
-    if (w[0] != 1 || w[1] != fp || w[3] != (uint64_t)seq0 || w[4] != (uint64_t)(seq0 + nseq) ||
-        w[5] != (uint64_t)S || w[6] != (uint64_t)d || w[2] > (uint64_t)1 << 30)
+    if (w[0] != 1 || w[1] != fp || w[3] != (uint64_t)seq0 || w[4] != (uint64_t)(seq0 + nseq) || w[5] != (uint64_t)S ||
+        w[6] != (uint64_t)d || w[2] > (uint64_t)1 << 30)
         return -1;
     *hash = w[7];
     return (int)w[2];

@@ -20,12 +20,12 @@ struct mp_epf {
     void *observe_ctx;
     int rank, size, E, K, d, S;
     int seq0, nseq;
-    int64_t T;         /* local tokens */
-    int64_t win_seq;   /* sequences per window of the MoE exchange (global), >= 1 */
-    int64_t wmax;      /* the most local tokens of one window */
-    float *h;          /* [T, d]: residual stream */
-    float *x, *y;      /* [wmax, d]: normed input of the block, block output (one window) */
-    float *scr;        /* attention scratch */
+    int64_t T;       /* local tokens */
+    int64_t win_seq; /* sequences per window of the MoE exchange (global), >= 1 */
+    int64_t wmax;    /* the most local tokens of one window */
+    float *h;        /* [T, d]: residual stream */
+    float *x, *y;    /* [wmax, d]: normed input of the block, block output (one window) */
+    float *scr;      /* attention scratch */
 };
 
 /* what travels to a unit's owner with each routed token */
@@ -41,7 +41,7 @@ typedef struct {
  * windows), with where each row's output goes */
 typedef struct {
     int begun, n;
-    float *x;          /* [MP_CHUNK, d] */
+    float *x; /* [MP_CHUNK, d] */
     float w[MP_CHUNK];
     int64_t g[MP_CHUNK];
     int32_t src[MP_CHUNK], slot[MP_CHUNK];
@@ -57,27 +57,27 @@ typedef struct {
     const mp_layer_w *lw;
     const mp_unit_hooks *hk;
     int l;
-    float *logits, *wt;  /* [wmax, E], [T, J] */
-    int *idx;            /* [T, J] */
-    uint8_t *left;       /* [T]: slots whose output has not come back */
-    int64_t *row;        /* [T, J]: pool row of a slot's output, -1 while it is away */
-    float *pool;         /* [pcap, d] */
+    float *logits, *wt;            /* [wmax, E], [T, J] */
+    int *idx;                      /* [T, J] */
+    uint8_t *left;                 /* [T]: slots whose output has not come back */
+    int64_t *row;                  /* [T, J]: pool row of a slot's output, -1 while it is away */
+    float *pool;                   /* [pcap, d] */
     int64_t pcap, pfree_n, *pfree; /* free pool rows (a stack) */
     int64_t *scnt, *rcnt;          /* [size] each */
     item *smeta, *rmeta;
-    float *sx, *rx;                /* routed inputs, sent and received */
+    float *sx, *rx; /* routed inputs, sent and received */
     int64_t scap, rcap;
     /* outputs of finished chunks, to their tokens' ranks */
-    float *oy, *ory;               /* [ocap, d] in compute order; [ocap, d] packed by rank */
+    float *oy, *ory;                /* [ocap, d] in compute order; [ocap, d] packed by rank */
     int32_t *odst, *oslot, *ooslot; /* [ocap]; ooslot: slots packed by rank */
     int64_t on, ocap, *ocnt, *orcnt;
-    float *rety;                   /* received outputs [orcap, d] */
+    float *rety; /* received outputs [orcap, d] */
     int32_t *retslot;
     int64_t orcap;
-    staged *st;                    /* [nst = E + 1], only owned units used */
+    staged *st; /* [nst = E + 1], only owned units used */
     int nst;
-    float *wbuf, *ws;              /* expert weights [3 f d], SwiGLU workspace [2 MP_CHUNK f] */
-    int wunit;                     /* the unit whose weights are in wbuf, -1 */
+    float *wbuf, *ws; /* expert weights [3 f d], SwiGLU workspace [2 MP_CHUNK f] */
+    int wunit;        /* the unit whose weights are in wbuf, -1 */
 } moe_layer;
 
 static void moe_layer_free(moe_layer *b)
@@ -127,8 +127,8 @@ static int check_inputs(const mp_config *c, const mp_tokens *tok)
                          c->file, c->rope_orig_max_pos, tok->seq_len);
     for (int64_t i = 0; i < (int64_t)tok->n_seq * tok->seq_len; i++)
         if (tok->ids[i] < 0 || tok->ids[i] >= c->vocab)
-            return mp_errorf(MP_EFORMAT, "token id %d at [%lld, %lld] is outside the vocabulary [0, %d)",
-                             tok->ids[i], (long long)(i / tok->seq_len), (long long)(i % tok->seq_len), c->vocab);
+            return mp_errorf(MP_EFORMAT, "token id %d at [%lld, %lld] is outside the vocabulary [0, %d)", tok->ids[i],
+                             (long long)(i / tok->seq_len), (long long)(i % tok->seq_len), c->vocab);
     return 0;
 }
 
@@ -157,8 +157,7 @@ static int window_buffers(mp_epf *s)
     return s->x && s->y ? 0 : mp_errorf(MP_ENOMEM, "out of memory for a window of %lld tokens", (long long)s->wmax);
 }
 
-int mp_epf_create(const mp_weights *w, const mp_tokens *tok, mp_observer observe, void *observe_ctx,
-                  mp_epf **out)
+int mp_epf_create(const mp_weights *w, const mp_tokens *tok, mp_observer observe, void *observe_ctx, mp_epf **out)
 {
     const mp_config *cfg = w->cfg;
     *out = NULL;
@@ -167,9 +166,17 @@ int mp_epf_create(const mp_weights *w, const mp_tokens *tok, mp_observer observe
     if (rc == 0 && !(s = calloc(1, sizeof *s)))
         rc = mp_errorf(MP_ENOMEM, "out of memory");
     if (s) {
-        *s = (mp_epf){.w = w, .cfg = cfg, .tok = tok, .observe = observe, .observe_ctx = observe_ctx,
-                      .rank = mp_mpi_rank(), .size = mp_mpi_size(), .E = cfg->n_experts, .K = cfg->top_k,
-                      .d = cfg->hidden, .S = tok->seq_len};
+        *s = (mp_epf){.w = w,
+                      .cfg = cfg,
+                      .tok = tok,
+                      .observe = observe,
+                      .observe_ctx = observe_ctx,
+                      .rank = mp_mpi_rank(),
+                      .size = mp_mpi_size(),
+                      .E = cfg->n_experts,
+                      .K = cfg->top_k,
+                      .d = cfg->hidden,
+                      .S = tok->seq_len};
         int64_t lo, hi;
         mp_seq_range(tok->n_seq, s->rank, s->size, &lo, &hi);
         s->seq0 = (int)lo, s->nseq = (int)(hi - lo), s->T = (int64_t)s->nseq * s->S;
@@ -215,8 +222,8 @@ void mp_epf_free(mp_epf *s)
 }
 
 /* Alltoallv with 64-bit element counts checked against INT_MAX; one rank: a copy. Collective. */
-static int exchange(const void *sbuf, const int64_t *scnt, void *rbuf, const int64_t *rcnt, int size,
-                    MPI_Datatype type, int per)
+static int exchange(const void *sbuf, const int64_t *scnt, void *rbuf, const int64_t *rcnt, int size, MPI_Datatype type,
+                    int per)
 {
     if (size == 1) {
         int tsz = 0;
@@ -583,8 +590,8 @@ static int gather_seq(const mp_epf *s, const double *seq, int w, double *all)
         mp_seq_range(s->tok->n_seq, r, s->size, &a, &b);
         cnt[r] = (int)(w * (b - a)), dsp[r] = (int)(w * a);
     }
-    int rc = MPI_Gatherv(seq + (size_t)w * s->seq0, w * s->nseq, MPI_DOUBLE, all, cnt, dsp, MPI_DOUBLE, 0,
-                         MPI_COMM_WORLD);
+    int rc =
+        MPI_Gatherv(seq + (size_t)w * s->seq0, w * s->nseq, MPI_DOUBLE, all, cnt, dsp, MPI_DOUBLE, 0, MPI_COMM_WORLD);
     free(cnt);
     MP_MPI(rc);
     return 0;
@@ -792,7 +799,9 @@ int mp_epf_head_compare(mp_epf *a, mp_epf *b, mp_head_cmp *out)
         for (int k = 0; k < 3 && rc == 0; k++)
             if (!isfinite(acc[k]))
                 rc = mp_errorf(MP_ENUMERIC, "sequence %d: the %s is not finite", a->seq0 + q,
-                               k == 2 ? "KL divergence" : k ? "compressed model's NLL" : "original model's NLL");
+                               k == 2 ? "KL divergence"
+                               : k    ? "compressed model's NLL"
+                                      : "original model's NLL");
     }
     MP_CHECK_GOTO(mp_mpi_agree(rc), out);
     all = calloc(4 * ((size_t)a->tok->n_seq + 1), sizeof(double));

@@ -45,8 +45,8 @@ static double check_rows(const char *what, const float *X, int64_t t, int n)
         sqerr = fmax(sqerr, fabs(sq[i] - rsq[i]) / fmax(rsq[i], 1e-300));
     }
     double rel = sqrt(num / den);
-    printf("  %-28s %5lld tokens x %4d: fp32-chunk Gram rel err %.2e, h_sq rel err %.1e\n", what, (long long)t, n,
-           rel, sqerr);
+    printf("  %-28s %5lld tokens x %4d: fp32-chunk Gram rel err %.2e, h_sq rel err %.1e\n", what, (long long)t, n, rel,
+           sqerr);
     CHECK(rel <= 1e-6);
     CHECK(lower_ok);
     CHECK(sqerr <= 1e-12);
