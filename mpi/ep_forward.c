@@ -37,7 +37,7 @@ typedef struct {
 typedef struct {
     int J;
     float *logits, *wt; /* [T, E], [T, J] */
-    int *idx;           /* [T, J]: unit of each slot, -1 = empty */
+    int *idx;           /* [T, J]: unit of each slot (MP_UNIT_DENSE for a dense MLP), -1 = empty */
     int64_t *scnt, *rcnt, nsend, nrecv;
     item *smeta, *rmeta;
     float *sx, *rx, *ry, *sy;
@@ -180,7 +180,7 @@ static int dispatch(const mp_epf *s, int l, moe_buf *b, int rc)
         b->rcnt = b->scnt + size;
         for (int64_t t = 0; t < T; t++)
             for (int j = 0; j < J; j++)
-                if (b->idx[t * J + j] >= 0)
+                if (b->idx[t * J + j] != -1) /* -1: an empty slot (MP_UNIT_DENSE is -2) */
                     b->scnt[mp_unit_owner(l, b->idx[t * J + j], E, size)]++, b->nsend++;
         b->smeta = malloc(sizeof(item) * (size_t)(b->nsend + 1));
         b->sx = malloc(sizeof(float) * (size_t)(b->nsend * d + 1));
@@ -195,7 +195,7 @@ static int dispatch(const mp_epf *s, int l, moe_buf *b, int rc)
         for (int64_t t = 0; t < T; t++)
             for (int j = 0; j < J; j++) {
                 int u = b->idx[t * J + j];
-                if (u < 0)
+                if (u == -1)
                     continue;
                 int64_t p = pos[mp_unit_owner(l, u, E, size)]++;
                 b->smeta[p] = (item){g0 + t, u, (int32_t)(t * J + j), b->wt[t * J + j], 0};
@@ -232,7 +232,8 @@ static int run_unit(const mp_epf *s, const mp_layer_w *lw, int l, int u, const m
                     const mp_unit_hooks *hk)
 {
     const mp_config *cfg = s->cfg;
-    int d = s->d, shared = u == s->E, f = shared ? cfg->shared_ffn : cfg->moe_ffn, rc = 0;
+    int d = s->d, shared = u == s->E, dense = u == MP_UNIT_DENSE, rc = 0;
+    int f = dense ? cfg->dense_ffn : shared ? cfg->shared_ffn : cfg->moe_ffn;
     const float *wg, *wu, *wd;
     float *own = NULL, *X = NULL, *Y = NULL, *Hm = NULL, *W = NULL;
     int64_t *G = NULL;
@@ -241,6 +242,8 @@ static int run_unit(const mp_epf *s, const mp_layer_w *lw, int l, int u, const m
         wg = wu = wd = NULL;
         if (hk)
             return mp_errorf(MP_EINTERNAL, "statistics hooks need dense experts");
+    } else if (dense) {
+        wg = lw->mlp_gate, wu = lw->mlp_up, wd = lw->mlp_down;
     } else if (shared) {
         wg = lw->sh_gate, wu = lw->sh_up, wd = lw->sh_down;
     } else {
@@ -348,6 +351,34 @@ done:
     return rc;
 }
 
+/* Collective: the statistics of the dense MLP of non-MoE layer l (its output was computed locally): every
+ * local token goes to the unit's owner, which runs the unit in chunks of global token order for the hooks,
+ * as for the shared expert, so the statistics do not depend on the rank count. */
+static int dense_stats(mp_epf *s, const mp_layer_w *lw, int l, const mp_unit_hooks *hk)
+{
+    moe_buf b = {.J = 1};
+    int64_t T = s->T;
+    b.wt = malloc(sizeof(float) * (size_t)(T + 1));
+    b.idx = malloc(sizeof(int) * (size_t)(T + 1));
+    int rc = b.wt && b.idx ? 0 : mp_errorf(MP_ENOMEM, "out of memory for the dense MLP of layer %d", l);
+    for (int64_t t = 0; rc == 0 && t < T; t++)
+        b.idx[t] = MP_UNIT_DENSE, b.wt[t] = 1.0f;
+    MP_CHECK_GOTO(dispatch(s, l, &b, rc), done);
+    int64_t *ix = malloc(sizeof(int64_t) * (size_t)(b.nrecv + 1));
+    if (!ix)
+        rc = mp_errorf(MP_ENOMEM, "out of memory");
+    if (rc == 0 && mp_unit_owner(l, MP_UNIT_DENSE, s->E, s->size) == s->rank) {
+        for (int64_t i = 0; i < b.nrecv; i++)
+            ix[i] = i;
+        rc = run_unit(s, lw, l, MP_UNIT_DENSE, &b, ix, b.nrecv, hk);
+    }
+    free(ix);
+    rc = mp_mpi_agree(rc);
+done:
+    moe_buf_free(&b);
+    return rc;
+}
+
 int mp_epf_layer(mp_epf *s, int l, const mp_unit_hooks *hooks)
 {
     const mp_config *cfg = s->cfg;
@@ -361,12 +392,16 @@ int mp_epf_layer(mp_epf *s, int l, const mp_unit_hooks *hooks)
         for (int64_t i = 0; i < (int64_t)S * d; i++)
             hs[i] += ys[i];
         mp_norm(cfg, hs, S, d, lw.post_norm, lw.post_norm_b, xs);
-        if (!lw.moe && rc == 0)
+        if (!lw.moe && rc == 0 && s->w->unit && cfg->dense_ffn > 0) /* a compressed dense MLP, as stored */
+            rc = s->w->unit(s->w->ctx, l, MP_UNIT_DENSE, xs, S, ys);
+        else if (!lw.moe && rc == 0)
             rc = mp_swiglu(lw.mlp_gate, lw.mlp_up, lw.mlp_down, xs, S, d, cfg->dense_ffn, ys, NULL);
     }
     rc = mp_mpi_agree(rc);
     if (rc == 0 && lw.moe)
         rc = moe_block(s, &lw, l, hooks);
+    else if (rc == 0 && hooks && cfg->dense_ffn > 0)
+        rc = dense_stats(s, &lw, l, hooks);
     if (rc == 0) {
         for (int64_t i = 0; i < s->T * d; i++)
             s->h[i] += s->y[i];

@@ -30,7 +30,9 @@
 typedef void (*mp_observer)(void *ctx, const char *what, int index, int seq0, int nseq, int width,
                             const float *rows);
 
-/* Called on the owner of unit u (u = E: the shared expert) of MoE layer l, in unit order. chunk gets the
+/* Called on the owner of unit u (u = E: the shared expert) of MoE layer l, in unit order, and on the owner
+ * of the dense MLP of a non-MoE layer l (u = MP_UNIT_DENSE, f = dense_ffn, every token with weight 1: its
+ * tokens travel to the owner for the statistics only; the layer's output is computed where they are). chunk gets the
  * unit's inputs x [nb, d], its intermediate activations h [nb, f] (h = silu(x Wg^T) * (x Wu^T)), the
  * tokens' routing weights w [nb] and their global token indices tok [nb] (sequence * seq_len + position,
  * strictly increasing; the same for any number of ranks), chunk after chunk in global token order. The

@@ -21,6 +21,8 @@ void mp_seq_range(int64_t n_seq, int rank, int size, int64_t *lo, int64_t *hi)
 
 int mp_unit_owner(int l, int u, int n_experts, int nranks)
 {
+    if (u == MP_UNIT_DENSE) /* the only unit of its layer: owned like unit 0 */
+        u = 0;
     return (int)(((int64_t)l * (n_experts + 1) + u) % nranks);
 }
 
