@@ -427,9 +427,11 @@ int mp_inspect_output(const char *dir, int json, const char *plot, FILE *out)
     int rc = json ? print_json(&in, out) : print_text(&in, out);
     if (rc == 0 && plot) {
         rc = write_svg(&in, plot);
+        int cols = 0;
+        for (int i = 0; i < in.nl; i++)
+            cols = in.rows[i].n > cols ? in.rows[i].n : cols;
         if (rc == 0 && !json)
-            fprintf(out, "\nplot: %s (bits per weight, %d layers x up to %d columns)\n", plot, in.nl,
-                    in.nl ? in.rows[0].n : 0);
+            fprintf(out, "\nplot: %s (bits per weight, %d layers x up to %d columns)\n", plot, in.nl, cols);
     }
     free_info(&in);
     return rc;

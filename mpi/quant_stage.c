@@ -303,7 +303,7 @@ void mp_quant_print(const mp_run *r, int s, FILE *out)
 {
     const mp_summary *sum = &r->sum[s];
     fprintf(out,
-            "quantize: %.0f bytes for %.0f MoE weights = %.4f bits/weight (budget %.0f bytes = %.4f bits/weight, "
+            "quantize: %.0f bytes for %.0f weights = %.4f bits/weight (budget %.0f bytes = %.4f bits/weight, "
             "%.2f%% used); predicted loss %.6g\n",
             mp_summary_get(sum, "bytes_used"), mp_summary_get(sum, "moe_weights"),
             mp_summary_get(sum, "bits_per_weight"), mp_summary_get(sum, "budget_bytes"),

@@ -367,7 +367,7 @@ static int cmd_demo(args *a)
         rc = mp_pipeline_run(&job, m, &t, &ro, &run);
     if (rc == 0 && rank == 0) {
         const mp_summary *q = &run.sum[MP_STAGE_QUANTIZE];
-        printf("\ndemo: compressed model in %s: %.0f bytes for the MoE weights = %.4f bits/weight (budget %.4f), "
+        printf("\ndemo: compressed model in %s: %.0f bytes for the quantized weights = %.4f bits/weight (budget %.4f), "
                "predicted loss %.6g\n",
                out, mp_summary_get(q, "bytes_used"), mp_summary_get(q, "bits_per_weight"),
                mp_summary_get(q, "budget_bits"), mp_summary_get(q, "predicted_loss"));
