@@ -270,10 +270,11 @@ static int print_json(const info *in, FILE *out)
         for (int k = 0; k < r->n; k++) {
             const ucol *u = &r->u[k];
             cJSON *x = cJSON_CreateObject();
-            cJSON_AddStringToObject(x, "unit", u->unit == MP_UNIT_DENSE ? "dense"
-                                               : u->unit < 0        ? "base"
-                                               : u->unit == in->E   ? "shared"
-                                                                    : "expert");
+            cJSON_AddStringToObject(x, "unit",
+                                    u->unit == MP_UNIT_DENSE ? "dense"
+                                    : u->unit < 0            ? "base"
+                                    : u->unit == in->E       ? "shared"
+                                                             : "expert");
             if (u->unit >= 0 && u->unit < in->E)
                 cJSON_AddNumberToObject(x, "expert", u->unit);
             if (u->tokens >= 0)

@@ -28,9 +28,8 @@ typedef struct {
     int ndim;
     int64_t shape[8];
     mp_src_kind kind;
-    int layer, expert,
-        proj;         /* EXPERT: layer, expert, proj; FUSED: layer, proj 0 = gate_up, 2 = down; SHARED, DENSE (the
-                         dense MLP of a non-MoE layer): layer, proj */
+    int layer, expert, proj; /* EXPERT: layer, expert, proj; FUSED: layer, proj 0 = gate_up, 2 = down; SHARED, DENSE
+                                (the dense MLP of a non-MoE layer): layer, proj */
     const char *path; /* PLAIN: the dataset in the shards */
 } mp_out_src;
 

@@ -50,10 +50,7 @@ static int dense_proj(const mp_config *c, const mp_tensor_spec *s)
 }
 
 /* gate, up or down (0, 1, 2) of an MLP projection's tensor name */
-static int proj_of_name(const char *name)
-{
-    return strstr(name, "gate_proj") ? 0 : strstr(name, "up_proj") ? 1 : 2;
-}
+static int proj_of_name(const char *name) { return strstr(name, "gate_proj") ? 0 : strstr(name, "up_proj") ? 1 : 2; }
 
 /* the shard path of a non-MoE tensor */
 static void tensor_path(const mp_tensor_spec *s, char *buf, size_t cap)

@@ -260,7 +260,8 @@ int mp_stats_read(const char *path, mp_expert_stats *s)
         rc = get_attr(root, path, "d", H5T_NATIVE_INT64, &d);
     if (rc == 0)
         rc = get_attr(root, path, "f", H5T_NATIVE_INT64, &ff);
-    if (rc == 0 && (d <= 0 || ff <= 0 || d > 1 << 20 || ff > 1 << 20 || layer < 0 || (expert < 0 && expert != MP_UNIT_DENSE)))
+    if (rc == 0 &&
+        (d <= 0 || ff <= 0 || d > 1 << 20 || ff > 1 << 20 || layer < 0 || (expert < 0 && expert != MP_UNIT_DENSE)))
         rc = mp_errorf(MP_EFORMAT, "%s: implausible layer %lld expert %lld d %lld f %lld", path, (long long)layer,
                        (long long)expert, (long long)d, (long long)ff);
     if (rc == 0)

@@ -298,9 +298,11 @@ int mp_tables_print(const char *dir, int json, FILE *out)
                     print_json_unit(&t, out, first);
                 else {
                     if (first) {
-                        fprintf(out, "measure tables in %s: normalised loss (loss / layer MoE output energy; a dense "
-                                     "layer's: its MLP output energy) per format;\na delta at its largest candidate rank with U and V in that format, "
-                                     "truncation included\n  layer  block      proj         ",
+                        fprintf(out,
+                                "measure tables in %s: normalised loss (loss / layer MoE output energy; a dense "
+                                "layer's: its MLP output energy) per format;\na delta at its largest candidate rank "
+                                "with U and V in that format, "
+                                "truncation included\n  layer  block      proj         ",
                                 dir);
                         for (int f = 0; f < t.nf; f++)
                             fprintf(out, " %10s", t.fmt[f]->name);

@@ -3,7 +3,8 @@
  *
  * checkpoint.dir/measure/layerLLLL/{expertEEEE,shared,base}.h5 (unit = expert index, E for the shared
  * expert, -1 for the base); a non-MoE layer's dense MLP: layerLLLL/dense.h5 (unit MP_UNIT_DENSE, kind
- * DENSE, one row per format like the shared expert; its energy is the dense MLP's output energy). Root attributes: layer, unit, kind (int: io/allocation.h's mp_block_kind),
+ * DENSE, one row per format like the shared expert; its energy is the dense MLP's output energy).
+ * Root attributes: layer, unit, kind (int: io/allocation.h's mp_block_kind),
  * energy (the layer's MoE output energy, the normaliser, see mpi/measure_stage.h), damping_raised,
  * unsampled (counts, for the stage's summary), formats (string:
  * the job's quant.formats, comma-separated: the format indices below point into it). Per projection p

@@ -385,8 +385,8 @@ void mp_allocate_print(const mp_run *r, int s, FILE *out)
 {
     const mp_summary *sm = &r->sum[s];
     double budget = mp_summary_get(sm, "budget_bytes"), bytes = mp_summary_get(sm, "bytes");
-    fprintf(out, "allocate: %.0f of %.0f budget bytes (%.1f%%), %.4f bits per weight; predicted loss %.6g (%s",
-            bytes, budget, budget > 0 ? 100 * bytes / budget : 0, mp_summary_get(sm, "bits_per_weight"),
+    fprintf(out, "allocate: %.0f of %.0f budget bytes (%.1f%%), %.4f bits per weight; predicted loss %.6g (%s", bytes,
+            budget, budget > 0 ? 100 * bytes / budget : 0, mp_summary_get(sm, "bits_per_weight"),
             mp_summary_get(sm, "loss"), mp_summary_get(sm, "optimal") > 0 ? "optimal" : "not proven optimal");
     if (!(mp_summary_get(sm, "optimal") > 0))
         fprintf(out, ", gap %.3g%% to the bound %.6g", 100 * mp_summary_get(sm, "gap"), mp_summary_get(sm, "lower_bound"));

@@ -41,7 +41,10 @@ static int read_named(const mp_model *m, int l, int dense, int p, float *out, in
     static const char *const PJ[3] = {"gate_proj", "up_proj", "down_proj"};
     char name[256];
     snprintf(name, sizeof name, "model.layers.%d.mlp.%s%s.weight", l,
-             dense ? "" : m->cfg.arch == MP_ARCH_QWEN2_MOE ? "shared_expert." : "shared_experts.", PJ[p]);
+             dense                              ? ""
+             : m->cfg.arch == MP_ARCH_QWEN2_MOE ? "shared_expert."
+                                                : "shared_experts.",
+             PJ[p]);
     return mp_ckpt_read_named_f32(m->ck, name, out, cap);
 }
 
@@ -68,7 +71,11 @@ int mp_blocks_load(const mp_blocks_ctx *cx, int l, int unit, mp_block_src b[3])
     memset(b, 0, 3 * sizeof *b);
     char path[4400];
     for (int p = 0; p < 3; p++) {
-        b[p].kind = base ? MP_BK_BASE : dense ? MP_BK_DENSE : shared ? MP_BK_SHARED : delta ? MP_BK_DELTA : MP_BK_EXPERT;
+        b[p].kind = base     ? MP_BK_BASE
+                    : dense  ? MP_BK_DENSE
+                    : shared ? MP_BK_SHARED
+                    : delta  ? MP_BK_DELTA
+                             : MP_BK_EXPERT;
         b[p].layer = l, b[p].unit = unit, b[p].proj = p;
         shape(c, unit, p, &b[p].m, &b[p].n);
         if (!(b[p].H = calloc((size_t)(b[p].n * b[p].n), sizeof(double))))
@@ -108,7 +115,11 @@ int mp_blocks_load(const mp_blocks_ctx *cx, int l, int unit, mp_block_src b[3])
             rc = add_sample(&b[p], &st, p);
         }
         if (rc < 0)
-            mp_error_prefix("layer %d %s", l, base ? "base" : dense ? "dense MLP" : shared ? "shared expert" : "expert");
+            mp_error_prefix("layer %d %s", l,
+                            base     ? "base"
+                            : dense  ? "dense MLP"
+                            : shared ? "shared expert"
+                                     : "expert");
         mp_stats_free(&st);
     }
     free(tmp);

@@ -48,11 +48,10 @@ static const mp_stage STAGES[MP_NSTAGES] = {
     {"measure", "measure", "measure v2 (dense MLPs)", "loss, bytes and cost of every block under every option",
      MEASURE_KEYS, MP_LAYERS_BLOCKS, 0, always, mp_measure_begin, mp_measure_layer, mp_measure_end, mp_measure_print},
     {"allocate", "alloc", "allocate v2 (dense MLPs)", "one global allocation of ranks and formats under the budget",
-     ALLOC_KEYS, MP_LAYERS_BLOCKS, 0, always, mp_allocate_begin, mp_allocate_layer, mp_allocate_end,
-     mp_allocate_print},
+     ALLOC_KEYS, MP_LAYERS_BLOCKS, 0, always, mp_allocate_begin, mp_allocate_layer, mp_allocate_end, mp_allocate_print},
     {"quantize", "quant", "quantize v2 (dense MLPs)",
-     "every block in its allocated format; the compressed model in output.dir", QUANT_KEYS, MP_LAYERS_BLOCKS, 0,
-     always, mp_quant_begin, mp_quant_layer, mp_quant_end, mp_quant_print},
+     "every block in its allocated format; the compressed model in output.dir", QUANT_KEYS, MP_LAYERS_BLOCKS, 0, always,
+     mp_quant_begin, mp_quant_layer, mp_quant_end, mp_quant_print},
 };
 
 int mp_stage_has_units(const mp_stage *st, const mp_config *c, int l)

@@ -90,10 +90,9 @@ void mp_plan_make(const mp_config *c, int P, int n_seq, int S, int64_t model_byt
     p->st[MP_PLAN_CALIBRATE].ckpt_total += Ld * (dense_file + 4096);
     p->st[MP_PLAN_CALIBRATE].ckpt_bytes += (Ld + P - 1) / P * dense_file;
     double layer_flops = 2.0 * ((2 * qd + 2 * kvd) * d + E * d) + 2.0 * S * qd * 2;
-    p->st[MP_PLAN_CALIBRATE].flops = (double)c->n_layers * T * layer_flops +
-                                     (double)L * (nrecv * (6.0 * f * d) + nrecv * (double)(d * d + f * f)) +
-                                     (double)((Ld + P - 1) / P) * Tall * (6.0 * fd * d + (double)(d * d + fd * fd)) +
-                                     2.0 * T * V * d;
+    p->st[MP_PLAN_CALIBRATE].flops =
+        (double)c->n_layers * T * layer_flops + (double)L * (nrecv * (6.0 * f * d) + nrecv * (double)(d * d + f * f)) +
+        (double)((Ld + P - 1) / P) * Tall * (6.0 * fd * d + (double)(d * d + fd * fd)) + 2.0 * T * V * d;
 
     /* decomposition: the base of every projection on every rank, this rank's rows of all experts, then
      * for one expert and projection the delta (fp32 + fp64), Gram and factor (fp64), SVD work space and

@@ -43,10 +43,7 @@ static int unit_id(int u, int n)
     return n == 1 ? MP_UNIT_DENSE : u == E + 1 ? -1 : u;
 }
 
-static void unit_file_name(int u, int n, char *buf, size_t cap)
-{
-    mp_qunit_file(unit_id(u, n), n - 2, buf, (int)cap);
-}
+static void unit_file_name(int u, int n, char *buf, size_t cap) { mp_qunit_file(unit_id(u, n), n - 2, buf, (int)cap); }
 
 int mp_quant_begin(mp_run *r, int s)
 {
