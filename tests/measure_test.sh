@@ -150,12 +150,15 @@ for f in "$SRC"/jobs/*-[0-9]*.ini; do
 done
 echo "example job files: $(ls "$SRC"/jobs/*-[0-9]*.ini | wc -l) parse and plan"
 
-# 7. the tables' losses equal the direct measurement on the calibration tokens (every token sampled)
+# 7. the tables' losses equal the direct measurement on the calibration tokens (every token sampled; the
+#    dense MLP of the Qwen2-MoE model and its normaliser too)
 all="--set calibration.sample_tokens=1000000 --set calibration.min_tokens=0 --set quant.formats=fp16,w4,w3g128,w2g64"
 run 1 mix "$OUT/direct" $all || fail "direct run: $(tail -3 "$OUT/direct.log")"
 run 1 mix "$OUT/dense" $all --set delta.enabled=false || fail "dense run"
 run 1 mix "$OUT/dense-rtn" $all --set delta.enabled=false --set quant.method=rtn || fail "dense rtn run"
-"$(dirname "$BIN")/tests/test_measure_direct" "$OUT/direct" "$OUT/dense" "$OUT/mix" || fail "direct measurement"
+run 1 qwen "$OUT/mlp" $all --set delta.enabled=false || fail "dense MLP run"
+"$(dirname "$BIN")/tests/test_measure_direct" "$OUT/direct" "$OUT/dense" "$OUT/mix" "$OUT/mlp" "$OUT/qwen" ||
+    fail "direct measurement"
 
 # 5. inspect
 "$BIN" inspect "$OUT/mix1" >"$OUT/inspect.txt" || fail "inspect"
