@@ -55,16 +55,19 @@ static const float *act_input(mp_cweights *c, const float *X, int n, int64_t k, 
     return c->q;
 }
 
-/* out [n, m] = X [n, k] B^T (+ (X V^T) U^T): one projection of a unit, factored */
-static int project(mp_cweights *c, const mp_outdir_factors *f, const float *X, int n, float *out)
+/* out [n, m] = X [n, k] W^T and/or (X V^T) U^T: the parts of one projection of a unit, factored */
+static int project(mp_cweights *c, const mp_outdir_factors *f, const float *X, int n, mp_cw_part part, float *out)
 {
     int64_t m = f->m, k = f->n, r = f->rank;
-    const float *x = act_input(c, X, n, k, f->act_w);
-    if (!x)
+    const float *x = X;
+    if ((part & MP_CW_DENSE) && !(x = act_input(c, X, n, k, f->act_w)))
         return mp_errorf(MP_ENOMEM, "out of memory");
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, (int)m, (int)k, 1.0f, x, (int)k, f->W, (int)k, 0.0f, out,
-                (int)m);
-    if (r <= 0)
+    if (part & MP_CW_DENSE)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, (int)m, (int)k, 1.0f, x, (int)k, f->W, (int)k, 0.0f,
+                    out, (int)m);
+    else
+        memset(out, 0, sizeof(float) * (size_t)(n * m));
+    if (r <= 0 || !(part & MP_CW_DELTA))
         return 0;
     MP_CHECK(grow(&c->t, &c->cap_t, (int64_t)n * r));
     if (!(x = act_input(c, X, n, k, f->act_v)))
@@ -78,6 +81,12 @@ static int project(mp_cweights *c, const mp_outdir_factors *f, const float *X, i
     return 0;
 }
 
+int mp_cweights_project(mp_cweights *c, int l, int u, int p, mp_cw_part part, const float *X, int n, float *out)
+{
+    MP_CHECK(load_unit(c, l, u));
+    return project(c, &c->f[p], X, n, part, out);
+}
+
 static int unit_fn(void *ctx, int l, int u, const float *X, int n, float *Y)
 {
     mp_cweights *c = ctx;
@@ -85,13 +94,13 @@ static int unit_fn(void *ctx, int l, int u, const float *X, int n, float *Y)
     int64_t f = c->f[0].m;
     MP_CHECK(grow(&c->a, &c->cap_a, (int64_t)n * f));
     MP_CHECK(grow(&c->g, &c->cap_g, (int64_t)n * f));
-    MP_CHECK(project(c, &c->f[0], X, n, c->g));
-    MP_CHECK(project(c, &c->f[1], X, n, c->a));
+    MP_CHECK(project(c, &c->f[0], X, n, MP_CW_ALL, c->g));
+    MP_CHECK(project(c, &c->f[1], X, n, MP_CW_ALL, c->a));
     for (int64_t i = 0; i < (int64_t)n * f; i++) {
         float z = c->g[i];
         c->a[i] *= z / (1.0f + expf(-z));
     }
-    MP_CHECK(project(c, &c->f[2], c->a, n, Y));
+    MP_CHECK(project(c, &c->f[2], c->a, n, MP_CW_ALL, Y));
     for (int64_t i = 0; i < (int64_t)n * c->f[2].m; i++)
         if (!isfinite(Y[i]))
             return mp_errorf(MP_ENUMERIC, "%s: layer %d unit %d: the compressed expert's output is not finite",

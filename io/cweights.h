@@ -23,4 +23,11 @@ typedef struct mp_cweights mp_cweights;
 int mp_cweights_open(const mp_model *m, mp_outdir *o, mp_cweights **out, mp_weights *w);
 void mp_cweights_close(mp_cweights *c);
 
+/* One part of projection p of unit u of MoE layer l (mp_outdir_read_factors) for inputs X [n, k]
+ * (k = its columns), as the forward pass computes it: MP_CW_DENSE out [n, m] = X W^T (the base with the
+ * decomposition, else the block), MP_CW_DELTA out = (X V^T) U^T (0 at rank 0), MP_CW_ALL their sum;
+ * inputs quantized per token where a part's format has activation bits. */
+typedef enum { MP_CW_DENSE = 1, MP_CW_DELTA = 2, MP_CW_ALL = 3 } mp_cw_part;
+int mp_cweights_project(mp_cweights *c, int l, int u, int p, mp_cw_part part, const float *X, int n, float *out);
+
 #endif

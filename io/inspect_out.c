@@ -189,6 +189,27 @@ static void unit_name(const info *in, int unit, char *buf, size_t cap)
 
 static double ubits(const ucol *u) { return u->weights > 0 ? 8.0 * u->bytes / u->weights : 0; }
 
+/* the validation's entry for MoE layer l (NULL when there is none) */
+static const cJSON *validated_layer(const cJSON *v, int l)
+{
+    const cJSON *x;
+    cJSON_ArrayForEach(x, cJSON_GetObjectItem(v, "layers"))
+    {
+        if ((int)num(x, "layer") == l)
+            return x;
+    }
+    return NULL;
+}
+
+static double measured_total(const cJSON *v)
+{
+    double t = 0;
+    const cJSON *x;
+    cJSON_ArrayForEach(x, cJSON_GetObjectItem(v, "layers"))
+    t += num(x, "measured_loss");
+    return t;
+}
+
 static int print_text(const info *in, FILE *out)
 {
     const mp_config *c = mp_outdir_config(in->o);
@@ -209,6 +230,16 @@ static int print_text(const info *in, FILE *out)
     fprintf(out, "used            %.0f bytes = %.4f bits/weight (%.2f%% of the budget%s)\n", used,
             num(in->md, "bits_per_weight"), 100 * used / budget, used > budget ? ": OVER" : "");
     fprintf(out, "predicted loss  %.6g (sum of the normalised block losses)\n", num(in->md, "predicted_loss"));
+    const cJSON *v = cJSON_GetObjectItem(mp_outdir_index(in->o), "validation");
+    if (v)
+        fprintf(out,
+                "validation      perplexity %.6g -> %.6g, KL %.6g nats/token, top-1 agreement %.2f%% on %s (%s);\n"
+                "                measured loss %.6g over MoE layers, Spearman(predicted, measured) %.4f over blocks\n",
+                num(v, "ppl_original"), num(v, "ppl_compressed"), num(v, "kl"), 100 * num(v, "top1"),
+                str(cJSON_GetObjectItem(v, "tokens"), "source"), str(v, "device"), measured_total(v),
+                num(v, "spearman_blocks"));
+    else
+        fprintf(out, "validation      none yet (the validate stage of `moepack run` writes it)\n");
     const cJSON *f;
     cJSON_ArrayForEach(f, cJSON_GetObjectItem(al, "formats"))
         fprintf(out, "  %-12s  %6.0f tensors  %12.0f weights  %12.0f bytes\n", f->string, num(f, "tensors"),
@@ -218,8 +249,13 @@ static int print_text(const info *in, FILE *out)
                 num(al, "rank_min"), num(al, "rank_max"), num(al, "rank_mean"));
     for (int i = 0; i < in->nl; i++) {
         const lrow *r = &in->rows[i];
-        fprintf(out, "\nlayer %d: predicted loss %.6g, %.0f bytes (%.4f bits/weight)\n", r->layer, r->loss, r->bytes,
+        fprintf(out, "\nlayer %d: predicted loss %.6g, %.0f bytes (%.4f bits/weight)", r->layer, r->loss, r->bytes,
                 r->weights > 0 ? 8 * r->bytes / r->weights : 0);
+        const cJSON *vl = validated_layer(v, r->layer);
+        if (vl)
+            fprintf(out, "; measured loss %.6g, relative output error %.6g", num(vl, "measured_loss"),
+                    num(vl, "rel_error"));
+        fprintf(out, "\n");
         fprintf(out, "  %-10s %7s %6s  %-22s %-22s %-22s\n", "unit", "tokens", "bits", "gate", "up", "down");
         for (int k = 0; k < r->n; k++) {
             const ucol *u = &r->u[k];
@@ -258,6 +294,8 @@ static int print_json(const info *in, FILE *out)
     cJSON_AddNumberToObject(o, "budget_fraction_used", num(in->md, "bytes_used") / num(in->md, "budget_bytes"));
     cJSON *al = cJSON_Duplicate(cJSON_GetObjectItem(in->md, "allocation"), 1);
     cJSON_AddItemToObject(o, "allocation", al ? al : cJSON_CreateNull());
+    cJSON *va = cJSON_Duplicate(cJSON_GetObjectItem(j, "validation"), 1);
+    cJSON_AddItemToObject(o, "validation", va ? va : cJSON_CreateNull());
     cJSON *ls = cJSON_AddArrayToObject(o, "layers");
     for (int i = 0; i < in->nl; i++) {
         const lrow *r = &in->rows[i];
@@ -313,17 +351,31 @@ static void colour(double t, char *buf, size_t cap)
              (int)lround(V[i][1] + w * (V[i + 1][1] - V[i][1])), (int)lround(V[i][2] + w * (V[i + 1][2] - V[i][2])));
 }
 
-static int write_svg(const info *in, const char *path)
+/* the widest row's columns (a MoE layer's; a dense layer has one), its index in *full */
+static int max_cols(const info *in, int *full)
 {
-    char *buf = NULL;
-    size_t len = 0;
-    FILE *s = open_memstream(&buf, &len);
-    if (!s)
-        return mp_syserrorf(MP_ENOMEM, "cannot build the SVG");
-    int cols = 0, rows = in->nl, full = 0; /* full: a MoE row (the column labels) */
-    for (int i = 0; i < rows; i++)
+    int cols = 0;
+    *full = 0;
+    for (int i = 0; i < in->nl; i++)
         if (in->rows[i].n > cols)
-            cols = in->rows[i].n, full = i;
+            cols = in->rows[i].n, *full = i;
+    return cols;
+}
+
+/* the heatmap of bits per weight; *W, *H its size */
+static void heatmap_size(const info *in, int *cw, int *ch, int *W, int *H)
+{
+    int full, cols = max_cols(in, &full), rows = in->nl;
+    *cw = cols ? 900 / cols : 20, *ch = rows ? 560 / rows : 20;
+    *cw = *cw < 6 ? 6 : *cw > 36 ? 36 : *cw;
+    *ch = *ch < 6 ? 6 : *ch > 36 ? 36 : *ch;
+    *W = 90 + cols * *cw + 170, *H = 60 + rows * *ch + 70;
+    *W = *W < 680 ? 680 : *W; /* room for the subtitle */
+}
+
+static void heatmap(const info *in, FILE *s)
+{
+    int full = 0, cols = max_cols(in, &full), rows = in->nl; /* full: a MoE row (the column labels) */
     double lo = INFINITY, hi = -INFINITY;
     for (int i = 0; i < rows; i++)
         for (int k = 0; k < in->rows[i].n; k++) {
@@ -332,17 +384,8 @@ static int write_svg(const info *in, const char *path)
         }
     if (!(hi > lo))
         hi = lo + 1;
-    int cw = cols ? 900 / cols : 20, ch = rows ? 560 / rows : 20;
-    cw = cw < 6 ? 6 : cw > 36 ? 36 : cw;
-    ch = ch < 6 ? 6 : ch > 36 ? 36 : ch;
-    int left = 90, top = 60, W = left + cols * cw + 170, H = top + rows * ch + 70;
-    W = W < 680 ? 680 : W; /* room for the subtitle */
-    fprintf(s, "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
-    fprintf(s,
-            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" height=\"%d\" viewBox=\"0 0 %d %d\" "
-            "font-family=\"sans-serif\" font-size=\"11\">\n",
-            W, H, W, H);
-    fprintf(s, "<rect width=\"%d\" height=\"%d\" fill=\"white\"/>\n", W, H);
+    int cw, ch, W, H, left = 90, top = 60;
+    heatmap_size(in, &cw, &ch, &W, &H);
     fprintf(s,
             "<text x=\"%d\" y=\"22\" font-size=\"15\" font-weight=\"bold\">Bits per weight by MoE layer and "
             "expert</text>\n",
@@ -411,6 +454,95 @@ static int write_svg(const info *in, const char *path)
     }
     fprintf(s, "<text transform=\"translate(%d,%d) rotate(-90)\" text-anchor=\"middle\">bits per weight</text>\n",
             lx + 75, top + lh / 2);
+}
+
+/* predicted loss against measured error per block (validation.json's blocks), log-log, with y = x */
+#define SC_W 680
+#define SC_H 440
+static void scatter(const info *in, const cJSON *v, FILE *s, int y0)
+{
+    static const char *const KIND[] = {"base", "delta", "expert", "shared"}, *const COL[] = {"#d62728", "#1f77b4",
+                                                                                          "#2ca02c", "#ff7f0e"};
+    double lo = INFINITY, hi = -INFINITY;
+    const cJSON *l, *b;
+    cJSON_ArrayForEach(l, cJSON_GetObjectItem(v, "layers"))
+    cJSON_ArrayForEach(b, cJSON_GetObjectItem(l, "blocks"))
+    {
+        double p = num(b, "predicted"), m = num(b, "measured");
+        if (p > 0 && m > 0) {
+            double a = log10(p), c = log10(m);
+            lo = fmin(lo, fmin(a, c)), hi = fmax(hi, fmax(a, c));
+        }
+    }
+    if (!(hi >= lo))
+        lo = -6, hi = 0;
+    lo = floor(lo), hi = ceil(hi);
+    if (hi <= lo)
+        hi = lo + 1;
+    int left = 90, top = y0 + 60, side = SC_H - 120;
+    fprintf(s, "<text x=\"%d\" y=\"%d\" font-size=\"15\" font-weight=\"bold\">Predicted loss vs measured error "
+               "per block</text>\n", left, y0 + 22);
+    fprintf(s, "<text x=\"%d\" y=\"%d\" fill=\"#444\">normalised by the layer's MoE output energy; Spearman %.4f "
+               "over %.0f blocks; %s</text>\n", left, y0 + 40, num(v, "spearman_blocks"), num(v, "blocks"),
+            str(cJSON_GetObjectItem(v, "tokens"), "source"));
+    fprintf(s, "<rect x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" fill=\"none\" stroke=\"#333\"/>\n", left,
+            top, side, side);
+    fprintf(s, "<line x1=\"%d\" y1=\"%d\" x2=\"%d\" y2=\"%d\" stroke=\"#999\" stroke-dasharray=\"4 3\"/>\n",
+            left, top + side, left + side, top);
+    for (double t = lo; t <= hi + 1e-9; t += 1) { /* decades */
+        int px = left + (int)lround((t - lo) / (hi - lo) * side), py = top + side - (int)lround((t - lo) / (hi - lo) * side);
+        fprintf(s, "<text x=\"%d\" y=\"%d\" text-anchor=\"middle\">1e%.0f</text>\n", px, top + side + 14, t);
+        fprintf(s, "<text x=\"%d\" y=\"%d\" text-anchor=\"end\" dominant-baseline=\"middle\">1e%.0f</text>\n",
+                left - 6, py, t);
+    }
+    fprintf(s, "<text x=\"%d\" y=\"%d\" text-anchor=\"middle\">predicted loss (allocation)</text>\n",
+            left + side / 2, top + side + 34);
+    fprintf(s, "<text transform=\"translate(%d,%d) rotate(-90)\" text-anchor=\"middle\">measured error "
+               "(validation)</text>\n", 30, top + side / 2);
+    cJSON_ArrayForEach(l, cJSON_GetObjectItem(v, "layers"))
+    cJSON_ArrayForEach(b, cJSON_GetObjectItem(l, "blocks"))
+    {
+        double p = num(b, "predicted"), m = num(b, "measured");
+        if (!(p > 0 && m > 0))
+            continue;
+        const char *kind = str(b, "kind"), *col = "#555";
+        for (int k = 0; k < 4; k++)
+            if (!strcmp(kind, KIND[k]))
+                col = COL[k];
+        double px = left + (log10(p) - lo) / (hi - lo) * side, py = top + side - (log10(m) - lo) / (hi - lo) * side;
+        fprintf(s, "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"3\" fill=\"%s\" fill-opacity=\"0.7\"><title>layer %d %s %d "
+                   "%s: predicted %.4g, measured %.4g</title></circle>\n",
+                px, py, col, (int)num(l, "layer"), kind, (int)num(b, "unit"), str(b, "proj"), p, m);
+    }
+    for (int k = 0; k < 4; k++) { /* legend */
+        int y = top + 10 + 18 * k;
+        fprintf(s, "<circle cx=\"%d\" cy=\"%d\" r=\"4\" fill=\"%s\"/><text x=\"%d\" y=\"%d\" "
+                   "dominant-baseline=\"middle\">%s</text>\n", left + side + 30, y, COL[k], left + side + 40, y, KIND[k]);
+    }
+    (void)in;
+}
+
+static int write_svg(const info *in, const char *path)
+{
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *s = open_memstream(&buf, &len);
+    if (!s)
+        return mp_syserrorf(MP_ENOMEM, "cannot build the SVG");
+    const cJSON *v = cJSON_GetObjectItem(mp_outdir_index(in->o), "validation");
+    int cw, ch, W, H;
+    heatmap_size(in, &cw, &ch, &W, &H);
+    int total = H + (v ? SC_H : 0);
+    W = v && W < SC_W ? SC_W : W;
+    fprintf(s, "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
+    fprintf(s,
+            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" height=\"%d\" viewBox=\"0 0 %d %d\" "
+            "font-family=\"sans-serif\" font-size=\"11\">\n",
+            W, total, W, total);
+    fprintf(s, "<rect width=\"%d\" height=\"%d\" fill=\"white\"/>\n", W, total);
+    heatmap(in, s);
+    if (v)
+        scatter(in, v, s, H);
     fprintf(s, "</svg>\n");
     if (fclose(s) != 0) {
         free(buf);
@@ -428,11 +560,12 @@ int mp_inspect_output(const char *dir, int json, const char *plot, FILE *out)
     int rc = json ? print_json(&in, out) : print_text(&in, out);
     if (rc == 0 && plot) {
         rc = write_svg(&in, plot);
-        int cols = 0;
-        for (int i = 0; i < in.nl; i++)
-            cols = in.rows[i].n > cols ? in.rows[i].n : cols;
+        int full, cols = max_cols(&in, &full);
         if (rc == 0 && !json)
-            fprintf(out, "\nplot: %s (bits per weight, %d layers x up to %d columns)\n", plot, in.nl, cols);
+            fprintf(out, "\nplot: %s (bits per weight, %d layers x up to %d columns%s)\n", plot, in.nl, cols,
+                    cJSON_GetObjectItem(mp_outdir_index(in.o), "validation")
+                        ? "; predicted loss vs measured error per block"
+                        : "");
     }
     free_info(&in);
     return rc;

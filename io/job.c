@@ -119,6 +119,13 @@ static const key_def KEYS[] = {
      "accuracy-speed trade-off: minimise r log(loss) + (1 - r) log(time) (1 = loss only)"},
     {"output.shard_bytes", K_REAL, F(shard_bytes), "4294967296", 1048576.0, 9.0e15, NULL,
      "largest size of one output shard (a tensor larger than that gets a shard of its own)"},
+    {"validate.tokens", K_FILE, F(val_tokens), "", 0, 0, NULL,
+     "held-out tokens (HDF5 like calibration.tokens); default: the sequences of calibration.tokens that "
+     "calibration did not use (beyond calibration.max_sequences)"},
+    {"validate.max_sequences", K_INT, F(val_max_sequences), "0", 0, 1 << 30, NULL,
+     "validate on at most N sequences (0 = all)"},
+    {"validate.device", K_CHOICE, F(val_device), "auto", 0, 0, "auto|cuda|cpu",
+     "where the compressed experts run: cuda (one GPU per rank), cpu, or auto (cuda when every rank has a GPU)"},
 };
 #undef F
 #define NKEYS ((int)(sizeof KEYS / sizeof KEYS[0]))

@@ -57,6 +57,9 @@ typedef struct {
     int batch_tokens;          /* measure.batch_tokens: design batch of the cost model */
     char device_path[4096];    /* measure.device: device profile (JSON); empty = built-in H100 SXM */
     char timings_path[4096];   /* measure.timings: measured kernel timings replacing the model */
+    char val_tokens[4096];     /* validate.tokens: held-out tokens (empty: calibration's unused sequences) */
+    int val_max_sequences;     /* validate.max_sequences: 0 = all */
+    char val_device[8];        /* validate.device: "auto" | "cuda" | "cpu" */
     /* [budget], [allocate], [output] */
     double budget_bits;        /* budget.bits_per_weight over the compressible weights */
     double budget_bytes;       /* budget.bytes; > 0 replaces bits_per_weight */

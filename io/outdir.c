@@ -324,30 +324,22 @@ int mp_outdir_read_plain(mp_outdir *o, const char *path, mp_dtype dtype, float *
     return rc;
 }
 
-/* the dequantized tensor group at `gpath` (whose unit is `unit`) into out [m, n] */
-static int read_q_act(mp_outdir *o, const char *unit, const char *gpath, int64_t m, int64_t n, float *out, int *act);
-static int read_q(mp_outdir *o, const char *unit, const char *gpath, int64_t m, int64_t n, float *out)
+/* the packed tensor group at `gpath` (whose unit is `unit`), checked to be [m, n] */
+static int read_qt(mp_outdir *o, const char *unit, const char *gpath, int64_t m, int64_t n, mp_qtensor **out)
 {
-    return read_q_act(o, unit, gpath, m, n, out, NULL);
-}
-
-/* as read_q; *act (may be NULL) = the format's activation bits (0: weights only) */
-static int read_q_act(mp_outdir *o, const char *unit, const char *gpath, int64_t m, int64_t n, float *out, int *act)
-{
+    *out = NULL;
     hid_t f;
     MP_CHECK(shard_of(o, unit, &f));
     mp_qtensor *q = NULL;
     MP_CHECK(mp_qtensor_h5_read(f, gpath, o->index_path, &q));
-    int rc = 0;
-    if (q->m != m || q->n != n)
-        rc = mp_errorf(MP_EFORMAT, "%s: %s is [%lld, %lld], expected [%lld, %lld]", o->index_path, gpath,
-                       (long long)q->m, (long long)q->n, (long long)m, (long long)n);
-    else
-        mp_qtensor_dequant(q, out);
-    if (act)
-        *act = q->fmt->act_bits;
-    mp_qtensor_destroy(q);
-    return rc;
+    if (q->m != m || q->n != n) {
+        int rc = mp_errorf(MP_EFORMAT, "%s: %s is [%lld, %lld], expected [%lld, %lld]", o->index_path, gpath,
+                           (long long)q->m, (long long)q->n, (long long)m, (long long)n);
+        mp_qtensor_destroy(q);
+        return rc;
+    }
+    *out = q;
+    return 0;
 }
 
 /* the shape of projection p of unit u (0..E-1 a routed expert or the base, E the shared expert,
@@ -359,21 +351,46 @@ static void dims(const mp_config *c, int p, int u, int64_t *m, int64_t *n)
     *n = p == 2 ? f : d;
 }
 
+int mp_outdir_has_delta(const mp_outdir *o) { return o->delta; }
+
+/* projection p of the unit group `unit` (a base, an expert without the decomposition, the shared expert, a
+ * dense MLP; u: its index for dims), packed, checked to be the block's shape */
+static int block_qt(mp_outdir *o, const char *unit, int p, int u, mp_qtensor **out)
+{
+    int64_t m, n;
+    dims(&o->cfg, p, u, &m, &n);
+    char g[128];
+    snprintf(g, sizeof g, "%s/%s", unit, MP_PROJ_NAME[p]);
+    return read_qt(o, unit, g, m, n, out);
+}
+
+int mp_outdir_read_qbase(mp_outdir *o, int l, int p, mp_qtensor **out)
+{
+    const mp_config *c = &o->cfg;
+    *out = NULL;
+    if (!o->delta || l < 0 || l >= c->n_layers || !c->is_moe[l] || p < 0 || p > 2)
+        return mp_errorf(MP_EUSAGE, "%s: no base block %d in layer %d", o->dir, p, l);
+    char unit[64];
+    snprintf(unit, sizeof unit, "/layers/%d/moe/base", l);
+    return block_qt(o, unit, p, 0, out);
+}
+
 static int load_base(mp_outdir *o, int l)
 {
     if (o->base_layer == l)
         return 0;
     o->base_layer = -1;
-    char unit[64], g[96];
-    snprintf(unit, sizeof unit, "/layers/%d/moe/base", l);
     for (int p = 0; p < 3; p++) {
-        int64_t m, n;
-        dims(&o->cfg, p, 0, &m, &n);
+        mp_qtensor *q;
+        MP_CHECK(mp_outdir_read_qbase(o, l, p, &q));
         free(o->base[p]);
-        if (!(o->base[p] = malloc(sizeof(float) * (size_t)(m * n))))
+        if (!(o->base[p] = malloc(sizeof(float) * (size_t)(q->m * q->n)))) {
+            mp_qtensor_destroy(q);
             return mp_errorf(MP_ENOMEM, "out of memory for the base of layer %d", l);
-        snprintf(g, sizeof g, "%s/%s", unit, MP_PROJ_NAME[p]);
-        MP_CHECK(read_q_act(o, unit, g, m, n, o->base[p], &o->base_act[p]));
+        }
+        mp_qtensor_dequant(q, o->base[p]);
+        o->base_act[p] = q->fmt->act_bits;
+        mp_qtensor_destroy(q);
     }
     o->base_layer = l;
     return 0;
@@ -384,51 +401,31 @@ int mp_outdir_read_expert(mp_outdir *o, int l, int e, int p, float *out)
     const mp_config *c = &o->cfg;
     if (l < 0 || l >= c->n_layers || !c->is_moe[l] || e < 0 || e >= c->n_experts || p < 0 || p > 2)
         return mp_errorf(MP_EUSAGE, "%s: no routed expert %d in layer %d", o->dir, e, l);
-    int64_t m, n;
-    dims(c, p, 0, &m, &n);
-    char unit[64], g[128];
-    snprintf(unit, sizeof unit, "/layers/%d/moe/experts/%d", l, e);
-    snprintf(g, sizeof g, "%s/%s", unit, MP_PROJ_NAME[p]);
-    if (!o->delta)
-        return read_q(o, unit, g, m, n, out);
-    MP_CHECK(load_base(o, l));
-    hid_t f;
-    MP_CHECK(shard_of(o, unit, &f));
-    hid_t go = H5Oopen(f, g, H5P_DEFAULT);
-    int64_t r = -1;
-    if (go < 0 || mp_h5_attr_read_i64(go, "rank", &r) < 0 || r < 0) {
-        if (go >= 0)
-            H5Oclose(go);
-        return mp_errorf(MP_EFORMAT, "%s: delta %s or its rank attribute is missing", o->index_path, g);
-    }
-    H5Oclose(go);
+    mp_outdir_factors f;
+    MP_CHECK(mp_outdir_read_factors(o, l, e, p, &f));
+    int64_t m = f.m, n = f.n, r = f.rank;
     if (r == 0) {
-        memcpy(out, o->base[p], sizeof(float) * (size_t)(m * n));
+        memcpy(out, f.W, sizeof(float) * (size_t)(m * n));
+        mp_outdir_factors_free(&f);
         return 0;
     }
-    float *U = malloc(sizeof(float) * (size_t)(m * r)), *V = malloc(sizeof(float) * (size_t)(r * n));
     double *Ud = malloc(sizeof(double) * (size_t)(m * r)), *Vd = malloc(sizeof(double) * (size_t)(r * n));
     double *W = malloc(sizeof(double) * (size_t)(m * n));
-    int rc = !U || !V || !Ud || !Vd || !W ? mp_errorf(MP_ENOMEM, "out of memory rebuilding %s", g) : 0;
-    char gu[160], gv[160];
-    snprintf(gu, sizeof gu, "%s/U", g), snprintf(gv, sizeof gv, "%s/V", g);
-    if (rc == 0)
-        rc = read_q(o, unit, gu, m, r, U);
-    if (rc == 0)
-        rc = read_q(o, unit, gv, r, n, V);
+    int rc = !Ud || !Vd || !W ? mp_errorf(MP_ENOMEM, "out of memory rebuilding layer %d expert %d", l, e) : 0;
     if (rc == 0) {
         for (int64_t i = 0; i < m * r; i++)
-            Ud[i] = U[i];
+            Ud[i] = f.U[i];
         for (int64_t i = 0; i < r * n; i++)
-            Vd[i] = V[i];
+            Vd[i] = f.V[i];
         for (int64_t i = 0; i < m * n; i++)
-            W[i] = o->base[p][i];
+            W[i] = f.W[i];
         cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)m, (int)n, (int)r, 1.0, Ud, (int)r, Vd, (int)n, 1.0,
                     W, (int)n);
         for (int64_t i = 0; i < m * n; i++)
             out[i] = (float)W[i];
     }
-    free(U), free(V), free(Ud), free(Vd), free(W);
+    free(Ud), free(Vd), free(W);
+    mp_outdir_factors_free(&f);
     return rc;
 }
 
@@ -454,15 +451,54 @@ int mp_outdir_read_shared(mp_outdir *o, int l, int p, float *out)
 
 int mp_outdir_read_unit_proj(mp_outdir *o, int l, int u, int p, float *out)
 {
-    const mp_config *c = &o->cfg;
-    char unit[64], g[128];
-    if (!whole_unit(c, l, u, unit, sizeof unit) || p < 0 || p > 2)
+    char unit[64];
+    if (!whole_unit(&o->cfg, l, u, unit, sizeof unit) || p < 0 || p > 2)
         return mp_errorf(MP_EUSAGE, "%s: no %s in layer %d", o->dir, u == MP_UNIT_DENSE ? "dense MLP" : "shared expert",
                          l);
-    int64_t m, n;
-    dims(c, p, u, &m, &n);
+    mp_qtensor *q;
+    MP_CHECK(block_qt(o, unit, p, u, &q));
+    mp_qtensor_dequant(q, out);
+    mp_qtensor_destroy(q);
+    return 0;
+}
+
+void mp_outdir_qfactors_free(mp_outdir_qfactors *q)
+{
+    mp_qtensor_destroy(q->W), mp_qtensor_destroy(q->U), mp_qtensor_destroy(q->V);
+    memset(q, 0, sizeof *q);
+}
+
+int mp_outdir_read_qfactors(mp_outdir *o, int l, int u, int p, mp_outdir_qfactors *q)
+{
+    const mp_config *c = &o->cfg;
+    memset(q, 0, sizeof *q);
+    char unit[64], g[128], gu[160], gv[160];
+    int whole = whole_unit(c, l, u, unit, sizeof unit); /* the shared expert, a dense MLP */
+    if ((!whole && (l < 0 || l >= c->n_layers || !c->is_moe[l] || u < 0 || u >= c->n_experts)) || p < 0 || p > 2)
+        return mp_errorf(MP_EUSAGE, "%s: no unit %d in layer %d", o->dir, u, l);
+    dims(c, p, u, &q->m, &q->n);
+    if (!whole)
+        snprintf(unit, sizeof unit, "/layers/%d/moe/experts/%d", l, u);
     snprintf(g, sizeof g, "%s/%s", unit, MP_PROJ_NAME[p]);
-    return read_q(o, unit, g, m, n, out);
+    if (whole || !o->delta)
+        return block_qt(o, unit, p, u, &q->W);
+    q->delta = 1;
+    hid_t fh = -1, go = -1;
+    int rc = shard_of(o, unit, &fh);
+    if (rc == 0 && ((go = H5Oopen(fh, g, H5P_DEFAULT)) < 0 || mp_h5_attr_read_i64(go, "rank", &q->rank) < 0 ||
+                    q->rank < 0 || q->rank > (q->m < q->n ? q->m : q->n)))
+        rc = mp_errorf(MP_EFORMAT, "%s: delta %s or its rank attribute is missing or out of range", o->index_path, g);
+    if (go >= 0)
+        H5Oclose(go);
+    if (rc == 0 && q->rank > 0) {
+        snprintf(gu, sizeof gu, "%s/U", g), snprintf(gv, sizeof gv, "%s/V", g);
+        rc = read_qt(o, unit, gu, q->m, q->rank, &q->U);
+        if (rc == 0)
+            rc = read_qt(o, unit, gv, q->rank, q->n, &q->V);
+    }
+    if (rc < 0)
+        mp_outdir_qfactors_free(q);
+    return rc;
 }
 
 void mp_outdir_factors_free(mp_outdir_factors *f)
@@ -473,52 +509,32 @@ void mp_outdir_factors_free(mp_outdir_factors *f)
 
 int mp_outdir_read_factors(mp_outdir *o, int l, int u, int p, mp_outdir_factors *f)
 {
-    const mp_config *c = &o->cfg;
     memset(f, 0, sizeof *f);
-    char unit[64], g[128];
-    int whole = whole_unit(c, l, u, unit, sizeof unit);
-    if (!whole && (l < 0 || l >= c->n_layers || !c->is_moe[l] || u < 0 || u >= c->n_experts))
-        return mp_errorf(MP_EUSAGE, "%s: no unit %d in layer %d", o->dir, u, l);
-    if (p < 0 || p > 2)
-        return mp_errorf(MP_EUSAGE, "%s: no projection %d", o->dir, p);
-    dims(c, p, u, &f->m, &f->n);
-    if (!(f->W = malloc(sizeof(float) * (size_t)(f->m * f->n))))
-        return mp_errorf(MP_ENOMEM, "out of memory reading layer %d unit %d", l, u);
-    if (whole || !o->delta) {
-        if (!whole)
-            snprintf(unit, sizeof unit, "/layers/%d/moe/experts/%d", l, u);
-        snprintf(g, sizeof g, "%s/%s", unit, MP_PROJ_NAME[p]);
-        int rc = read_q_act(o, unit, g, f->m, f->n, f->W, &f->act_w);
-        if (rc < 0)
-            mp_outdir_factors_free(f);
-        return rc;
-    }
-    int rc = load_base(o, l);
-    if (rc == 0)
-        memcpy(f->W, o->base[p], sizeof(float) * (size_t)(f->m * f->n));
-    f->act_w = o->base_act[p];
-    char gu[160], gv[160];
-    snprintf(unit, sizeof unit, "/layers/%d/moe/experts/%d", l, u);
-    snprintf(g, sizeof g, "%s/%s", unit, MP_PROJ_NAME[p]);
-    hid_t fh = -1, go = -1;
-    if (rc == 0)
-        rc = shard_of(o, unit, &fh);
-    if (rc == 0 && ((go = H5Oopen(fh, g, H5P_DEFAULT)) < 0 || mp_h5_attr_read_i64(go, "rank", &f->rank) < 0 ||
-                    f->rank < 0 || f->rank > (f->m < f->n ? f->m : f->n)))
-        rc = mp_errorf(MP_EFORMAT, "%s: delta %s or its rank attribute is missing or out of range", o->index_path, g);
-    if (go >= 0)
-        H5Oclose(go);
-    if (rc == 0 && f->rank > 0) {
+    mp_outdir_qfactors q;
+    MP_CHECK(mp_outdir_read_qfactors(o, l, u, p, &q));
+    f->m = q.m, f->n = q.n, f->rank = q.rank;
+    int rc = q.delta ? load_base(o, l) : 0;
+    f->W = malloc(sizeof(float) * (size_t)(f->m * f->n));
+    if (f->rank > 0) {
         f->U = malloc(sizeof(float) * (size_t)(f->m * f->rank));
         f->V = malloc(sizeof(float) * (size_t)(f->rank * f->n));
-        if (!f->U || !f->V)
-            rc = mp_errorf(MP_ENOMEM, "out of memory reading %s", g);
-        snprintf(gu, sizeof gu, "%s/U", g), snprintf(gv, sizeof gv, "%s/V", g);
-        if (rc == 0)
-            rc = read_q_act(o, unit, gu, f->m, f->rank, f->U, &f->act_u);
-        if (rc == 0)
-            rc = read_q_act(o, unit, gv, f->rank, f->n, f->V, &f->act_v);
     }
+    if (rc == 0 && (!f->W || (f->rank > 0 && (!f->U || !f->V))))
+        rc = mp_errorf(MP_ENOMEM, "out of memory reading layer %d unit %d", l, u);
+    if (rc == 0) {
+        if (q.delta) {
+            memcpy(f->W, o->base[p], sizeof(float) * (size_t)(f->m * f->n));
+            f->act_w = o->base_act[p];
+        } else {
+            mp_qtensor_dequant(q.W, f->W);
+            f->act_w = q.W->fmt->act_bits;
+        }
+        if (f->rank > 0) {
+            mp_qtensor_dequant(q.U, f->U), mp_qtensor_dequant(q.V, f->V);
+            f->act_u = q.U->fmt->act_bits, f->act_v = q.V->fmt->act_bits;
+        }
+    }
+    mp_outdir_qfactors_free(&q);
     if (rc < 0)
         mp_outdir_factors_free(f);
     return rc;

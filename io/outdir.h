@@ -17,6 +17,7 @@
 
 #include "dtype.h"
 #include "model_config.h"
+#include "quant.h"
 #include "registry.h"
 
 typedef enum { MP_SRC_PLAIN, MP_SRC_EXPERT, MP_SRC_FUSED, MP_SRC_SHARED, MP_SRC_DENSE } mp_src_kind;
@@ -71,6 +72,24 @@ typedef struct {
 } mp_outdir_factors;
 int mp_outdir_read_factors(mp_outdir *o, int l, int u, int p, mp_outdir_factors *f);
 void mp_outdir_factors_free(mp_outdir_factors *f);
+/* The same unit as stored, packed (src/quant.h: mp_qtensor; each block's format, and with it its activation
+ * bits, in q->fmt) - what a kernel that runs packed codes (src/gpu/qgemm_gpu.h) uploads. delta = 1 (a routed
+ * expert with the decomposition): the unit computes base x + U (V x) with the layer's base
+ * (mp_outdir_read_qbase), U [m, rank] and V [rank, n], both NULL for rank 0, W NULL; delta = 0 (the shared
+ * expert, a dense MLP, or no decomposition): W [m, n] is the block itself. The tensors are the caller's
+ * (mp_outdir_qfactors_free). mp_outdir_read_factors is this, dequantized. */
+typedef struct {
+    int64_t m, n, rank;
+    int delta;
+    mp_qtensor *W, *U, *V;
+} mp_outdir_qfactors;
+int mp_outdir_read_qfactors(mp_outdir *o, int l, int u, int p, mp_outdir_qfactors *q);
+void mp_outdir_qfactors_free(mp_outdir_qfactors *q);
+/* The base block of projection p of MoE layer l ([m, n] as the routed experts'), packed; the caller destroys
+ * it (mp_qtensor_destroy). MP_EUSAGE when the output has no decomposition. */
+int mp_outdir_read_qbase(mp_outdir *o, int l, int p, mp_qtensor **out);
+/* 1 when the output stores the decomposition (base + U V per routed expert) */
+int mp_outdir_has_delta(const mp_outdir *o);
 /* Open every shard listed in index.json; MP_ENOENT / MP_EFORMAT naming the first that is missing, of
  * another size than recorded, not HDF5 or, with verify, of another XXH64 than recorded (checked before
  * HDF5 reads it: a damaged file is refused, not handed to libhdf5). */

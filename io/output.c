@@ -5,6 +5,7 @@
 #include <cjson/cJSON.h>
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <hdf5.h>
 #include <math.h>
 #include <stdlib.h>
@@ -581,6 +582,9 @@ int mp_out_begin(const char *dir)
     snprintf(path, sizeof path, "%s/index.json", dir);
     if (unlink(path) != 0 && errno != ENOENT)
         return mp_syserrorf(MP_EIO, "%s: cannot remove the previous index", path);
+    snprintf(path, sizeof path, "%s/validation.json", dir); /* it described the shards replaced now */
+    if (unlink(path) != 0 && errno != ENOENT)
+        return mp_syserrorf(MP_EIO, "%s: cannot remove the previous validation", path);
     DIR *d = opendir(dir);
     if (!d)
         return mp_syserrorf(MP_EIO, "%s: cannot list the output directory", dir);
@@ -622,21 +626,6 @@ static int remove_shards(const char *dir, int keep)
 }
 
 int mp_out_prune(const char *dir, int nshards) { return remove_shards(dir, nshards); }
-
-int mp_out_shard_bytes(const char *dir, int nshards, double *bytes)
-{
-    *bytes = 0;
-    for (int k = 0; k < nshards; k++) {
-        char nm[64], path[4400];
-        struct stat st;
-        mp_out_shard_name(k, nshards, nm, sizeof nm);
-        snprintf(path, sizeof path, "%s/%s", dir, nm);
-        if (stat(path, &st) != 0)
-            return mp_syserrorf(MP_ENOENT, "%s: cannot stat", path);
-        *bytes += (double)st.st_size;
-    }
-    return 0;
-}
 
 /* ---- index.json --------------------------------------------------------------------------------- */
 
@@ -1010,5 +999,129 @@ int mp_out_intact(const char *dir, uint64_t fp, int *ok, char *why, int cap)
     }
     cJSON_Delete(j);
     *ok = good;
+    return 0;
+}
+
+/* ---- validation results ------------------------------------------------------------------------- */
+
+static int fsync_path(const char *path)
+{
+    int fd = open(path, O_RDONLY);
+    if (fd < 0 || fsync(fd) != 0) {
+        int rc = mp_syserrorf(MP_EIO, "%s: cannot sync", path);
+        if (fd >= 0)
+            close(fd);
+        return rc;
+    }
+    close(fd);
+    return 0;
+}
+
+/* /moepack of one shard gets the validation attributes (rewritten in place; the caller rehashes) */
+static int shard_add_validation(const char *path, const char *json, const char *const *keys, const double *vals,
+                                int n)
+{
+    mp_h5_capture();
+    hid_t f = H5Fopen(path, H5F_ACC_RDWR, H5P_DEFAULT);
+    if (f < 0)
+        return mp_h5_fail(MP_EIO, path, "cannot open the shard for writing");
+    hid_t g = H5Gopen2(f, "/moepack", H5P_DEFAULT);
+    int rc = g < 0 ? mp_h5_fail(MP_EFORMAT, path, "no /moepack group") : 0;
+    char name[64];
+    for (int i = -1; i < n && rc == 0; i++) {
+        snprintf(name, sizeof name, i < 0 ? "validation" : "validation_%s", i < 0 ? "" : keys[i]);
+        if (H5Aexists(g, name) > 0 && H5Adelete(g, name) < 0)
+            rc = mp_h5_fail(MP_EIO, path, "cannot replace a /moepack attribute");
+        else
+            rc = i < 0 ? mp_h5_attr_str(g, name, json) : mp_h5_attr_f64(g, name, vals[i]);
+    }
+    if (g >= 0)
+        H5Gclose(g);
+    if (H5Fclose(f) < 0 && rc == 0)
+        rc = mp_h5_fail(MP_EIO, path, "cannot close the shard");
+    if (rc == 0)
+        rc = fsync_path(path);
+    return rc;
+}
+
+int mp_out_record_validation(const char *dir, uint64_t fp, const char *json, const char *const *keys,
+                             const double *vals, int n)
+{
+    char path[4400];
+    snprintf(path, sizeof path, "%s/validation.json", dir);
+    MP_CHECK(mp_write_file_atomic(path, json, strlen(json)));
+    cJSON *j = NULL, *v = cJSON_Parse(json);
+    int missing = 0, rc = read_index(dir, &j, &missing);
+    if (rc == 0 && (missing || !v))
+        rc = mp_errorf(missing ? MP_ENOENT : MP_EINTERNAL, "%s: %s", dir,
+                       missing ? "no index.json to record the validation in" : "validation.json is not JSON");
+    const cJSON *sh = j ? cJSON_GetObjectItem(j, "shards") : NULL, *s;
+    cJSON_ArrayForEach(s, sh)
+    {
+        const cJSON *nm = cJSON_GetObjectItem(s, "file");
+        if (rc < 0)
+            break;
+        if (!cJSON_IsString(nm) || strchr(nm->valuestring, '/')) {
+            rc = mp_errorf(MP_EFORMAT, "%s/index.json: a shard without a plain file name", dir);
+            break;
+        }
+        snprintf(path, sizeof path, "%s/%s", dir, nm->valuestring);
+        uint64_t h = 0;
+        struct stat st;
+        rc = shard_add_validation(path, json, keys, vals, n);
+        if (rc == 0)
+            rc = mp_file_xxh64(path, &h);
+        if (rc == 0 && stat(path, &st) != 0)
+            rc = mp_syserrorf(MP_EIO, "%s: cannot stat", path);
+        if (rc == 0) {
+            char hex[17];
+            snprintf(hex, sizeof hex, "%016llx", (unsigned long long)h);
+            cJSON_ReplaceItemInObject((cJSON *)s, "bytes", cJSON_CreateNumber((double)st.st_size));
+            cJSON_ReplaceItemInObject((cJSON *)s, "xxh64", cJSON_CreateString(hex));
+        }
+    }
+    if (rc == 0) { /* index.json last: a crash before leaves an index whose checksums say "write again" */
+        cJSON_DeleteItemFromObject(j, "validation");
+        add_hex(v, "fingerprint", fp);
+        cJSON_AddItemToObject(j, "validation", v);
+        v = NULL;
+        char *txt = cJSON_Print(j);
+        snprintf(path, sizeof path, "%s/index.json", dir);
+        rc = txt ? mp_write_file_atomic(path, txt, strlen(txt)) : mp_errorf(MP_ENOMEM, "out of memory");
+        free(txt);
+    }
+    cJSON_Delete(j), cJSON_Delete(v);
+    return rc;
+}
+
+int mp_out_written_bytes(const char *dir, double *bytes)
+{
+    cJSON *j = NULL;
+    int missing = 0;
+    *bytes = 0;
+    MP_CHECK(read_index(dir, &j, &missing));
+    const cJSON *md = j ? cJSON_GetObjectItem(j, "metadata") : NULL, *t = cJSON_GetObjectItem(md, "total_size");
+    int rc = cJSON_IsNumber(t) ? 0 : mp_errorf(MP_EFORMAT, "%s/index.json: no metadata.total_size", dir);
+    if (rc == 0)
+        *bytes = t->valuedouble;
+    cJSON_Delete(j);
+    return rc;
+}
+
+int mp_out_validation_current(const char *dir, uint64_t fp, int *ok)
+{
+    cJSON *j = NULL;
+    int missing = 0;
+    char want[17], path[4400];
+    *ok = 0;
+    if (read_index(dir, &j, &missing) < 0) {
+        mp_error_clear();
+        return 0;
+    }
+    snprintf(want, sizeof want, "%016llx", (unsigned long long)fp);
+    snprintf(path, sizeof path, "%s/validation.json", dir);
+    const cJSON *v = j ? cJSON_GetObjectItem(j, "validation") : NULL, *f = v ? cJSON_GetObjectItem(v, "fingerprint") : NULL;
+    *ok = cJSON_IsString(f) && !strcmp(f->valuestring, want) && access(path, F_OK) == 0;
+    cJSON_Delete(j);
     return 0;
 }

@@ -92,8 +92,9 @@ int mp_out_write_shard(const char *dir, const mp_out_plan *p, int k, const mp_mo
 /* Before shards are replaced: remove dir/index.json (so no index ever names a shard of another
  * result) and leftover temporaries. */
 int mp_out_begin(const char *dir);
-/* The summed sizes of shards 0..nshards-1 of dir. */
-int mp_out_shard_bytes(const char *dir, int nshards, double *bytes);
+/* The shards' summed bytes as they were written (index.json's metadata.total_size; the validation's
+ * attributes, added later, are not counted). */
+int mp_out_written_bytes(const char *dir, double *bytes);
 /* After the shards: remove shards of this name pattern that the plan does not have. */
 int mp_out_prune(const char *dir, int nshards);
 /* index.json's text into tmp_path (not yet under its name; the caller commits it with
@@ -110,5 +111,15 @@ int mp_out_claim(const char *dir, uint64_t model_fp, int fresh, FILE *notes);
 /* *ok = 1 when dir/index.json carries fingerprint fp and every shard it lists has its recorded size
  * and XXH64; else 0 with the reason in why (empty when there is no index.json). */
 int mp_out_intact(const char *dir, uint64_t fp, int *ok, char *why, int cap);
+
+/* The validate stage's results in an existing output: validation.json (atomically), then in every shard
+ * listed in index.json the /moepack attributes `validation` (the JSON text) and validation_<key> (fp64)
+ * for keys[n] / vals[n], then index.json (atomically, last) with the shards' new sizes and XXH64 and
+ * "validation": the JSON object plus "fingerprint" (fp, the validate stage's). A crash in between
+ * leaves checksums that mp_out_intact refuses, so the output is written again. Local (rank 0). */
+int mp_out_record_validation(const char *dir, uint64_t fp, const char *json, const char *const *keys,
+                             const double *vals, int n);
+/* *ok = 1 when dir/index.json records a validation with fingerprint fp and validation.json exists. */
+int mp_out_validation_current(const char *dir, uint64_t fp, int *ok);
 
 #endif

@@ -228,8 +228,8 @@ static int cmp_item_g(const void *a, const void *b, void *base)
 
 /* Local, on the owner: the outputs of unit u for its received items ix[n] (sorted here by global token
  * index), chunk by chunk, each chunk shown to the hooks. */
-static int run_unit(const mp_epf *s, const mp_layer_w *lw, int l, int u, const moe_buf *b, int64_t *ix, int64_t n,
-                    const mp_unit_hooks *hk)
+static int run_unit(const mp_epf *s, const mp_weights *sw, const mp_layer_w *lw, int l, int u, const moe_buf *b,
+                    int64_t *ix, int64_t n, const mp_unit_hooks *hk)
 {
     const mp_config *cfg = s->cfg;
     int d = s->d, shared = u == s->E, dense = u == MP_UNIT_DENSE, rc = 0;
@@ -237,7 +237,6 @@ static int run_unit(const mp_epf *s, const mp_layer_w *lw, int l, int u, const m
     const float *wg, *wu, *wd;
     float *own = NULL, *X = NULL, *Y = NULL, *Hm = NULL, *W = NULL;
     int64_t *G = NULL;
-    const mp_weights *sw = s->w;
     if (sw->unit) { /* served by the weights' provider (a compressed model); no intermediate activations */
         wg = wu = wd = NULL;
         if (hk)
@@ -253,7 +252,7 @@ static int run_unit(const mp_epf *s, const mp_layer_w *lw, int l, int u, const m
             return mp_errorf(MP_ENOMEM, "out of memory for expert %d of layer %d", u, l);
         wg = own, wu = own + fd, wd = own + 2 * fd;
         for (int p = 0; p < 3; p++)
-            MP_CHECK_GOTO(s->w->expert(s->w->ctx, l, u, (mp_proj)p, own + (size_t)p * fd), out);
+            MP_CHECK_GOTO(sw->expert(sw->ctx, l, u, (mp_proj)p, own + (size_t)p * fd), out);
     }
     if (hk)
         MP_CHECK_GOTO(hk->begin(hk->ctx, l, u, d, f), out);
@@ -290,8 +289,9 @@ out:
     return rc;
 }
 
-/* Collective: every unit this rank owns, in unit order. */
-static int experts(const mp_epf *s, const mp_layer_w *lw, int l, const moe_buf *b, const mp_unit_hooks *hk)
+/* Collective: every unit this rank owns, in unit order, served by sw. */
+static int experts(const mp_epf *s, const mp_weights *sw, const mp_layer_w *lw, int l, const moe_buf *b,
+                   const mp_unit_hooks *hk)
 {
     int E = s->E, rc = 0;
     int64_t *ix = malloc(sizeof(int64_t) * (size_t)(b->nrecv + 1));
@@ -304,7 +304,7 @@ static int experts(const mp_epf *s, const mp_layer_w *lw, int l, const moe_buf *
         for (int64_t i = 0; i < b->nrecv; i++)
             if (b->rmeta[i].unit == u)
                 ix[n++] = i;
-        rc = run_unit(s, lw, l, u, b, ix, n, hk);
+        rc = run_unit(s, sw, lw, l, u, b, ix, n, hk);
     }
     free(ix);
     return mp_mpi_agree(rc);
@@ -338,14 +338,15 @@ static int combine(const mp_epf *s, moe_buf *b, float *out)
     return mp_mpi_agree(rc);
 }
 
-/* Collective: the MoE block of layer l for the local tokens, y[T, d] from x[T, d]. */
-static int moe_block(mp_epf *s, const mp_layer_w *lw, int l, const mp_unit_hooks *hk)
+/* Collective: the MoE block of layer l for the local tokens, out[T, d] from x[T, d], its units served by sw. */
+static int moe_block(mp_epf *s, const mp_weights *sw, const mp_layer_w *lw, int l, const mp_unit_hooks *hk,
+                     float *out)
 {
     moe_buf b = {.J = s->K + 1};
     int rc = route(s, lw, l, &b);
     MP_CHECK_GOTO(dispatch(s, l, &b, rc), done);
-    MP_CHECK_GOTO(experts(s, lw, l, &b, hk), done);
-    MP_CHECK_GOTO(combine(s, &b, s->y), done);
+    MP_CHECK_GOTO(experts(s, sw, lw, l, &b, hk), done);
+    MP_CHECK_GOTO(combine(s, &b, out), done);
 done:
     moe_buf_free(&b);
     return rc;
@@ -370,7 +371,7 @@ static int dense_stats(mp_epf *s, const mp_layer_w *lw, int l, const mp_unit_hoo
     if (rc == 0 && mp_unit_owner(l, MP_UNIT_DENSE, s->E, s->size) == s->rank) {
         for (int64_t i = 0; i < b.nrecv; i++)
             ix[i] = i;
-        rc = run_unit(s, lw, l, MP_UNIT_DENSE, &b, ix, b.nrecv, hk);
+        rc = run_unit(s, s->w, lw, l, MP_UNIT_DENSE, &b, ix, b.nrecv, hk);
     }
     free(ix);
     rc = mp_mpi_agree(rc);
@@ -379,7 +380,28 @@ done:
     return rc;
 }
 
-int mp_epf_layer(mp_epf *s, int l, const mp_unit_hooks *hooks)
+/* Collective: root gets all[n_seq * w], the per-sequence values seq[q * w ..] of every rank's own sequences
+ * (indexed by global sequence), so that sums over them can be added in sequence order. */
+static int gather_seq(const mp_epf *s, const double *seq, int w, double *all)
+{
+    int *cnt = malloc(sizeof(int) * (size_t)s->size * 2);
+    MP_CHECK(mp_mpi_agree(cnt ? 0 : mp_errorf(MP_ENOMEM, "out of memory")));
+    int *dsp = cnt + s->size;
+    for (int r = 0; r < s->size; r++) {
+        int64_t a, b;
+        mp_seq_range(s->tok->n_seq, r, s->size, &a, &b);
+        cnt[r] = (int)(w * (b - a)), dsp[r] = (int)(w * a);
+    }
+    int rc = MPI_Gatherv(seq + (size_t)w * s->seq0, w * s->nseq, MPI_DOUBLE, all, cnt, dsp, MPI_DOUBLE, 0,
+                         MPI_COMM_WORLD);
+    free(cnt);
+    MP_MPI(rc);
+    return 0;
+}
+
+/* Collective: layer l; with alt, a MoE layer's block once more from alt's units on the same inputs and
+ * routing, and sq[0..1] on root = sum over tokens of ||y - y_alt||^2 and ||y||^2 (sequence order). */
+static int layer_run(mp_epf *s, int l, const mp_unit_hooks *hooks, const mp_weights *alt, double sq[2])
 {
     const mp_config *cfg = s->cfg;
     int d = s->d, S = s->S;
@@ -399,9 +421,33 @@ int mp_epf_layer(mp_epf *s, int l, const mp_unit_hooks *hooks)
     }
     rc = mp_mpi_agree(rc);
     if (rc == 0 && lw.moe)
-        rc = moe_block(s, &lw, l, hooks);
+        rc = moe_block(s, s->w, &lw, l, hooks, s->y);
     else if (rc == 0 && hooks && cfg->dense_ffn > 0)
         rc = dense_stats(s, &lw, l, hooks);
+    if (alt) {
+        sq[0] = sq[1] = 0;
+        float *y2 = NULL;
+        double *seq = calloc(2 * ((size_t)s->tok->n_seq + 1), sizeof(double)), *all = NULL;
+        if (rc == 0 && lw.moe) {
+            y2 = malloc(sizeof(float) * (size_t)(s->T * d + 1));
+            all = calloc(2 * ((size_t)s->tok->n_seq + 1), sizeof(double));
+            rc = mp_mpi_agree(y2 && seq && all ? 0 : mp_errorf(MP_ENOMEM, "out of memory comparing layer %d", l));
+            if (rc == 0)
+                rc = moe_block(s, alt, &lw, l, NULL, y2);
+            for (int q = 0; q < s->nseq && rc == 0; q++) {
+                double *acc = seq + 2 * (size_t)(s->seq0 + q);
+                for (int64_t i = (int64_t)q * S * d; i < (int64_t)(q + 1) * S * d; i++) {
+                    double e = (double)s->y[i] - y2[i];
+                    acc[0] += e * e, acc[1] += (double)s->y[i] * s->y[i];
+                }
+            }
+            if (rc == 0)
+                rc = gather_seq(s, seq, 2, all);
+            for (int q = 0; rc == 0 && s->rank == 0 && q < s->tok->n_seq; q++)
+                sq[0] += all[2 * q], sq[1] += all[2 * q + 1];
+        }
+        free(y2), free(seq), free(all);
+    }
     if (rc == 0) {
         for (int64_t i = 0; i < s->T * d; i++)
             s->h[i] += s->y[i];
@@ -412,14 +458,22 @@ int mp_epf_layer(mp_epf *s, int l, const mp_unit_hooks *hooks)
     return rc;
 }
 
+int mp_epf_layer(mp_epf *s, int l, const mp_unit_hooks *hooks) { return layer_run(s, l, hooks, NULL, NULL); }
+
+int mp_epf_layer_compare(mp_epf *s, int l, const mp_unit_hooks *hooks, const mp_weights *alt, double sq[2])
+{
+    if (!alt || !alt->unit)
+        return mp_mpi_agree(mp_errorf(MP_EINTERNAL, "mp_epf_layer_compare needs units served by `unit`"));
+    return layer_run(s, l, hooks, alt, sq);
+}
+
 int mp_epf_head(mp_epf *s, double *nll_sum, int64_t *n_pred)
 {
     const mp_config *cfg = s->cfg;
     int d = s->d, S = s->S, V = cfg->vocab;
     float *nw = NULL, *nb = NULL, *hw = NULL, *hb = NULL, *lg = NULL;
     double *nll = calloc((size_t)s->tok->n_seq + 1, sizeof(double)), *all = NULL;
-    int *cnt = malloc(sizeof(int) * (size_t)s->size * 2);
-    int rc = nll && cnt ? s->w->head(s->w->ctx, &nw, &nb, &hw, &hb) : mp_errorf(MP_ENOMEM, "out of memory");
+    int rc = nll ? s->w->head(s->w->ctx, &nw, &nb, &hw, &hb) : mp_errorf(MP_ENOMEM, "out of memory");
     if (rc == 0) {
         mp_norm(cfg, s->h, (int)s->T, d, nw, nb, s->x);
         if (s->observe && s->T)
@@ -449,15 +503,9 @@ int mp_epf_head(mp_epf *s, double *nll_sum, int64_t *n_pred)
     }
     MP_CHECK_GOTO(mp_mpi_agree(rc), out);
     /* gather per-sequence sums; root adds them in sequence order */
-    int *dsp = cnt + s->size;
-    for (int r = 0; r < s->size; r++) {
-        int64_t a, b;
-        mp_seq_range(s->tok->n_seq, r, s->size, &a, &b);
-        cnt[r] = (int)(b - a), dsp[r] = (int)a;
-    }
     all = calloc((size_t)s->tok->n_seq + 1, sizeof(double));
     MP_CHECK_GOTO(mp_mpi_agree(all ? 0 : mp_errorf(MP_ENOMEM, "out of memory")), out);
-    MP_MPI(MPI_Gatherv(nll + s->seq0, s->nseq, MPI_DOUBLE, all, cnt, dsp, MPI_DOUBLE, 0, MPI_COMM_WORLD));
+    MP_CHECK_GOTO(gather_seq(s, nll, 1, all), out);
     *nll_sum = 0, *n_pred = 0;
     if (s->rank == 0) {
         for (int q = 0; q < s->tok->n_seq; q++)
@@ -465,7 +513,7 @@ int mp_epf_head(mp_epf *s, double *nll_sum, int64_t *n_pred)
         *n_pred = (int64_t)s->tok->n_seq * (S - 1);
     }
 out:
-    free(nw), free(nb), free(hw), free(hb), free(lg), free(nll), free(all), free(cnt);
+    free(nw), free(nb), free(hw), free(hb), free(lg), free(nll), free(all);
     return rc;
 }
 
@@ -489,10 +537,9 @@ int mp_epf_head_compare(mp_epf *a, mp_epf *b, mp_head_cmp *out)
     float *nw[2] = {NULL, NULL}, *nb[2] = {NULL, NULL}, *hw[2] = {NULL, NULL}, *hb[2] = {NULL, NULL};
     float *lg[2] = {NULL, NULL};
     double *lp[2] = {NULL, NULL}, *seq = calloc(4 * ((size_t)a->tok->n_seq + 1), sizeof(double)), *all = NULL;
-    int *cnt = malloc(sizeof(int) * (size_t)a->size * 2);
     mp_epf *st[2] = {a, b};
     memset(out, 0, sizeof *out);
-    if (!seq || !cnt)
+    if (!seq)
         rc = mp_errorf(MP_ENOMEM, "out of memory");
     for (int k = 0; k < 2 && rc == 0; k++) {
         rc = st[k]->w->head(st[k]->w->ctx, &nw[k], &nb[k], &hw[k], &hb[k]);
@@ -528,16 +575,9 @@ int mp_epf_head_compare(mp_epf *a, mp_epf *b, mp_head_cmp *out)
                                k == 2 ? "KL divergence" : k ? "compressed model's NLL" : "original model's NLL");
     }
     MP_CHECK_GOTO(mp_mpi_agree(rc), out);
-    int *dsp = cnt + a->size;
-    for (int r = 0; r < a->size; r++) {
-        int64_t x, y;
-        mp_seq_range(a->tok->n_seq, r, a->size, &x, &y);
-        cnt[r] = (int)(4 * (y - x)), dsp[r] = (int)(4 * x);
-    }
     all = calloc(4 * ((size_t)a->tok->n_seq + 1), sizeof(double));
     MP_CHECK_GOTO(mp_mpi_agree(all ? 0 : mp_errorf(MP_ENOMEM, "out of memory")), out);
-    MP_MPI(MPI_Gatherv(seq + 4 * (size_t)a->seq0, 4 * a->nseq, MPI_DOUBLE, all, cnt, dsp, MPI_DOUBLE, 0,
-                       MPI_COMM_WORLD));
+    MP_CHECK_GOTO(gather_seq(a, seq, 4, all), out);
     if (a->rank == 0) { /* in sequence order: the same for any rank count */
         for (int q = 0; q < a->tok->n_seq; q++)
             out->nll[0] += all[4 * q], out->nll[1] += all[4 * q + 1], out->kl_sum += all[4 * q + 2],
@@ -547,7 +587,7 @@ int mp_epf_head_compare(mp_epf *a, mp_epf *b, mp_head_cmp *out)
 out:
     for (int k = 0; k < 2; k++)
         free(nw[k]), free(nb[k]), free(hw[k]), free(hb[k]), free(lg[k]), free(lp[k]);
-    free(seq), free(all), free(cnt);
+    free(seq), free(all);
     return rc;
 }
 

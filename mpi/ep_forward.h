@@ -51,6 +51,12 @@ int mp_epf_create(const mp_weights *w, const mp_tokens *tok, mp_observer observe
                   mp_epf **out);
 /* Layer l (all layers in order): hidden states of the local tokens advance by one layer. hooks may be NULL. */
 int mp_epf_layer(mp_epf *s, int l, const mp_unit_hooks *hooks);
+/* Layer l as mp_epf_layer; when it is a MoE layer, its MoE block is computed once more with the units of
+ * `alt` (alt->unit must be set: e.g. a compressed model) on the same inputs and routing, and root gets
+ * sq[0] = sum over tokens of ||y - y_alt||^2 and sq[1] = sum of ||y||^2 (y: the block output of s's own
+ * weights, which also advances the hidden states; added per sequence, in sequence order: the same for
+ * any number of ranks). sq is 0 for a non-MoE layer. */
+int mp_epf_layer_compare(mp_epf *s, int l, const mp_unit_hooks *hooks, const mp_weights *alt, double sq[2]);
 /* After the last layer: final norm, output head and the next-token NLL; root gets the sum over all
  * sequences (added in sequence order) and the number of predicted tokens. */
 int mp_epf_head(mp_epf *s, double *nll_sum, int64_t *n_pred);

@@ -21,11 +21,7 @@ int mp_metric_reducer_create(mp_reduce_backend want, mp_metric_reducer **out)
 {
     *out = NULL;
     int rank = mp_mpi_rank(), size = mp_mpi_size(), lrank = 0, lsize = 1;
-    MPI_Comm node;
-    MP_MPI(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, rank, MPI_INFO_NULL, &node));
-    MP_MPI(MPI_Comm_rank(node, &lrank));
-    MP_MPI(MPI_Comm_size(node, &lsize));
-    MP_MPI(MPI_Comm_free(&node));
+    MP_CHECK(mp_mpi_node_rank(&lrank, &lsize));
     mp_metric_reducer *r = calloc(1, sizeof *r);
     int rc = mp_mpi_agree(r ? 0 : mp_errorf(MP_ENOMEM, "out of memory (metric reducer)"));
     if (rc < 0) {

@@ -15,6 +15,7 @@
 #include "fsutil.h"
 #include "output.h"
 #include "quant_stage.h"
+#include "validate_stage.h"
 #include "runtime.h"
 #include "weights.h"
 
@@ -29,6 +30,7 @@ static const char *const MEASURE_KEYS[] = {"quant.formats",        "quant.method
 static const char *const ALLOC_KEYS[] = {"budget.bits_per_weight", "budget.bytes", "allocate.r", "quant.tie_gate_up",
                                          "quant.factor_formats", NULL};
 static const char *const QUANT_KEYS[] = {"output.shard_bytes", NULL};
+static const char *const VALIDATE_KEYS[] = {"validate.tokens", "validate.max_sequences", "validate.device", NULL};
 
 static int always(const mp_job *job)
 {
@@ -42,16 +44,22 @@ static int delta_on(const mp_job *job) { return job->delta_enabled; }
 static const mp_stage STAGES[MP_NSTAGES] = {
     {"calibrate", "calib", "calibrate v5 (statistics chunk 256, packed Grams, token samples, dense MLPs)",
      "expert-parallel forward pass, per-expert statistics", CALIB_KEYS, MP_LAYERS_BLOCKS, 1, always, mp_calib_begin,
-     mp_calib_layer, mp_calib_end, mp_calib_print},
+     mp_calib_layer, mp_calib_end, mp_calib_print, NULL, NULL},
     {"decompose", "decomp", "decompose v2", "D2 base + whitened low-rank deltas", DECOMP_KEYS, MP_LAYERS_MOE, 0,
-     delta_on, mp_decomp_begin, mp_decomp_layer, mp_decomp_end, mp_decomp_print},
+     delta_on, mp_decomp_begin, mp_decomp_layer, mp_decomp_end, mp_decomp_print, NULL, NULL},
     {"measure", "measure", "measure v2 (dense MLPs)", "loss, bytes and cost of every block under every option",
-     MEASURE_KEYS, MP_LAYERS_BLOCKS, 0, always, mp_measure_begin, mp_measure_layer, mp_measure_end, mp_measure_print},
+     MEASURE_KEYS, MP_LAYERS_BLOCKS, 0, always, mp_measure_begin, mp_measure_layer, mp_measure_end, mp_measure_print,
+     NULL, NULL},
     {"allocate", "alloc", "allocate v2 (dense MLPs)", "one global allocation of ranks and formats under the budget",
-     ALLOC_KEYS, MP_LAYERS_BLOCKS, 0, always, mp_allocate_begin, mp_allocate_layer, mp_allocate_end, mp_allocate_print},
+     ALLOC_KEYS, MP_LAYERS_BLOCKS, 0, always, mp_allocate_begin, mp_allocate_layer, mp_allocate_end, mp_allocate_print,
+     NULL, NULL},
     {"quantize", "quant", "quantize v2 (dense MLPs)",
      "every block in its allocated format; the compressed model in output.dir", QUANT_KEYS, MP_LAYERS_BLOCKS, 0, always,
-     mp_quant_begin, mp_quant_layer, mp_quant_end, mp_quant_print},
+     mp_quant_begin, mp_quant_layer, mp_quant_end, mp_quant_print, mp_quant_output_kept, NULL},
+    {"validate", "validate", "validate v2 (dense MLPs served compressed)",
+     "the compressed model against the original: output errors per layer, unit and block; KL, top-1, perplexity",
+     VALIDATE_KEYS, MP_LAYERS_MOE, 1, always, mp_validate_begin, mp_validate_layer, mp_validate_end, mp_validate_print,
+     mp_validate_kept, mp_validate_check},
 };
 
 int mp_stage_has_units(const mp_stage *st, const mp_config *c, int l)
@@ -138,8 +146,8 @@ static int run_stage(mp_run *r, int s)
     if (r->rank == 0 && !r->o->quiet && !r->o->log_json)
         printf("\n== %s: %s, in %s\n", st->name, st->title, r->dir[s]), fflush(stdout);
     MP_CHECK(stage_committed(r, s, &ok));
-    if (ok && s == MP_STAGE_QUANTIZE) /* its result is the output too: kept only while that is intact */
-        MP_CHECK(mp_quant_output_kept(r, s, &ok));
+    if (ok && st->kept) /* results outside the checkpoint too: kept only while those are intact */
+        MP_CHECK(st->kept(r, s, &ok));
     if (ok) {
         r->ran[s] = 2, r->kept[s] = r->layers[s];
         return 0;
@@ -222,6 +230,10 @@ int mp_pipeline_run(const mp_job *job, const mp_model *m, const mp_tokens *tok, 
     }
     if (rc == 0)
         rc = mp_forward_supported(&m->cfg);
+    rc = mp_mpi_agree(rc);
+    for (int s = 0; s <= last && rc == 0; s++) /* the stages' own inputs, before anything is claimed */
+        if (STAGES[s].enabled(job) && STAGES[s].check)
+            rc = STAGES[s].check(r, s);
     if (rc == 0 && r->rank == 0) {
         mp_fingerprint fp;
         mp_job_fingerprint(m, tok, &fp);

@@ -12,7 +12,7 @@
  * mp_pipeline_run claims the checkpoint directory (job.h: a changed key
  * invalidates its stage and the later ones; --fresh clears all), then runs
  * the stages up to `until`. Per stage: when `<dir>/STAGE` carries the stage
- * fingerprint and every layer is intact, the stage is skipped whole and its
+ * fingerprint and every layer is intact (and its `kept` check agrees), the stage is skipped whole and its
  * recorded summary reported; otherwise each layer is kept when its manifest
  * carries the stage fingerprint and its units are intact (a damaged one is
  * reported and recomputed), else computed and committed. After every layer
@@ -29,12 +29,22 @@
 #include "store.h"
 #include "tokens.h"
 
-enum { MP_STAGE_CALIBRATE, MP_STAGE_DECOMPOSE, MP_STAGE_MEASURE, MP_STAGE_ALLOCATE, MP_STAGE_QUANTIZE, MP_NSTAGES };
+enum {
+    MP_STAGE_CALIBRATE,
+    MP_STAGE_DECOMPOSE,
+    MP_STAGE_MEASURE,
+    MP_STAGE_ALLOCATE,
+    MP_STAGE_QUANTIZE,
+    MP_STAGE_VALIDATE,
+    MP_NSTAGES
+};
 
 typedef struct {
     const char *until;     /* the last stage to run (NULL: all) */
     int fresh;             /* discard every stage's results first */
     int quiet, log_json;   /* quiet: no progress or stage headers (summaries stay); log_json: JSON lines */
+    const mp_tokens *held_out; /* tokens calibration does not use (the sequences after its own in the same
+                                  file), the validation's default; NULL or none: it uses the calibration's */
     mp_observer observe;   /* tests: intermediate results of the calibration forward pass */
     void *observe_ctx;
 } mp_run_opts;
@@ -72,6 +82,12 @@ typedef struct {
     int (*layer)(mp_run *r, int s, int l, int committed);
     int (*end)(mp_run *r, int s, int ok); /* ok = 0: after a failure, only release the state (local) */
     void (*print)(const mp_run *r, int s, FILE *out);
+    /* optional: a committed stage whose results also live outside the checkpoint (output.dir) is kept
+     * only while those are intact (collective; *ok = 0: run it again) */
+    int (*kept)(mp_run *r, int s, int *ok);
+    /* optional: checks of the stage's own inputs before any stage runs (collective; a failure stops the
+     * job before any work) */
+    int (*check)(mp_run *r, int s);
 } mp_stage;
 
 /* The table. */

@@ -256,8 +256,8 @@ static int write_output(mp_run *r, const mp_out_plan *p, const mp_out_meta *meta
     *out_bytes = 0;
     for (int k = 0; k < K; k++)
         *out_bytes += (double)sz[k];
-    if (intact && r->rank == 0) /* the sizes of the shards found intact */
-        rc = mp_out_shard_bytes(dir, K, out_bytes);
+    if (intact && r->rank == 0) /* the sizes of the shards found intact, as they were written */
+        rc = mp_out_written_bytes(dir, out_bytes);
     free(h), free(sz);
     rc = mp_mpi_agree(rc);
     MP_MPI(MPI_Bcast(out_bytes, 1, MPI_DOUBLE, 0, MPI_COMM_WORLD));

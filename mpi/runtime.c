@@ -31,6 +31,16 @@ int mp_mpi_rank(void) { return g_rank; }
 
 int mp_mpi_size(void) { return g_size; }
 
+int mp_mpi_node_rank(int *local_rank, int *local_size)
+{
+    MPI_Comm node;
+    MP_MPI(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, g_rank, MPI_INFO_NULL, &node));
+    MP_MPI(MPI_Comm_rank(node, local_rank));
+    MP_MPI(MPI_Comm_size(node, local_size));
+    MP_MPI(MPI_Comm_free(&node));
+    return 0;
+}
+
 int mp_mpi_check(int mpirc, const char *what)
 {
     if (mpirc == MPI_SUCCESS)

@@ -18,6 +18,10 @@ int mp_mpi_init(int *argc, char ***argv);
 void mp_mpi_finalize(void);
 int mp_mpi_rank(void); /* local */
 int mp_mpi_size(void); /* local */
+/* Collective: this rank's place among the ranks of its node (MPI_Comm_split_type SHARED, ordered by world
+ * rank): *local_rank in [0, *local_size). A rank's GPU is chosen from it (one GPU per rank:
+ * src/gpu/gpu_comm.h mp_gpu_device_for_local_rank; shared GPUs: local_rank % device count). */
+int mp_mpi_node_rank(int *local_rank, int *local_size);
 
 /* Collective: returns 0 when every rank passed rc >= 0. Otherwise a failed
  * rank gets its own rc back, and a rank that was fine gets the lowest code of

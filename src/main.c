@@ -48,10 +48,12 @@ static const char USAGE[] =
     "  inspect PATH [--json] [--plot FILE.svg]\n"
     "        a Hugging Face checkpoint: architecture, MoE layers, parameter counts, dtypes, tensor check;\n"
     "        a job's checkpoint.dir: its measure tables; a moepack output: bytes vs budget, bits/weight,\n"
-    "        format and rank per layer x expert, predicted loss per layer (--plot: an SVG heatmap of bits)\n"
+    "        format and rank per layer x expert, predicted and measured loss (--plot: an SVG of bits per\n"
+    "        expert and of predicted vs measured loss per block)\n"
     "  run [--job FILE] [--set section.key=value ...] [--fresh] [--until STAGE] [--walltime S] [--quiet] [--log-json]\n"
     "        the pipeline (calibrate, decompose, measure, allocate, quantize: the compressed model in\n"
-    "        output.dir), resuming from checkpoint.dir;\n"
+    "        output.dir, validate: its measured accuracy in output.dir/validation.json), resuming from\n"
+    "        checkpoint.dir;\n"
     "        SIGTERM/SIGUSR1 or --walltime stop at the next layer with exit status 12\n"
     "  plan [--job FILE] [--set section.key=value ...] --ranks N [--sequences N --seq-len T] [--json]\n"
     "        peak memory, checkpoint disk and work per rank and stage, before submitting a job\n"
@@ -284,6 +286,12 @@ static int demo_model(const mp_synth_opts *o, const char *out, const char *model
     return rc;
 }
 
+/* The sequences of t after its first t->n_seq, up to `total` (not owned: a view into t). */
+static mp_tokens rest_of(const mp_tokens *t, int total)
+{
+    return (mp_tokens){total - t->n_seq, t->seq_len, t->ids + (int64_t)t->n_seq * t->seq_len};
+}
+
 static int cmd_demo(args *a)
 {
     mp_synth_opts o;
@@ -351,18 +359,24 @@ static int cmd_demo(args *a)
     }
     mp_expert_scan_free(&res);
 
-    /* the pipeline on the demo's job: every key at its default but the paths */
-    char set_model[3100], set_tok[3200], set_out[3000];
+    /* the pipeline on the demo's job: every key at its default but the paths, and a quarter of the
+     * sequences held out from calibration for the validation */
+    char set_model[3100], set_tok[3200], set_out[3000], set_cal[64];
     snprintf(set_model, sizeof set_model, "model.path=%s", model_dir);
     snprintf(set_tok, sizeof set_tok, "calibration.tokens=%s", tok);
     snprintf(set_out, sizeof set_out, "output.dir=%.2900s", out);
-    char *sets[] = {set_model, set_tok, set_out};
+    snprintf(set_cal, sizeof set_cal, "calibration.max_sequences=%d", t.n_seq - t.n_seq / 4);
+    char *sets[] = {set_model, set_tok, set_out, set_cal};
     mp_job job;
     if (rc == 0)
-        rc = mp_job_load(NULL, sets, 3, &job);
+        rc = mp_job_load(NULL, sets, 4, &job);
+    int total = t.n_seq;
+    if (rc == 0 && job.max_sequences > 0 && job.max_sequences < t.n_seq)
+        t.n_seq = job.max_sequences;
+    mp_tokens rest = rest_of(&t, total);
     rc = mp_mpi_agree(rc);
     mp_run run;
-    mp_run_opts ro = {.quiet = 0};
+    mp_run_opts ro = {.quiet = 0, .held_out = &rest};
     if (rc == 0)
         rc = mp_pipeline_run(&job, m, &t, &ro, &run);
     if (rc == 0 && rank == 0) {
@@ -374,7 +388,12 @@ static int cmd_demo(args *a)
         printf("demo: look at it with `moepack inspect %s --plot bits.svg`, get a Hugging Face checkpoint with "
                "`moepack export --in %s --format safetensors --out DIR`\n",
                out, out);
-        printf("demo: the validate stage (measured error of the compressed model) is not implemented yet\n");
+        const mp_summary *v = &run.sum[MP_STAGE_VALIDATE];
+        printf("demo: validated on %.0f held-out tokens: perplexity %.4f -> %.4f, KL %.4g nats/token, top-1 agreement "
+               "%.1f%%, Spearman(predicted, measured loss) %.3f over %.0f blocks (%s/validation.json)\n",
+               mp_summary_get(v, "tokens"), mp_summary_get(v, "ppl_original"), mp_summary_get(v, "ppl_compressed"),
+               mp_summary_get(v, "kl"), 100 * mp_summary_get(v, "top1"), mp_summary_get(v, "spearman_blocks"),
+               mp_summary_get(v, "blocks"), out);
         fflush(stdout);
     }
     mp_tokens_free(&t);
@@ -384,14 +403,19 @@ static int cmd_demo(args *a)
 
 /* ---- calibrate / eval ------------------------------------------------------------------------ */
 
-/* Every rank opens the model and reads the tokens (they are small); agreed. */
-static int open_inputs(const char *model, const char *tokens, int max_seqs, mp_model **m, mp_tokens *t)
+/* Every rank opens the model and reads the tokens (they are small); agreed. Only the first max_seqs
+ * sequences are in t->n_seq; *rest (may be NULL) views the others. */
+static int open_inputs(const char *model, const char *tokens, int max_seqs, mp_model **m, mp_tokens *t,
+                       mp_tokens *rest)
 {
     int rc = mp_model_open(model, m);
     if (rc == 0)
         rc = mp_tokens_read(tokens, (*m)->cfg.vocab, t);
+    int total = t->n_seq;
     if (rc == 0 && max_seqs > 0 && max_seqs < t->n_seq)
         t->n_seq = max_seqs;
+    if (rest)
+        *rest = rest_of(t, total);
     if (rc == 0 && t->seq_len > (*m)->cfg.max_pos)
         rc = mp_errorf(MP_EFORMAT, "%s: sequences of %d tokens are longer than the model's %d positions", tokens,
                        t->seq_len, (*m)->cfg.max_pos);
@@ -437,7 +461,7 @@ static int cmd_run(args *a, const char *cmdname)
             o.until = v;
             if (mp_stage_index(v) < 0)
                 rc = mp_errorf(MP_EUSAGE, "--until '%s': not a stage (calibrate, decompose, measure, allocate, "
-                                          "quantize)", v);
+                                          "quantize, validate)", v);
         } else if (!strcmp(name, "--walltime")) {
             char *end;
             walltime = strtod(v, &end);
@@ -454,14 +478,16 @@ static int cmd_run(args *a, const char *cmdname)
     mp_walltime_set(walltime);
     mp_model *m = NULL;
     mp_tokens t = {0};
-    rc = open_inputs(job.model_path, job.tokens_path, job.max_sequences, &m, &t);
+    mp_tokens rest = {0};
+    rc = open_inputs(job.model_path, job.tokens_path, job.max_sequences, &m, &t, &rest);
+    o.held_out = &rest; /* the sequences calibration does not use: validation tokens by default */
     mp_run run;
     if (rc == 0)
         rc = mp_pipeline_run(&job, m, &t, &o, &run);
     if (rc == 0 && mp_mpi_rank() == 0 && !o.log_json && !o.quiet && !o.until)
-        printf("\nrun: the compressed model is in %s (moepack inspect, moepack export); the validate stage is not "
-               "implemented yet\n",
-               job.out_dir);
+        printf("\nrun: the compressed model is in %s, its validation in %s/validation.json (moepack inspect, "
+               "moepack export)\n",
+               job.out_dir, job.out_dir);
     mp_tokens_free(&t);
     mp_model_close(m);
     return rc;
@@ -589,7 +615,7 @@ static int eval_compressed(const mp_model *m, const mp_tokens *t, const char *di
         double n = (double)hc.n_pred;
         printf("eval: original   perplexity %.6f (mean NLL %.6f)\n", exp(hc.nll[0] / n), hc.nll[0] / n);
         printf("eval: compressed perplexity %.6f (mean NLL %.6f) from %s\n", exp(hc.nll[1] / n), hc.nll[1] / n, dir);
-        printf("eval: KL(original || compressed) %.6f nats/token, top-1 agreement %.2f%% over %lld predicted tokens "
+        printf("eval: KL(original || compressed) %.9g nats/token, top-1 agreement %.2f%% over %lld predicted tokens "
                "(%d sequences x %d)\n",
                hc.kl_sum / n, 100.0 * (double)hc.top1 / n, (long long)hc.n_pred, t->n_seq, t->seq_len);
     }
@@ -631,7 +657,7 @@ static int cmd_eval(args *a)
     MP_CHECK(mp_mpi_agree(rc));
     mp_model *m = NULL;
     mp_tokens t = {0};
-    rc = open_inputs(model, tokens, max_seqs, &m, &t);
+    rc = open_inputs(model, tokens, max_seqs, &m, &t, NULL);
     if (rc == 0 && comp) {
         rc = eval_compressed(m, &t, comp, tokens);
         mp_tokens_free(&t);

@@ -1,6 +1,6 @@
 /* test_qgemm_emu.cpp - the CUDA kernels of src/gpu/qgemm_gpu.cu run on the CPU emulator of tests/cuda_emu.h
  * (no GPU needed: this is what CI executes of the kernels). qgemm_gpu.cu is compiled here as host C++;
- * its public functions and the GPU helpers the test uses get emulator names (libmoepack_core keeps the
+ * its public functions and the GPU helpers the test uses get emulator names (tests/gpu_emu.h; libmoepack_core keeps the
  * real ones). Then test_gpu_kernels.c runs as on a GPU - the reference suite on both paths (tensor-core
  * kernel with the emulated mma.sync, CUDA-core kernel), the launch counts, the bad arguments - at suite
  * level 1 (the larger shapes of level 2 are left to the GPU), with threads in a seeded random order and
@@ -8,58 +8,7 @@
  * landing at once. Tolerances as on the GPU. */
 #include "cuda_emu.h"
 
-#define mp_gpu_qtensor_upload emu_gpu_qtensor_upload
-#define mp_gpu_qtensor_destroy emu_gpu_qtensor_destroy
-#define mp_gpu_qtensor_header emu_gpu_qtensor_header
-#define mp_gpu_qgemm_create emu_gpu_qgemm_create
-#define mp_gpu_qgemm_destroy emu_gpu_qgemm_destroy
-#define mp_gpu_qgemm_set_path emu_gpu_qgemm_set_path
-#define mp_gpu_qgemm_last_launches emu_gpu_qgemm_last_launches
-#define mp_gpu_qgemm_grouped emu_gpu_qgemm_grouped
-#define mp_gpu_qgemm_delta emu_gpu_qgemm_delta
-#define mp_gpu_qgemm_base_delta emu_gpu_qgemm_base_delta
-#define mp_gpu_qgemm_sync emu_gpu_qgemm_sync
-#define mp_gpu_build_info emu_gpu_build_info
-#define mp_gpu_device_count emu_gpu_device_count
-#define mp_gpu_describe emu_gpu_describe
-#define mp_gpu_set_device emu_gpu_set_device
-#define mp_gpu_alloc emu_gpu_alloc
-#define mp_gpu_free emu_gpu_free
-#define mp_gpu_copy_to_device emu_gpu_copy_to_device
-#define mp_gpu_copy_to_host emu_gpu_copy_to_host
-#define mp_gpu_memset emu_gpu_memset
-#define mp_gpu_synchronize emu_gpu_synchronize
-
-#include "../src/gpu/qgemm_gpu.cu"
-
-extern "C" {
-void emu_gpu_build_info(char *buf, size_t cap) { snprintf(buf, cap, "CPU emulator of the CUDA kernels"); }
-int emu_gpu_device_count(void) { return 1; }
-void emu_gpu_describe(int dev, char *buf, size_t cap) { snprintf(buf, cap, "device %d: tests/cuda_emu.h", dev); }
-int emu_gpu_set_device(int device) { return device == 0 ? 0 : mp_errorf(MP_EUSAGE, "emulator: device %d", device); }
-int emu_gpu_alloc(void **dptr, size_t bytes)
-{
-    *dptr = NULL;
-    return bytes ? mp_cuda_error(cudaMalloc(dptr, bytes), "cudaMalloc") : 0;
-}
-void emu_gpu_free(void *dptr) { cudaFree(dptr); }
-int emu_gpu_copy_to_device(void *dst, const void *src, size_t bytes)
-{
-    memcpy(dst, src, bytes);
-    return 0;
-}
-int emu_gpu_copy_to_host(void *dst, const void *src, size_t bytes)
-{
-    memcpy(dst, src, bytes);
-    return 0;
-}
-int emu_gpu_memset(void *dst, int byte, size_t bytes)
-{
-    memset(dst, byte, bytes);
-    return 0;
-}
-int emu_gpu_synchronize(void) { return 0; }
-}
+#include "gpu_emu.h"
 
 #define GPU_TEST_LEVEL emu_level
 static int emu_level = 1;

@@ -701,6 +701,16 @@ struct mp_gpu_qgemm {
     int launches;
 };
 
+/* A[i] *= silu(G[i]); thread t of the launch takes i = t, t + stride, ... */
+__global__ void __launch_bounds__(256)
+    swiglu_kernel(const float *__restrict__ G, float *__restrict__ A, long long count, long long stride)
+{
+    for (long long i = (long long)blockIdx.x * 256 + threadIdx.x; i < count; i += stride) {
+        const float z = G[i];
+        A[i] *= z / (1.0f + expf(-z));
+    }
+}
+
 static int no_device(const char *label)
 {
     if (mp_gpu_device_count() > 0)
@@ -788,6 +798,20 @@ extern "C" void mp_gpu_qgemm_destroy(mp_gpu_qgemm *g)
 extern "C" void mp_gpu_qgemm_set_path(mp_gpu_qgemm *g, mp_gpu_path path) { g->path = path; }
 
 extern "C" int mp_gpu_qgemm_last_launches(const mp_gpu_qgemm *g) { return g->launches; }
+
+extern "C" int mp_gpu_qgemm_swiglu(mp_gpu_qgemm *g, const float *G, float *A, int64_t count, const char *label)
+{
+    g->launches = 0;
+    if (count < 0 || (count > 0 && (!G || !A)))
+        return mp_errorf(MP_EUSAGE, "%s: SwiGLU of %lld values (G or A NULL?)", LBL(label), (long long)count);
+    if (count == 0)
+        return 0;
+    const long long blocks = count / 256 + 1 < 4096 ? count / 256 + 1 : 4096;
+    MP_LAUNCH(swiglu_kernel, (unsigned)blocks, 256, 0, g->stream, G, A, (long long)count, blocks * 256);
+    MP_CHECK(mp_cuda_error(cudaGetLastError(), "GPU SwiGLU (launch)"));
+    g->launches = 1;
+    return 0;
+}
 
 extern "C" int mp_gpu_qgemm_sync(mp_gpu_qgemm *g)
 {

@@ -80,6 +80,10 @@ int mp_gpu_qgemm_delta(mp_gpu_qgemm *g, const mp_gpu_qdelta_item *items, int cou
 int mp_gpu_qgemm_base_delta(mp_gpu_qgemm *g, const mp_gpu_qtensor *base, int64_t rows, const mp_gpu_qdelta_item *items,
                             int count, const void *X, mp_qg_type xt, int64_t ldx, void *Y, mp_qg_type yt, int64_t ldy,
                             const char *label);
+/* A[i] *= silu(G[i]) = G[i] / (1 + exp(-G[i])), i < count, fp32 in device memory: the SwiGLU between an
+ * expert's gate/up products and its down product, enqueued on the context's stream (one launch; the same
+ * fp32 expression as the CPU's forward pass, with the device's expf: within 2 ulp of the host's). */
+int mp_gpu_qgemm_swiglu(mp_gpu_qgemm *g, const float *G, float *A, int64_t count, const char *label);
 /* Waits for the context's stream; reports an asynchronous kernel error. */
 int mp_gpu_qgemm_sync(mp_gpu_qgemm *g);
 
