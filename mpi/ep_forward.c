@@ -428,12 +428,17 @@ static int layer_run(mp_epf *s, int l, const mp_unit_hooks *hooks, const mp_weig
         sq[0] = sq[1] = 0;
         float *y2 = NULL;
         double *seq = calloc(2 * ((size_t)s->tok->n_seq + 1), sizeof(double)), *all = NULL;
-        if (rc == 0 && lw.moe) {
+        int dense = !lw.moe && cfg->dense_ffn > 0; /* the dense MLP: alt's unit MP_UNIT_DENSE, where the tokens are */
+        if (rc == 0 && (lw.moe || dense)) {
             y2 = malloc(sizeof(float) * (size_t)(s->T * d + 1));
             all = calloc(2 * ((size_t)s->tok->n_seq + 1), sizeof(double));
             rc = mp_mpi_agree(y2 && seq && all ? 0 : mp_errorf(MP_ENOMEM, "out of memory comparing layer %d", l));
-            if (rc == 0)
+            if (rc == 0 && lw.moe)
                 rc = moe_block(s, alt, &lw, l, NULL, y2);
+            for (int q = 0; rc == 0 && dense && q < s->nseq; q++)
+                rc = alt->unit(alt->ctx, l, MP_UNIT_DENSE, s->x + (int64_t)q * S * d, S, y2 + (int64_t)q * S * d);
+            if (dense)
+                rc = mp_mpi_agree(rc);
             for (int q = 0; q < s->nseq && rc == 0; q++) {
                 double *acc = seq + 2 * (size_t)(s->seq0 + q);
                 for (int64_t i = (int64_t)q * S * d; i < (int64_t)(q + 1) * S * d; i++) {

@@ -56,9 +56,9 @@ static const mp_stage STAGES[MP_NSTAGES] = {
     {"quantize", "quant", "quantize v2 (dense MLPs)",
      "every block in its allocated format; the compressed model in output.dir", QUANT_KEYS, MP_LAYERS_BLOCKS, 0, always,
      mp_quant_begin, mp_quant_layer, mp_quant_end, mp_quant_print, mp_quant_output_kept, NULL},
-    {"validate", "validate", "validate v2 (dense MLPs served compressed)",
+    {"validate", "validate", "validate v2 (dense MLPs)",
      "the compressed model against the original: output errors per layer, unit and block; KL, top-1, perplexity",
-     VALIDATE_KEYS, MP_LAYERS_MOE, 1, always, mp_validate_begin, mp_validate_layer, mp_validate_end, mp_validate_print,
+     VALIDATE_KEYS, MP_LAYERS_BLOCKS, 1, always, mp_validate_begin, mp_validate_layer, mp_validate_end, mp_validate_print,
      mp_validate_kept, mp_validate_check},
 };
 

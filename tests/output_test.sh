@@ -141,6 +141,20 @@ for p in ("gate", "up", "down"):
     assert len(a) == len(b) and a != b, nm
 print("export: the dense MLP of layer 0 is quantized (differs from the source)")
 PY
+python3 - "$OUT/a.out/validation.json" <<'PY' || fail "a: validation of the dense MLP layer"
+import json, sys
+v = json.load(open(sys.argv[1]))
+l0 = [l for l in v["layers"] if l["layer"] == 0]
+assert len(l0) == 1, [l["layer"] for l in v["layers"]]
+l0 = l0[0]
+assert [u["unit"] for u in l0["units"]] == [-2] and 0 < l0["rel_error"] < 1, l0
+b = l0["blocks"]
+assert [x["kind"] for x in b] == ["dense"] * 3, b
+for x in b:  # measured on the validation tokens, predicted on the calibration tokens: the same order
+    assert x["measured"] > 0 and 0.2 < x["measured"] / x["predicted"] < 5, x
+print("validation: the dense MLP layer's output error %.4g, blocks measured %s" %
+      (l0["rel_error"], ", ".join("%.3g" % x["measured"] for x in b)))
+PY
 [ "$(ls "$OUT/a.out"/moepack-*.h5 | wc -l)" -ge 3 ] || fail "a: expected >= 3 shards of 1 MiB"
 job mixtral b delta.candidates=0.1,0.25,0.5 budget.bits_per_weight=2.5
 check mixtral b 5 2

@@ -86,8 +86,8 @@ done
 
 # an impossible --walltime: every run commits one new layer and stops (exit 12); rerunning the same
 # command finishes: 4 layers in each of the stages that commit layers (calibrate, measure, allocate,
-# quantize; the dense MLP layer included) and 3 MoE layers in decompose and validate = 22 stopped runs,
-# then a 23rd that completes
+# quantize, validate; the dense MLP layer included) and 3 MoE layers in decompose = 23 stopped runs, then
+# a 24th that completes
 ck="$OUT/wall"
 runs=0
 while :; do
@@ -99,7 +99,7 @@ while :; do
     [ $st = 12 ] || fail "--walltime: exit $st, expected 12: $(tail -3 "$ck.log")"
 done
 layers=$(find "$ck" -name DONE | wc -l)
-[ $runs = 23 ] && [ $layers = 22 ] || fail "--walltime: finished after $runs runs with $layers layers, expected 23 runs (one new layer per run)"
+[ $runs = 24 ] && [ $layers = 23 ] || fail "--walltime: finished after $runs runs with $layers layers, expected 24 runs (one new layer per run)"
 same "$ck"
 echo "--walltime: $((runs - 1)) runs stopped with exit 12 after one new layer each, the ${runs}th finished: identical"
 
