@@ -13,7 +13,8 @@
 #     the shards too) gives the export's perplexity;
 #  the dense MLP of qwen2's layer 0 is a unit: its calibration statistics, measure table and alloc.json
 #  blocks exist, the shards hold /layers/0/mlp/{gate,up,down} quantized (no bf16/f32 copy of it), inspect
-#  lists it, the export's dense MLP tensors equal the dequantized shards and differ from the source;
+#  lists it, the export's dense MLP tensors equal the dequantized shards and differ from the source, and
+#  validation.json reports the layer (its MLP's output error, its three blocks measured);
 #  4. a second run keeps everything and rewrites nothing.
 # The output directories of the NP = 1, 2, 4 runs are compared byte for byte by tests/same_output.sh.
 set -u
