@@ -236,7 +236,7 @@ static int st_end(void *ctx, int l, int u)
     if (rc == 0)
         rc = sample_finish(&c->sm, st);
     sampler_free(&c->sm);
-    unit_sum *su = &c->us[u];
+    unit_sum *su = &c->us[u == MP_UNIT_DENSE ? 0 : u]; /* a dense layer's only unit */
     su->owned = 1, su->count = st->count, su->f = f;
     su->diag_in = malloc(sizeof(double) * (size_t)d);
     su->diag_mid = malloc(sizeof(double) * (size_t)f);
@@ -256,6 +256,19 @@ static int st_end(void *ctx, int l, int u)
 }
 
 /* ---- the layer prior and the commit --------------------------------------------------------------- */
+
+/* A unit that sees every token (the shared expert, a dense MLP), when owned: the prior is its own average
+ * per-token diagonal, starved only with almost no tokens. */
+static void own_prior(unit_sum *sh, int min_tokens, int d)
+{
+    if (!sh->owned)
+        return;
+    sh->prior_tokens = sh->count < min_tokens ? min_tokens - sh->count : 0;
+    for (int i = 0; i < d; i++)
+        sh->diag_in[i] = sh->count > 0 && sh->diag_in[i] > 0 ? sh->diag_in[i] / (double)sh->count : 1.0;
+    for (int64_t i = 0; i < sh->f; i++)
+        sh->diag_mid[i] = sh->count > 0 && sh->diag_mid[i] > 0 ? sh->diag_mid[i] / (double)sh->count : 1.0;
+}
 
 /* The layer's average per-token diagonal of G_in and G_mid over its routed experts, exactly the same on
  * every rank: each entry of the reduced array has a single non-zero contributor, and the sums over
@@ -300,15 +313,7 @@ static int layer_prior(calib *c, int l, int *n_starved)
         for (int i = 0; i < f; i++)
             us[u].diag_mid[i] = tot > 0 && a[1 + d + i] > 0 ? a[1 + d + i] / tot : 1.0;
     }
-    /* the shared expert sees every token: its own average, starved only with almost no tokens */
-    unit_sum *sh = &us[E];
-    if (sh->owned) {
-        sh->prior_tokens = sh->count < min_tokens ? min_tokens - sh->count : 0;
-        for (int i = 0; i < d; i++)
-            sh->diag_in[i] = sh->count > 0 && sh->diag_in[i] > 0 ? sh->diag_in[i] / (double)sh->count : 1.0;
-        for (int64_t i = 0; i < sh->f; i++)
-            sh->diag_mid[i] = sh->count > 0 && sh->diag_mid[i] > 0 ? sh->diag_mid[i] / (double)sh->count : 1.0;
-    }
+    own_prior(&us[E], min_tokens, d);
     if (c->r->rank == 0) {
         /* report.json: every expert with its token count, the starved ones flagged */
         size_t cap = 256 + (size_t)E * 96, k = 0;
@@ -368,6 +373,33 @@ static int commit_layer(calib *c, int l)
     return rc;
 }
 
+static void dense_file_name(int u, int n, char *buf, size_t cap)
+{
+    (void)u, (void)n;
+    snprintf(buf, cap, "dense.h5");
+}
+
+/* Collective: the dense MLP's file (layer with no routed experts) completed with its own prior, and the
+ * layer committed (never counted as starved). */
+static int commit_dense_layer(calib *c, int l)
+{
+    unit_sum *su = &c->us[0];
+    uint64_t h[2] = {0, 0};
+    int rc = 0;
+    own_prior(su, c->r->job->min_tokens, c->d);
+    if (su->owned) {
+        char path[4600];
+        mp_stats_path(path, sizeof path, c->dir, l, MP_UNIT_DENSE);
+        rc = mp_stats_write_end(path, su->prior_tokens, su->diag_in, su->diag_mid, c->d, su->f);
+        if (rc == 0)
+            rc = mp_file_xxh64(path, &h[0]);
+        h[1] = 1;
+        mp_fault_point("calibrate: unit committed");
+    }
+    return mp_commit_layer_units(rc, c->dir, l, c->r->fp[MP_STAGE_CALIBRATE], h, 1, dense_file_name, 0,
+                                 "calibrate: before layer manifest");
+}
+
 /* ---- stage functions ------------------------------------------------------------------------------- */
 
 int mp_calib_begin(mp_run *r, int s)
@@ -387,7 +419,7 @@ int mp_calib_layer(mp_run *r, int s, int l, int committed)
 {
     calib *c = r->state;
     (void)s;
-    if (!r->m->cfg.is_moe[l] || committed) {
+    if (!mp_config_has_units(&r->m->cfg, l) || committed) {
         if (committed)
             c->n_starved += r->kept_starved;
         return mp_epf_layer(c->f, l, NULL);
@@ -400,7 +432,7 @@ int mp_calib_layer(mp_run *r, int s, int l, int committed)
     mp_stats_free(&c->st); /* after a failure inside a unit */
     sampler_free(&c->sm);
     if (rc == 0)
-        rc = commit_layer(c, l);
+        rc = r->m->cfg.is_moe[l] ? commit_layer(c, l) : commit_dense_layer(c, l);
     unit_sums_free(c);
     return rc;
 }

@@ -12,7 +12,10 @@
  * tokens get the layer's average per-token diagonal, listed in
  * layerLLLL/report.json), the files are completed and the layer committed
  * (store.h, with the stage fingerprint). A committed layer only runs
- * forward, for the hidden states of the next one. Summary: perplexity,
+ * forward, for the hidden states of the next one. The dense MLP of a non-MoE layer
+ * (model_config.h: MP_UNIT_DENSE) is a unit like the shared expert: its statistics are accumulated on
+ * its owner in chunks of global token order (ep_forward.h), its prior is its own average diagonal, and
+ * the layer commits calib/layerLLLL/dense.h5 alone. Summary: perplexity,
  * nll_sum, predicted_tokens, starved_experts. Stage functions of the table
  * in pipeline.c; collective. */
 #ifndef MP_CALIBRATE_H

@@ -37,7 +37,7 @@ typedef struct {
 typedef struct {
     int J;
     float *logits, *wt; /* [T, E], [T, J] */
-    int *idx;           /* [T, J]: unit of each slot, -1 = empty */
+    int *idx;           /* [T, J]: unit of each slot (MP_UNIT_DENSE for a dense MLP), -1 = empty */
     int64_t *scnt, *rcnt, nsend, nrecv;
     item *smeta, *rmeta;
     float *sx, *rx, *ry, *sy;
@@ -187,7 +187,7 @@ static int dispatch(const mp_epf *s, int l, moe_buf *b, int rc)
         b->rcnt = b->scnt + size;
         for (int64_t t = 0; t < T; t++)
             for (int j = 0; j < J; j++)
-                if (b->idx[t * J + j] >= 0)
+                if (b->idx[t * J + j] != -1) /* -1: an empty slot (MP_UNIT_DENSE is -2) */
                     b->scnt[mp_unit_owner(l, b->idx[t * J + j], E, size)]++, b->nsend++;
         b->smeta = malloc(sizeof(item) * (size_t)(b->nsend + 1));
         b->sx = malloc(sizeof(float) * (size_t)(b->nsend * d + 1));
@@ -202,7 +202,7 @@ static int dispatch(const mp_epf *s, int l, moe_buf *b, int rc)
         for (int64_t t = 0; t < T; t++)
             for (int j = 0; j < J; j++) {
                 int u = b->idx[t * J + j];
-                if (u < 0)
+                if (u == -1)
                     continue;
                 int64_t p = pos[mp_unit_owner(l, u, E, size)]++;
                 b->smeta[p] = (item){g0 + t, u, (int32_t)(t * J + j), b->wt[t * J + j], 0};
@@ -239,7 +239,8 @@ static int run_unit(const mp_epf *s, const mp_weights *sw, const mp_layer_w *lw,
                     int64_t *ix, int64_t n, const mp_unit_hooks *hk)
 {
     const mp_config *cfg = s->cfg;
-    int d = s->d, shared = u == s->E, f = shared ? cfg->shared_ffn : cfg->moe_ffn, rc = 0;
+    int d = s->d, shared = u == s->E, dense = u == MP_UNIT_DENSE, rc = 0;
+    int f = dense ? cfg->dense_ffn : shared ? cfg->shared_ffn : cfg->moe_ffn;
     const float *wg, *wu, *wd;
     float *own = NULL, *X = NULL, *Y = NULL, *Hm = NULL, *W = NULL;
     int64_t *G = NULL;
@@ -247,6 +248,8 @@ static int run_unit(const mp_epf *s, const mp_weights *sw, const mp_layer_w *lw,
         wg = wu = wd = NULL;
         if (hk)
             return mp_errorf(MP_EINTERNAL, "statistics hooks need dense experts");
+    } else if (dense) {
+        wg = lw->mlp_gate, wu = lw->mlp_up, wd = lw->mlp_down;
     } else if (shared) {
         wg = lw->sh_gate, wu = lw->sh_up, wd = lw->sh_down;
     } else {
@@ -356,6 +359,34 @@ done:
     return rc;
 }
 
+/* Collective: the statistics of the dense MLP of non-MoE layer l (its output was computed locally): every
+ * local token goes to the unit's owner, which runs the unit in chunks of global token order for the hooks,
+ * as for the shared expert, so the statistics do not depend on the rank count. */
+static int dense_stats(mp_epf *s, const mp_layer_w *lw, int l, const mp_unit_hooks *hk)
+{
+    moe_buf b = {.J = 1};
+    int64_t T = s->T;
+    b.wt = malloc(sizeof(float) * (size_t)(T + 1));
+    b.idx = malloc(sizeof(int) * (size_t)(T + 1));
+    int rc = b.wt && b.idx ? 0 : mp_errorf(MP_ENOMEM, "out of memory for the dense MLP of layer %d", l);
+    for (int64_t t = 0; rc == 0 && t < T; t++)
+        b.idx[t] = MP_UNIT_DENSE, b.wt[t] = 1.0f;
+    MP_CHECK_GOTO(dispatch(s, l, &b, rc), done);
+    int64_t *ix = malloc(sizeof(int64_t) * (size_t)(b.nrecv + 1));
+    if (!ix)
+        rc = mp_errorf(MP_ENOMEM, "out of memory");
+    if (rc == 0 && mp_unit_owner(l, MP_UNIT_DENSE, s->E, s->size) == s->rank) {
+        for (int64_t i = 0; i < b.nrecv; i++)
+            ix[i] = i;
+        rc = run_unit(s, s->w, lw, l, MP_UNIT_DENSE, &b, ix, b.nrecv, hk);
+    }
+    free(ix);
+    rc = mp_mpi_agree(rc);
+done:
+    moe_buf_free(&b);
+    return rc;
+}
+
 /* Collective: root gets all[n_seq * w], the per-sequence values seq[q * w ..] of every rank's own sequences
  * (indexed by global sequence), so that sums over them can be added in sequence order. */
 static int gather_seq(const mp_epf *s, const double *seq, int w, double *all)
@@ -390,22 +421,31 @@ static int layer_run(mp_epf *s, int l, const mp_unit_hooks *hooks, const mp_weig
         for (int64_t i = 0; i < (int64_t)S * d; i++)
             hs[i] += ys[i];
         mp_norm(cfg, hs, S, d, lw.post_norm, lw.post_norm_b, xs);
-        if (!lw.moe && rc == 0)
+        if (!lw.moe && rc == 0 && s->w->unit && cfg->dense_ffn > 0) /* a compressed dense MLP, as stored */
+            rc = s->w->unit(s->w->ctx, l, MP_UNIT_DENSE, xs, S, ys);
+        else if (!lw.moe && rc == 0)
             rc = mp_swiglu(lw.mlp_gate, lw.mlp_up, lw.mlp_down, xs, S, d, cfg->dense_ffn, ys, NULL);
     }
     rc = mp_mpi_agree(rc);
     if (rc == 0 && lw.moe)
         rc = moe_block(s, s->w, &lw, l, hooks, s->y);
+    else if (rc == 0 && hooks && cfg->dense_ffn > 0)
+        rc = dense_stats(s, &lw, l, hooks);
     if (alt) {
         sq[0] = sq[1] = 0;
         float *y2 = NULL;
         double *seq = calloc(2 * ((size_t)s->tok->n_seq + 1), sizeof(double)), *all = NULL;
-        if (rc == 0 && lw.moe) {
+        int dense = !lw.moe && cfg->dense_ffn > 0; /* the dense MLP: alt's unit MP_UNIT_DENSE, where the tokens are */
+        if (rc == 0 && (lw.moe || dense)) {
             y2 = malloc(sizeof(float) * (size_t)(s->T * d + 1));
             all = calloc(2 * ((size_t)s->tok->n_seq + 1), sizeof(double));
             rc = mp_mpi_agree(y2 && seq && all ? 0 : mp_errorf(MP_ENOMEM, "out of memory comparing layer %d", l));
-            if (rc == 0)
+            if (rc == 0 && lw.moe)
                 rc = moe_block(s, alt, &lw, l, NULL, y2);
+            for (int q = 0; rc == 0 && dense && q < s->nseq; q++)
+                rc = alt->unit(alt->ctx, l, MP_UNIT_DENSE, s->x + (int64_t)q * S * d, S, y2 + (int64_t)q * S * d);
+            if (dense)
+                rc = mp_mpi_agree(rc);
             for (int q = 0; q < s->nseq && rc == 0; q++) {
                 double *acc = seq + 2 * (size_t)(s->seq0 + q);
                 for (int64_t i = (int64_t)q * S * d; i < (int64_t)(q + 1) * S * d; i++) {
