@@ -11,9 +11,9 @@
 #include "fsutil.h"
 
 const char *const MP_PROJ_NAME[3] = {"gate", "up", "down"};
-static const char *const KIND[4] = {"base", "delta", "expert", "shared"};
+static const char *const KIND[MP_BK_COUNT] = {"base", "delta", "expert", "shared", "dense"};
 
-const char *mp_block_kind_name(mp_block_kind k) { return (unsigned)k < 4 ? KIND[k] : "?"; }
+const char *mp_block_kind_name(mp_block_kind k) { return (unsigned)k < MP_BK_COUNT ? KIND[k] : "?"; }
 
 int mp_layer_blocks(int layer, int n_experts, int has_shared, int delta, mp_layer_alloc *a)
 {
@@ -30,6 +30,18 @@ int mp_layer_blocks(int layer, int n_experts, int has_shared, int delta, mp_laye
             a->c[i++] = (mp_choice){.kind = delta ? MP_BK_DELTA : MP_BK_EXPERT, .unit = e, .proj = p};
     for (int p = 0; has_shared && p < 3; p++)
         a->c[i++] = (mp_choice){.kind = MP_BK_SHARED, .unit = n_experts, .proj = p};
+    return 0;
+}
+
+int mp_layer_units_blocks(const mp_config *c, int layer, int delta, mp_layer_alloc *a)
+{
+    if (c->is_moe[layer])
+        return mp_layer_blocks(layer, c->n_experts, c->n_shared > 0 && c->shared_ffn > 0, delta, a);
+    a->layer = layer, a->n = 3;
+    if (!(a->c = calloc(3, sizeof *a->c)))
+        return mp_errorf(MP_ENOMEM, "out of memory");
+    for (int p = 0; p < 3; p++)
+        a->c[p] = (mp_choice){.kind = MP_BK_DENSE, .unit = MP_UNIT_DENSE, .proj = p};
     return 0;
 }
 
@@ -133,7 +145,7 @@ int mp_alloc_read(const char *path, mp_layer_alloc *a)
         mp_choice *c = &a->c[i];
         double u = 0, r = 0, b = 0;
         int k = -1, p = -1;
-        for (int q = 0; q < 4 && cJSON_IsString(kd); q++)
+        for (int q = 0; q < MP_BK_COUNT && cJSON_IsString(kd); q++)
             k = !strcmp(kd->valuestring, KIND[q]) ? q : k;
         for (int q = 0; q < 3 && cJSON_IsString(pj); q++)
             p = !strcmp(pj->valuestring, MP_PROJ_NAME[q]) ? q : p;

@@ -5,11 +5,13 @@
  *    for each expert e = 0..E-1 its three deltas (kind DELTA, unit e, proj 0 gate, 1 up, 2 down);
  *  - decomposition off: for each expert its three projections (kind EXPERT, unit e);
  *  - then, when the layer has a shared expert, its three projections (kind SHARED, unit E).
+ * A non-MoE layer with a dense MLP has its three projections (kind DENSE, unit MP_UNIT_DENSE = -2,
+ * model_config.h), gate/up [dense_ffn, d], down [d, dense_ffn].
  * Dense blocks (BASE, EXPERT, SHARED) take one format; a DELTA takes a rank r and a format for each of
  * its factors U [m, r] and V [r, n] (rank 0: the expert is served by the base alone; no formats).
  *
  * File: checkpoint.dir/alloc/layerLLLL/alloc.json, written atomically by rank 0:
- *   {"layer": l, "blocks": [{"kind": "base|delta|expert|shared", "unit": u, "proj": "gate|up|down",
+ *   {"layer": l, "blocks": [{"kind": "base|delta|expert|shared|dense", "unit": u, "proj": "gate|up|down",
  *     "rank": r, "format": "w4g128", "format_v": "w3g128", "bytes": b, "loss": x, "loss_raw": y,
  *     "cost_s": t}, ...]}
  * ("rank" and "format_v" only for deltas; "format" absent for a delta of rank 0). Numbers are printed
@@ -20,16 +22,17 @@
 #define MP_ALLOCATION_H
 #include <stdint.h>
 
+#include "model_config.h"
 #include "quant.h"
 
-typedef enum { MP_BK_BASE, MP_BK_DELTA, MP_BK_EXPERT, MP_BK_SHARED } mp_block_kind;
+typedef enum { MP_BK_BASE, MP_BK_DELTA, MP_BK_EXPERT, MP_BK_SHARED, MP_BK_DENSE, MP_BK_COUNT } mp_block_kind;
 
 extern const char *const MP_PROJ_NAME[3];       /* "gate", "up", "down" */
-const char *mp_block_kind_name(mp_block_kind k); /* "base", "delta", "expert", "shared" */
+const char *mp_block_kind_name(mp_block_kind k); /* "base", "delta", "expert", "shared", "dense" */
 
 typedef struct {
     mp_block_kind kind;
-    int unit;                  /* expert index (DELTA, EXPERT), n_experts (SHARED), -1 (BASE) */
+    int unit;                  /* expert index (DELTA, EXPERT), n_experts (SHARED), -1 (BASE), MP_UNIT_DENSE (DENSE) */
     int proj;                  /* 0 gate, 1 up, 2 down */
     int64_t rank;              /* DELTA: kept rank (0 = base alone); others 0 */
     const mp_qformat *fmt;     /* dense: the format; DELTA: U's format (NULL at rank 0) */
@@ -46,6 +49,8 @@ typedef struct {
 /* The blocks of a layer in the order above (choices zeroed but kind/unit/proj): n = 3 (E + 1) or 3 E,
  * plus 3 with a shared expert. */
 int mp_layer_blocks(int layer, int n_experts, int has_shared, int delta, mp_layer_alloc *a);
+/* The blocks of layer l of model config c (mp_config_has_units): a MoE layer's as above, a dense MLP's three. */
+int mp_layer_units_blocks(const mp_config *c, int layer, int delta, mp_layer_alloc *a);
 int mp_alloc_write(const char *path, const mp_layer_alloc *a);
 /* MP_EFORMAT (naming the file and the entry) for a malformed file or an unknown format name. */
 int mp_alloc_read(const char *path, mp_layer_alloc *a);

@@ -111,7 +111,12 @@ static int unit_fn(void *ctx, int l, int u, const float *X, int n, float *Y)
 static int layer_fn(void *ctx, int l, mp_layer_w *w)
 {
     mp_cweights *c = ctx;
-    return c->orig.layer(c->orig.ctx, l, w);
+    MP_CHECK(c->orig.layer(c->orig.ctx, l, w));
+    if (mp_config_dense_mlp(&c->m->cfg, l)) { /* served compressed by unit_fn (MP_UNIT_DENSE), never these */
+        free(w->mlp_gate), free(w->mlp_up), free(w->mlp_down);
+        w->mlp_gate = w->mlp_up = w->mlp_down = NULL;
+    }
+    return 0;
 }
 static int expert_fn(void *ctx, int l, int e, mp_proj p, float *out)
 {
@@ -134,7 +139,7 @@ int mp_cweights_open(const mp_model *m, mp_outdir *o, mp_cweights **out, mp_weig
     *out = NULL;
     const mp_config *a = &m->cfg, *b = mp_outdir_config(o);
     if (a->n_layers != b->n_layers || a->hidden != b->hidden || a->n_experts != b->n_experts ||
-        a->moe_ffn != b->moe_ffn || a->vocab != b->vocab || a->top_k != b->top_k)
+        a->moe_ffn != b->moe_ffn || a->vocab != b->vocab || a->top_k != b->top_k || a->dense_ffn != b->dense_ffn)
         return mp_errorf(MP_EMISMATCH, "%s: the compressed model is not a compression of %s (config differs)",
                          mp_outdir_dir(o), m->dir);
     mp_cweights *c = calloc(1, sizeof *c);

@@ -5,7 +5,8 @@
  * decomposition a routed expert's projection p runs as base_p x + U_p (V_p x), the factors kept apart
  * (never folded into a dense per-expert weight), rank 0 being the base alone. A part in an activation
  * format (w8a8, w4a4) sees its input quantized per token (mp_quant_act), as a kernel computes it. The
- * shared expert (quantized like the others) is served from the output too; every non-MoE tensor comes
+ * shared expert and the dense MLP of every non-MoE layer (unit MP_UNIT_DENSE; ep_forward runs it through
+ * `unit`) are quantized like the others and served from the output too; every other non-MoE tensor comes
  * from the original model (the output holds copies of them in their dtype). The dequantized base of a
  * layer and the factors of the unit in use are cached. Local (no MPI). */
 #ifndef MP_CWEIGHTS_H

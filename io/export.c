@@ -32,6 +32,11 @@ static int fill(void *ctx, int idx, float *out, int64_t n)
                              s->name, (long long)n, (long long)(d * f));
         return mp_outdir_read_expert(o, s->layer, s->expert, s->proj, out);
     case MP_SRC_SHARED: return mp_outdir_read_shared(o, s->layer, s->proj, out);
+    case MP_SRC_DENSE:
+        if (n != d * c->dense_ffn)
+            return mp_errorf(MP_EFORMAT, "%s: tensor %s has %lld elements, a dense MLP projection %lld",
+                             mp_outdir_dir(o), s->name, (long long)n, (long long)(d * c->dense_ffn));
+        return mp_outdir_read_unit_proj(o, s->layer, MP_UNIT_DENSE, s->proj, out);
     case MP_SRC_FUSED: {
         int E = c->n_experts, gate_up = s->proj == 0;
         if (n != (int64_t)E * (gate_up ? 2 : 1) * d * f)

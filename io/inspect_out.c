@@ -13,9 +13,10 @@
 #include "outdir.h"
 #include "qtensor_h5.h"
 
-/* one column of a layer: the base, a routed expert or the shared expert */
+/* one column of a layer: the base, a routed expert or the shared expert; a dense layer's only column: its
+ * dense MLP */
 typedef struct {
-    int unit; /* -1 base, 0..E-1, E shared */
+    int unit; /* -1 base, 0..E-1, E shared, MP_UNIT_DENSE */
     double bytes, weights, loss;
     int64_t tokens;   /* -1: not applicable (base) */
     char cell[3][64]; /* per projection: "w4g128", "r13 w4g128/w3g128", "r0" */
@@ -31,7 +32,7 @@ typedef struct {
 typedef struct {
     mp_outdir *o;
     const cJSON *md;
-    int E, nl, has_base, has_shared;
+    int E, nl, n_moe, has_base, has_shared; /* nl: the layers with units (MoE and dense MLP), n_moe of them MoE */
     lrow *rows;
     double out_bytes;
     int nshards;
@@ -50,7 +51,7 @@ static const char *str(const cJSON *o, const char *k)
     return cJSON_IsString(x) ? x->valuestring : "";
 }
 
-static int col_index(const info *in, int unit) { return unit < 0 ? 0 : in->has_base + unit; }
+static int col_index(const info *in, int unit) { return unit < 0 ? 0 : in->has_base + unit; } /* dense: 0 */
 
 static void free_info(info *in)
 {
@@ -73,8 +74,8 @@ static int read_tokens(info *in, int64_t **tok, int *cols)
     hsize_t dm[2] = {0, 0};
     int rc = 0;
     if (sp < 0 || H5Sget_simple_extent_ndims(sp) != 2 || H5Sget_simple_extent_dims(sp, dm, NULL) < 0 ||
-        (int)dm[0] != in->nl)
-        rc = mp_errorf(MP_EFORMAT, "%s: /moepack/tokens_per_expert is missing or not [%d, E]", path, in->nl);
+        (int)dm[0] != in->n_moe)
+        rc = mp_errorf(MP_EFORMAT, "%s: /moepack/tokens_per_expert is missing or not [%d, E]", path, in->n_moe);
     if (rc == 0 && g >= 0) {
         mp_h5_attr_read_str(g, "version", in->version, sizeof in->version);
         *tok = malloc(sizeof(int64_t) * (size_t)(dm[0] * dm[1] + 1));
@@ -112,6 +113,7 @@ static int collect(const char *dir, info *in)
     if (rc == 0 && !cJSON_IsArray(layers))
         rc = mp_errorf(MP_EFORMAT, "%s/index.json: metadata.layers is missing", dir);
     in->nl = rc == 0 ? cJSON_GetArraySize(layers) : 0;
+    in->n_moe = mp_config_n_moe_layers(c);
     int ncol = in->has_base + in->E + in->has_shared;
     in->rows = calloc((size_t)in->nl + 1, sizeof *in->rows);
     if (rc == 0 && !in->rows)
@@ -121,7 +123,7 @@ static int collect(const char *dir, info *in)
     if (rc == 0)
         rc = read_tokens(in, &tok, &tcols);
     int64_t d = c->hidden, f = c->moe_ffn, fs = c->shared_ffn;
-    int li = 0;
+    int li = 0, mi = 0; /* row, MoE row */
     cJSON_ArrayForEach(x, layers)
     {
         if (rc < 0)
@@ -129,24 +131,28 @@ static int collect(const char *dir, info *in)
         lrow *r = &in->rows[li];
         r->layer = (int)num(x, "layer");
         r->loss = num(x, "predicted_loss");
-        r->n = ncol;
-        if (!(r->u = calloc((size_t)ncol, sizeof *r->u))) {
-            rc = mp_errorf(MP_ENOMEM, "out of memory");
+        int dense = r->layer >= 0 && r->layer < c->n_layers && mp_config_dense_mlp(c, r->layer);
+        r->n = dense ? 1 : ncol;
+        if (!dense && mi >= in->n_moe)
+            rc = mp_errorf(MP_EFORMAT, "%s/index.json: metadata.layers lists more MoE layers than the model has", dir);
+        if (rc < 0 || !(r->u = calloc((size_t)r->n, sizeof *r->u))) {
+            rc = rc < 0 ? rc : mp_errorf(MP_ENOMEM, "out of memory");
             break;
         }
-        for (int k = 0; k < ncol; k++) {
+        for (int k = 0; k < r->n; k++) {
             ucol *u = &r->u[k];
-            u->unit = k < in->has_base ? -1 : k - in->has_base;
-            u->weights = 3.0 * (double)d * (double)(u->unit == in->E ? fs : f);
-            u->tokens = u->unit < 0 ? -1 : u->unit < tcols ? tok[(int64_t)li * tcols + u->unit] : -1;
+            u->unit = dense ? MP_UNIT_DENSE : k < in->has_base ? -1 : k - in->has_base;
+            u->weights = 3.0 * (double)d * (double)(dense ? c->dense_ffn : u->unit == in->E ? fs : f);
+            u->tokens = u->unit < 0 ? -1 : u->unit < tcols ? tok[(int64_t)mi * tcols + u->unit] : -1;
         }
+        mi += !dense;
         const cJSON *b;
         cJSON_ArrayForEach(b, cJSON_GetObjectItem(x, "blocks"))
         {
             const char *kind = str(b, "kind"), *pj = str(b, "proj");
             int unit = (int)num(b, "unit"), p = !strcmp(pj, "gate") ? 0 : !strcmp(pj, "up") ? 1 : 2;
             int k = !strcmp(kind, "base") ? 0 : col_index(in, unit);
-            if (k < 0 || k >= ncol)
+            if (k < 0 || k >= r->n)
                 continue;
             ucol *u = &r->u[k];
             u->bytes += num(b, "bytes"), u->loss += num(b, "loss");
@@ -159,8 +165,8 @@ static int collect(const char *dir, info *in)
             } else
                 snprintf(u->cell[p], sizeof u->cell[p], "%s", str(b, "format"));
         }
-        for (int k = 0; k < ncol; k++)
-            r->bytes += r->u[k].bytes, r->weights += k < in->has_base ? 0 : r->u[k].weights;
+        for (int k = 0; k < r->n; k++)
+            r->bytes += r->u[k].bytes, r->weights += r->u[k].unit == -1 ? 0 : r->u[k].weights;
         li++;
     }
     free(tok);
@@ -171,7 +177,9 @@ static int collect(const char *dir, info *in)
 
 static void unit_name(const info *in, int unit, char *buf, size_t cap)
 {
-    if (unit < 0)
+    if (unit == MP_UNIT_DENSE)
+        snprintf(buf, cap, "dense MLP");
+    else if (unit < 0)
         snprintf(buf, cap, "base");
     else if (unit == in->E)
         snprintf(buf, cap, "shared");
@@ -208,12 +216,16 @@ static int print_text(const info *in, FILE *out)
     const cJSON *src = cJSON_GetObjectItem(in->md, "source"), *al = cJSON_GetObjectItem(in->md, "allocation");
     double used = num(in->md, "bytes_used"), budget = num(in->md, "budget_bytes");
     fprintf(out, "moepack output  %s (%d shard%s, %.0f bytes on disk; moepack %s, format %d)\n", mp_outdir_dir(in->o),
-            in->nshards, in->nshards == 1 ? "" : "s", in->out_bytes, in->version, 1);
+            in->nshards, in->nshards == 1 ? "" : "s", in->out_bytes, in->version,
+            (int)num(mp_outdir_index(in->o), "format_version"));
     fprintf(out, "model           %s: %d layers, %d MoE, %d experts%s, d %d, f %d; %s layout; decomposition %s\n",
-            mp_arch_name(c->arch), c->n_layers, in->nl, in->E, in->has_shared ? " + shared" : "", c->hidden, c->moe_ffn,
-            str(src, "expert_layout"), in->has_base ? "on (base + U V)" : "off");
+            mp_arch_name(c->arch), c->n_layers, in->n_moe, in->E, in->has_shared ? " + shared" : "", c->hidden,
+            c->moe_ffn, str(src, "expert_layout"), in->has_base ? "on (base + U V)" : "off");
+    if (in->nl > in->n_moe)
+        fprintf(out, "dense MLPs      %d non-MoE layer(s), f %d: quantized like a shared expert\n", in->nl - in->n_moe,
+                c->dense_ffn);
     fprintf(out, "fingerprint     %s (model %s)\n", in->fp, in->mfp);
-    fprintf(out, "budget          %.0f bytes = %.4f bits/weight over %.0f MoE weights\n", budget,
+    fprintf(out, "budget          %.0f bytes = %.4f bits/weight over %.0f quantized weights\n", budget,
             num(in->md, "budget_bits_per_weight"), num(in->md, "moe_weights"));
     fprintf(out, "used            %.0f bytes = %.4f bits/weight (%.2f%% of the budget%s)\n", used,
             num(in->md, "bits_per_weight"), 100 * used / budget, used > budget ? ": OVER" : "");
@@ -296,7 +308,11 @@ static int print_json(const info *in, FILE *out)
         for (int k = 0; k < r->n; k++) {
             const ucol *u = &r->u[k];
             cJSON *x = cJSON_CreateObject();
-            cJSON_AddStringToObject(x, "unit", u->unit < 0 ? "base" : u->unit == in->E ? "shared" : "expert");
+            cJSON_AddStringToObject(x, "unit",
+                                    u->unit == MP_UNIT_DENSE ? "dense"
+                                    : u->unit < 0            ? "base"
+                                    : u->unit == in->E       ? "shared"
+                                                             : "expert");
             if (u->unit >= 0 && u->unit < in->E)
                 cJSON_AddNumberToObject(x, "expert", u->unit);
             if (u->tokens >= 0)
@@ -335,10 +351,21 @@ static void colour(double t, char *buf, size_t cap)
              (int)lround(V[i][1] + w * (V[i + 1][1] - V[i][1])), (int)lround(V[i][2] + w * (V[i + 1][2] - V[i][2])));
 }
 
+/* the widest row's columns (a MoE layer's; a dense layer has one), its index in *full */
+static int max_cols(const info *in, int *full)
+{
+    int cols = 0;
+    *full = 0;
+    for (int i = 0; i < in->nl; i++)
+        if (in->rows[i].n > cols)
+            cols = in->rows[i].n, *full = i;
+    return cols;
+}
+
 /* the heatmap of bits per weight; *W, *H its size */
 static void heatmap_size(const info *in, int *cw, int *ch, int *W, int *H)
 {
-    int cols = in->nl ? in->rows[0].n : 0, rows = in->nl;
+    int full, cols = max_cols(in, &full), rows = in->nl;
     *cw = cols ? 900 / cols : 20, *ch = rows ? 560 / rows : 20;
     *cw = *cw < 6 ? 6 : *cw > 36 ? 36 : *cw;
     *ch = *ch < 6 ? 6 : *ch > 36 ? 36 : *ch;
@@ -348,10 +375,10 @@ static void heatmap_size(const info *in, int *cw, int *ch, int *W, int *H)
 
 static void heatmap(const info *in, FILE *s)
 {
-    int cols = in->nl ? in->rows[0].n : 0, rows = in->nl;
+    int full = 0, cols = max_cols(in, &full), rows = in->nl; /* full: a MoE row (the column labels) */
     double lo = INFINITY, hi = -INFINITY;
     for (int i = 0; i < rows; i++)
-        for (int k = 0; k < cols; k++) {
+        for (int k = 0; k < in->rows[i].n; k++) {
             double b = ubits(&in->rows[i].u[k]);
             lo = b < lo ? b : lo, hi = b > hi ? b : hi;
         }
@@ -367,6 +394,8 @@ static void heatmap(const info *in, FILE *s)
             mp_arch_name(mp_outdir_config(in->o)->arch), num(in->md, "bits_per_weight"),
             num(in->md, "budget_bits_per_weight"),
             in->has_base ? "; experts: their U and V; base: its own column" : "");
+    if (in->nl > in->n_moe)
+        fprintf(s, "<text x=\"%d\" y=\"52\" fill=\"#444\">dense layers: one cell, their MLP</text>\n", left);
     int step = cols > 40 ? (cols + 31) / 32 : 1, rstep = rows > 40 ? (rows + 31) / 32 : 1;
     for (int i = 0; i < rows; i++) {
         const lrow *r = &in->rows[i];
@@ -374,7 +403,7 @@ static void heatmap(const info *in, FILE *s)
         if (i % rstep == 0)
             fprintf(s, "<text x=\"%d\" y=\"%d\" text-anchor=\"end\" dominant-baseline=\"middle\">%d</text>\n", left - 6,
                     y + ch / 2, r->layer);
-        for (int k = 0; k < cols; k++) {
+        for (int k = 0; k < r->n; k++) {
             const ucol *u = &r->u[k];
             char fill[8], nm[32];
             colour((ubits(u) - lo) / (hi - lo), fill, sizeof fill);
@@ -389,7 +418,7 @@ static void heatmap(const info *in, FILE *s)
         }
     }
     for (int k = 0; k < cols; k += step) { /* column labels */
-        const ucol *u = &in->rows[0].u[k];
+        const ucol *u = &in->rows[full].u[k];
         char nm[16];
         if (u->unit < 0)
             snprintf(nm, sizeof nm, "B");
@@ -531,9 +560,9 @@ int mp_inspect_output(const char *dir, int json, const char *plot, FILE *out)
     int rc = json ? print_json(&in, out) : print_text(&in, out);
     if (rc == 0 && plot) {
         rc = write_svg(&in, plot);
+        int full, cols = max_cols(&in, &full);
         if (rc == 0 && !json)
-            fprintf(out, "\nplot: %s (bits per weight, %d MoE layers x %d columns%s)\n", plot, in.nl,
-                    in.nl ? in.rows[0].n : 0,
+            fprintf(out, "\nplot: %s (bits per weight, %d layers x up to %d columns%s)\n", plot, in.nl, cols,
                     cJSON_GetObjectItem(mp_outdir_index(in.o), "validation")
                         ? "; predicted loss vs measured error per block"
                         : "");

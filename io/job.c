@@ -115,7 +115,7 @@ static const key_def KEYS[] = {
     {"measure.timings", K_FILE, F(timings_path), "", 0, 0, NULL,
      "measured kernel timings (format, m, n, M, seconds) replacing the cost model where they match"},
     {"budget.bits_per_weight", K_REAL, F(budget_bits), "3.25", 0.01, 64.0, NULL,
-     "memory budget in bits per compressible (MoE expert) weight"},
+     "memory budget in bits per quantized weight (experts, shared experts, dense MLPs)"},
     {"budget.bytes", K_REAL, F(budget_bytes), "0", 0, 9.0e15, NULL, "budget in bytes; > 0 replaces bits_per_weight"},
     {"allocate.r", K_REAL, F(alloc_r), "1", 0.0, 1.0, NULL,
      "accuracy-speed trade-off: minimise r log(loss) + (1 - r) log(time) (1 = loss only)"},

@@ -94,7 +94,8 @@ static int parse_src(mp_outdir *o)
         for (int d = 0; d < s->ndim; d++)
             s->shape[d] = (int64_t)cJSON_GetArrayItem(sh, d)->valuedouble;
         const cJSON *e = cJSON_GetObjectItem(t, "expert"), *f = cJSON_GetObjectItem(t, "fused"),
-                    *x = cJSON_GetObjectItem(t, "shared"), *p = cJSON_GetObjectItem(t, "path");
+                    *x = cJSON_GetObjectItem(t, "shared"), *p = cJSON_GetObjectItem(t, "path"),
+                    *dn = cJSON_GetObjectItem(t, "dense");
         const cJSON *lay = NULL, *pj = NULL;
         if (e) {
             s->kind = MP_SRC_EXPERT, lay = cJSON_GetObjectItem(e, "layer"), pj = cJSON_GetObjectItem(e, "proj");
@@ -104,8 +105,9 @@ static int parse_src(mp_outdir *o)
             s->kind = MP_SRC_FUSED, lay = cJSON_GetObjectItem(f, "layer");
             const cJSON *part = cJSON_GetObjectItem(f, "part");
             s->proj = cJSON_IsString(part) && !strcmp(part->valuestring, "gate_up") ? 0 : 2;
-        } else if (x) {
-            s->kind = MP_SRC_SHARED, lay = cJSON_GetObjectItem(x, "layer"), pj = cJSON_GetObjectItem(x, "proj");
+        } else if (x || dn) {
+            s->kind = x ? MP_SRC_SHARED : MP_SRC_DENSE;
+            lay = cJSON_GetObjectItem(x ? x : dn, "layer"), pj = cJSON_GetObjectItem(x ? x : dn, "proj");
         } else if (cJSON_IsString(p)) {
             s->kind = MP_SRC_PLAIN, s->path = p->valuestring, s->layer = -1;
             continue;
@@ -116,7 +118,8 @@ static int parse_src(mp_outdir *o)
         if (pj)
             s->proj = cJSON_IsString(pj) ? proj_of(pj->valuestring) : -1;
         if (s->layer < 0 || s->layer >= o->cfg.n_layers || s->proj < 0 ||
-            (s->kind == MP_SRC_EXPERT && (s->expert < 0 || s->expert >= o->cfg.n_experts)))
+            (s->kind == MP_SRC_EXPERT && (s->expert < 0 || s->expert >= o->cfg.n_experts)) ||
+            (s->kind == MP_SRC_DENSE && !mp_config_dense_mlp(&o->cfg, s->layer)))
             return mp_errorf(MP_EFORMAT, "%s: tensor %s names no valid layer/expert/projection", o->index_path,
                              s->name);
     }
@@ -339,21 +342,23 @@ static int read_qt(mp_outdir *o, const char *unit, const char *gpath, int64_t m,
     return 0;
 }
 
-static void dims(const mp_config *c, int p, int shared, int64_t *m, int64_t *n)
+/* the shape of projection p of unit u (0..E-1 a routed expert or the base, E the shared expert,
+ * MP_UNIT_DENSE a dense MLP) */
+static void dims(const mp_config *c, int p, int u, int64_t *m, int64_t *n)
 {
-    int64_t f = shared ? c->shared_ffn : c->moe_ffn, d = c->hidden;
+    int64_t f = u == MP_UNIT_DENSE ? c->dense_ffn : u == c->n_experts ? c->shared_ffn : c->moe_ffn, d = c->hidden;
     *m = p == 2 ? d : f;
     *n = p == 2 ? f : d;
 }
 
 int mp_outdir_has_delta(const mp_outdir *o) { return o->delta; }
 
-/* projection p of the unit group `unit` (a base, an expert without the decomposition, the shared expert),
- * packed, checked to be the block's shape */
-static int block_qt(mp_outdir *o, const char *unit, int p, int shared, mp_qtensor **out)
+/* projection p of the unit group `unit` (a base, an expert without the decomposition, the shared expert, a
+ * dense MLP; u: its index for dims), packed, checked to be the block's shape */
+static int block_qt(mp_outdir *o, const char *unit, int p, int u, mp_qtensor **out)
 {
     int64_t m, n;
-    dims(&o->cfg, p, shared, &m, &n);
+    dims(&o->cfg, p, u, &m, &n);
     char g[128];
     snprintf(g, sizeof g, "%s/%s", unit, MP_PROJ_NAME[p]);
     return read_qt(o, unit, g, m, n, out);
@@ -424,15 +429,34 @@ int mp_outdir_read_expert(mp_outdir *o, int l, int e, int p, float *out)
     return rc;
 }
 
+/* 1 when layer l has unit u stored whole (one tensor per projection): the shared expert of a MoE layer,
+ * the dense MLP of a non-MoE layer; its group in *unit */
+static int whole_unit(const mp_config *c, int l, int u, char *unit, size_t cap)
+{
+    if (l < 0 || l >= c->n_layers)
+        return 0;
+    if (u == MP_UNIT_DENSE && mp_config_dense_mlp(c, l))
+        snprintf(unit, cap, "/layers/%d/mlp", l);
+    else if (u == c->n_experts && c->is_moe[l] && c->n_shared > 0 && c->shared_ffn > 0)
+        snprintf(unit, cap, "/layers/%d/moe/shared", l);
+    else
+        return 0;
+    return 1;
+}
+
 int mp_outdir_read_shared(mp_outdir *o, int l, int p, float *out)
 {
-    const mp_config *c = &o->cfg;
-    if (l < 0 || l >= c->n_layers || !c->is_moe[l] || c->shared_ffn <= 0 || p < 0 || p > 2)
-        return mp_errorf(MP_EUSAGE, "%s: no shared expert in layer %d", o->dir, l);
+    return mp_outdir_read_unit_proj(o, l, o->cfg.n_experts, p, out);
+}
+
+int mp_outdir_read_unit_proj(mp_outdir *o, int l, int u, int p, float *out)
+{
     char unit[64];
-    snprintf(unit, sizeof unit, "/layers/%d/moe/shared", l);
+    if (!whole_unit(&o->cfg, l, u, unit, sizeof unit) || p < 0 || p > 2)
+        return mp_errorf(MP_EUSAGE, "%s: no %s in layer %d", o->dir, u == MP_UNIT_DENSE ? "dense MLP" : "shared expert",
+                         l);
     mp_qtensor *q;
-    MP_CHECK(block_qt(o, unit, p, 1, &q));
+    MP_CHECK(block_qt(o, unit, p, u, &q));
     mp_qtensor_dequant(q, out);
     mp_qtensor_destroy(q);
     return 0;
@@ -448,16 +472,16 @@ int mp_outdir_read_qfactors(mp_outdir *o, int l, int u, int p, mp_outdir_qfactor
 {
     const mp_config *c = &o->cfg;
     memset(q, 0, sizeof *q);
-    int shared = u == c->n_experts;
-    if (l < 0 || l >= c->n_layers || !c->is_moe[l] || u < 0 || u > c->n_experts || p < 0 || p > 2 ||
-        (shared && !(c->n_shared > 0 && c->shared_ffn > 0)))
-        return mp_errorf(MP_EUSAGE, "%s: no unit %d in layer %d", o->dir, u, l);
-    dims(c, p, shared, &q->m, &q->n);
     char unit[64], g[128], gu[160], gv[160];
-    snprintf(unit, sizeof unit, shared ? "/layers/%d/moe/shared" : "/layers/%d/moe/experts/%d", l, u);
+    int whole = whole_unit(c, l, u, unit, sizeof unit); /* the shared expert, a dense MLP */
+    if ((!whole && (l < 0 || l >= c->n_layers || !c->is_moe[l] || u < 0 || u >= c->n_experts)) || p < 0 || p > 2)
+        return mp_errorf(MP_EUSAGE, "%s: no unit %d in layer %d", o->dir, u, l);
+    dims(c, p, u, &q->m, &q->n);
+    if (!whole)
+        snprintf(unit, sizeof unit, "/layers/%d/moe/experts/%d", l, u);
     snprintf(g, sizeof g, "%s/%s", unit, MP_PROJ_NAME[p]);
-    if (shared || !o->delta)
-        return block_qt(o, unit, p, shared, &q->W);
+    if (whole || !o->delta)
+        return block_qt(o, unit, p, u, &q->W);
     q->delta = 1;
     hid_t fh = -1, go = -1;
     int rc = shard_of(o, unit, &fh);

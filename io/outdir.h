@@ -20,7 +20,7 @@
 #include "quant.h"
 #include "registry.h"
 
-typedef enum { MP_SRC_PLAIN, MP_SRC_EXPERT, MP_SRC_FUSED, MP_SRC_SHARED } mp_src_kind;
+typedef enum { MP_SRC_PLAIN, MP_SRC_EXPERT, MP_SRC_FUSED, MP_SRC_SHARED, MP_SRC_DENSE } mp_src_kind;
 
 /* one tensor of the source checkpoint, in the source's order */
 typedef struct {
@@ -29,8 +29,8 @@ typedef struct {
     int ndim;
     int64_t shape[8];
     mp_src_kind kind;
-    int layer, expert,
-        proj;         /* EXPERT: layer, expert, proj; FUSED: layer, proj 0 = gate_up, 2 = down; SHARED: layer, proj */
+    int layer, expert, proj; /* EXPERT: layer, expert, proj; FUSED: layer, proj 0 = gate_up, 2 = down; SHARED, DENSE
+                                (the dense MLP of a non-MoE layer): layer, proj */
     const char *path; /* PLAIN: the dataset in the shards */
 } mp_out_src;
 
@@ -56,7 +56,11 @@ int mp_outdir_read_plain(mp_outdir *o, const char *path, mp_dtype dtype, float *
 int mp_outdir_read_expert(mp_outdir *o, int l, int e, int p, float *out);
 /* The shared expert's projection p of layer l (dequantized). */
 int mp_outdir_read_shared(mp_outdir *o, int l, int p, float *out);
-/* Unit u of MoE layer l (0..E-1 a routed expert, E the shared expert), projection p, as stored and
+/* Projection p of a unit stored whole, dequantized: the shared expert (u = E) of a MoE layer or the dense
+ * MLP (u = MP_UNIT_DENSE, /layers/{l}/mlp/{gate,up,down}) of a non-MoE layer. */
+int mp_outdir_read_unit_proj(mp_outdir *o, int l, int u, int p, float *out);
+/* Unit u of layer l (0..E-1 a routed expert, E the shared expert, MP_UNIT_DENSE the dense MLP of a non-MoE
+ * layer), projection p, as stored and
  * dequantized, kept factored: W [m, n] (the layer's base with the decomposition, else the block itself)
  * and, for a delta of rank r > 0, U [m, r] and V [r, n] (the expert computes W x + U (V x)). The arrays
  * are the caller's (mp_outdir_factors_free). */
@@ -72,7 +76,7 @@ void mp_outdir_factors_free(mp_outdir_factors *f);
  * bits, in q->fmt) - what a kernel that runs packed codes (src/gpu/qgemm_gpu.h) uploads. delta = 1 (a routed
  * expert with the decomposition): the unit computes base x + U (V x) with the layer's base
  * (mp_outdir_read_qbase), U [m, rank] and V [rank, n], both NULL for rank 0, W NULL; delta = 0 (the shared
- * expert, or no decomposition): W [m, n] is the block itself. The tensors are the caller's
+ * expert, a dense MLP, or no decomposition): W [m, n] is the block itself. The tensors are the caller's
  * (mp_outdir_qfactors_free). mp_outdir_read_factors is this, dequantized. */
 typedef struct {
     int64_t m, n, rank;

@@ -43,6 +43,16 @@ static int shared_proj(const mp_tensor_spec *s)
     return s->role == MP_ROLE_SHARED && s->ndim == 2 && !strstr(s->name, "shared_expert_gate");
 }
 
+/* a projection of the dense MLP of a non-MoE layer (a quantize unit of its own) */
+static int dense_proj(const mp_config *c, const mp_tensor_spec *s)
+{
+    return s->role == MP_ROLE_DENSE && s->ndim == 2 && s->layer >= 0 && s->layer < c->n_layers &&
+           mp_config_dense_mlp(c, s->layer);
+}
+
+/* gate, up or down (0, 1, 2) of an MLP projection's tensor name */
+static int proj_of_name(const char *name) { return strstr(name, "gate_proj") ? 0 : strstr(name, "up_proj") ? 1 : 2; }
+
 /* the shard path of a non-MoE tensor */
 static void tensor_path(const mp_tensor_spec *s, char *buf, size_t cap)
 {
@@ -114,17 +124,18 @@ int mp_out_items(const mp_model *m, int delta, mp_out_plan *p)
             break;
         }
         seen[tensor_index(ck, t)] = 1;
-        int moe_block = s->role == MP_ROLE_EXPERT || (p->shared && shared_proj(s));
-        if (moe_block && !units_done[s->layer]) { /* the layer's units where its experts are */
-            int l = s->layer;
+        int moe_block = s->role == MP_ROLE_EXPERT || (p->shared && shared_proj(s)) || dense_proj(c, s);
+        if (moe_block && !units_done[s->layer]) { /* the layer's units where its experts (its MLP) are */
+            int l = s->layer, moe = c->is_moe[l];
             units_done[l] = 1;
-            for (int u = delta ? -1 : 0; u <= c->n_experts && rc == 0; u++) {
-                if (u == c->n_experts && !p->shared)
+            for (int u = moe ? (delta ? -1 : 0) : MP_UNIT_DENSE; u <= (moe ? c->n_experts : MP_UNIT_DENSE) && rc == 0;
+                 u++) {
+                if (moe && u == c->n_experts && !p->shared)
                     break;
                 mp_out_item it = {.kind = MP_ITEM_UNIT, .tensor = -1, .layer = l, .unit = u};
                 char root[64];
                 mp_qunit_root(u, c->n_experts, root, sizeof root);
-                snprintf(it.path, sizeof it.path, "/layers/%d/moe/%s", l, root);
+                snprintf(it.path, sizeof it.path, moe ? "/layers/%d/moe/%s" : "/layers/%d/%s", l, root);
                 rc = push(p, &cap, &it);
             }
         }
@@ -150,7 +161,8 @@ int mp_out_items(const mp_model *m, int delta, mp_out_plan *p)
             int skip = 0;
             for (int k = 0; k < m->nspecs; k++)
                 if (!strcmp(m->specs[k].name, base))
-                    skip = m->specs[k].role == MP_ROLE_EXPERT || (p->shared && shared_proj(&m->specs[k]));
+                    skip = m->specs[k].role == MP_ROLE_EXPERT || (p->shared && shared_proj(&m->specs[k])) ||
+                           dense_proj(c, &m->specs[k]);
             if (skip)
                 continue;
         }
@@ -262,9 +274,12 @@ int mp_out_meta_collect(const mp_model *m, const mp_job *job, const mp_out_plan 
         rc = mp_errorf(MP_ENOMEM, "out of memory");
     int li = 0;
     for (int l = 0; l < c->n_layers && rc == 0; l++) {
-        if (!c->is_moe[l])
+        if (!mp_config_has_units(c, l))
             continue;
-        meta->moe_weights += (int64_t)E * 3 * d * f + (has_shared_unit(c) ? 3 * d * (int64_t)c->shared_ffn : 0);
+        if (c->is_moe[l])
+            meta->moe_weights += (int64_t)E * 3 * d * f + (has_shared_unit(c) ? 3 * d * (int64_t)c->shared_ffn : 0);
+        else
+            meta->moe_weights += 3 * d * (int64_t)c->dense_ffn;
         char path[4400];
         mp_layer_alloc a = {0};
         mp_alloc_path(path, sizeof path, alloc_dir, l);
@@ -273,8 +288,8 @@ int mp_out_meta_collect(const mp_model *m, const mp_job *job, const mp_out_plan 
             const mp_choice *ch = &a.c[b];
             meta->predicted_loss += ch->loss;
             blocks++;
-            int64_t bm = ch->proj == 2 ? d : (ch->kind == MP_BK_SHARED ? c->shared_ffn : f);
-            int64_t bn = ch->proj == 2 ? (ch->kind == MP_BK_SHARED ? c->shared_ffn : f) : d;
+            int64_t bf = ch->kind == MP_BK_SHARED ? c->shared_ffn : ch->kind == MP_BK_DENSE ? c->dense_ffn : f;
+            int64_t bm = ch->proj == 2 ? d : bf, bn = ch->proj == 2 ? bf : d;
             const mp_qformat *fs[2] = {ch->fmt, ch->kind == MP_BK_DELTA ? ch->fmt_v : NULL};
             int64_t ws[2] = {ch->kind == MP_BK_DELTA ? bm * ch->rank : bm * bn, ch->rank * bn};
             int64_t ms[2] = {bm, ch->rank}, ns[2] = {ch->kind == MP_BK_DELTA ? ch->rank : bn, bn};
@@ -294,6 +309,8 @@ int mp_out_meta_collect(const mp_model *m, const mp_job *job, const mp_out_plan 
             }
         }
         mp_layer_alloc_free(&a);
+        if (!c->is_moe[l]) /* tokens_per_expert: the MoE layers' */
+            continue;
         for (int e = 0; e < meta->cols && rc == 0; e++) {
             int64_t cnt = 0;
             mp_stats_path(path, sizeof path, stats_dir, l, e);
@@ -682,10 +699,13 @@ static cJSON *source_list(const mp_model *m, const mp_out_plan *p)
             cJSON_AddNumberToObject(e, "layer", s->layer);
             cJSON_AddStringToObject(e, "part", strstr(s->name, "gate_up_proj") ? "gate_up" : "down");
         } else if (p->shared && shared_proj(s)) {
-            const char *pj = strstr(s->name, "gate_proj") ? "gate" : strstr(s->name, "up_proj") ? "up" : "down";
             cJSON *e = cJSON_AddObjectToObject(o, "shared");
             cJSON_AddNumberToObject(e, "layer", s->layer);
-            cJSON_AddStringToObject(e, "proj", pj);
+            cJSON_AddStringToObject(e, "proj", MP_PROJ_NAME[proj_of_name(s->name)]);
+        } else if (dense_proj(c, s)) {
+            cJSON *e = cJSON_AddObjectToObject(o, "dense");
+            cJSON_AddNumberToObject(e, "layer", s->layer);
+            cJSON_AddStringToObject(e, "proj", MP_PROJ_NAME[proj_of_name(s->name)]);
         } else
             cJSON_AddStringToObject(o, "path", where + (size_t)tensor_index(m->ck, t) * 384);
         cJSON_AddItemToArray(arr, o);
@@ -713,12 +733,12 @@ static cJSON *source_list(const mp_model *m, const mp_out_plan *p)
     return arr;
 }
 
-/* per MoE layer: the allocation's blocks, predicted loss and stored bytes */
+/* per MoE layer and dense MLP layer: the allocation's blocks, predicted loss and stored bytes */
 static int layers_json(const mp_model *m, const char *alloc_dir, cJSON *arr)
 {
     const mp_config *c = &m->cfg;
     for (int l = 0; l < c->n_layers; l++) {
-        if (!c->is_moe[l])
+        if (!mp_config_has_units(c, l))
             continue;
         char path[4400];
         mp_layer_alloc a = {0};

@@ -4,8 +4,10 @@
  *   /layers/{l}/moe/base/{gate,up,down}/{qweight,scales,zeros}          (qunit.h, qtensor_h5.h)
  *   /layers/{l}/moe/experts/{e}/{gate,up,down}/{U,V}/{qweight,scales,zeros}
  *   /layers/{l}/moe/shared/{gate,up,down}/{qweight,scales,zeros}
+ *   /layers/{l}/mlp/{gate,up,down}/{qweight,scales,zeros}   the dense MLP of a non-MoE layer, quantized
+ *             like the shared expert (qunit.h's dense.h5; format_version 2: version 1 copied it as tensors)
  *   /layers/{l}/moe/router, /layers/{l}/moe/router_bias, /layers/{l}/moe/shared_gate
- *   /layers/{l}/attn/<name after self_attn.>, /layers/{l}/mlp/<name after mlp.> (dense layers),
+ *   /layers/{l}/attn/<name after self_attn.>, /layers/{l}/mlp/<name after mlp.> (other dense-layer tensors),
  *   /layers/{l}/<norm name>, /embed, /norm, /norm_bias, /lm_head, /lm_head_bias, /extra/<HF name>
  *   /moepack: attributes version, format_version, fingerprint, model_fingerprint, budget_bytes,
  *             budget_bits_per_weight, bytes_used, moe_weights, bits_per_weight, predicted_loss,
@@ -35,14 +37,14 @@
 #include "job.h"
 #include "model.h"
 
-#define MP_OUT_FORMAT_VERSION 1
+#define MP_OUT_FORMAT_VERSION 2
 
 typedef enum { MP_ITEM_TENSOR, MP_ITEM_UNIT } mp_item_kind;
 
 typedef struct {
     mp_item_kind kind;
     int tensor;         /* TENSOR: index into the checkpoint's tensors (m->ck->tensors) */
-    int layer, unit;    /* UNIT: MoE layer, unit (-1 base, 0..E-1 expert, E shared) */
+    int layer, unit;    /* UNIT: layer, unit (-1 base, 0..E-1 expert, E shared, MP_UNIT_DENSE a dense MLP) */
     char path[384];     /* where it lands in a shard: "/embed", "/layers/3/moe/experts/5" */
     int64_t data_bytes; /* tensor data (UNIT: its blocks' stored bytes) */
     int64_t pack_bytes; /* data + HDF5 metadata, what packing counts */
@@ -59,7 +61,7 @@ typedef struct {
 typedef struct {
     uint64_t fingerprint, model_fingerprint;
     double budget_bytes, budget_bits, predicted_loss;
-    int64_t bytes_used, moe_weights;
+    int64_t bytes_used, moe_weights; /* moe_weights: every quantized weight (experts, shared, dense MLPs) */
     int n_moe, cols;       /* MoE layers; columns of tokens (E, +1 with a shared expert) */
     char allocation[2048]; /* JSON summary: tensors, weights and bytes per format; ranks */
 } mp_out_meta;

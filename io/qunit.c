@@ -17,7 +17,9 @@ struct mp_qunit {
 
 void mp_qunit_root(int unit, int n_experts, char *buf, int cap)
 {
-    if (unit < 0)
+    if (unit == MP_UNIT_DENSE)
+        snprintf(buf, (size_t)cap, "mlp");
+    else if (unit < 0)
         snprintf(buf, (size_t)cap, "base");
     else if (unit >= n_experts)
         snprintf(buf, (size_t)cap, "shared");
@@ -27,7 +29,9 @@ void mp_qunit_root(int unit, int n_experts, char *buf, int cap)
 
 void mp_qunit_file(int unit, int n_experts, char *buf, int cap)
 {
-    if (unit < 0)
+    if (unit == MP_UNIT_DENSE)
+        snprintf(buf, (size_t)cap, "dense.h5");
+    else if (unit < 0)
         snprintf(buf, (size_t)cap, "base.h5");
     else if (unit >= n_experts)
         snprintf(buf, (size_t)cap, "shared.h5");

@@ -7,6 +7,8 @@
  *   expertEEEE.h5  /experts/{e}/{gate,up,down}/{U,V}/{qweight,scales,zeros}   (decomposition on)
  *                  /experts/{e}/{gate,up,down}/{qweight,scales,zeros}         (decomposition off)
  *   shared.h5      /shared/{gate,up,down}/{qweight,scales,zeros}
+ *   dense.h5       /mlp/{gate,up,down}/{qweight,scales,zeros}   (the dense MLP of a non-MoE layer: a subtree
+ *                  of the layer group, not of `moe`; unit MP_UNIT_DENSE, kind "dense")
  * Packed tensors as in qtensor_h5.h. Each block group ({gate,up,down}) carries kind ("base", "delta",
  * "expert", "shared"), shape int64 [2] (the block's [m, n]), bytes (stored bytes of its tensors),
  * loss, loss_raw, cost_s (the allocation's predictions, allocation.h) and, for deltas, rank (0: no U
@@ -23,9 +25,10 @@
 
 typedef struct mp_qunit mp_qunit;
 
-/* The subtree root of unit `unit` (-1 base, 0..E-1 expert, E shared): "base", "experts/5", "shared". */
+/* The subtree root of unit `unit` (-1 base, 0..E-1 expert, E shared, MP_UNIT_DENSE): "base", "experts/5",
+ * "shared", "mlp". */
 void mp_qunit_root(int unit, int n_experts, char *buf, int cap);
-/* "base.h5", "expert0005.h5", "shared.h5" */
+/* "base.h5", "expert0005.h5", "shared.h5", "dense.h5" */
 void mp_qunit_file(int unit, int n_experts, char *buf, int cap);
 
 /* An empty unit file for unit `unit` of a layer with n_experts routed experts, to become `path`

@@ -15,6 +15,7 @@
 #include "error.h"
 #include "fsutil.h"
 #include "h5util.h"
+#include "model_config.h"
 
 int mp_stats_alloc(mp_expert_stats *s, int64_t layer, int64_t expert, int64_t d, int64_t f)
 {
@@ -53,7 +54,10 @@ void mp_stats_free(mp_expert_stats *s)
 
 void mp_stats_path(char *buf, size_t cap, const char *dir, int layer, int expert)
 {
-    snprintf(buf, cap, "%s/layer%04d/expert%04d.h5", dir, layer, expert);
+    if (expert == MP_UNIT_DENSE)
+        snprintf(buf, cap, "%s/layer%04d/dense.h5", dir, layer);
+    else
+        snprintf(buf, cap, "%s/layer%04d/expert%04d.h5", dir, layer, expert);
 }
 
 int64_t mp_gram_packed_size(int64_t n) { return n * (n + 1) / 2; }
@@ -422,7 +426,8 @@ int mp_stats_read(const char *path, mp_expert_stats *s)
         rc = get_attr(root, path, "d", H5T_NATIVE_INT64, &d);
     if (rc == 0)
         rc = get_attr(root, path, "f", H5T_NATIVE_INT64, &ff);
-    if (rc == 0 && (d <= 0 || ff <= 0 || d > 1 << 20 || ff > 1 << 20 || layer < 0 || expert < 0))
+    if (rc == 0 &&
+        (d <= 0 || ff <= 0 || d > 1 << 20 || ff > 1 << 20 || layer < 0 || (expert < 0 && expert != MP_UNIT_DENSE)))
         rc = mp_errorf(MP_EFORMAT, "%s: implausible layer %lld expert %lld d %lld f %lld", path, (long long)layer,
                        (long long)expert, (long long)d, (long long)ff);
     if (rc == 0)

@@ -1,7 +1,8 @@
 /* stats.h - calibration statistics of one expert, as an HDF5 file.
  *
  * One file per (MoE layer, expert) unit; the shared expert of a layer is unit
- * `expert = n_experts`. Datasets (fp64 unless noted):
+ * `expert = n_experts`; the dense MLP of a non-MoE layer is `expert = MP_UNIT_DENSE`
+ * (model_config.h), file dense.h5, with f = dense_ffn and every token of the layer. Datasets (fp64 unless noted):
  *   G_in_packed [d (d + 1) / 2]   sum of x x^T over the tokens routed to the
  *                    expert, its upper triangle packed row by row (row i holds
  *                    columns i..d-1: element (i, j), j >= i, at i d - i (i - 1) / 2 + j - i)
@@ -78,7 +79,7 @@ void mp_stats_regularized(const mp_expert_stats *s, int which, double *out);
 int64_t mp_gram_packed_size(int64_t n);
 void mp_gram_pack(const double *G, int64_t n, double *P);
 void mp_gram_unpack(double *G, int64_t n);
-/* "DIR/layer0003/expert0012.h5" */
+/* "DIR/layer0003/expert0012.h5"; "DIR/layer0001/dense.h5" for expert = MP_UNIT_DENSE */
 void mp_stats_path(char *buf, size_t cap, const char *dir, int layer, int expert);
 
 #endif

@@ -74,6 +74,11 @@ static int check_opts(const mp_synth_opts *o)
         return mp_errorf(MP_EUSAGE, "synth: --heads %d must be a multiple of --kv-heads %d", o->heads, o->kv_heads);
     if (o->dtype != MP_DT_F32 && o->dtype != MP_DT_BF16 && o->dtype != MP_DT_F16)
         return mp_errorf(MP_EUSAGE, "synth: --dtype must be F32, BF16 or F16");
+    if (o->dense_layers < 0 || o->dense_layers >= o->layers)
+        return mp_errorf(MP_EUSAGE, "synth: --dense-layers %d is outside [0, --layers - 1 = %d]", o->dense_layers,
+                         o->layers - 1);
+    if (o->dense_layers > 0 && o->arch != MP_ARCH_QWEN2_MOE && o->arch != MP_ARCH_QWEN3_MOE)
+        return mp_errorf(MP_EUSAGE, "synth: --dense-layers is for qwen2_moe and qwen3_moe (mlp_only_layers)");
     if (o->delta_rank < 0 || o->delta_scale < 0 || o->noise_scale < 0)
         return mp_errorf(MP_EUSAGE, "synth: --delta-rank, --delta-scale and --noise must be >= 0");
     return 0;
@@ -140,7 +145,9 @@ int mp_synth_config_json(const mp_synth_opts *o, char **json)
         cJSON_AddNumberToObject(j, "moe_intermediate_size", o->ffn);
         cJSON_AddNumberToObject(j, "intermediate_size", 2 * o->ffn);
         cJSON_AddNumberToObject(j, "decoder_sparse_step", 1);
-        cJSON_AddItemToObject(j, "mlp_only_layers", cJSON_CreateArray());
+        cJSON *mo = cJSON_AddArrayToObject(j, "mlp_only_layers");
+        for (int l = 0; l < o->dense_layers; l++)
+            cJSON_AddItemToArray(mo, cJSON_CreateNumber(l));
         add_float(j, "rms_norm_eps", 1e-6);
         cJSON_AddBoolToObject(j, "use_sliding_window", 0);
         if (o->arch == MP_ARCH_QWEN2_MOE) {

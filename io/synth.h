@@ -42,6 +42,8 @@ typedef struct {
     int delta_rank;      /* 0 = max(1, min(f, d)/8) */
     double delta_scale;  /* default 0.5 */
     double noise_scale;  /* default 0.05 */
+    int dense_layers;    /* qwen2_moe, qwen3_moe: the first N layers have a dense MLP (mlp_only_layers, of
+                            intermediate_size 2 ffn) instead of experts; default 0, at most layers - 1 */
 } mp_synth_opts;
 
 /* Defaults: mixtral, 2 layers, 8 experts, d 64, f 128, vocab 256, 4 heads,

@@ -31,7 +31,9 @@ void mp_table_free(mp_unit_table *t)
 
 void mp_table_path(char *buf, int cap, const char *dir, int layer, int unit, int n_experts)
 {
-    if (unit < 0)
+    if (unit == MP_UNIT_DENSE)
+        snprintf(buf, (size_t)cap, "%s/layer%04d/dense.h5", dir, layer);
+    else if (unit < 0)
         snprintf(buf, (size_t)cap, "%s/layer%04d/base.h5", dir, layer);
     else if (unit == n_experts)
         snprintf(buf, (size_t)cap, "%s/layer%04d/shared.h5", dir, layer);
@@ -99,7 +101,7 @@ int mp_table_read(const char *path, mp_unit_table *t)
         rc = need(mp_h5_attr_read_f64(f, "unsampled", &t->unsampled), path, "unsampled");
     if (rc == 0)
         rc = need(mp_h5_attr_read_str(f, "formats", names, sizeof names), path, "formats");
-    if (rc == 0 && (k < 0 || k > MP_BK_SHARED || !(t->energy >= 0) || !isfinite(t->energy)))
+    if (rc == 0 && (k < 0 || k >= MP_BK_COUNT || !(t->energy >= 0) || !isfinite(t->energy)))
         rc = mp_errorf(MP_EFORMAT, "%s: bad kind or energy", path);
     t->layer = (int)l, t->unit = (int)u, t->kind = (mp_block_kind)k;
     if (rc == 0 && (rc = mp_qformat_parse_list(names, t->fmt, 32, &t->nf)) < 0)
@@ -177,7 +179,7 @@ static int layer_dirs(const char *dir, int **out, int *n)
     return 0;
 }
 
-/* the unit files of a layer directory, in unit order (base, experts, shared) */
+/* the unit files of a layer directory, in unit order (base, experts, shared; a dense layer's dense.h5) */
 static int unit_files(const char *ldir, char ***names, int *n)
 {
     DIR *d = opendir(ldir);
@@ -239,6 +241,8 @@ static void print_text_unit(const mp_unit_table *t, FILE *out)
             snprintf(who, sizeof who, "base");
         else if (t->kind == MP_BK_SHARED)
             snprintf(who, sizeof who, "shared");
+        else if (t->kind == MP_BK_DENSE)
+            snprintf(who, sizeof who, "dense MLP");
         else
             snprintf(who, sizeof who, "expert %d", t->unit);
         double rmax = -1, trunc = 0;
@@ -294,9 +298,11 @@ int mp_tables_print(const char *dir, int json, FILE *out)
                     print_json_unit(&t, out, first);
                 else {
                     if (first) {
-                        fprintf(out, "measure tables in %s: normalised loss (loss / layer MoE output energy) per "
-                                     "format;\na delta at its largest candidate rank with U and V in that format, "
-                                     "truncation included\n  layer  block      proj         ",
+                        fprintf(out,
+                                "measure tables in %s: normalised loss (loss / layer MoE output energy; a dense "
+                                "layer's: its MLP output energy) per format;\na delta at its largest candidate rank "
+                                "with U and V in that format, "
+                                "truncation included\n  layer  block      proj         ",
                                 dir);
                         for (int f = 0; f < t.nf; f++)
                             fprintf(out, " %10s", t.fmt[f]->name);

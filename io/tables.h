@@ -2,7 +2,9 @@
  * every option (DESIGN section 4), one HDF5 file per unit.
  *
  * checkpoint.dir/measure/layerLLLL/{expertEEEE,shared,base}.h5 (unit = expert index, E for the shared
- * expert, -1 for the base). Root attributes: layer, unit, kind (int: io/allocation.h's mp_block_kind),
+ * expert, -1 for the base); a non-MoE layer's dense MLP: layerLLLL/dense.h5 (unit MP_UNIT_DENSE, kind
+ * DENSE, one row per format like the shared expert; its energy is the dense MLP's output energy).
+ * Root attributes: layer, unit, kind (int: io/allocation.h's mp_block_kind),
  * energy (the layer's MoE output energy, the normaliser, see mpi/measure_stage.h), damping_raised,
  * unsampled (counts, for the stage's summary), formats (string:
  * the job's quant.formats, comma-separated: the format indices below point into it). Per projection p
@@ -55,7 +57,7 @@ int mp_table_write(const char *path, const mp_unit_table *t);
 /* MP_EFORMAT naming the file for anything malformed (unknown format name, bad columns, NaN). */
 int mp_table_read(const char *path, mp_unit_table *t);
 void mp_table_free(mp_unit_table *t);
-/* "DIR/layer0003/expert0005.h5", ".../shared.h5", ".../base.h5" */
+/* "DIR/layer0003/expert0005.h5", ".../shared.h5", ".../base.h5", ".../dense.h5" (unit MP_UNIT_DENSE) */
 void mp_table_path(char *buf, int cap, const char *dir, int layer, int unit, int n_experts);
 
 /* `moepack inspect CKPT`: every measure table under checkpoint dir `dir` (layers found on disk),

@@ -165,6 +165,8 @@ int64_t mp_moe_weights(const mp_config *c)
         if (c->is_moe[l])
             n += 3 * (int64_t)c->hidden * ((int64_t)c->n_experts * c->moe_ffn +
                                             (c->n_shared > 0 ? (int64_t)c->shared_ffn : 0));
+        else if (mp_config_dense_mlp(c, l))
+            n += 3 * (int64_t)c->hidden * c->dense_ffn;
     return n;
 }
 
@@ -203,11 +205,12 @@ static int solve(mp_run *r, int s, actx *x)
     inst I = {0};
     const char *mdir = r->dir[MP_STAGE_MEASURE];
     for (int l = 0; l < c->n_layers && rc == 0; l++) {
-        if (!c->is_moe[l])
+        if (!mp_config_has_units(c, l))
             continue;
-        rc = mp_layer_blocks(l, E, shared, delta, &x->la[l]);
-        for (int u = delta ? -1 : 0; u <= E && rc == 0; u++) {
-            if (u == E && !shared)
+        int moe = c->is_moe[l];
+        rc = mp_layer_units_blocks(c, l, delta, &x->la[l]);
+        for (int u = moe ? (delta ? -1 : 0) : MP_UNIT_DENSE; u <= (moe ? E : MP_UNIT_DENSE) && rc == 0; u++) {
+            if (moe && u == E && !shared)
                 break;
             char path[4800];
             mp_unit_table t;
@@ -246,7 +249,7 @@ static int solve(mp_run *r, int s, actx *x)
         if (rc < 0 && budget < rep.min_bytes) {
             mp_error_clear();
             rc = mp_errorf(MP_EUSAGE,
-                           "budget of %lld bytes (%.4g bits per MoE weight) is below the smallest possible model: "
+                           "budget of %lld bytes (%.4g bits per weight) is below the smallest possible model: "
                            "%lld bytes = %.4g bits per weight with quant.formats = %s",
                            (long long)budget, 8.0 * (double)budget / (double)n_weights, (long long)rep.min_bytes,
                            8.0 * (double)rep.min_bytes / (double)n_weights, job->quant_formats);
@@ -382,8 +385,8 @@ void mp_allocate_print(const mp_run *r, int s, FILE *out)
 {
     const mp_summary *sm = &r->sum[s];
     double budget = mp_summary_get(sm, "budget_bytes"), bytes = mp_summary_get(sm, "bytes");
-    fprintf(out, "allocate: %.0f of %.0f budget bytes (%.1f%%), %.4f bits per MoE weight; predicted loss %.6g (%s",
-            bytes, budget, budget > 0 ? 100 * bytes / budget : 0, mp_summary_get(sm, "bits_per_weight"),
+    fprintf(out, "allocate: %.0f of %.0f budget bytes (%.1f%%), %.4f bits per weight; predicted loss %.6g (%s", bytes,
+            budget, budget > 0 ? 100 * bytes / budget : 0, mp_summary_get(sm, "bits_per_weight"),
             mp_summary_get(sm, "loss"), mp_summary_get(sm, "optimal") > 0 ? "optimal" : "not proven optimal");
     if (!(mp_summary_get(sm, "optimal") > 0))
         fprintf(out, ", gap %.3g%% to the bound %.6g", 100 * mp_summary_get(sm, "gap"), mp_summary_get(sm, "lower_bound"));

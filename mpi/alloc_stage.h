@@ -8,7 +8,9 @@
  *    loss trunc(r) + U(r, f_U) + V(r, f_V), bytes and cost the sums (tag: the pair; rank 0 its own);
  * with loss the normalised loss of the tables. quant.tie_gate_up = true ties the gate and up groups of
  * every unit (one group of the pairs with equal tags: the same format(s), ranks free).
- * Budget: budget.bytes, or budget.bits_per_weight * (the MoE weights: routed and shared experts) / 8.
+ * Budget: budget.bytes, or budget.bits_per_weight * (the compressed weights: routed and shared experts
+ * of the MoE layers and the dense MLPs of the non-MoE layers, mp_moe_weights) / 8. A dense MLP's blocks
+ * are groups like the shared expert's (read from measure/layerLLLL/dense.h5).
  * allocate.r = 1 minimises the total loss exactly (or with the gap reported); r < 1 MxMoE's
  * r log L + (1 - r) log T (mp_mckp_solve_tradeoff). A budget below the smallest possible model is a
  * usage error saying the minimum (bytes and bits per weight); one above what every block's best option
@@ -29,7 +31,8 @@ int mp_allocate_layer(mp_run *r, int s, int l, int committed);
 int mp_allocate_end(mp_run *r, int s, int ok);
 void mp_allocate_print(const mp_run *r, int s, FILE *out);
 
-/* The compressible weights of the model (routed and shared experts of the MoE layers). */
+/* The compressed weights of the model: routed and shared experts of the MoE layers and the dense MLPs of
+ * the non-MoE layers (model_config.h: mp_config_dense_mlp) - the denominator of bits per weight. */
 int64_t mp_moe_weights(const mp_config *c);
 
 #endif

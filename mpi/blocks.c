@@ -21,21 +21,30 @@ void mp_blocks_free(mp_block_src b[3])
     }
 }
 
-/* the shape of projection p of unit u: gate/up [f, d], down [d, f] */
-static void shape(const mp_config *c, int shared, int p, int64_t *m, int64_t *n)
+/* the intermediate size of unit u (E the shared expert, MP_UNIT_DENSE a dense MLP) */
+static int64_t unit_ffn(const mp_config *c, int u)
 {
-    int64_t f = shared ? c->shared_ffn : c->moe_ffn, d = c->hidden;
+    return u == MP_UNIT_DENSE ? c->dense_ffn : u == c->n_experts ? c->shared_ffn : c->moe_ffn;
+}
+
+/* the shape of projection p of unit u: gate/up [f, d], down [d, f] */
+static void shape(const mp_config *c, int u, int p, int64_t *m, int64_t *n)
+{
+    int64_t f = unit_ffn(c, u), d = c->hidden;
     *m = p == 2 ? d : f;
     *n = p == 2 ? f : d;
 }
 
-/* the shared expert's weight of projection p (Qwen2-MoE names) */
-static int read_shared(const mp_model *m, int l, int p, float *out, int64_t cap)
+/* the weight of projection p of the shared expert (Qwen2-MoE / DeepSeek names) or of a dense MLP */
+static int read_named(const mp_model *m, int l, int dense, int p, float *out, int64_t cap)
 {
     static const char *const PJ[3] = {"gate_proj", "up_proj", "down_proj"};
     char name[256];
-    snprintf(name, sizeof name, "model.layers.%d.mlp.%s.%s.weight", l,
-             m->cfg.arch == MP_ARCH_QWEN2_MOE ? "shared_expert" : "shared_experts", PJ[p]);
+    snprintf(name, sizeof name, "model.layers.%d.mlp.%s%s.weight", l,
+             dense                              ? ""
+             : m->cfg.arch == MP_ARCH_QWEN2_MOE ? "shared_expert."
+                                                : "shared_experts.",
+             PJ[p]);
     return mp_ckpt_read_named_f32(m->ck, name, out, cap);
 }
 
@@ -57,13 +66,18 @@ static int add_sample(mp_block_src *b, const mp_expert_stats *st, int p)
 int mp_blocks_load(const mp_blocks_ctx *cx, int l, int unit, mp_block_src b[3])
 {
     const mp_config *c = &cx->m->cfg;
-    int E = c->n_experts, base = unit < 0, shared = unit == E, delta = cx->decomp_dir != NULL, rc = 0;
+    int E = c->n_experts, dense = unit == MP_UNIT_DENSE, base = unit == -1, shared = unit == E || dense;
+    int delta = cx->decomp_dir != NULL, rc = 0;
     memset(b, 0, 3 * sizeof *b);
     char path[4400];
     for (int p = 0; p < 3; p++) {
-        b[p].kind = base ? MP_BK_BASE : shared ? MP_BK_SHARED : delta ? MP_BK_DELTA : MP_BK_EXPERT;
+        b[p].kind = base     ? MP_BK_BASE
+                    : dense  ? MP_BK_DENSE
+                    : shared ? MP_BK_SHARED
+                    : delta  ? MP_BK_DELTA
+                             : MP_BK_EXPERT;
         b[p].layer = l, b[p].unit = unit, b[p].proj = p;
-        shape(c, shared, p, &b[p].m, &b[p].n);
+        shape(c, unit, p, &b[p].m, &b[p].n);
         if (!(b[p].H = calloc((size_t)(b[p].n * b[p].n), sizeof(double))))
             rc = mp_errorf(MP_ENOMEM, "out of memory for the Gram of layer %d unit %d", l, unit);
     }
@@ -74,7 +88,7 @@ int mp_blocks_load(const mp_blocks_ctx *cx, int l, int unit, mp_block_src b[3])
         mp_expert_stats st = {0};
         mp_stats_path(path, sizeof path, cx->stats_dir, l, e);
         rc = mp_stats_read(path, &st);
-        if (rc == 0 && (st.d != c->hidden || st.f != (shared ? c->shared_ffn : c->moe_ffn)))
+        if (rc == 0 && (st.d != c->hidden || st.f != unit_ffn(c, e)))
             rc = mp_errorf(MP_EFORMAT, "%s: statistics of shape d %lld, f %lld do not fit the model", path,
                            (long long)st.d, (long long)st.f);
         for (int p = 0; p < 3 && rc == 0; p++) {
@@ -101,7 +115,11 @@ int mp_blocks_load(const mp_blocks_ctx *cx, int l, int unit, mp_block_src b[3])
             rc = add_sample(&b[p], &st, p);
         }
         if (rc < 0)
-            mp_error_prefix("layer %d %s", l, base ? "base" : shared ? "shared expert" : "expert");
+            mp_error_prefix("layer %d %s", l,
+                            base     ? "base"
+                            : dense  ? "dense MLP"
+                            : shared ? "shared expert"
+                                     : "expert");
         mp_stats_free(&st);
     }
     free(tmp);
@@ -124,11 +142,11 @@ int mp_blocks_load(const mp_blocks_ctx *cx, int l, int unit, mp_block_src b[3])
             snprintf(path, sizeof path, "%s/layer%04d/base.h5", cx->decomp_dir, l);
             rc = mp_base_read(path, p, x->m, x->n, x->W);
         } else if (shared) {
-            rc = read_shared(cx->m, l, p, x->W, x->m * x->n);
+            rc = read_named(cx->m, l, dense, p, x->W, x->m * x->n);
             for (int64_t i = 0; rc == 0 && i < x->m * x->n; i++)
                 if (!isfinite(x->W[i]))
-                    rc = mp_errorf(MP_ENUMERIC, "layer %d shared expert %s: non-finite weight at element %lld", l,
-                                   MP_PROJ_NAME[p], (long long)i);
+                    rc = mp_errorf(MP_ENUMERIC, "layer %d %s %s: non-finite weight at element %lld", l,
+                                   dense ? "dense MLP" : "shared expert", MP_PROJ_NAME[p], (long long)i);
         } else {
             rc = mp_model_read_expert(cx->m, l, unit, (mp_proj)p, x->W);
             if (rc == 0)

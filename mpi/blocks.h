@@ -8,7 +8,8 @@
  *  - DELTA p of expert e: the factors U [m, rmax], V [rmax, n] as stored (nested: rank r uses the
  *    first r columns of U and rows of V), the spectrum sigma and ||Delta S||^2 (truncation loss of
  *    rank r = energy - sum_{j<r} sigma_j^2), H = the expert's regularised Gram, X its sample;
- *  - EXPERT / SHARED p: W = the checkpoint's weight, H its regularised Gram, X its sample.
+ *  - EXPERT / SHARED / DENSE p: W = the checkpoint's weight, H its regularised Gram, X its sample (DENSE:
+ *    the dense MLP of a non-MoE layer, model.layers.L.mlp.{gate,up,down}_proj, calib/layerLLLL/dense.h5).
  * The regularised Gram is stats.h's mp_stats_regularized (the neutral prior for starved experts).
  * tokens = the tokens H was summed over (with the prior's virtual tokens), so a sample's loss scales
  * by tokens / t.
@@ -44,7 +45,8 @@ typedef struct {
 } mp_block_src;
 
 /* The three projections (gate, up, down) of unit `unit` of layer l: -1 = the base (decomposition on),
- * 0..E-1 = an expert (DELTA with the decomposition on, EXPERT otherwise), E = the shared expert. */
+ * 0..E-1 = an expert (DELTA with the decomposition on, EXPERT otherwise), E = the shared expert,
+ * MP_UNIT_DENSE = the dense MLP of a non-MoE layer. */
 int mp_blocks_load(const mp_blocks_ctx *cx, int l, int unit, mp_block_src b[3]);
 void mp_blocks_free(mp_block_src b[3]);
 

@@ -179,8 +179,12 @@ static int sample_finish(sampler *sm, mp_expert_stats *st)
 
 /* ---- statistics hooks (owner side, one unit at a time) ------------------------------------------ */
 
+/* the index of unit u in the per-unit arrays: a dense layer's only unit (MP_UNIT_DENSE) is 0 */
+static int slot_of(int u) { return u == MP_UNIT_DENSE ? 0 : u; }
+
 static int st_begin(void *ctx, int l, int u, int d, int f)
 {
+    int k = slot_of(u);
     calib *c = ctx;
     size_t n = (size_t)MP_GRAM_PANEL * (size_t)(d > f ? d : f);
     if (n > c->scr_n) {
@@ -190,21 +194,22 @@ static int st_begin(void *ctx, int l, int u, int d, int f)
     }
     if (!c->scr)
         return mp_errorf(MP_ENOMEM, "out of memory for the statistics of expert %d of layer %d", u, l);
-    MP_CHECK(mp_stats_alloc(&c->st[u], l, u, d, f));
-    sampler_free(&c->sm[u]);
-    c->sm[u].K = c->r->job->sample_tokens;
-    c->sm[u].seed = (uint64_t)l * 65537u + (uint64_t)u;
+    MP_CHECK(mp_stats_alloc(&c->st[k], l, u, d, f));
+    sampler_free(&c->sm[k]);
+    c->sm[k].K = c->r->job->sample_tokens;
+    c->sm[k].seed = (uint64_t)l * 65537u + (uint64_t)u;
     return 0;
 }
 
 static int st_chunk(void *ctx, int l, int u, const float *x, const float *h, const float *w, const int64_t *tok, int nb)
 {
     calib *c = ctx;
-    mp_expert_stats *st = &c->st[u];
+    int k = slot_of(u);
+    mp_expert_stats *st = &c->st[k];
     int64_t d = st->d, f = st->f;
     (void)l;
     for (int i = 0; i < nb; i++)
-        MP_CHECK(sample_offer(&c->sm[u], tok[i], x + i * d, h + i * f, d, f));
+        MP_CHECK(sample_offer(&c->sm[k], tok[i], x + i * d, h + i * f, d, f));
     _Static_assert(MP_CHUNK <= MP_GRAM_CHUNK, "a forward chunk is one fp32 Gram chunk");
     mp_gram_add_chunk(x, nb, (int)d, c->scr, st->G_in, NULL);
     mp_gram_add_chunk(h, nb, (int)f, c->scr, st->G_mid, st->h_sq);
@@ -227,7 +232,8 @@ static int64_t first_nonfinite_upper(const double *G, int64_t n)
 static int st_end(void *ctx, int l, int u)
 {
     calib *c = ctx;
-    mp_expert_stats *st = &c->st[u];
+    int k = slot_of(u);
+    mp_expert_stats *st = &c->st[k];
     int64_t d = st->d, f = st->f, at;
     int rc = 0; /* the Grams hold their upper triangles (gram.h); the file stores just these, packed */
     if ((at = first_nonfinite_upper(st->G_in, d)) >= 0)
@@ -237,9 +243,9 @@ static int st_end(void *ctx, int l, int u)
         rc = mp_errorf(MP_ENUMERIC, "layer %d expert %d: non-finite intermediate statistics G_mid[%lld, %lld]", l, u,
                        (long long)(at / f), (long long)(at % f));
     if (rc == 0)
-        rc = sample_finish(&c->sm[u], st);
-    sampler_free(&c->sm[u]);
-    unit_sum *su = &c->us[u];
+        rc = sample_finish(&c->sm[k], st);
+    sampler_free(&c->sm[k]);
+    unit_sum *su = &c->us[k];
     su->owned = 1, su->count = st->count, su->f = f;
     su->diag_in = malloc(sizeof(double) * (size_t)d);
     su->diag_mid = malloc(sizeof(double) * (size_t)f);
@@ -259,6 +265,19 @@ static int st_end(void *ctx, int l, int u)
 }
 
 /* ---- the layer prior and the commit --------------------------------------------------------------- */
+
+/* A unit that sees every token (the shared expert, a dense MLP), when owned: the prior is its own average
+ * per-token diagonal, starved only with almost no tokens. */
+static void own_prior(unit_sum *sh, int min_tokens, int d)
+{
+    if (!sh->owned)
+        return;
+    sh->prior_tokens = sh->count < min_tokens ? min_tokens - sh->count : 0;
+    for (int i = 0; i < d; i++)
+        sh->diag_in[i] = sh->count > 0 && sh->diag_in[i] > 0 ? sh->diag_in[i] / (double)sh->count : 1.0;
+    for (int64_t i = 0; i < sh->f; i++)
+        sh->diag_mid[i] = sh->count > 0 && sh->diag_mid[i] > 0 ? sh->diag_mid[i] / (double)sh->count : 1.0;
+}
 
 /* The layer's average per-token diagonal of G_in and G_mid over its routed experts, exactly the same on
  * every rank: each entry of the reduced array has a single non-zero contributor, and the sums over
@@ -303,15 +322,7 @@ static int layer_prior(calib *c, int l, int *n_starved)
         for (int i = 0; i < f; i++)
             us[u].diag_mid[i] = tot > 0 && a[1 + d + i] > 0 ? a[1 + d + i] / tot : 1.0;
     }
-    /* the shared expert sees every token: its own average, starved only with almost no tokens */
-    unit_sum *sh = &us[E];
-    if (sh->owned) {
-        sh->prior_tokens = sh->count < min_tokens ? min_tokens - sh->count : 0;
-        for (int i = 0; i < d; i++)
-            sh->diag_in[i] = sh->count > 0 && sh->diag_in[i] > 0 ? sh->diag_in[i] / (double)sh->count : 1.0;
-        for (int64_t i = 0; i < sh->f; i++)
-            sh->diag_mid[i] = sh->count > 0 && sh->diag_mid[i] > 0 ? sh->diag_mid[i] / (double)sh->count : 1.0;
-    }
+    own_prior(&us[E], min_tokens, d);
     if (c->r->rank == 0) {
         /* report.json: every expert with its token count, the starved ones flagged */
         size_t cap = 256 + (size_t)E * 96, k = 0;
@@ -369,6 +380,31 @@ static int commit_layer(calib *c, int l)
     return rc;
 }
 
+static void dense_file_name(int u, int n, char *buf, size_t cap)
+{
+    (void)u, (void)n;
+    snprintf(buf, cap, "dense.h5");
+}
+
+/* Collective: the dense MLP's file (layer with no routed experts) completed with its own prior, and the
+ * layer committed (never counted as starved). */
+static int commit_dense_layer(calib *c, int l)
+{
+    unit_sum *su = &c->us[0];
+    uint64_t h[2] = {0, 0};
+    int rc = 0;
+    own_prior(su, c->r->job->min_tokens, c->d);
+    if (su->owned) {
+        char path[4600];
+        mp_stats_path(path, sizeof path, c->dir, l, MP_UNIT_DENSE);
+        rc = mp_stats_write_end(path, su->prior_tokens, su->diag_in, su->diag_mid, c->d, su->f, &h[0]);
+        h[1] = 1;
+        mp_fault_point("calibrate: unit committed");
+    }
+    return mp_commit_layer_units(rc, c->dir, l, c->r->fp[MP_STAGE_CALIBRATE], h, 1, dense_file_name, 0,
+                                 "calibrate: before layer manifest");
+}
+
 /* ---- stage functions ------------------------------------------------------------------------------- */
 
 /* Collective: the layer all ranks' hidden-state checkpoints hold, or -1 (none, or they disagree). */
@@ -424,7 +460,7 @@ int mp_calib_layer(mp_run *r, int s, int l, int committed)
     if (committed)
         c->n_starved += r->kept_starved;
     /* a kept layer at or before the checkpointed one: nothing to run (loaded when its layer comes) */
-    if (l <= c->hid_layer && (committed || !cfg->is_moe[l])) {
+    if (l <= c->hid_layer && (committed || !mp_config_has_units(cfg, l))) {
         if (l < c->hid_layer) {
             c->defer = c->defer < 0 ? l : c->defer;
             return 0;
@@ -447,7 +483,7 @@ int mp_calib_layer(mp_run *r, int s, int l, int committed)
         for (int k = c->defer; k < l; k++)
             MP_CHECK(mp_epf_layer(c->f, k, NULL));
     c->defer = c->hid_layer = -1;
-    if (!cfg->is_moe[l] || committed)
+    if (!mp_config_has_units(cfg, l) || committed)
         return mp_epf_layer(c->f, l, NULL);
     char ldir[4600];
     snprintf(ldir, sizeof ldir, "%s/layer%04d", c->dir, l);
@@ -459,7 +495,7 @@ int mp_calib_layer(mp_run *r, int s, int l, int committed)
         sampler_free(&c->sm[u]);
     }
     if (rc == 0)
-        rc = commit_layer(c, l);
+        rc = r->m->cfg.is_moe[l] ? commit_layer(c, l) : commit_dense_layer(c, l);
     unit_sums_free(c);
     if (rc == 0) { /* the layer's output, for a resumed run */
         int seq0, nseq;

@@ -16,7 +16,10 @@
  * nothing: a resumed run loads the hidden states of the last committed
  * layer and replays the forward pass of the kept layers only when that
  * checkpoint is missing, damaged or made with other rank ranges. The
- * checkpoint is removed when the stage ends. Summary: perplexity,
+ * checkpoint is removed when the stage ends. The dense MLP of a non-MoE layer
+ * (model_config.h: MP_UNIT_DENSE) is a unit like the shared expert: its statistics are accumulated on
+ * its owner in chunks of global token order (ep_forward.h), its prior is its own average diagonal, and
+ * the layer commits calib/layerLLLL/dense.h5 alone. Summary: perplexity,
  * nll_sum, predicted_tokens, starved_experts. Stage functions of the table
  * in pipeline.c; collective. */
 #ifndef MP_CALIBRATE_H

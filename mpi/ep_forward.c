@@ -51,7 +51,7 @@ typedef struct {
  * routing of every local token and, in a pool, the outputs that came back for tokens still waiting for
  * another slot's; the owner's side keeps each unit's staged rows and its expert weights. */
 typedef struct {
-    int J, sh;
+    int J, sh, dense;     /* dense: a non-MoE layer's MLP, unit MP_UNIT_DENSE (its statistics only) */
     const mp_weights *sw; /* whose units run */
     float *yout;          /* [T, d]: the block outputs, or NULL: added to the residual stream */
     const mp_layer_w *lw;
@@ -93,6 +93,12 @@ static void moe_layer_free(moe_layer *b)
 }
 
 static int has_shared(const mp_config *c) { return c->n_shared > 0 && c->shared_ffn > 0; }
+
+/* the intermediate size of unit u: a routed expert, the shared one (u = E) or a dense MLP */
+static int unit_ffn(const mp_config *c, int u, int E)
+{
+    return u == MP_UNIT_DENSE ? c->dense_ffn : u == E ? c->shared_ffn : c->moe_ffn;
+}
 
 /* grow *p to hold n elements of `sz` bytes (capacity in *cap, in elements) */
 static int grow(void **p, int64_t *cap, int64_t n, size_t sz)
@@ -261,6 +267,11 @@ static void route(const mp_epf *s, moe_layer *b, const float *x, int64_t t0, int
     const mp_config *cfg = s->cfg;
     const mp_layer_w *lw = b->lw;
     int E = s->E, K = s->K, d = s->d, J = b->J;
+    if (b->dense) { /* every token to the dense MLP's owner, weight 1 */
+        for (int64_t t = t0; t < t0 + n; t++)
+            b->idx[t] = MP_UNIT_DENSE, b->wt[t] = 1.0f, b->left[t] = 1, b->row[t] = -1;
+        return;
+    }
     _Static_assert(MP_FORWARD_MAX_TOPK < 64, "ik/wk hold the top-k experts (mp_forward_supported bounds k)");
     int ik[64];
     float wk[64];
@@ -395,8 +406,8 @@ static int run_chunk(const mp_epf *s, moe_layer *b, int u)
     const mp_config *cfg = s->cfg;
     const mp_layer_w *lw = b->lw;
     const mp_weights *sw = b->sw;
-    staged *q = &b->st[u];
-    int d = s->d, shared = u == s->E, f = shared ? cfg->shared_ffn : cfg->moe_ffn, nb = q->n, l = b->l;
+    staged *q = &b->st[b->dense ? 0 : u];
+    int d = s->d, shared = u == s->E, f = unit_ffn(cfg, u, s->E), nb = q->n, l = b->l;
     if (nb == 0)
         return 0;
     int64_t old = b->ocap; /* the outputs go straight into the list going back */
@@ -414,8 +425,9 @@ static int run_chunk(const mp_epf *s, moe_layer *b, int u)
     if (sw->unit) /* served by the weights' provider (a compressed model); no intermediate activations */
         MP_CHECK(sw->unit(sw->ctx, l, u, q->x, nb, y));
     else {
-        const float *wg = lw->sh_gate, *wu = lw->sh_up, *wd = lw->sh_down;
-        if (!shared) {
+        const float *wg = b->dense ? lw->mlp_gate : lw->sh_gate, *wu = b->dense ? lw->mlp_up : lw->sh_up,
+                    *wd = b->dense ? lw->mlp_down : lw->sh_down;
+        if (!shared && !b->dense) {
             size_t fd = (size_t)f * (size_t)d;
             if (b->wunit != u) {
                 b->wunit = -1;
@@ -445,15 +457,16 @@ static int owner_window(const mp_epf *s, moe_layer *b, int64_t nrecv, int last)
     const item *rm = size == 1 ? b->smeta : b->rmeta;
     const float *rx = size == 1 ? b->sx : b->rx;
     b->on = 0;
-    for (int u = 0; u <= E; u++) {
+    for (int v = 0; v <= (b->dense ? 0 : E); v++) {
+        int u = b->dense ? MP_UNIT_DENSE : v; /* a dense layer's only unit */
         if (mp_unit_owner(l, u, E, size) != s->rank || (u == E && !b->sh))
             continue;
-        staged *q = &b->st[u];
+        staged *q = &b->st[v];
         if (!q->begun) {
             if (!q->x && !(q->x = malloc(sizeof(float) * MP_CHUNK * (size_t)d)))
                 return mp_errorf(MP_ENOMEM, "out of memory for expert %d of layer %d", u, l);
             if (b->hk && !b->sw->unit)
-                MP_CHECK(b->hk->begin(b->hk->ctx, l, u, d, u == E ? s->cfg->shared_ffn : s->cfg->moe_ffn));
+                MP_CHECK(b->hk->begin(b->hk->ctx, l, u, d, unit_ffn(s->cfg, u, s->E)));
             else if (b->hk)
                 return mp_errorf(MP_EINTERNAL, "statistics hooks need dense experts");
             q->begun = 1;
@@ -536,9 +549,12 @@ static int moe_layer_init(const mp_epf *s, moe_layer *b, const mp_weights *sw, c
 {
     const mp_config *cfg = s->cfg;
     int E = s->E, d = s->d, size = s->size;
-    b->sh = has_shared(cfg), b->J = s->K + b->sh, b->sw = sw, b->yout = yout, b->lw = lw, b->hk = hk, b->l = l;
+    b->dense = !lw->moe;
+    b->sh = !b->dense && has_shared(cfg), b->J = b->dense ? 1 : s->K + b->sh, b->sw = sw, b->yout = yout, b->lw = lw;
+    b->hk = hk, b->l = l;
     b->wunit = -1;
     int64_t T = s->T, J = b->J, fm = cfg->moe_ffn > cfg->shared_ffn ? cfg->moe_ffn : cfg->shared_ffn;
+    fm = fm > cfg->dense_ffn ? fm : cfg->dense_ffn;
     b->logits = malloc(sizeof(float) * (size_t)(s->wmax * E + 1));
     b->wt = malloc(sizeof(float) * (size_t)(T * J + 1));
     b->idx = malloc(sizeof(int) * (size_t)(T * J + 1));
@@ -549,31 +565,43 @@ static int moe_layer_init(const mp_epf *s, moe_layer *b, const mp_weights *sw, c
     b->st = calloc((size_t)E + 1, sizeof(staged));
     b->nst = E + 1;
     b->ws = malloc(sizeof(float) * 2 * MP_CHUNK * (size_t)fm);
-    b->wbuf = sw->unit ? NULL : malloc(sizeof(float) * 3 * (size_t)cfg->moe_ffn * (size_t)d);
+    b->wbuf = sw->unit || b->dense ? NULL : malloc(sizeof(float) * 3 * (size_t)cfg->moe_ffn * (size_t)d);
     if (!b->logits || !b->wt || !b->idx || !b->left || !b->row || !b->scnt || !b->ocnt || !b->st || !b->ws ||
-        (!sw->unit && !b->wbuf))
+        (!sw->unit && !b->dense && !b->wbuf))
         return mp_errorf(MP_ENOMEM, "out of memory routing %lld tokens", (long long)T);
     b->rcnt = b->scnt + size, b->orcnt = b->ocnt + size;
     return 0;
 }
 /* Local: norms and attention of local sequences [a, e) (relative to seq0); x [(e - a) S, d] gets the
  * normed input of the block; a dense layer's MLP is added to the residual stream too. */
-static int attention_part(mp_epf *s, const mp_layer_w *lw, int64_t a, int64_t e)
+static int attention_part(mp_epf *s, const mp_layer_w *lw, int l, int64_t a, int64_t e, const mp_weights *alt,
+                          float *y2, double *seq)
 {
     const mp_config *cfg = s->cfg;
     int d = s->d, S = s->S, rc = 0;
     for (int64_t q = a; q < e && rc == 0; q++) {
-        float *hs = s->h + q * S * d, *xs = lw->moe ? s->x + (q - a) * S * d : s->x, *ys = s->y;
+        float *hs = s->h + q * S * d, *xs = s->x + (q - a) * S * d, *ys = s->y;
         mp_norm(cfg, hs, S, d, lw->in_norm, lw->in_norm_b, xs);
         rc = mp_attention(cfg, lw, xs, S, ys, s->scr);
         for (int64_t i = 0; i < (int64_t)S * d; i++)
             hs[i] += ys[i];
         mp_norm(cfg, hs, S, d, lw->post_norm, lw->post_norm_b, xs);
-        if (!lw->moe && rc == 0) {
+        if (lw->moe || rc < 0)
+            continue;
+        if (s->w->unit && cfg->dense_ffn > 0) /* a compressed dense MLP, as stored */
+            rc = s->w->unit(s->w->ctx, l, MP_UNIT_DENSE, xs, S, ys);
+        else
             rc = mp_swiglu(lw->mlp_gate, lw->mlp_up, lw->mlp_down, xs, S, d, cfg->dense_ffn, ys, NULL);
-            for (int64_t i = 0; i < (int64_t)S * d; i++)
-                hs[i] += ys[i];
+        if (rc == 0 && alt) { /* alt's dense MLP on the same inputs: the sums of compare_outputs */
+            rc = alt->unit(alt->ctx, l, MP_UNIT_DENSE, xs, S, y2);
+            double *acc = seq + 2 * (size_t)(s->seq0 + q);
+            for (int64_t i = 0; rc == 0 && i < (int64_t)S * d; i++) {
+                double err = (double)ys[i] - y2[i];
+                acc[0] += err * err, acc[1] += (double)ys[i] * ys[i];
+            }
         }
+        for (int64_t i = 0; i < (int64_t)S * d; i++)
+            hs[i] += ys[i];
     }
     return rc;
 }
@@ -597,88 +625,100 @@ static int gather_seq(const mp_epf *s, const double *seq, int w, double *all)
     return 0;
 }
 
-/* Collective, with alt: root's sq[0..1] = sum over tokens of ||y - y_alt||^2 and ||y||^2, per sequence and
- * added in sequence order; then the residual stream gets y. */
-static int compare_outputs(mp_epf *s, const float *y, const float *y2, double sq[2])
+/* Collective: root's sq[0..1] = the sums over the sequences of seq [n_seq, 2], in sequence order. */
+static int sum_sequences(mp_epf *s, const double *seq, double sq[2])
+{
+    double *all = calloc(2 * ((size_t)s->tok->n_seq + 1), sizeof(double));
+    int rc = mp_mpi_agree(all ? 0 : mp_errorf(MP_ENOMEM, "out of memory comparing a layer"));
+    if (rc == 0)
+        rc = gather_seq(s, seq, 2, all);
+    for (int q = 0; rc == 0 && s->rank == 0 && q < s->tok->n_seq; q++)
+        sq[0] += all[2 * q], sq[1] += all[2 * q + 1];
+    free(all);
+    return rc;
+}
+
+/* Local, with alt on a MoE layer: per sequence the sums of ||y - y_alt||^2 and ||y||^2 into seq; then the
+ * residual stream gets y. */
+static void compare_outputs(mp_epf *s, const float *y, const float *y2, double *seq)
 {
     int d = s->d, S = s->S;
-    double *seq = calloc(2 * ((size_t)s->tok->n_seq + 1), sizeof(double));
-    double *all = calloc(2 * ((size_t)s->tok->n_seq + 1), sizeof(double));
-    int rc = mp_mpi_agree(seq && all ? 0 : mp_errorf(MP_ENOMEM, "out of memory comparing a layer"));
-    for (int q = 0; q < s->nseq && rc == 0; q++) {
+    for (int q = 0; q < s->nseq; q++) {
         double *acc = seq + 2 * (size_t)(s->seq0 + q);
         for (int64_t i = (int64_t)q * S * d; i < (int64_t)(q + 1) * S * d; i++) {
             double e = (double)y[i] - y2[i];
             acc[0] += e * e, acc[1] += (double)y[i] * y[i];
         }
     }
-    if (rc == 0)
-        rc = gather_seq(s, seq, 2, all);
-    for (int q = 0; rc == 0 && s->rank == 0 && q < s->tok->n_seq; q++)
-        sq[0] += all[2 * q], sq[1] += all[2 * q + 1];
-    for (int64_t i = 0; rc == 0 && i < s->T * d; i++)
+    for (int64_t i = 0; i < s->T * d; i++)
         s->h[i] += y[i];
-    free(seq), free(all);
-    return rc;
 }
 
 /* Collective: layer l; with alt, a MoE layer's block once more from alt's units on the same inputs and
- * routing (a second exchange of the same rows, its own chunks), and sq as compare_outputs. */
+ * routing (a second exchange of the same rows, its own chunks), a dense MLP once more from alt's
+ * MP_UNIT_DENSE where the tokens are, and root's sq = the sums over tokens of ||y - y_alt||^2, ||y||^2.
+ * With hooks, a dense MLP's inputs also travel to its owner for the statistics (outputs unused). */
 static int layer_run(mp_epf *s, int l, const mp_unit_hooks *hooks, const mp_weights *alt, double sq[2])
 {
+    const mp_config *cfg = s->cfg;
     int d = s->d, S = s->S;
     mp_layer_w lw = {0};
     moe_layer b = {0}, b2 = {0};
     float *y = NULL, *y2 = NULL;
+    double *seq = NULL;
     if (alt)
         sq[0] = sq[1] = 0;
-    int rc = s->w->layer(s->w->ctx, l, &lw);
-    if (!lw.moe || rc < 0) {
-        if (rc == 0)
-            rc = attention_part(s, &lw, 0, s->nseq);
-        rc = mp_mpi_agree(rc);
-    } else {
-        if (alt) {
-            y = malloc(sizeof(float) * (size_t)(s->T * d + 1)), y2 = malloc(sizeof(float) * (size_t)(s->T * d + 1));
-            rc = y && y2 ? 0 : mp_errorf(MP_ENOMEM, "out of memory comparing layer %d", l);
-        }
-        if (rc == 0)
-            rc = moe_layer_init(s, &b, s->w, &lw, l, hooks, y);
-        if (rc == 0 && alt)
-            rc = moe_layer_init(s, &b2, alt, &lw, l, NULL, y2);
-        rc = mp_mpi_agree(rc);
-        int64_t nw = n_windows(s);
-        for (int64_t k = 0; k < nw && rc == 0; k++) {
-            int64_t a, e, nrecv = 0;
-            window_seqs(s, k, &a, &e);
-            int64_t t0 = a * S, n = (e - a) * S;
-            rc = attention_part(s, &lw, a, e);
-            for (int pass = 0; pass < (alt ? 2 : 1); pass++) { /* the model's units, then alt's */
-                moe_layer *bp = pass ? &b2 : &b;
-                if (rc == 0 && n > 0) {
-                    route(s, bp, s->x, t0, n);
-                    if (s->observe && !pass)
-                        s->observe(s->observe_ctx, "router", l, s->seq0 + (int)a, (int)(e - a), s->E, bp->logits);
-                }
-                rc = dispatch(s, bp, s->x, t0, n, &nrecv, rc);
-                if (rc == 0)
-                    rc = owner_window(s, bp, nrecv, k == nw - 1);
-                rc = give_back(s, bp, rc);
-            }
-        }
-        for (int64_t t = 0; t < s->T && rc == 0; t++)
-            if (b.left[t] || (alt && b2.left[t]))
-                rc = mp_errorf(MP_EINTERNAL, "layer %d: token %lld is missing an expert output", l,
-                               (long long)(s->seq0 * (int64_t)S + t));
-        rc = mp_mpi_agree(rc);
-        if (rc == 0 && alt)
-            rc = compare_outputs(s, y, y2, sq);
+    int rc = s->w->layer(s->w->ctx, l, &lw), dense = rc == 0 && !lw.moe && cfg->dense_ffn > 0;
+    int units = rc == 0 && (lw.moe || (dense && hooks)); /* tokens travel to unit owners */
+    if (rc == 0 && alt && (lw.moe || dense)) {
+        size_t n = lw.moe ? (size_t)(s->T * d + 1) : (size_t)S * (size_t)d;
+        y = lw.moe ? malloc(sizeof(float) * n) : NULL, y2 = malloc(sizeof(float) * n);
+        seq = calloc(2 * ((size_t)s->tok->n_seq + 1), sizeof(double));
+        rc = (y || !lw.moe) && y2 && seq ? 0 : mp_errorf(MP_ENOMEM, "out of memory comparing layer %d", l);
     }
+    if (rc == 0 && units)
+        rc = moe_layer_init(s, &b, s->w, &lw, l, hooks, y);
+    if (rc == 0 && units && alt && lw.moe)
+        rc = moe_layer_init(s, &b2, alt, &lw, l, NULL, y2);
+    rc = mp_mpi_agree(rc);
+    int64_t nw = n_windows(s);
+    for (int64_t k = 0; k < nw && rc == 0; k++) {
+        int64_t a, e, nrecv = 0;
+        window_seqs(s, k, &a, &e);
+        int64_t t0 = a * S, n = (e - a) * S;
+        rc = attention_part(s, &lw, l, a, e, dense ? alt : NULL, y2, seq);
+        for (int pass = 0; units && pass < (alt && lw.moe ? 2 : 1); pass++) { /* the model's units, then alt's */
+            moe_layer *bp = pass ? &b2 : &b;
+            if (rc == 0 && n > 0) {
+                route(s, bp, s->x, t0, n);
+                if (s->observe && !pass && lw.moe)
+                    s->observe(s->observe_ctx, "router", l, s->seq0 + (int)a, (int)(e - a), s->E, bp->logits);
+            }
+            rc = dispatch(s, bp, s->x, t0, n, &nrecv, rc);
+            if (rc == 0)
+                rc = owner_window(s, bp, nrecv, k == nw - 1);
+            if (lw.moe)
+                rc = give_back(s, bp, rc);
+            else /* a dense MLP's statistics: its outputs are computed where the tokens are */
+                bp->on = 0, rc = mp_mpi_agree(rc);
+        }
+        if (!units)
+            rc = mp_mpi_agree(rc);
+    }
+    for (int64_t t = 0; lw.moe && t < s->T && rc == 0; t++)
+        if (b.left[t] || (alt && b2.left[t]))
+            rc = mp_errorf(MP_EINTERNAL, "layer %d: token %lld is missing an expert output", l,
+                           (long long)(s->seq0 * (int64_t)S + t));
+    rc = mp_mpi_agree(rc);
+    if (rc == 0 && alt && lw.moe)
+        compare_outputs(s, y, y2, seq);
+    if (rc == 0 && alt && (lw.moe || dense))
+        rc = sum_sequences(s, seq, sq);
     if (rc == 0 && s->observe && s->T)
         s->observe(s->observe_ctx, "hidden", l + 1, s->seq0, s->nseq, d, s->h);
     moe_layer_free(&b);
     moe_layer_free(&b2);
-    free(y), free(y2);
+    free(y), free(y2), free(seq);
     mp_layer_free(&lw);
     return rc;
 }

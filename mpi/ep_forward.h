@@ -40,8 +40,10 @@
 typedef void (*mp_observer)(void *ctx, const char *what, int index, int seq0, int nseq, int width,
                             const float *rows);
 
-/* Called on the owner of unit u (u = E: the shared expert) of MoE layer l: begin, then its chunks, then end;
- * with one window unit after unit in unit order, with several the units' calls interleave. chunk gets the
+/* Called on the owner of unit u (u = E: the shared expert) of MoE layer l, and on the owner of the dense MLP
+ * of a non-MoE layer l (u = MP_UNIT_DENSE, f = dense_ffn, every token with weight 1: its tokens travel to the
+ * owner for the statistics only; the layer's output is computed where they are): begin, then its chunks,
+ * then end; with one window unit after unit in unit order, with several the units' calls interleave. chunk gets the
  * unit's inputs x [nb, d], its intermediate activations h [nb, f] (h = silu(x Wg^T) * (x Wu^T)), the
  * tokens' routing weights w [nb] and their global token indices tok [nb] (sequence * seq_len + position,
  * strictly increasing; the same for any number of ranks), chunk after chunk in global token order. The
@@ -69,7 +71,8 @@ float *mp_epf_hidden(mp_epf *s, int *seq0, int *nseq);
 /* Layer l (all layers in order): hidden states of the local tokens advance by one layer. hooks may be NULL. */
 int mp_epf_layer(mp_epf *s, int l, const mp_unit_hooks *hooks);
 /* Layer l as mp_epf_layer; when it is a MoE layer, its MoE block is computed once more with the units of
- * `alt` (alt->unit must be set: e.g. a compressed model) on the same inputs and routing, and root gets
+ * `alt` (alt->unit must be set: e.g. a compressed model) on the same inputs and routing (a dense MLP layer:
+ * its MLP by alt's unit MP_UNIT_DENSE on the same inputs), and root gets
  * sq[0] = sum over tokens of ||y - y_alt||^2 and sq[1] = sum of ||y||^2 (y: the block output of s's own
  * weights, which also advances the hidden states; added per sequence, in sequence order: the same for
  * any number of ranks). sq is 0 for a non-MoE layer. */

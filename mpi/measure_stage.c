@@ -57,6 +57,15 @@ int mp_measure_ranks(const mp_job *job, int64_t m, int64_t n, int64_t rmax, int6
 
 static int owner(const mctx *x, int l, int u) { return (int)(((int64_t)l * (x->E + 2) + u) % x->size); }
 
+/* the unit measured at index u of layer l: a MoE layer's 0..E-1, E (shared), E + 1 (base: -1); a dense
+ * layer's only index 0 is its dense MLP */
+static int unit_at(const mctx *x, int l, int u)
+{
+    if (!x->bx.m->cfg.is_moe[l])
+        return MP_UNIT_DENSE;
+    return u == x->E + 1 ? -1 : u;
+}
+
 int mp_measure_begin(mp_run *r, int s)
 {
     const mp_job *job = r->job;
@@ -168,17 +177,17 @@ static int measure_formats(mctx *x, mp_proj_table *pt, double rank, int part, co
 static int measure_unit(mctx *x, int l, int u, mp_unit_table *t, double *energy)
 {
     mp_block_src b[3];
-    int E = x->E, unit = u == E + 1 ? -1 : u;
+    int E = x->E, unit = unit_at(x, l, u);
     MP_CHECK(mp_blocks_load(&x->bx, l, unit, b));
     memset(t, 0, sizeof *t);
     double damp0 = x->damping_raised, uns0 = x->unsampled;
     t->layer = l, t->unit = unit, t->kind = b[0].kind, t->nf = x->nf;
     memcpy(t->fmt, x->fmt, sizeof(t->fmt[0]) * (size_t)x->nf);
-    double M = x->M[unit < 0 ? E + 1 : u];
+    double M = unit == MP_UNIT_DENSE ? x->bx.job->batch_tokens : x->M[unit < 0 ? E + 1 : u];
     int rc = 0;
     *energy = 0;
     /* output energy of the unit: tr(W_down G_mid W_down^T) with the unit's own (unregularised) Gram */
-    if (unit >= 0) {
+    if (unit != -1) {
         const mp_block_src *d = &b[2];
         float *W = d->W, *own = NULL, *zero = calloc((size_t)(d->m * d->n), sizeof(float));
         if (!W) {
@@ -244,7 +253,9 @@ static int measure_unit(mctx *x, int l, int u, mp_unit_table *t, double *energy)
 static void unit_file_name(int u, int n, char *buf, size_t cap)
 {
     int E = n - 2;
-    if (u == E + 1)
+    if (n == 1) /* a dense layer */
+        snprintf(buf, cap, "dense.h5");
+    else if (u == E + 1)
         snprintf(buf, cap, "base.h5");
     else if (u == E)
         snprintf(buf, cap, "shared.h5");
@@ -258,18 +269,19 @@ int mp_measure_layer(mp_run *r, int s, int l, int committed)
     (void)s;
     if (committed)
         return 0;
-    int E = x->E, n = E + 2, rc = 0;
+    int E = x->E, moe = r->m->cfg.is_moe[l], n = moe ? E + 2 : 1, rc = 0;
     char ldir[4600];
     snprintf(ldir, sizeof ldir, "%s/layer%04d", x->dir, l);
     MP_CHECK(mp_mpi_agree(mp_mkdir_p(ldir)));
-    MP_CHECK(mp_mpi_agree(unit_tokens(x, l)));
+    if (moe)
+        MP_CHECK(mp_mpi_agree(unit_tokens(x, l)));
     mp_unit_table *tab = calloc((size_t)n, sizeof *tab);
     double *energy = calloc((size_t)n, sizeof(double));
     uint64_t *h = calloc((size_t)(2 * n), sizeof *h);
     if (!tab || !energy || !h)
         rc = mp_errorf(MP_ENOMEM, "out of memory");
     for (int u = 0; u < n && rc == 0; u++) {
-        if ((u == E && !x->shared) || (u == E + 1 && !x->delta) || owner(x, l, u) != x->rank)
+        if ((moe && u == E && !x->shared) || (moe && u == E + 1 && !x->delta) || owner(x, l, u) != x->rank)
             continue;
         rc = measure_unit(x, l, u, &tab[u], &energy[u]);
     }
@@ -281,7 +293,8 @@ int mp_measure_layer(mp_run *r, int s, int l, int committed)
         total += energy[u];
     if (rc == 0 && !(total > 0)) {
         if (r->rank == 0)
-            fprintf(stderr, "moepack: note: layer %d: no MoE output energy (no tokens?): losses are not normalised\n", l);
+            fprintf(stderr, "moepack: note: layer %d: no %s output energy (no tokens?): losses are not normalised\n", l,
+                    moe ? "MoE" : "dense MLP");
         total = 1;
     }
     for (int u = 0; u < n && rc == 0; u++) {
@@ -313,10 +326,11 @@ static int count_tables(const mp_run *r, const mctx *x, double v[4])
     const mp_config *c = &r->m->cfg;
     int same = !strcmp(r->job->factor_formats, "same");
     for (int l = 0; l < c->n_layers; l++) {
-        if (!c->is_moe[l])
+        if (!mp_config_has_units(c, l))
             continue;
-        for (int u = x->delta ? -1 : 0; u <= x->E; u++) {
-            if (u == x->E && !x->shared)
+        int moe = c->is_moe[l];
+        for (int u = moe ? (x->delta ? -1 : 0) : MP_UNIT_DENSE; u <= (moe ? x->E : MP_UNIT_DENSE); u++) {
+            if (moe && u == x->E && !x->shared)
                 break;
             char path[4800];
             mp_unit_table t;

@@ -1,5 +1,6 @@
 /* measure_stage.h - the measure stage (DESIGN section 4): loss, bytes and cost of every option of every
- * block of every MoE layer, committed per layer to checkpoint.dir/measure (io/tables.h).
+ * block of every MoE layer and of every dense MLP of a non-MoE layer, committed per layer to
+ * checkpoint.dir/measure (io/tables.h).
  *
  * Units of MoE layer l: the routed experts 0..E-1, the shared expert (unit E, when the model has one)
  * and the base (unit E + 1, with the decomposition on); unit u is measured by rank (l (E + 2) + u) mod P,
@@ -16,6 +17,10 @@
  *    replaces it where it has entries) at M = the block's tokens in a design batch of
  *    measure.batch_tokens tokens: batch * top_k * n_e / sum n (an expert, at least 1), batch * top_k (the
  *    base), batch (the shared expert).
+ * A non-MoE layer with a dense MLP has one unit, the dense MLP (model_config.h: MP_UNIT_DENSE, measured by
+ * the rank of index 0, table dense.h5), measured like the shared expert (one row per format, M = batch);
+ * its normaliser is the dense MLP's output energy on the same tokens, tr(W_down G_mid W_down^T) (every
+ * token, exact from its Gram), so that its losses compare with the MoE layers' relative errors.
  * Normaliser: the layer's MoE output energy on the calibration tokens, sum over the routed (token,
  * expert) pairs and the shared expert of ||W_down h||^2 = sum_u tr(W_down,u G_mid,u W_down,u^T) (exact from
  * the Grams); every loss is stored raw and divided by it. Owners contribute their units' terms, summed in

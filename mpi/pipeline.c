@@ -42,22 +42,30 @@ static int delta_on(const mp_job *job) { return job->delta_enabled; }
 
 /* Adding a stage is one entry here (and its index in pipeline.h). */
 static const mp_stage STAGES[MP_NSTAGES] = {
-    {"calibrate", "calib", "calibrate v5 (fp32 SSYRK chunks of 256 summed in fp64, packed Grams, token samples)",
-     "expert-parallel forward pass, per-expert statistics", CALIB_KEYS, 0, always, mp_calib_begin, mp_calib_layer,
-     mp_calib_end, mp_calib_print, NULL, NULL},
-    {"decompose", "decomp", "decompose v3 (rank-0 loss from the exact spectrum)", "D2 base + whitened low-rank deltas", DECOMP_KEYS, 1, delta_on,
-     mp_decomp_begin, mp_decomp_layer, mp_decomp_end, mp_decomp_print, NULL, NULL},
-    {"measure", "measure", "measure v2 (activation grid max|x| / (2^(b-1) - 1))", "loss, bytes and cost of every block under every option", MEASURE_KEYS, 1,
-     always, mp_measure_begin, mp_measure_layer, mp_measure_end, mp_measure_print, NULL, NULL},
-    {"allocate", "alloc", "allocate v1", "one global allocation of ranks and formats under the budget", ALLOC_KEYS, 1,
-     always, mp_allocate_begin, mp_allocate_layer, mp_allocate_end, mp_allocate_print, NULL, NULL},
-    {"quantize", "quant", "quantize v1", "every block in its allocated format; the compressed model in output.dir",
-     QUANT_KEYS, 1, always, mp_quant_begin, mp_quant_layer, mp_quant_end, mp_quant_print, mp_quant_output_kept, NULL},
-    {"validate", "validate", "validate v1",
+    {"calibrate", "calib", "calibrate v6 (fp32 SSYRK chunks of 256 summed in fp64, packed Grams, token samples, dense MLPs)",
+     "expert-parallel forward pass, per-expert statistics", CALIB_KEYS, MP_LAYERS_BLOCKS, 1, always, mp_calib_begin,
+     mp_calib_layer, mp_calib_end, mp_calib_print, NULL, NULL},
+    {"decompose", "decomp", "decompose v3 (rank-0 loss from the exact spectrum)", "D2 base + whitened low-rank deltas", DECOMP_KEYS, MP_LAYERS_MOE, 0,
+     delta_on, mp_decomp_begin, mp_decomp_layer, mp_decomp_end, mp_decomp_print, NULL, NULL},
+    {"measure", "measure", "measure v3 (dense MLPs; activation grid max|x| / (2^(b-1) - 1))", "loss, bytes and cost of every block under every option",
+     MEASURE_KEYS, MP_LAYERS_BLOCKS, 0, always, mp_measure_begin, mp_measure_layer, mp_measure_end, mp_measure_print,
+     NULL, NULL},
+    {"allocate", "alloc", "allocate v2 (dense MLPs)", "one global allocation of ranks and formats under the budget",
+     ALLOC_KEYS, MP_LAYERS_BLOCKS, 0, always, mp_allocate_begin, mp_allocate_layer, mp_allocate_end, mp_allocate_print,
+     NULL, NULL},
+    {"quantize", "quant", "quantize v2 (dense MLPs)",
+     "every block in its allocated format; the compressed model in output.dir", QUANT_KEYS, MP_LAYERS_BLOCKS, 0, always,
+     mp_quant_begin, mp_quant_layer, mp_quant_end, mp_quant_print, mp_quant_output_kept, NULL},
+    {"validate", "validate", "validate v2 (dense MLPs)",
      "the compressed model against the original: output errors per layer, unit and block; KL, top-1, perplexity",
-     VALIDATE_KEYS, 0, always, mp_validate_begin, mp_validate_layer, mp_validate_end, mp_validate_print,
+     VALIDATE_KEYS, MP_LAYERS_BLOCKS, 1, always, mp_validate_begin, mp_validate_layer, mp_validate_end, mp_validate_print,
      mp_validate_kept, mp_validate_check},
 };
+
+int mp_stage_has_units(const mp_stage *st, const mp_config *c, int l)
+{
+    return st->units == MP_LAYERS_MOE ? c->is_moe[l] : mp_config_has_units(c, l);
+}
 
 const mp_stage *mp_stages(int *n)
 {
@@ -116,7 +124,7 @@ static int stage_committed(mp_run *r, int s, int *ok)
     const mp_config *c = &r->m->cfg;
     r->layers[s] = 0;
     for (int l = 0; l < c->n_layers; l++) {
-        if (!c->is_moe[l])
+        if (!mp_stage_has_units(&STAGES[s], c, l))
             continue;
         r->layers[s]++;
         int committed = 0;
@@ -152,17 +160,18 @@ static int run_stage(mp_run *r, int s)
     MP_CHECK_GOTO(mp_mpi_agree(st->begin(r, s)), out);
     int total = 0, done = 0;
     for (int l = 0; l < c->n_layers; l++)
-        total += !st->moe_only || c->is_moe[l];
+        total += st->every_layer || mp_stage_has_units(st, c, l);
     double t0 = MPI_Wtime();
     for (int l = 0; l < c->n_layers; l++) {
-        if (st->moe_only && !c->is_moe[l])
+        int units = mp_stage_has_units(st, c, l);
+        if (!st->every_layer && !units)
             continue;
         int committed = 0;
-        if (c->is_moe[l])
+        if (units)
             MP_CHECK_GOTO(layer_committed(r, s, l, &committed, &r->kept_starved), out);
         r->kept[s] += committed;
         MP_CHECK_GOTO(st->layer(r, s, l, committed), out);
-        if (c->is_moe[l] && !committed)
+        if (units && !committed)
             mp_note_progress();
         done++;
         double el = MPI_Wtime() - t0;
@@ -199,7 +208,7 @@ static void print_stage(const mp_run *r, int s, FILE *out)
             fprintf(out, "%s: every layer kept from before (same stage fingerprint %016llx)\n", st->name,
                     (unsigned long long)r->fp[s]);
         else if (r->kept[s])
-            fprintf(out, "%s: %d of %d MoE layers kept from before\n", st->name, r->kept[s], r->layers[s]);
+            fprintf(out, "%s: %d of %d layers kept from before\n", st->name, r->kept[s], r->layers[s]);
         st->print(r, s, out);
     }
     fflush(out);

@@ -67,10 +67,16 @@ typedef struct {
     void *state; /* the running stage's (begin .. end) */
 } mp_run;
 
+/* Which layers of a stage have units: the MoE layers, or the MoE layers and the dense MLPs of the non-MoE
+ * layers (model_config.h: mp_config_has_units) - the blocks of the compressed model. */
+enum { MP_LAYERS_MOE, MP_LAYERS_BLOCKS };
+
 typedef struct {
     const char *name, *dir, *version, *title;
     const char *const *keys; /* job keys the results depend on, NULL-terminated */
-    int moe_only;            /* layer() only for MoE layers (else for every layer, in order) */
+    int units;               /* the layers with units (committed per layer): MP_LAYERS_MOE or MP_LAYERS_BLOCKS */
+    int every_layer;         /* layer() for every layer in order (the others get committed = 0 and no units);
+                                else only for the layers with units */
     int (*enabled)(const mp_job *job);
     int (*begin)(mp_run *r, int s);
     int (*layer)(mp_run *r, int s, int l, int committed);
@@ -86,6 +92,8 @@ typedef struct {
 
 /* The table. */
 const mp_stage *mp_stages(int *n);
+/* 1 when layer l has units in stage st. */
+int mp_stage_has_units(const mp_stage *st, const mp_config *c, int l);
 /* Index of a stage by name, -1 when unknown. */
 int mp_stage_index(const char *name);
 /* Rank 0: a progress line (terminal: updated in place; log: one line per layer; --log-json: JSON). */

@@ -22,6 +22,8 @@ void mp_seq_range(int64_t n_seq, int rank, int size, int64_t *lo, int64_t *hi)
 
 int mp_unit_owner(int l, int u, int n_experts, int nranks)
 {
+    if (u == MP_UNIT_DENSE) /* the only unit of its layer: owned like unit 0 */
+        u = 0;
     return (int)(((int64_t)l * (n_experts + 1) + u) % nranks);
 }
 
@@ -87,10 +89,17 @@ void mp_plan_make(const mp_config *c, int P, int n_seq, int S, int64_t model_byt
     int64_t unit_file = stats_file(d, f, t_routed), shared_file = fs > 0 ? stats_file(d, fs, t_shared) : 0;
     p->st[MP_PLAN_CALIBRATE].ckpt_total = (int64_t)L * (E * unit_file + shared_file + 4096);
     p->st[MP_PLAN_CALIBRATE].ckpt_bytes = (int64_t)p->units_per_rank * max64(unit_file, shared_file);
+    /* the dense MLPs of the non-MoE layers: one unit each, every token (like the shared expert) */
+    int64_t Ld = 0, fd = c->dense_ffn;
+    for (int l = 0; l < c->n_layers; l++)
+        Ld += mp_config_dense_mlp(c, l);
+    int64_t dense_file = Ld ? stats_file(d, fd, min64(sample_tokens, Tall)) : 0;
+    p->st[MP_PLAN_CALIBRATE].ckpt_total += Ld * (dense_file + 4096);
+    p->st[MP_PLAN_CALIBRATE].ckpt_bytes += (Ld + P - 1) / P * dense_file;
     double layer_flops = 2.0 * ((2 * qd + 2 * kvd) * d + E * d) + 2.0 * S * qd * 2;
-    p->st[MP_PLAN_CALIBRATE].flops = (double)c->n_layers * T * layer_flops +
-                                     (double)L * (nrecv * (6.0 * f * d) + nrecv * (double)(d * d + f * f)) +
-                                     2.0 * T * V * d;
+    p->st[MP_PLAN_CALIBRATE].flops =
+        (double)c->n_layers * T * layer_flops + (double)L * (nrecv * (6.0 * f * d) + nrecv * (double)(d * d + f * f)) +
+        (double)((Ld + P - 1) / P) * Tall * (6.0 * fd * d + (double)(d * d + fd * fd)) + 2.0 * T * V * d;
 
     /* decomposition: the base of every projection on every rank, this rank's rows of all experts, then
      * for one expert and projection the delta (fp32 + fp64), Gram and factor (fp64), SVD work space and

@@ -24,7 +24,8 @@
 void mp_shard_range(int64_t n, int rank, int size, int64_t *lo, int64_t *hi);
 /* the calibration sequences of `rank` */
 void mp_seq_range(int64_t n_seq, int rank, int size, int64_t *lo, int64_t *hi);
-/* owner rank of unit u (0..E-1 routed, E = shared) of layer l */
+/* owner rank of unit u (0..E-1 routed, E = shared) of layer l; the dense MLP of a non-MoE layer
+ * (u = MP_UNIT_DENSE, model_config.h) is owned like unit 0 */
 int mp_unit_owner(int l, int u, int n_experts, int nranks);
 
 enum { MP_PLAN_CALIBRATE, MP_PLAN_DECOMPOSE, MP_PLAN_NSTAGES };

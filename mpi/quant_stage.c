@@ -35,13 +35,15 @@ static void alloc_dir(const mp_run *r, char *buf, size_t cap)
         snprintf(buf, cap, "%s/alloc", r->job->ckpt_dir);
 }
 
-/* units of a layer: 0..E-1 routed experts, E the shared expert, E + 1 the base; n = E + 2 */
-static int unit_id(int u, int E) { return u == E + 1 ? -1 : u; }
-
-static void unit_file_name(int u, int n, char *buf, size_t cap)
+/* units of a MoE layer: 0..E-1 routed experts, E the shared expert, E + 1 the base; n = E + 2. A dense
+ * layer's only unit (n = 1): its dense MLP. */
+static int unit_id(int u, int n)
 {
-    mp_qunit_file(unit_id(u, n - 2), n - 2, buf, (int)cap);
+    int E = n - 2;
+    return n == 1 ? MP_UNIT_DENSE : u == E + 1 ? -1 : u;
 }
+
+static void unit_file_name(int u, int n, char *buf, size_t cap) { mp_qunit_file(unit_id(u, n), n - 2, buf, (int)cap); }
 
 int mp_quant_begin(mp_run *r, int s)
 {
@@ -66,10 +68,13 @@ static int read_alloc(const qctx *x, int l, mp_layer_alloc *a)
     mp_alloc_path(path, sizeof path, x->alloc_dir, l);
     MP_CHECK(mp_alloc_read(path, a));
     mp_layer_alloc want = {0};
-    int rc = mp_layer_blocks(l, x->E, x->shared, x->delta, &want);
+    int rc = mp_layer_units_blocks(&x->m->cfg, l, x->delta, &want);
     if (rc == 0 && (a->n != want.n || a->layer != l))
-        rc = mp_errorf(MP_EFORMAT, "%s: %d blocks for layer %d, the model has %d (decomposition %s, %s shared expert)",
-                       path, a->n, a->layer, want.n, x->delta ? "on" : "off", x->shared ? "a" : "no");
+        rc = mp_errorf(MP_EFORMAT, "%s: %d blocks for layer %d, the model has %d (%s)", path, a->n, a->layer, want.n,
+                       !x->m->cfg.is_moe[l] ? "a dense MLP"
+                       : x->delta           ? (x->shared ? "decomposition on, a shared expert" : "decomposition on")
+                       : x->shared          ? "decomposition off, a shared expert"
+                                            : "decomposition off");
     for (int b = 0; rc == 0 && b < a->n; b++)
         if (a->c[b].kind != want.c[b].kind || a->c[b].unit != want.c[b].unit || a->c[b].proj != want.c[b].proj)
             rc = mp_errorf(MP_EFORMAT, "%s: block %d is %s %d %s, expected %s %d %s", path, b,
@@ -85,7 +90,7 @@ static int read_alloc(const qctx *x, int l, mp_layer_alloc *a)
 static int block_index(const qctx *x, int unit, int p)
 {
     int off = x->delta ? 3 : 0;
-    if (unit < 0)
+    if (unit < 0) /* the base, or a dense layer's only unit */
         return p;
     return off + 3 * unit + p; /* the shared expert (unit E) follows the routed ones */
 }
@@ -137,16 +142,16 @@ int mp_quant_layer(mp_run *r, int s, int l, int committed)
     snprintf(ldir, sizeof ldir, "%s/layer%04d", x->dir, l);
     MP_CHECK(mp_mpi_agree(mp_mkdir_p(ldir)));
     mp_layer_alloc a = {0};
-    int E = x->E, n = E + 2, rc = read_alloc(x, l, &a);
+    int E = x->E, moe = x->m->cfg.is_moe[l], n = moe ? E + 2 : 1, rc = read_alloc(x, l, &a);
     uint64_t *h = calloc((size_t)(2 * n), sizeof *h);
     if (rc == 0 && !h)
         rc = mp_errorf(MP_ENOMEM, "out of memory");
     for (int u = 0; u < n && rc == 0; u++) {
-        if ((u == E && !x->shared) || (u == E + 1 && !x->delta))
+        if (moe && ((u == E && !x->shared) || (u == E + 1 && !x->delta)))
             continue;
-        if (mp_unit_owner(l, u, E, x->size) != x->rank)
+        if (mp_unit_owner(l, unit_id(u, n) == MP_UNIT_DENSE ? MP_UNIT_DENSE : u, E, x->size) != x->rank)
             continue;
-        rc = quantize_unit(x, l, unit_id(u, E), &a, &h[u]);
+        rc = quantize_unit(x, l, unit_id(u, n), &a, &h[u]);
         if (rc == 0) {
             h[n + u] = 1;
             mp_fault_point("quantize: unit committed");
@@ -295,7 +300,7 @@ void mp_quant_print(const mp_run *r, int s, FILE *out)
 {
     const mp_summary *sum = &r->sum[s];
     fprintf(out,
-            "quantize: %.0f bytes for %.0f MoE weights = %.4f bits/weight (budget %.0f bytes = %.4f bits/weight, "
+            "quantize: %.0f bytes for %.0f weights = %.4f bits/weight (budget %.0f bytes = %.4f bits/weight, "
             "%.2f%% used); predicted loss %.6g\n",
             mp_summary_get(sum, "bytes_used"), mp_summary_get(sum, "moe_weights"),
             mp_summary_get(sum, "bits_per_weight"), mp_summary_get(sum, "budget_bytes"),

@@ -8,7 +8,8 @@
  * weights or factors, Hessians), quantizes each as its choice says (mp_block_quantize: GPTQ or RTN,
  * exactly the codes the measure stage measured), checks the stored bytes against the allocation's,
  * and commits one unit file (io/qunit.h) to checkpoint.dir/quant/layerLLLL (base.h5,
- * expertEEEE.h5, shared.h5); a manifest per layer (store.h) records them.
+ * expertEEEE.h5, shared.h5); a manifest per layer (store.h) records them. A non-MoE layer with a dense
+ * MLP has one unit, the dense MLP (u = MP_UNIT_DENSE, owned like unit 0, dense.h5).
  *
  * end (all layers committed): the output (io/output.h) in output.dir. Rank 0 lists the items and
  * their sizes (from the unit files) and the /moepack numbers and broadcasts them; every rank packs

@@ -23,7 +23,8 @@
 #include "spearman.h"
 #include "store.h"
 
-/* per unit u (0..E, E = the shared expert) and projection p: ACC_* slots of acc[(u * 3 + p) * NACC] */
+/* per unit u (0..E, E = the shared expert; a dense MLP layer's unit in slot 0) and projection p: ACC_* slots
+ * of acc[(slot(u) * 3 + p) * NACC] */
 enum { ACC_ERR, ACC_BASE, ACC_UERR, ACC_UREF, ACC_TOK, NACC };
 
 typedef struct {
@@ -120,6 +121,8 @@ static int open_gpu(vctx *x)
 
 /* ---- per-block measurement (unit hooks on the original forward pass) ---------------------------- */
 
+static int slot(int u) { return u == MP_UNIT_DENSE ? 0 : u; }
+
 static int v_begin(void *ctx, int l, int u, int d, int f)
 {
     vctx *x = ctx;
@@ -127,6 +130,10 @@ static int v_begin(void *ctx, int l, int u, int d, int f)
     x->f = f;
     if (u == x->E) {
         x->W[0] = x->lw.sh_gate, x->W[1] = x->lw.sh_up, x->W[2] = x->lw.sh_down;
+        return 0;
+    }
+    if (u == MP_UNIT_DENSE) {
+        x->W[0] = x->lw.mlp_gate, x->W[1] = x->lw.mlp_up, x->W[2] = x->lw.mlp_down;
         return 0;
     }
     size_t fd = (size_t)f * (size_t)x->d;
@@ -159,8 +166,8 @@ static int v_chunk(void *ctx, int l, int u, const float *X, const float *H, cons
 {
     vctx *x = ctx;
     (void)w, (void)tok;
-    int d = x->d, f = x->f, base = x->delta && u < x->E;
-    double *acc = x->acc + (size_t)u * 3 * NACC;
+    int d = x->d, f = x->f, base = x->delta && u >= 0 && u < x->E;
+    double *acc = x->acc + (size_t)slot(u) * 3 * NACC;
     for (int p = 0; p < 3; p++) {
         const float *Z = p < 2 ? X : H;
         int m = p < 2 ? f : d, k = p < 2 ? d : f;
@@ -192,7 +199,7 @@ static int v_end(void *ctx, int l, int u)
 {
     vctx *x = ctx;
     (void)l;
-    if (u < x->E)
+    if (u >= 0 && u < x->E)
         free(x->W[0]);
     x->W[0] = x->W[1] = x->W[2] = NULL;
     return 0;
@@ -224,11 +231,11 @@ static int layer_report(vctx *x, int l, const double sq[2], const char *path)
     mp_alloc_path(ap, sizeof ap, r->dir[MP_STAGE_ALLOCATE], l);
     mp_layer_alloc a = {0};
     MP_CHECK(mp_alloc_read(ap, &a));
-    int U = x->E + x->shared;
+    int dense = !r->m->cfg.is_moe[l], U = dense ? 1 : x->E + x->shared; /* a dense layer: its MLP in slot 0 */
     double energy = 0, tokens = 0;
     for (int u = 0; u < U; u++)
         energy += x->acc[(size_t)u * 3 * NACC + ACC_UREF];
-    for (int u = 0; u < x->E; u++)
+    for (int u = 0; u < (dense ? 1 : x->E); u++)
         tokens += x->acc[(size_t)u * 3 * NACC + ACC_TOK];
     cJSON *j = cJSON_CreateObject(), *units = cJSON_CreateArray(), *blocks = cJSON_CreateArray();
     cJSON_AddNumberToObject(j, "layer", l);
@@ -243,7 +250,7 @@ static int layer_report(vctx *x, int l, const double sq[2], const char *path)
             for (int e = 0; e < x->E; e++)
                 raw += x->acc[((size_t)e * 3 + c->proj) * NACC + ACC_BASE];
         else
-            raw = x->acc[((size_t)c->unit * 3 + c->proj) * NACC + ACC_ERR];
+            raw = x->acc[((size_t)slot(c->unit) * 3 + c->proj) * NACC + ACC_ERR];
         double m = energy > 0 ? raw / energy : NAN;
         cJSON *b = cJSON_CreateObject();
         cJSON_AddStringToObject(b, "kind", mp_block_kind_name(c->kind));
@@ -266,8 +273,10 @@ static int layer_report(vctx *x, int l, const double sq[2], const char *path)
     for (int u = 0; u < U; u++) {
         const double *q = x->acc + (size_t)u * 3 * NACC;
         cJSON *o = cJSON_CreateObject();
-        cJSON_AddNumberToObject(o, "unit", u);
-        if (u == x->E)
+        cJSON_AddNumberToObject(o, "unit", dense ? MP_UNIT_DENSE : u);
+        if (dense)
+            cJSON_AddTrueToObject(o, "dense");
+        else if (u == x->E)
             cJSON_AddTrueToObject(o, "shared");
         num(o, "tokens", q[ACC_TOK]);
         num(o, "rel_error", q[ACC_UREF] > 0 ? q[ACC_UERR] / q[ACC_UREF] : NAN);
@@ -306,7 +315,9 @@ int mp_validate_begin(mp_run *r, int s)
     if (x->cuda)
         MP_CHECK(open_gpu(x));
     MP_CHECK(mp_metric_reducer_create(x->cuda ? MP_REDUCE_AUTO : MP_REDUCE_MPI, &x->red));
-    int fm = c->moe_ffn > c->shared_ffn ? c->moe_ffn : c->shared_ffn, w = fm > x->d ? fm : x->d;
+    int fm = c->moe_ffn > c->shared_ffn ? c->moe_ffn : c->shared_ffn;
+    fm = c->dense_ffn > fm ? c->dense_ffn : fm;
+    int w = fm > x->d ? fm : x->d;
     size_t chunk = (size_t)MP_CHUNK * (size_t)w;
     x->acc = calloc((size_t)(x->E + 1) * 3 * NACC, sizeof(double));
     x->o1 = malloc(sizeof(float) * chunk), x->o2 = malloc(sizeof(float) * chunk);
@@ -354,13 +365,15 @@ static void free_layer(vctx *x)
 int mp_validate_layer(mp_run *r, int s, int l, int committed)
 {
     vctx *x = r->state;
-    if (committed || !r->m->cfg.is_moe[l]) { /* only what the next layers need */
+    if (committed || !mp_config_has_units(&r->m->cfg, l)) { /* only what the next layers need */
         MP_CHECK(mp_epf_layer(x->a, l, NULL));
         return mp_epf_layer(x->b, l, NULL);
     }
     memset(x->acc, 0, sizeof(double) * (size_t)(x->E + 1) * 3 * NACC);
-    int rc = load_base(x, l);
-    if (rc == 0 && x->shared && mp_unit_owner(l, x->E, x->E, r->size) == r->rank)
+    int moe = r->m->cfg.is_moe[l], rc = moe ? load_base(x, l) : 0;
+    if (rc == 0 && moe && x->shared && mp_unit_owner(l, x->E, x->E, r->size) == r->rank)
+        rc = r->w.layer(r->w.ctx, l, &x->lw);
+    if (rc == 0 && !moe && mp_unit_owner(l, MP_UNIT_DENSE, x->E, r->size) == r->rank) /* the dense MLP's owner */
         rc = r->w.layer(r->w.ctx, l, &x->lw);
     mp_unit_hooks hk = {x, v_begin, v_chunk, v_end};
     double sq[2] = {0, 0};
@@ -386,7 +399,7 @@ int mp_validate_layer(mp_run *r, int s, int l, int committed)
     return mp_commit_layer_units(rc, r->dir[s], l, r->fp[s], h, 1, unit_name, 0, "validate: before layer manifest");
 }
 
-/* Rank 0: every MoE layer's validate.json into the report; Spearman over blocks and layers. */
+/* Rank 0: every MoE and dense MLP layer's validate.json into the report; Spearman over blocks and layers. */
 static int assemble(vctx *x, int s, const mp_head_cmp *hc, cJSON *rep)
 {
     mp_run *r = x->r;
@@ -398,7 +411,7 @@ static int assemble(vctx *x, int s, const mp_head_cmp *hc, cJSON *rep)
     if (!lp)
         rc = mp_errorf(MP_ENOMEM, "out of memory");
     for (int l = 0; l < c->n_layers && rc == 0; l++) {
-        if (!c->is_moe[l])
+        if (!mp_config_has_units(c, l))
             continue;
         char path[4700], *txt = NULL;
         snprintf(path, sizeof path, "%s/layer%04d/validate.json", r->dir[s], l);
@@ -571,17 +584,19 @@ void mp_validate_print(const mp_run *r, int s, FILE *out)
     cJSON_ArrayForEach(l, layers)
     {
         const cJSON *units = cJSON_GetObjectItem(l, "units"), *u;
-        int worst = -1;
+        int worst = -1, found = 0;
         double we = -1;
         cJSON_ArrayForEach(u, units)
         {
             double e = get_num(u, "rel_error");
             if (isfinite(e) && e > we)
-                we = e, worst = (int)get_num(u, "unit");
+                we = e, worst = (int)get_num(u, "unit"), found = 1;
         }
         fprintf(out, "  %5d  %14.6g  %14.6g  %14.6g  ", (int)get_num(l, "layer"), get_num(l, "predicted_loss"),
                 get_num(l, "measured_loss"), get_num(l, "rel_error"));
-        if (worst >= 0)
+        if (found && worst == MP_UNIT_DENSE)
+            fprintf(out, "dense MLP (%.4g)\n", we);
+        else if (found)
             fprintf(out, "%d (%.4g)\n", worst, we);
         else
             fprintf(out, "-\n");

@@ -16,7 +16,11 @@
  *    decomposition's base), z its original inputs (x, or the original intermediate h for down),
  *    normalised by the layer's MoE output energy on these tokens (sum over units of ||W_down h||^2, the
  *    measure stage's normaliser).
- * Committed per MoE layer as validate/layerLLLL/validate.json (rank 0). After the last layer, end to end:
+ * A non-MoE layer with a dense MLP (model_config.h: MP_UNIT_DENSE) is validated the same way: its MLP's
+ * output error (original vs compressed, on the original inputs) as the layer's and its unit's, and its
+ * three blocks' measured losses normalised by the MLP's output energy (the measure stage's normaliser
+ * for it); the compressed pass serves it compressed.
+ * Committed per MoE or dense MLP layer as validate/layerLLLL/validate.json (rank 0). After the last layer, end to end:
  * the perplexity of both models, KL(original || compressed) of the next-token distributions and top-1
  * agreement (ep_forward.h: mp_epf_head_compare), and Spearman's correlation of predicted and measured
  * loss over blocks and over layers (predicted loss vs relative output error). Rank 0 writes

@@ -60,7 +60,8 @@ typedef struct mp_weights {
     int (*head)(void *ctx, float **nw, float **nb, float **hw, float **hb);
     /* optional (NULL: dense experts from `expert` and the layer's shared expert): the output Y [n, d] of
      * unit u of MoE layer l (u < E a routed expert, u = E the shared expert, before routing weights) for
-     * its inputs X [n, d] - a compressed model served as stored (quantized, base + U (V x) factored) */
+     * its inputs X [n, d] - a compressed model served as stored (quantized, base + U (V x) factored);
+     * with it, the dense MLP of a non-MoE layer is served too (u = MP_UNIT_DENSE, model_config.h) */
     int (*unit)(void *ctx, int l, int u, const float *X, int n, float *Y);
 } mp_weights;
 

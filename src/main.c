@@ -42,7 +42,8 @@ static const char USAGE[] =
     "        build a tiny model in DIR (default ./moepack-demo) and run the pipeline on it\n"
     "  synth --arch A --out DIR [--layers N --experts E --hidden D --ffn F --vocab V\n"
     "        --heads H --kv-heads K --top-k K --n-seq N --seq-len T --seed S\n"
-    "        --dtype F32|BF16|F16 --shards N --layout per-expert|fused --delta-rank R]\n"
+    "        --dtype F32|BF16|F16 --shards N --layout per-expert|fused --delta-rank R\n"
+    "        --dense-layers N (qwen2_moe, qwen3_moe: the first N layers have a dense MLP)]\n"
     "        write a tiny synthetic checkpoint in the Hugging Face layout + tokens.h5\n"
     "  inspect PATH [--json] [--plot FILE.svg]\n"
     "        a Hugging Face checkpoint: architecture, MoE layers, parameter counts, dtypes, tensor check;\n"
@@ -148,7 +149,8 @@ static int synth_option(mp_synth_opts *o, const char *name, const char *v, const
     } ints[] = {{"--layers", &o->layers},   {"--experts", &o->experts}, {"--hidden", &o->hidden},
                 {"--ffn", &o->ffn},         {"--vocab", &o->vocab},     {"--heads", &o->heads},
                 {"--kv-heads", &o->kv_heads}, {"--top-k", &o->top_k},   {"--n-seq", &o->n_seq},
-                {"--seq-len", &o->seq_len}, {"--shards", &o->shards},   {"--delta-rank", &o->delta_rank}};
+                {"--seq-len", &o->seq_len}, {"--shards", &o->shards},   {"--delta-rank", &o->delta_rank},
+                {"--dense-layers", &o->dense_layers}};
     for (size_t k = 0; k < sizeof ints / sizeof ints[0]; k++)
         if (strcmp(name, ints[k].name) == 0)
             return parse_int(name, v, ints[k].dst);
@@ -382,7 +384,7 @@ static int cmd_demo(args *a)
         rc = mp_pipeline_run(&job, m, &t, &ro, &run);
     if (rc == 0 && rank == 0) {
         const mp_summary *q = &run.sum[MP_STAGE_QUANTIZE];
-        printf("\ndemo: compressed model in %s: %.0f bytes for the MoE weights = %.4f bits/weight (budget %.4f), "
+        printf("\ndemo: compressed model in %s: %.0f bytes for the quantized weights = %.4f bits/weight (budget %.4f), "
                "predicted loss %.6g\n",
                out, mp_summary_get(q, "bytes_used"), mp_summary_get(q, "bits_per_weight"),
                mp_summary_get(q, "budget_bits"), mp_summary_get(q, "predicted_loss"));

@@ -98,4 +98,14 @@ void mp_config_free(mp_config *cfg);
 /* Number of MoE layers. */
 int mp_config_n_moe_layers(const mp_config *cfg);
 
+/* The dense MLP of a non-MoE layer (Qwen2-MoE mlp_only_layers / decoder_sparse_step, DeepSeek
+ * first_k_dense_replace) is a unit of its own, with this index where routed experts are 0..E-1, the
+ * shared expert E and the D2 base -1: its Grams are collected, it is measured, allocated and quantized
+ * like a shared expert (gate/up [dense_ffn, d], down [d, dense_ffn]). */
+#define MP_UNIT_DENSE (-2)
+/* 1 when layer l is not a MoE layer and has a dense MLP (such a layer's only unit is MP_UNIT_DENSE). */
+static inline int mp_config_dense_mlp(const mp_config *c, int l) { return !c->is_moe[l] && c->dense_ffn > 0; }
+/* 1 when layer l has units the pipeline compresses: a MoE layer, or a layer with a dense MLP. */
+static inline int mp_config_has_units(const mp_config *c, int l) { return c->is_moe[l] || mp_config_dense_mlp(c, l); }
+
 #endif

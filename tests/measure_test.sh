@@ -1,7 +1,8 @@
 #!/bin/bash
 # measure_test.sh MPIEXEC MOEPACK OUTDIR - the measure and allocate stages from the command line.
 #  1. tables and allocation byte-identical for 1, 2 and 4 ranks (Mixtral-like with deltas; Qwen2-MoE-like
-#     with a shared expert and the decomposition off);
+#     with a shared expert, a dense MLP layer (mlp_only_layers) and the decomposition off: the dense MLP
+#     has its table, one row per format, and its blocks a format in alloc.json);
 #  2. GPTQ's loss <= RTN's on every measured block and factor (same formats, same Hessians);
 #  3. budgets 2.25, 3.25, 4.25 bits: bytes <= budget and within 1 % of it; the global allocation's
 #     predicted loss <= the per-layer allocation's and <= the best uniform format's at the same budget;
@@ -15,7 +16,8 @@ mkdir -p "$OUT"
 fail() { echo "FAIL: $*" >&2; exit 1; }
 "$BIN" synth --arch mixtral --out "$OUT/mix" --layers 2 --experts 4 --ffn 48 --n-seq 8 --seq-len 32 --seed 3 \
     >/dev/null || fail "synth mixtral"
-"$BIN" synth --arch qwen2_moe --out "$OUT/qwen" --layers 2 --experts 4 --hidden 256 --ffn 256 --n-seq 8 --seq-len 32 --seed 4 \
+"$BIN" synth --arch qwen2_moe --out "$OUT/qwen" --layers 2 --dense-layers 1 --experts 4 --hidden 256 --ffn 128 --n-seq 8 --seq-len 32 \
+    --seed 4 \
     >/dev/null || fail "synth qwen2_moe"
 run() { # run NP MODEL CKPT [extra...]: log in CKPT.log
     local np=$1 model=$2 ck=$3
@@ -47,7 +49,26 @@ for m in mix qwen; do
         done
     done
 done
-[ -f "$OUT/qwen1/measure/layer0000/shared.h5" ] || fail "no table for the shared expert"
+[ -f "$OUT/qwen1/measure/layer0001/shared.h5" ] || fail "no table for the shared expert"
+[ -f "$OUT/qwen1/measure/layer0000/dense.h5" ] || fail "no table for the dense MLP"
+python3 - "$OUT/qwen1/measure/layer0000/dense.h5" "$OUT/qwen1/alloc/layer0000/alloc.json" <<'PY' || fail "dense MLP"
+import json, sys
+a = json.load(open(sys.argv[2]))
+b = a["blocks"]
+assert [x["kind"] for x in b] == ["dense"] * 3 and [x["proj"] for x in b] == ["gate", "up", "down"], b
+assert all(x.get("format") and x["bytes"] > 0 and x["loss"] >= 0 for x in b), b
+print("dense MLP of layer 0:", ", ".join(f'{x["proj"]} {x["format"]}' for x in b))
+PY
+"$BIN" inspect "$OUT/qwen1" --json >"$OUT/qwen1.tables.json" || fail "inspect --json (qwen)"
+python3 - "$OUT/qwen1.tables.json" <<'PY' || fail "dense MLP table"
+import json, sys
+u = [x for x in json.load(open(sys.argv[1]))["units"] if x["kind"] == "dense"]
+assert len(u) == 1 and u[0]["layer"] == 0, u
+for p in ("gate", "up", "down"):
+    rows = u[0]["projections"][p]["rows"]
+    assert len(rows) == 7 and all(r["rank"] == -1 and r["loss"] >= 0 for r in rows), rows
+print("dense MLP table: 7 formats x 3 projections")
+PY
 [ -f "$OUT/mix1/measure/layer0001/base.h5" ] || fail "no table for the base"
 echo "measure tables and allocations identical for 1, 2, 4 ranks (deltas; shared expert without deltas)"
 
@@ -129,12 +150,15 @@ for f in "$SRC"/jobs/*-[0-9]*.ini; do
 done
 echo "example job files: $(ls "$SRC"/jobs/*-[0-9]*.ini | wc -l) parse and plan"
 
-# 7. the tables' losses equal the direct measurement on the calibration tokens (every token sampled)
+# 7. the tables' losses equal the direct measurement on the calibration tokens (every token sampled; the
+#    dense MLP of the Qwen2-MoE model and its normaliser too)
 all="--set calibration.sample_tokens=1000000 --set calibration.min_tokens=0 --set quant.formats=fp16,w4,w3g128,w2g64"
 run 1 mix "$OUT/direct" $all || fail "direct run: $(tail -3 "$OUT/direct.log")"
 run 1 mix "$OUT/dense" $all --set delta.enabled=false || fail "dense run"
 run 1 mix "$OUT/dense-rtn" $all --set delta.enabled=false --set quant.method=rtn || fail "dense rtn run"
-"$(dirname "$BIN")/tests/test_measure_direct" "$OUT/direct" "$OUT/dense" "$OUT/mix" || fail "direct measurement"
+run 1 qwen "$OUT/mlp" $all --set delta.enabled=false || fail "dense MLP run"
+"$(dirname "$BIN")/tests/test_measure_direct" "$OUT/direct" "$OUT/dense" "$OUT/mix" "$OUT/mlp" "$OUT/qwen" ||
+    fail "direct measurement"
 
 # 5. inspect
 "$BIN" inspect "$OUT/mix1" >"$OUT/inspect.txt" || fail "inspect"

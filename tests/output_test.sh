@@ -1,16 +1,22 @@
 #!/bin/bash
 # output_test.sh MPIEXEC NP MOEPACK EXPORT_CHECK OUTDIR - the compressed model on disk, with NP ranks.
-# Seven synthetic models (qwen2_moe F32 per-expert with a shared expert, vocabulary 4096 so that shards of
-# 1 MiB split it; mixtral BF16 fused with candidate ranks; qwen3_moe F16 without the decomposition, with
-# every weight format including the symmetric w8a8/w4a4 and fp16; deepseek_v2 and deepseek_v3 with a dense
-# first layer and a shared expert; phimoe; deepseek) go through the whole pipeline
+# Seven synthetic models (qwen2_moe F32 per-expert with a shared expert and a dense MLP layer
+# (mlp_only_layers = [0]), vocabulary 4096 so that shards of 1 MiB split it; mixtral BF16 fused with
+# candidate ranks; qwen3_moe F16 without the decomposition, with every weight format including the
+# symmetric w8a8/w4a4 and fp16; deepseek_v2 and deepseek_v3 with a dense first layer and a shared expert;
+# phimoe; deepseek) go through the whole pipeline
 # (calibrate, decompose, measure, allocate, quantize) to the output. For each:
 #  1. every shard is read whole by h5dump and carries the fingerprint of index.json; a shard above
 #     output.shard_bytes holds a single item; no temporary file is left;
 #  2. inspect (text, --json, --plot: a well-formed SVG with one cell per layer x unit) describes it;
 #  3. export gives the source's tensors (names, dtypes, shapes; non-MoE bytes identical) whose experts equal
 #     the shards dequantized independently (tests/test_export_check.c); `moepack eval` runs on the export
-#     with a finite perplexity near the source's;
+#     with a finite perplexity near the source's; `eval --compressed` (served as stored, the dense MLP from
+#     the shards too) gives the export's perplexity;
+#  the dense MLP of qwen2's layer 0 is a unit: its calibration statistics, measure table and alloc.json
+#  blocks exist, the shards hold /layers/0/mlp/{gate,up,down} quantized (no bf16/f32 copy of it), inspect
+#  lists it, the export's dense MLP tensors equal the dequantized shards and differ from the source, and
+#  validation.json reports the layer (its MLP's output error, its three blocks measured);
 #  4. a second run keeps everything and rewrites nothing.
 # The output directories of the NP = 1, 2, 4 runs are compared byte for byte by tests/same_output.sh.
 set -u
@@ -32,8 +38,8 @@ job() {
     grep -q "^quantize: .* bits/weight" "$OUT/$name.log" || fail "$name: no quantize summary: $(cat "$OUT/$name.log")"
 }
 
-check() { # check MODEL NAME UNITS_PER_LAYER MOE_LAYERS
-    local model=$1 name=$2 cols=$3 layers=$4 o="$OUT/$2.out"
+check() { # check MODEL NAME UNITS_PER_LAYER LAYERS [DENSE_LAYERS]: LAYERS with units, DENSE_LAYERS of them dense MLPs
+    local model=$1 name=$2 cols=$3 layers=$4 dense=${5:-0} o="$OUT/$2.out"
     [ -f "$o/index.json" ] || fail "$name: no index.json"
     local fp n=0
     fp=$(sed -n 's/^\t"fingerprint":\t"\([0-9a-f]*\)",$/\1/p' "$o/index.json")
@@ -60,13 +66,16 @@ check() { # check MODEL NAME UNITS_PER_LAYER MOE_LAYERS
     done
     head -c 200 "$OUT/$name.svg" | grep -q "<svg" || fail "$name: --plot wrote no SVG"
     if command -v xmllint >/dev/null; then xmllint --noout "$OUT/$name.svg" || fail "$name: the SVG is not well-formed"; fi
-    [ "$(grep -c '<rect x=.*<title>layer' "$OUT/$name.svg")" = $((cols * layers)) ] ||
-        fail "$name: the heatmap has $(grep -c '<title>layer' "$OUT/$name.svg") cells, expected $((cols * layers))"
+    local cells=$((cols * (layers - dense) + dense))
+    [ "$(grep -c '<rect x=.*<title>layer' "$OUT/$name.svg")" = $cells ] ||
+        fail "$name: the heatmap has $(grep -c '<title>layer' "$OUT/$name.svg") cells, expected $cells"
     grep -q "bits per weight" "$OUT/$name.svg" && grep -q "MoE layer" "$OUT/$name.svg" || fail "$name: SVG labels"
     "$BIN" export --in "$o" --format safetensors --out "$OUT/$name.export" >"$OUT/$name.exlog" 2>&1 ||
         fail "$name: export: $(cat "$OUT/$name.exlog")"
     cmp -s "$OUT/$name.export/config.json" "$OUT/$model/config.json" || fail "$name: config.json differs"
-    "$CHECK" "$o" "$OUT/$name.export" "$OUT/$model" 0.5 || fail "$name: export check"
+    "$CHECK" "$o" "$OUT/$name.export" "$OUT/$model" 0.5 >"$OUT/$name.check" || fail "$name: export check"
+    cat "$OUT/$name.check"
+    grep -q " $((3 * dense)) dense-MLP tensors equal" "$OUT/$name.check" || fail "$name: $((3 * dense)) dense MLP tensors not checked"
     local p0 p1
     p0=$("$BIN" eval --model "$OUT/$model" --tokens "$OUT/$model/tokens.h5" | sed -n 's/^eval: perplexity \([0-9.]*\) .*/\1/p')
     p1=$("$BIN" eval --model "$OUT/$name.export" --tokens "$OUT/$model/tokens.h5" | sed -n 's/^eval: perplexity \([0-9.]*\) .*/\1/p')
@@ -95,7 +104,7 @@ check() { # check MODEL NAME UNITS_PER_LAYER MOE_LAYERS
     echo "$name: $n shard(s) readable by h5dump, inspect/--json/--plot OK, export equal to the shards, perplexity $p1 (source $p0)"
 }
 
-"$BIN" synth --arch qwen2_moe --out "$OUT/qwen2" --layers 3 --experts 6 --ffn 48 --vocab 4096 --n-seq 8 \
+"$BIN" synth --arch qwen2_moe --out "$OUT/qwen2" --layers 3 --dense-layers 1 --experts 6 --ffn 48 --vocab 4096 --n-seq 8 \
     --seq-len 32 --seed 11 >/dev/null || fail "synth qwen2"
 "$BIN" synth --arch mixtral --out "$OUT/mixtral" --layers 2 --experts 4 --ffn 48 --dtype BF16 --layout fused \
     --n-seq 8 --seq-len 32 --seed 12 >/dev/null || fail "synth mixtral"
@@ -103,7 +112,52 @@ check() { # check MODEL NAME UNITS_PER_LAYER MOE_LAYERS
     --seq-len 32 --seed 13 >/dev/null || fail "synth qwen3"
 
 job qwen2 a
-check qwen2 a 8 3
+check qwen2 a 8 3 1
+# the dense MLP of layer 0: statistics, table, allocation, unit, shards, inspect
+for f in calib/layer0000/dense.h5 measure/layer0000/dense.h5 quant/layer0000/dense.h5; do
+    [ -f "$OUT/a.ck/$f" ] || fail "a: no $f"
+done
+[ "$(grep -c '"kind":	"dense"' "$OUT/a.ck/alloc/layer0000/alloc.json")" = 3 ] || fail "a: alloc.json of layer 0"
+grep -q '"/layers/0/mlp":' "$OUT/a.out/index.json" || fail "a: no unit /layers/0/mlp in index.json"
+for p in gate up down; do
+    grep -q "\"/layers/0/mlp/$p/qweight\":" "$OUT/a.out/index.json" || fail "a: no /layers/0/mlp/$p/qweight"
+done
+grep -q '"/layers/0/mlp/gate_proj.weight"' "$OUT/a.out/index.json" && fail "a: the dense MLP is also copied unquantized"
+grep -q "^  dense MLP .* w[0-9]" "$OUT/a.inspect" || fail "a: inspect does not list the dense MLP: $(head -20 "$OUT/a.inspect")"
+python3 - "$OUT/a.export" "$OUT/qwen2" <<'PY' || fail "a: the export's dense MLP is the source's"
+import json, struct, sys
+def read(d, name):
+    p = d + "/model.safetensors"
+    try:
+        idx = json.load(open(d + "/model.safetensors.index.json"))["weight_map"]
+        p = d + "/" + idx[name]
+    except FileNotFoundError:
+        pass
+    f = open(p, "rb")
+    n = struct.unpack("<Q", f.read(8))[0]
+    h = json.loads(f.read(n))[name]
+    f.seek(8 + n + h["data_offsets"][0])
+    return f.read(h["data_offsets"][1] - h["data_offsets"][0])
+for p in ("gate", "up", "down"):
+    nm = f"model.layers.0.mlp.{p}_proj.weight"
+    a, b = read(sys.argv[1], nm), read(sys.argv[2], nm)
+    assert len(a) == len(b) and a != b, nm
+print("export: the dense MLP of layer 0 is quantized (differs from the source)")
+PY
+python3 - "$OUT/a.out/validation.json" <<'PY' || fail "a: validation of the dense MLP layer"
+import json, sys
+v = json.load(open(sys.argv[1]))
+l0 = [l for l in v["layers"] if l["layer"] == 0]
+assert len(l0) == 1, [l["layer"] for l in v["layers"]]
+l0 = l0[0]
+assert [u["unit"] for u in l0["units"]] == [-2] and 0 < l0["rel_error"] < 1, l0
+b = l0["blocks"]
+assert [x["kind"] for x in b] == ["dense"] * 3, b
+for x in b:  # measured on the validation tokens, predicted on the calibration tokens: the same order
+    assert x["measured"] > 0 and 0.2 < x["measured"] / x["predicted"] < 5, x
+print("validation: the dense MLP layer's output error %.4g, blocks measured %s" %
+      (l0["rel_error"], ", ".join("%.3g" % x["measured"] for x in b)))
+PY
 [ "$(ls "$OUT/a.out"/moepack-*.h5 | wc -l)" -ge 3 ] || fail "a: expected >= 3 shards of 1 MiB"
 job mixtral b delta.candidates=0.1,0.25,0.5 budget.bits_per_weight=2.5
 check mixtral b 5 2

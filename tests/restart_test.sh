@@ -7,8 +7,8 @@
 #  2. SIGUSR1 and SIGTERM at a unit boundary and inside a unit, and --walltime (the resumed calibrations
 #     load the hidden states of their last layer instead of replaying the forward pass):
 #     exit status 12, and the resumed run equals the uninterrupted one;
-#  3. a truncated unit and a corrupted unit are detected and recomputed (a statistics file and a
-#     quantized unit);
+#  3. a truncated unit and a corrupted unit are detected and recomputed (statistics files, one of them
+#     the dense MLP's, and a quantized unit);
 #  4. a full file system (small tmpfs) fails with exit 6 naming the file, and
 #     so does a read-only one (leaving the store as it was); the directory of
 #     another model is refused (exit 11) and left untouched.
@@ -21,8 +21,8 @@ MPIEXEC=$1 BIN=$2 OUT=$3
 rm -rf "$OUT"
 mkdir -p "$OUT"
 fail() { echo "FAIL: $*" >&2; exit 1; }
-"$BIN" synth --arch qwen2_moe --out "$OUT/model" --layers 3 --experts 6 --ffn 48 --n-seq 12 --seq-len 48 \
-    --seed 5 >/dev/null || fail "synth"
+"$BIN" synth --arch qwen2_moe --out "$OUT/model" --layers 4 --dense-layers 1 --experts 6 --ffn 48 --n-seq 12 \
+    --seq-len 48 --seed 5 >/dev/null || fail "synth" # layer 0: a dense MLP (a unit of its own)
 run() { # run NP CKPT [extra args...]; prints nothing, returns the exit status; the output goes to CKPT.out
     local np=$1 ck=$2
     shift 2
@@ -86,8 +86,9 @@ for sig in USR1 TERM; do
 done
 
 # an impossible --walltime: every run commits one new layer and stops (exit 12); rerunning the same
-# command finishes: 3 layers in each of the stages that commit layers (calibrate, decompose, measure,
-# allocate, quantize, validate) = 18 stopped runs, then a 19th that completes
+# command finishes: 4 layers in each of the stages that commit layers (calibrate, measure, allocate,
+# quantize, validate; the dense MLP layer included) and 3 MoE layers in decompose = 23 stopped runs, then
+# a 24th that completes
 ck="$OUT/wall"
 runs=0
 hidden=0 # resumed calibrations that loaded the hidden-state checkpoint instead of replaying the forward pass
@@ -101,10 +102,10 @@ while :; do
     [ $st = 12 ] || fail "--walltime: exit $st, expected 12: $(tail -3 "$ck.log")"
 done
 layers=$(find "$ck" -name DONE | wc -l)
-[ $runs = 19 ] && [ $layers = 18 ] || fail "--walltime: finished after $runs runs with $layers layers, expected 19 runs (one new layer per run)"
-[ $hidden = 3 ] || fail "--walltime: $hidden resumed calibrations loaded the hidden-state checkpoint, expected 3"
+[ $runs = 24 ] && [ $layers = 23 ] || fail "--walltime: finished after $runs runs with $layers layers, expected 24 runs (one new layer per run)"
+[ $hidden = 4 ] || fail "--walltime: $hidden resumed calibrations loaded the hidden-state checkpoint, expected 4"
 same "$ck"
-echo "--walltime: 3 resumed calibrations loaded the hidden states of their last layer, none replayed it"
+echo "--walltime: 4 resumed calibrations loaded the hidden states of their last layer, none replayed it"
 echo "--walltime: $((runs - 1)) runs stopped with exit 12 after one new layer each, the ${runs}th finished: identical"
 
 ck="$OUT/damaged"
@@ -113,10 +114,12 @@ cp -r "$OUT/ref.out" "$ck.out"
 truncate -s 100 "$ck/calib/layer0001/expert0003.h5"
 printf 'X' | dd of="$ck/calib/layer0002/expert0000.h5" bs=1 seek=3000 conv=notrunc 2>/dev/null
 truncate -s 100 "$ck/quant/layer0001/expert0002.h5"
+truncate -s 100 "$ck/calib/layer0000/dense.h5"
 run 2 "$ck" || fail "run over damaged units: $(cat "$ck.log")"
 grep -q "damaged unit .*calib/layer0001/expert0003.h5" "$ck.log" || fail "truncated unit not reported: $(cat "$ck.log")"
 grep -q "damaged unit .*calib/layer0002/expert0000.h5" "$ck.log" || fail "corrupted unit not reported"
 grep -q "damaged unit .*quant/layer0001/expert0002.h5" "$ck.log" || fail "truncated quantized unit not reported"
+grep -q "damaged unit .*calib/layer0000/dense.h5" "$ck.log" || fail "truncated dense MLP statistics not reported"
 same "$ck"
 echo "truncated + corrupted units (statistics, quantized): detected, recomputed, identical"
 

@@ -5,7 +5,8 @@
  *  3. every routed expert equals, in the export's dtype, the shards' tensors dequantized here
  *     (mp_qtensor_h5_read + mp_qtensor_dequant) and folded with a plain fp64 loop: W = base + U V
  *     (rank from the block's attribute; the base alone at rank 0), or W itself without the
- *     decomposition; the shared expert equals its dequantized tensors;
+ *     decomposition; the shared expert and the dense MLPs of non-MoE layers (/layers/{l}/mlp) equal their
+ *     dequantized tensors;
  *  4. the rebuilt experts are close to the source's: ||W_export - W_source||_F / ||W_source||_F <= MAXREL
  *     for the whole model's experts (the quantization and truncation error; printed).
  * Reads index.json with cJSON and the shards with HDF5 directly. */
@@ -141,7 +142,7 @@ int main(int argc, char **argv)
     }
     EXPECT(ex->ntensors == src->ntensors, "the export has %d tensors, the source %d", ex->ntensors, src->ntensors);
     double err2 = 0, ref2 = 0;
-    int n_plain = 0, n_exp = 0, n_shared = 0;
+    int n_plain = 0, n_exp = 0, n_shared = 0, n_dense = 0;
     const cJSON *t;
     cJSON_ArrayForEach(t, cJSON_GetObjectItem(idx, "tensors"))
     {
@@ -164,16 +165,22 @@ int main(int argc, char **argv)
         mp_ckpt_read_f32(src, b, 0, b->numel, sv);
         const cJSON *x;
         int64_t m = 0, n = 0, off = 0, bad = 0;
-        if ((x = cJSON_GetObjectItem(t, "shared"))) {
+        const cJSON *dn = cJSON_GetObjectItem(t, "dense");
+        if ((x = cJSON_GetObjectItem(t, "shared")) || dn) {
             char u[96], g[160];
-            int l = cJSON_GetObjectItem(x, "layer")->valueint;
-            snprintf(u, sizeof u, "/layers/%d/moe/shared", l);
-            snprintf(g, sizeof g, "%s/%s", u, cJSON_GetObjectItem(x, "proj")->valuestring);
+            int l = cJSON_GetObjectItem(x ? x : dn, "layer")->valueint;
+            snprintf(u, sizeof u, x ? "/layers/%d/moe/shared" : "/layers/%d/mlp", l);
+            snprintf(g, sizeof g, "%s/%s", u, cJSON_GetObjectItem(x ? x : dn, "proj")->valuestring);
             float *w = deq(u, g, &m, &n);
-            for (int64_t i = 0; w && i < m * n; i++)
+            EXPECT(w && m * n == a->numel, "tensor %s: %lld dequantized values for %lld", name, (long long)(m * n),
+                   (long long)a->numel);
+            for (int64_t i = 0; w && i < m * n && i < a->numel; i++) {
                 bad += in_dtype(w[i], a->dtype) != ev[i];
+                double dd = (double)ev[i] - sv[i];
+                err2 += dd * dd, ref2 += (double)sv[i] * sv[i];
+            }
             free(w);
-            n_shared++;
+            n_shared += !dn, n_dense += dn != NULL;
         } else {
             int l, e0, e1;
             const char *parts[2] = {NULL, NULL};
@@ -206,9 +213,10 @@ int main(int argc, char **argv)
         free(ev), free(sv);
     }
     double rel = ref2 > 0 ? sqrt(err2 / ref2) : 0;
-    printf("export check: %d non-MoE tensors byte-identical to the source, %d expert tensors and %d shared-expert "
-           "tensors equal to the dequantized shards; experts vs source: relative error %.4f (limit %.4f)\n",
-           n_plain, n_exp, n_shared, rel, maxrel);
+    printf("export check: %d non-MoE tensors byte-identical to the source, %d expert tensors, %d shared-expert "
+           "tensors and %d dense-MLP tensors equal to the dequantized shards; quantized weights vs source: relative "
+           "error %.4f (limit %.4f)\n",
+           n_plain, n_exp, n_shared, n_dense, rel, maxrel);
     EXPECT(rel <= maxrel, "experts' relative error %.4f > %.4f", rel, maxrel);
     EXPECT(n_exp > 0 && n_plain > 0, "nothing compared");
     mp_ckpt_close(ex), mp_ckpt_close(src);

@@ -7,7 +7,9 @@
  * its Grams; a synth model with more tokens than sample_tokens and than one
  * chunk: the sample is the min(K, count) tokens of smallest priority, its x
  * and h exactly the rows the expert saw, h recomputed from x with the
- * checkpoint's weights), packed Grams (file triangle = unpacked Gram, pack /
+ * checkpoint's weights, G_in and G_mid equal to sum x x^T and sum h h^T of
+ * those rows in a plain fp64 loop; its layer 0 is a dense MLP layer
+ * (mlp_only_layers), whose unit sees every token), packed Grams (file triangle = unpacked Gram, pack /
  * unpack round trip), and a model whose router starves expert 3 (the job
  * finishes, the expert gets the prior and an empty sample, nothing is NaN).
  * Statistics are written under DIR for the cross-rank byte comparison
@@ -499,9 +501,10 @@ static int rec_end(void *vc, int l, int u)
               *hm = malloc(sizeof(float) * (size_t)(ns * f));
         const float *wg = own, *wu = own + fd, *wd = own + 2 * fd;
         mp_layer_w lw = {0};
-        if (u == c->w->cfg->n_experts) {
+        if (u == c->w->cfg->n_experts || u == MP_UNIT_DENSE) {
             CHECK_OK(c->w->layer(c->w->ctx, l, &lw));
-            wg = lw.sh_gate, wu = lw.sh_up, wd = lw.sh_down;
+            wg = u == MP_UNIT_DENSE ? lw.mlp_gate : lw.sh_gate, wu = u == MP_UNIT_DENSE ? lw.mlp_up : lw.sh_up;
+            wd = u == MP_UNIT_DENSE ? lw.mlp_down : lw.sh_down;
         } else
             for (int q = 0; q < 3; q++)
                 CHECK_OK(c->w->expert(c->w->ctx, l, u, (mp_proj)q, own + (size_t)q * fd));
@@ -516,10 +519,28 @@ static int rec_end(void *vc, int l, int u)
         free(own), free(y), free(hm);
     }
     CHECK(st.n_sample == 0 || err <= 1e-5);
+    /* the Grams: sum over the recorded rows of x x^T and h h^T, a plain fp64 loop (the stored ones are fp32
+     * chunks summed in fp64, src/gram.h: within 1e-6) */
+    double gerr = 0;
+    for (int which = 0; which < 2; which++) {
+        int k = which ? f : d;
+        const float *R = which ? c->h : c->x;
+        const double *G = which ? st.G_mid : st.G_in;
+        double *ref = calloc((size_t)k * (size_t)k, sizeof(double)), gmax = 0, emax = 0;
+        for (int64_t r = 0; r < n; r++)
+            for (int i = 0; i < k; i++)
+                for (int j = 0; j < k; j++)
+                    ref[(int64_t)i * k + j] += (double)R[r * k + i] * R[r * k + j];
+        for (int64_t i = 0; i < (int64_t)k * k; i++)
+            gmax = fmax(gmax, fabs(ref[i])), emax = fmax(emax, fabs(ref[i] - G[i]));
+        gerr = fmax(gerr, gmax > 0 ? emax / gmax : emax);
+        free(ref);
+    }
+    CHECK(gerr <= 1e-6);
     printf("  sample layer %d unit %d (rank %d): %d tokens routed, %lld kept = the smallest priorities %s, x and h "
-           "= the expert's rows %s, h from x and the weights: rel err %.1e\n",
+           "= the expert's rows %s, h from x and the weights: rel err %.1e, Grams: rel err %.1e\n",
            l, u, mp_mpi_rank(), n, (long long)st.n_sample, same_tok ? "yes" : "NO", same_x && same_h ? "yes" : "NO",
-           st.n_sample ? err : 0.0);
+           st.n_sample ? err : 0.0, gerr);
     c->units++;
     c->multi_chunk += n > SAMPLE_K && n > MP_CHUNK;
     free(p);
@@ -538,6 +559,7 @@ static void sample_selection(const char *root)
         mp_synth_opts so;
         mp_synth_defaults(&so);
         so.arch = MP_ARCH_QWEN2_MOE, so.experts = 4, so.n_seq = 20, so.seq_len = 64, so.ffn = 32;
+        so.layers = 3, so.dense_layers = 1; /* layer 0: a dense MLP */
         rc = mp_synth_write(&so, dir);
         CHECK_OK(rc);
     }
@@ -566,7 +588,8 @@ static void sample_selection(const char *root)
     if (mp_mpi_rank() == 0 && m) {
         int same = 0, files = 0;
         for (int l = 0; l < m->cfg.n_layers; l++)
-            for (int u = 0; m->cfg.is_moe[l] && u <= m->cfg.n_experts; u++) {
+            for (int v = 0; mp_config_has_units(&m->cfg, l) && v <= (m->cfg.is_moe[l] ? m->cfg.n_experts : 0); v++) {
+                int u = m->cfg.is_moe[l] ? v : MP_UNIT_DENSE; /* a dense MLP's file too */
                 char pa[1024], pb[1024];
                 char *ba = NULL, *bb = NULL;
                 size_t na = 0, nb = 0;
@@ -593,14 +616,14 @@ static void sample_selection(const char *root)
     mp_epf_free(s);
     int mine[2] = {rc_.units, rc_.multi_chunk}, all[2];
     MPI_Allreduce(mine, all, 2, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
-    int moe = 0;
+    int moe = 0, dense = 0;
     for (int l = 0; l < m->cfg.n_layers; l++)
-        moe += m->cfg.is_moe[l];
+        moe += m->cfg.is_moe[l], dense += mp_config_dense_mlp(&m->cfg, l);
     if (mp_mpi_rank() == 0)
         printf("sample (sample_tokens %d): %d units checked, %d of them with more tokens than the sample and than "
                "one chunk\n",
                SAMPLE_K, all[0], all[1]);
-    CHECK(all[0] == moe * (m->cfg.n_experts + 1) && all[1] >= moe);
+    CHECK(dense == 1 && all[0] == moe * (m->cfg.n_experts + 1) + dense && all[1] >= moe + dense);
     free(rc_.tok), free(rc_.x), free(rc_.h);
     mp_tokens_free(&tok);
     mp_model_close(m);

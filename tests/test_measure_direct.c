@@ -1,5 +1,5 @@
-/* test_measure_direct.c CKPT_DELTA CKPT_DENSE MODEL - the measure stage's losses equal the direct
- * measurement on the calibration tokens.
+/* test_measure_direct.c CKPT_DELTA CKPT_DENSE MODEL [CKPT_MLP MODEL_MLP] - the measure stage's losses
+ * equal the direct measurement on the calibration tokens.
  *
  * Both checkpoints were made by `moepack run --until measure` with calibration.sample_tokens larger than
  * any expert's token count and calibration.min_tokens = 0, so each unit's stored sample holds every token
@@ -8,9 +8,11 @@
  * a U factor, a V factor (CKPT_DELTA) and a whole expert's gate and down (CKPT_DENSE), the block is
  * quantized as the quantize stage would (mp_block_quantize), the tokens are run through the original
  * and the quantized block (fp64 products of the fp32 values), and sum_t ||y_t - yq_t||^2 is compared with
- * the table's loss_raw, tr(E H E^T): relative difference <= 1e-6 (the Grams' fp32 chunks; 1e-9 with
- * fp64 Grams). The quantized codes must also be the
- * measured ones, or the losses would not agree. */
+ * the table's loss_raw, tr(E H E^T): relative difference <= 1e-6 (the Grams' fp32
+ * chunks; 1e-9 with fp64 Grams). The quantized codes must also be the
+ * measured ones, or the losses would not agree. With CKPT_MLP (a model whose layer 0 is a dense MLP,
+ * MODEL_MLP, same settings), the dense MLP's gate (w3g128) and down (w2g64) likewise, and the table's
+ * normaliser, the MLP's output energy, against sum_t ||W_down h_t||^2 over its tokens. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -91,10 +93,59 @@ static void load_job(const char *model, mp_job *job, const char *method)
     CHECK_OK(mp_job_load(NULL, sets, 3, job));
 }
 
+/* the dense MLP of layer 0 of model md (checkpoint ck, decomposition off): gate and down, and the normaliser */
+static void dense_mlp(const char *ck, const char *md, const mp_qformat *w3, const mp_qformat *w2)
+{
+    mp_model *m = NULL;
+    CHECK_OK(mp_model_open(md, &m));
+    if (!m)
+        return;
+    CHECK(mp_config_dense_mlp(&m->cfg, 0));
+    mp_job job;
+    load_job(md, &job, "gptq");
+    job.delta_enabled = 0;
+    char calib[4200], meas[4200];
+    snprintf(calib, sizeof calib, "%s/calib", ck), snprintf(meas, sizeof meas, "%s/measure", ck);
+    mp_blocks_ctx cx = {m, &job, calib, NULL};
+    mp_block_src b[3];
+    CHECK_OK(mp_blocks_load(&cx, 0, MP_UNIT_DENSE, b));
+    CHECK(b[0].kind == MP_BK_DENSE && b[0].t > 0 && b[2].m == m->cfg.hidden && b[2].n == m->cfg.dense_ffn);
+    mp_expert_stats st;
+    char path[4300];
+    mp_stats_path(path, sizeof path, calib, 0, MP_UNIT_DENSE);
+    CHECK_OK(mp_stats_read(path, &st));
+    CHECK(st.n_sample == st.count && st.count > 0 && st.prior_tokens == 0); /* every token, no prior */
+    mp_stats_free(&st);
+    for (int p = 0; p < 3; p += 2) {
+        const mp_qformat *f = p == 0 ? w3 : w2;
+        mp_choice c = {MP_BK_DENSE, MP_UNIT_DENSE, p, 0, f, NULL, 0, 0, 0, 0};
+        mp_qtensor *q0 = NULL, *q1 = NULL;
+        CHECK_OK(mp_block_quantize(&b[p], &job, &c, &q0, &q1));
+        float *Q = malloc(sizeof(float) * (size_t)(b[p].m * b[p].n));
+        mp_qtensor_dequant(q0, Q);
+        char what[96];
+        snprintf(what, sizeof what, "dense MLP %s %s (gptq)", p ? "down" : "gate", f->name);
+        compare(what, direct(NULL, NULL, 0, b[p].W, Q, b[p].m, b[p].n, b[p].X, b[p].t),
+                table_loss(meas, 0, MP_UNIT_DENSE, m->cfg.n_experts, p, -1, 0, f->name));
+        free(Q), mp_qtensor_destroy(q0);
+    }
+    /* the normaliser: sum_t ||W_down h_t||^2 (W_down against a zero matrix) */
+    float *zero = calloc((size_t)(b[2].m * b[2].n), sizeof(float));
+    mp_unit_table t;
+    mp_table_path(path, sizeof path, meas, 0, MP_UNIT_DENSE, m->cfg.n_experts);
+    CHECK_OK(mp_table_read(path, &t));
+    compare("dense MLP output energy (the normaliser)",
+            direct(NULL, NULL, 0, b[2].W, zero, b[2].m, b[2].n, b[2].X, b[2].t), t.energy);
+    mp_table_free(&t);
+    free(zero);
+    mp_blocks_free(b);
+    mp_model_close(m);
+}
+
 int main(int argc, char **argv)
 {
-    if (argc != 4) {
-        fprintf(stderr, "usage: test_measure_direct CKPT_DELTA CKPT_DENSE MODEL\n");
+    if (argc != 4 && argc != 6) {
+        fprintf(stderr, "usage: test_measure_direct CKPT_DELTA CKPT_DENSE MODEL [CKPT_MLP MODEL_MLP]\n");
         return 2;
     }
     const char *ckd = argv[1], *ckf = argv[2], *model = argv[3];
@@ -179,6 +230,8 @@ int main(int argc, char **argv)
         }
         mp_blocks_free(b);
     }
+    if (argc == 6)
+        dense_mlp(argv[4], argv[5], w3, w2);
     printf("worst relative difference %.2e (tolerance 1e-6)\n", worst);
     mp_model_close(m);
     return t_done("test_measure_direct");
