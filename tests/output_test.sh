@@ -171,13 +171,13 @@ h5dump -H -d /embed "$OUT/c.out/moepack-00001-of-"*.h5 | grep -q "H5T_IEEE_F16LE
 
 # DeepSeek: latent attention, a dense first layer, shared experts; V2 softmax greedy, V3 sigmoid grouped top-k;
 # Phi-3.5-MoE: LayerNorm and attention biases, sparsemixer, lm_head bias; DeepSeek-MoE-16B's layout (plain
-# attention, two shared experts) (units per layer, MoE layers)
-for a in "deepseek_v2 6 2" "deepseek_v3 6 2" "phimoe 5 3" "deepseek 6 2"; do
+# attention, two shared experts) (units per MoE layer, layers with units, dense layers among them)
+for a in "deepseek_v2 6 3 1" "deepseek_v3 6 3 1" "phimoe 5 3 0" "deepseek 6 3 1"; do
     set -- $a
     "$BIN" synth --arch "$1" --out "$OUT/$1" --layers 3 --experts 4 --ffn 32 --n-seq 8 --seq-len 32 --seed 14 \
         >/dev/null || fail "synth $1"
     job "$1" "$1"
-    check "$1" "$1" "$2" "$3"
+    check "$1" "$1" "$2" "$3" "$4"
 done
 
 # a second run: every stage kept, no file rewritten
