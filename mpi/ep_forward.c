@@ -829,7 +829,7 @@ int mp_epf_head_compare(mp_epf *a, mp_epf *b, mp_head_cmp *out)
                 log_softmax(r, V, lp[k]);
                 for (int v = 1; v < V; v++)
                     top[k] = r[v] > r[top[k]] ? v : top[k];
-                acc[k] -= lp[k][ids[t + 1]];
+                acc[k] += token_nll(r, V, ids[t + 1]); /* as mp_epf_head: the same perplexity as eval */
             }
             double kl = 0;
             for (int v = 0; v < V; v++)
