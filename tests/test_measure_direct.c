@@ -9,7 +9,7 @@
  * quantized as the quantize stage would (mp_block_quantize), the tokens are run through the original
  * and the quantized block (fp64 products of the fp32 values), and sum_t ||y_t - yq_t||^2 is compared with
  * the table's loss_raw, tr(E H E^T): relative difference <= 1e-6 (the Grams' fp32
- * chunks; 1e-9 with fp64 Grams). The quantized codes must also be the
+ * chunks), and with the formula itself on the exact fp64 Gram of the same tokens: <= 1e-9. The quantized codes must also be the
  * measured ones, or the losses would not agree. With CKPT_MLP (a model whose layer 0 is a dense MLP,
  * MODEL_MLP, same settings), the dense MLP's gate (w3g128) and down (w2g64) likewise, and the table's
  * normaliser, the MLP's output energy, against sum_t ||W_down h_t||^2 over its tokens. */
@@ -75,13 +75,50 @@ static double table_loss(const char *dir, int l, int unit, int E, int p, double 
     return v;
 }
 
-static void compare(const char *what, double d, double tab)
+static double worst_formula = 0;
+
+/* The loss formula itself, on the exact fp64 Gram G = sum_t x_t x_t^T of the same tokens: tr(E G E^T) for
+ * B against Bq (A NULL); with A: U's loss tr(E_U (V G V^T) E_U^T) when B == Bq, V's tr(U^T U E_V G E_V^T)
+ * when A == Aq (mp_loss_gram, mp_factor_gram: what the measure stage computes). */
+static double formula(const float *A, const float *Aq, int64_t m, const float *B, const float *Bq, int64_t k,
+                      int64_t n, const float *X, int64_t t)
 {
-    double rel = fabs(d - tab) / fmax(fabs(tab), 1e-300);
-    worst = rel > worst ? rel : worst;
-    printf("  %-42s direct %.15e  table %.15e  rel %.1e\n", what, d, tab, rel);
-    CHECK(isfinite(tab) && d > 0 && rel <= 1e-6);
+    double *G = calloc((size_t)(n * n), sizeof(double)), *H = NULL, *O = NULL, loss = NAN;
+    for (int64_t i = 0; i < t; i++)
+        for (int64_t a = 0; a < n; a++)
+            for (int64_t b = 0; b < n; b++)
+                G[a * n + b] += (double)X[i * n + a] * X[i * n + b];
+    if (!A)
+        CHECK_OK(mp_loss_gram(B, Bq, k, n, G, NULL, "formula", &loss));
+    else if (B == Bq) { /* U */
+        H = malloc(sizeof(double) * (size_t)(k * k));
+        CHECK_OK(mp_factor_gram(B, k, n, G, H));
+        CHECK_OK(mp_loss_gram(A, Aq, m, k, H, NULL, "formula U", &loss));
+    } else { /* V, seen through U: O = U^T U */
+        O = calloc((size_t)(k * k), sizeof(double));
+        for (int64_t o = 0; o < m; o++)
+            for (int64_t a = 0; a < k; a++)
+                for (int64_t b = 0; b < k; b++)
+                    O[a * k + b] += (double)A[o * k + a] * A[o * k + b];
+        CHECK_OK(mp_loss_gram(B, Bq, k, n, G, O, "formula V", &loss));
+    }
+    free(G), free(H), free(O);
+    return loss;
 }
+
+/* direct: the measurement; f: the formula on the exact Gram (1e-9); tab: the table's loss (1e-6: its Grams
+ * are fp32 chunks) */
+static void compare3(const char *what, double d, double f, double tab)
+{
+    double rel = fabs(d - tab) / fmax(fabs(tab), 1e-300), rf = fabs(d - f) / fmax(fabs(f), 1e-300);
+    worst = rel > worst ? rel : worst;
+    worst_formula = rf > worst_formula ? rf : worst_formula;
+    printf("  %-42s direct %.15e  formula rel %.1e  table %.15e  rel %.1e\n", what, d, rf, tab, rel);
+    CHECK(isfinite(tab) && d > 0 && rel <= 1e-6);
+    CHECK(isfinite(f) && rf <= 1e-9);
+}
+
+static void compare(const char *what, double d, double tab) { compare3(what, d, d, tab); }
 
 static void load_job(const char *model, mp_job *job, const char *method)
 {
@@ -125,8 +162,9 @@ static void dense_mlp(const char *ck, const char *md, const mp_qformat *w3, cons
         mp_qtensor_dequant(q0, Q);
         char what[96];
         snprintf(what, sizeof what, "dense MLP %s %s (gptq)", p ? "down" : "gate", f->name);
-        compare(what, direct(NULL, NULL, 0, b[p].W, Q, b[p].m, b[p].n, b[p].X, b[p].t),
-                table_loss(meas, 0, MP_UNIT_DENSE, m->cfg.n_experts, p, -1, 0, f->name));
+        compare3(what, direct(NULL, NULL, 0, b[p].W, Q, b[p].m, b[p].n, b[p].X, b[p].t),
+                 formula(NULL, NULL, 0, b[p].W, Q, b[p].m, b[p].n, b[p].X, b[p].t),
+                 table_loss(meas, 0, MP_UNIT_DENSE, m->cfg.n_experts, p, -1, 0, f->name));
         free(Q), mp_qtensor_destroy(q0);
     }
     /* the normaliser: sum_t ||W_down h_t||^2 (W_down against a zero matrix) */
@@ -183,8 +221,9 @@ int main(int argc, char **argv)
     CHECK_OK(mp_block_quantize(&b[0], &job, &c, &q0, &q1));
     float *Q = malloc(sizeof(float) * (size_t)(b[0].m * b[0].n));
     mp_qtensor_dequant(q0, Q);
-    compare("base gate w3g128", direct(NULL, NULL, 0, b[0].W, Q, b[0].m, b[0].n, b[0].X, b[0].t),
-            table_loss(meas, l, -1, E, 0, -1, 0, "w3g128"));
+    compare3("base gate w3g128", direct(NULL, NULL, 0, b[0].W, Q, b[0].m, b[0].n, b[0].X, b[0].t),
+             formula(NULL, NULL, 0, b[0].W, Q, b[0].m, b[0].n, b[0].X, b[0].t),
+             table_loss(meas, l, -1, E, 0, -1, 0, "w3g128"));
     free(Q), mp_qtensor_destroy(q0);
     mp_blocks_free(b);
 
@@ -199,10 +238,10 @@ int main(int argc, char **argv)
     CHECK_OK(mp_block_delta_at(s, r, &U, &V, NULL, NULL, NULL));
     mp_qtensor_dequant(q0, Uq);
     mp_qtensor_dequant(q1, Vq);
-    compare("expert 1 up U (w2g64, seen through V)", direct(U, Uq, mm, V, V, r, n, s->X, s->t),
-            table_loss(meas, l, 1, E, 1, (double)r, 0, "w2g64"));
-    compare("expert 1 up V (w4, seen through U)", direct(U, U, mm, V, Vq, r, n, s->X, s->t),
-            table_loss(meas, l, 1, E, 1, (double)r, 1, "w4"));
+    compare3("expert 1 up U (w2g64, seen through V)", direct(U, Uq, mm, V, V, r, n, s->X, s->t),
+             formula(U, Uq, mm, V, V, r, n, s->X, s->t), table_loss(meas, l, 1, E, 1, (double)r, 0, "w2g64"));
+    compare3("expert 1 up V (w4, seen through U)", direct(U, U, mm, V, Vq, r, n, s->X, s->t),
+             formula(U, U, mm, V, Vq, r, n, s->X, s->t), table_loss(meas, l, 1, E, 1, (double)r, 1, "w4"));
     free(U), free(V), free(Uq), free(Vq), mp_qtensor_destroy(q0), mp_qtensor_destroy(q1);
     mp_blocks_free(b);
 
@@ -224,15 +263,17 @@ int main(int argc, char **argv)
             mp_qtensor_dequant(q0, Q);
             char what[96];
             snprintf(what, sizeof what, "expert 2 %s %s (%s)", p ? "down" : "gate", f->name, methods[k]);
-            compare(what, direct(NULL, NULL, 0, b[p].W, Q, b[p].m, b[p].n, b[p].X, b[p].t),
-                    table_loss(m2, l, 2, E, p, -1, 0, f->name));
+            compare3(what, direct(NULL, NULL, 0, b[p].W, Q, b[p].m, b[p].n, b[p].X, b[p].t),
+                     formula(NULL, NULL, 0, b[p].W, Q, b[p].m, b[p].n, b[p].X, b[p].t),
+                     table_loss(m2, l, 2, E, p, -1, 0, f->name));
             free(Q), mp_qtensor_destroy(q0);
         }
         mp_blocks_free(b);
     }
     if (argc == 6)
         dense_mlp(argv[4], argv[5], w3, w2);
-    printf("worst relative difference %.2e (tolerance 1e-6)\n", worst);
+    printf("worst relative difference: direct vs formula on the exact fp64 Gram %.2e (tolerance 1e-9), direct vs "
+           "table %.2e (tolerance 1e-6)\n", worst_formula, worst);
     mp_model_close(m);
     return t_done("test_measure_direct");
 }
