@@ -156,6 +156,8 @@ tokens = $T/model/tokens.h5
 dir = $T/$1/checkpoint
 [output]
 dir = $T/$1
+[validate]
+max_sequences = 8         ; the validate stage runs, on a few sequences (the test is about requeueing)
 EOF
 }
 write_job ref
