@@ -300,6 +300,7 @@ static int cmd_demo(args *a)
     mp_synth_opts o;
     mp_synth_defaults(&o);
     o.experts = 8;
+    o.n_seq = 64; /* 48 to calibrate on (about 770 tokens per expert), 16 held out for the validation */
     const char *out = "moepack-demo", *name, *v;
     int rc = 0, r;
     while (rc == 0 && (r = next_opt(a, &name, &v, always_value)) != 0) {

@@ -32,7 +32,7 @@ grep -qE "^demo: compressed model in $OUT: [0-9]+ bytes .* bits/weight .*predict
 shards() { sed -n 's/^\t*"xxh64":\t"\([0-9a-f]*\)".*/shard xxh64 \1/p' "$OUT/index.json"; }
 shards >>"$OUT.digest"
 # the validation on the held-out quarter of the sequences: its numbers join the digest too
-grep -qE "^demo: validated on 252 held-out tokens: perplexity [0-9.]+ -> [0-9.]+, KL [0-9.e+-]+ nats/token" "$OUT.log" ||
+grep -qE "^demo: validated on 1008 held-out tokens: perplexity [0-9.]+ -> [0-9.]+, KL [0-9.e+-]+ nats/token" "$OUT.log" ||
     { echo "no validation summary" >&2; exit 1; }
 [ -f "$OUT/validation.json" ] || { echo "no validation.json in $OUT" >&2; exit 1; }
 VPAT='^  perplexity original [0-9.]+, compressed [0-9.]+ .*top-1 agreement'
