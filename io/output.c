@@ -661,6 +661,18 @@ static herr_t visit_ds(hid_t o, const char *name, const H5O_info_t *info, void *
 }
 
 /* the source's tensors as export needs them: name, dtype, shape, and where the values come from */
+/* {"name", "dtype", "shape"} of a source tensor */
+static cJSON *tensor_entry(const mp_tensor *t)
+{
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "name", t->name);
+    cJSON_AddStringToObject(o, "dtype", mp_dtype_name(t->dtype));
+    cJSON *sh = cJSON_AddArrayToObject(o, "shape");
+    for (int d = 0; d < t->ndim; d++)
+        cJSON_AddItemToArray(sh, cJSON_CreateNumber((double)t->shape[d]));
+    return o;
+}
+
 static cJSON *source_list(const mp_model *m, const mp_out_plan *p)
 {
     const mp_config *c = &m->cfg;
@@ -676,12 +688,7 @@ static cJSON *source_list(const mp_model *m, const mp_out_plan *p)
         const mp_tensor *t = mp_ckpt_find(m->ck, s->name);
         if (!t)
             continue;
-        cJSON *o = cJSON_CreateObject();
-        cJSON_AddStringToObject(o, "name", t->name);
-        cJSON_AddStringToObject(o, "dtype", mp_dtype_name(t->dtype));
-        cJSON *sh = cJSON_AddArrayToObject(o, "shape");
-        for (int d = 0; d < t->ndim; d++)
-            cJSON_AddItemToArray(sh, cJSON_CreateNumber((double)t->shape[d]));
+        cJSON *o = tensor_entry(t);
         if (s->role == MP_ROLE_EXPERT && s->expert >= 0) { /* per-expert layout: which projection */
             int proj = -1;
             for (int q = 0; q < 3; q++) {
@@ -720,12 +727,7 @@ static cJSON *source_list(const mp_model *m, const mp_out_plan *p)
             listed = !strcmp(m->specs[k].name, t->name);
         if (listed)
             continue;
-        cJSON *o = cJSON_CreateObject();
-        cJSON_AddStringToObject(o, "name", t->name);
-        cJSON_AddStringToObject(o, "dtype", mp_dtype_name(t->dtype));
-        cJSON *sh = cJSON_AddArrayToObject(o, "shape");
-        for (int d = 0; d < t->ndim; d++)
-            cJSON_AddItemToArray(sh, cJSON_CreateNumber((double)t->shape[d]));
+        cJSON *o = tensor_entry(t);
         cJSON_AddStringToObject(o, "path", it->path);
         cJSON_AddItemToArray(arr, o);
     }

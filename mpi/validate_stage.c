@@ -85,7 +85,7 @@ static void release_tokens(vctx *x)
 static int choose_device(vctx *x, int say)
 {
     const char *want = x->r->job->val_device;
-    int gpus = MOEPACK_HAVE_CUDA ? mp_gpu_device_count() : 0, all = 0;
+    int gpus = mp_gpu_device_count(), all = 0; /* 0 in a build without CUDA */
     MP_MPI(MPI_Allreduce(&gpus, &all, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD));
     x->cuda = strcmp(want, "cpu") && all > 0;
     if (x->cuda || !strcmp(want, "cpu"))
