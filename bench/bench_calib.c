@@ -196,10 +196,13 @@ int main(int argc, char **argv)
     mp_epf *f = NULL;
     if (rc == 0)
         rc = mp_epf_create(&w, &t, NULL, NULL, &f);
+    if (rc == 0)
+        rc = mp_epf_balance(f, 1); /* as moepack eval */
     for (int l = 0; l < c->n_layers && rc == 0; l++)
         rc = mp_epf_layer(f, l, NULL);
     MPI_Barrier(MPI_COMM_WORLD);
-    double layers = now() - t0;
+    double layers = now() - t0, exch = f ? mp_epf_exchange_seconds(f) : 0, exch_max = 0;
+    MPI_Reduce(&exch, &exch_max, 1, MPI_DOUBLE, MPI_MAX, 0, MPI_COMM_WORLD);
     if (rc == 0)
         rc = mp_epf_head(f, &nll, &npred);
     mp_epf_free(f);
@@ -226,6 +229,12 @@ int main(int argc, char **argv)
         printf("  RATIO expert GEMM share of the layers (expert flops at the SGEMM rate / time of the layers, "
                "%.3f s of the %.3f s): %.2f\n",
                layers, fwd, ex / P / (ex_rate * 1e9) / layers);
+        double hf = 2 * T * c->hidden * c->vocab;
+        printf("  expert flops / the layers' flops: %.2f (where the share above ends with every GEMM at one rate)\n",
+               ex / (fl - hf));
+        printf("  exchange (packing, MPI_Alltoallv both ways, waiting there for the other ranks): %.3f s of the "
+               "layers' %.3f s, the most of the ranks: %.3f\n",
+               exch_max, layers, exch_max / layers);
         printf("  (the output head and the NLL: %.0f %% of the forward's time, %.0f %% of its flops)\n",
                100 * (fwd - layers) / fwd, 100 * 2 * T * c->hidden * c->vocab / fl);
         printf("  peak RSS per rank (calibrate) %.1f MB\n", maxrss / 1e6);

@@ -66,6 +66,46 @@ int mp_fwrite_all(const void *p, size_t n, void *fp, const char *path)
     return 0;
 }
 
+int mp_open_direct(const char *path, int create, int *fd, int *direct)
+{
+    const int flags = O_WRONLY | O_CLOEXEC | (create ? O_CREAT | O_TRUNC : 0);
+    *direct = 1;
+    *fd = open(path, flags | O_DIRECT, 0666);
+    if (*fd < 0 && errno == EINVAL) { /* a file system without O_DIRECT (tmpfs before Linux 6.6) */
+        *direct = 0;
+        *fd = open(path, flags, 0666);
+    }
+    if (*fd < 0)
+        return mp_syserrorf(MP_EIO, create ? "%s: cannot create" : "%s: cannot open", path);
+    return 0;
+}
+
+int mp_pwrite_all(int fd, const void *p, size_t n, long long off, int *direct, const char *path)
+{
+    if (*direct && (((uintptr_t)p | n | (unsigned long long)off) & (MP_DIRECT_ALIGN - 1)))
+        return mp_errorf(MP_EINTERNAL, "%s: unaligned direct write of %zu bytes at %lld", path, n, off);
+    const char *c = p;
+    while (n) {
+        ssize_t w = pwrite(fd, c, n, (off_t)off);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0 && errno == EINVAL && *direct) { /* took the flag, not the write: buffered from here */
+            int fl = fcntl(fd, F_GETFL);
+            if (fl < 0 || fcntl(fd, F_SETFL, fl & ~O_DIRECT) < 0)
+                return mp_syserrorf(MP_EIO, "%s: write failed", path);
+            *direct = 0;
+            continue;
+        }
+        if (w <= 0) {
+            if (w == 0)
+                errno = ENOSPC;
+            return mp_syserrorf(MP_EIO, "%s: write failed", path);
+        }
+        c += w, n -= (size_t)w, off += w;
+    }
+    return 0;
+}
+
 int mp_write_file_atomic(const char *path, const void *data, size_t n)
 {
     char tmp[4200];

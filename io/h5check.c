@@ -58,6 +58,7 @@ static int span_ok(const h5c *h, uint64_t p, uint64_t len) { return p <= h->n &&
 /* relative address `addr` of a structure of `len` bytes `what`: defined and inside the file; *abs its offset */
 static int addr_ok(h5c *h, uint64_t addr, uint64_t len, const char *what, uint64_t *abs)
 {
+    *abs = 0; /* defined on every path (a failure returns before the caller reads it) */
     if (addr == undef(h->so))
         return fail(h, "%s has an undefined address", what);
     if (addr > UINT64_MAX - h->base || !span_ok(h, h->base + addr, len))

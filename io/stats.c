@@ -105,24 +105,24 @@ static int check_finite(const char *path, const char *name, const double *v, int
     return 0;
 }
 
-/* the same for the upper triangle of G [n, n] (what a writer reads) */
-static int check_finite_upper(const char *path, const char *name, const double *G, int64_t n)
+/* mp_gram_pack of the upper triangle of G [n, n] (what a writer reads), each row checked while it is in
+ * cache: the first non-finite value is an error naming it */
+static int pack_finite(const char *path, const char *name, const double *G, int64_t n, double *P)
 {
-    for (int64_t i = 0; i < n; i++)
+    for (int64_t i = 0, k = 0; i < n; k += n - i, i++) {
+        memcpy(P + k, G + i * n + i, sizeof(double) * (size_t)(n - i));
         for (int64_t j = i; j < n; j++)
-            if (!isfinite(G[i * n + j]))
+            if (!isfinite(P[k + j - i]))
                 return mp_errorf(MP_ENUMERIC, "%s: statistics '%s': non-finite value %g at [%lld, %lld]", path, name,
-                                 G[i * n + j], (long long)i, (long long)j);
+                                 P[k + j - i], (long long)i, (long long)j);
+    }
     return 0;
 }
 
-/* upper: only the Grams' upper triangles count (a writer's input); else the whole matrices (a file read) */
+/* upper: the Grams are a writer's input (checked by pack_finite); else the whole matrices (a file read) */
 static int check_all_finite(const char *path, const mp_expert_stats *s, int with_prior, int upper)
 {
-    if (upper) {
-        MP_CHECK(check_finite_upper(path, "G_in", s->G_in, s->d));
-        MP_CHECK(check_finite_upper(path, "G_mid", s->G_mid, s->f));
-    } else {
+    if (!upper) {
         MP_CHECK(check_finite(path, "G_in", s->G_in, s->d * s->d, s->d));
         MP_CHECK(check_finite(path, "G_mid", s->G_mid, s->f * s->f, s->f));
     }
@@ -224,11 +224,14 @@ int mp_stats_write_begin(const char *path, const mp_expert_stats *s)
     for (int64_t i = 0; x_sq && i < d; i++)
         x_sq[i] = s->G_in[i * d + i];
     int bad = x_sq == NULL || P == NULL;
+    int rc = 0;
     if (!bad) { /* one packing buffer for both: HDF5 copies each into the in-memory file */
-        mp_gram_pack(s->G_in, d, P);
-        bad |= put(f, "G_in_packed", P, 1, (hsize_t)mp_gram_packed_size(d), 0);
-        mp_gram_pack(s->G_mid, ff, P);
-        bad |= put(f, "G_mid_packed", P, 1, (hsize_t)mp_gram_packed_size(ff), 0);
+        rc = pack_finite(path, "G_in", s->G_in, d, P);
+        bad |= rc < 0 || put(f, "G_in_packed", P, 1, (hsize_t)mp_gram_packed_size(d), 0);
+    }
+    if (!bad) {
+        rc = pack_finite(path, "G_mid", s->G_mid, ff, P);
+        bad |= rc < 0 || put(f, "G_mid_packed", P, 1, (hsize_t)mp_gram_packed_size(ff), 0);
     }
     bad |= t < 0 || (t > 0 && (!s->X_sample || !s->H_sample || !s->sample_token));
     if (!bad)
@@ -257,8 +260,10 @@ int mp_stats_write_begin(const char *path, const mp_expert_stats *s)
     if (pd) {
         pd->d = d, pd->f = ff;
         pd->at_in = data_offset(f, "prior_diag_in"), pd->at_mid = data_offset(f, "prior_diag_mid");
+        void *a = NULL; /* aligned for the direct write */
         if (H5Fflush(f, H5F_SCOPE_GLOBAL) >= 0 && (n = H5Fget_file_image(f, NULL, 0)) > 0 &&
-            (img = malloc((size_t)n)) != NULL && H5Fget_file_image(f, img, (size_t)n) != n)
+            posix_memalign(&a, MP_DIRECT_ALIGN, (size_t)n) == 0 && (img = a) != NULL &&
+            H5Fget_file_image(f, img, (size_t)n) != n)
             n = -1;
     }
     H5Fclose(f);
@@ -274,27 +279,37 @@ int mp_stats_write_begin(const char *path, const mp_expert_stats *s)
     if (!pd || !img || n <= 0 || pd->at_in < 0 || pd->at_mid < 0 || pd->at_tokens < 0 ||
         pd->at_in + 8 * d > n || pd->at_mid + 8 * ff > n) {
         pending_free(pd), free(img);
-        return mp_errorf(MP_EINTERNAL, "%s: HDF5 could not build the statistics", path);
+        return rc < 0 ? rc : mp_errorf(MP_EINTERNAL, "%s: HDF5 could not build the statistics", path);
     }
-    /* the bytes before the first place of the prior are final: hashed now; the tail stays in memory */
+    /* the bytes before the first place of the prior are final: written and hashed now, up to a multiple of
+     * MP_DIRECT_ALIGN (the direct write's unit); the tail from there stays in memory */
     pd->size = n;
     pd->tail_at = pd->at_in < pd->at_mid ? pd->at_in : pd->at_mid;
     pd->tail_at = pd->at_tokens < pd->tail_at ? pd->at_tokens : pd->tail_at;
-    pd->tail = malloc((size_t)(n - pd->tail_at));
+    pd->tail_at -= pd->tail_at % MP_DIRECT_ALIGN;
+    /* the tail goes out directly too, padded to MP_DIRECT_ALIGN (the file is truncated after) */
+    size_t tail_cap = (size_t)(n - pd->tail_at + MP_DIRECT_ALIGN - 1) / MP_DIRECT_ALIGN * MP_DIRECT_ALIGN;
+    void *tail = NULL;
+    pd->tail = posix_memalign(&tail, MP_DIRECT_ALIGN, tail_cap) == 0 ? tail : NULL;
     pd->hash = XXH64_createState();
-    int rc = pd->tail && pd->hash ? 0 : mp_errorf(MP_ENOMEM, "%s: out of memory", path);
+    rc = pd->tail && pd->hash ? 0 : mp_errorf(MP_ENOMEM, "%s: out of memory", path);
     if (rc == 0) {
         memcpy(pd->tail, img + pd->tail_at, (size_t)(n - pd->tail_at));
+        memset(pd->tail + (n - pd->tail_at), 0, tail_cap - (size_t)(n - pd->tail_at));
         XXH64_reset(pd->hash, 0);
         XXH64_update(pd->hash, img, (size_t)pd->tail_at);
         snprintf(pd->path, sizeof pd->path, "%s", path);
-        FILE *fp = fopen(tmp, "wb");
-        rc = fp ? mp_fwrite_all(img, (size_t)n, fp, tmp) : mp_syserrorf(MP_EIO, "%s: cannot create", tmp);
-        /* start the write-back now (advisory): the commit's fsync, a layer later, then finds it done
-         * instead of writing the whole layer's files while every rank waits */
-        if (rc == 0 && fflush(fp) == 0)
-            (void)sync_file_range(fileno(fp), 0, 0, SYNC_FILE_RANGE_WRITE);
-        if (fp && fclose(fp) != 0 && rc == 0)
+        /* O_DIRECT: the hundreds of MB of a layer's Grams go to the disk from this buffer, not copied
+         * through the page cache (that copy was most of calibrate's system time) */
+        int fd = -1, direct = 0;
+        rc = mp_open_direct(tmp, 1, &fd, &direct);
+        if (rc == 0)
+            rc = mp_pwrite_all(fd, img, (size_t)pd->tail_at, 0, &direct, tmp);
+        /* buffered (a file system without O_DIRECT): start the write-back now (advisory), so that the
+         * commit's fsync, a layer later, finds it done instead of writing while every rank waits */
+        if (rc == 0 && !direct)
+            (void)sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE);
+        if (fd >= 0 && close(fd) != 0 && rc == 0)
             rc = mp_syserrorf(MP_EIO, "%s: write failed", tmp);
     }
     free(img);
@@ -327,11 +342,12 @@ int mp_stats_write_end(const char *path, int64_t prior_tokens, const double *pri
         for (int64_t i = 0; i < f; i++)
             le64(t + pd->at_mid + 8 * i, dbits(prior_diag_mid[i]));
         le64(t + pd->at_tokens, (uint64_t)prior_tokens);
-        int fd = open(tmp, O_WRONLY | O_CLOEXEC);
-        size_t len = (size_t)(pd->size - pd->tail_at);
-        if (fd < 0)
-            rc = mp_syserrorf(MP_EIO, "%s: cannot open", tmp);
-        else if (pwrite(fd, pd->tail, len, (off_t)pd->tail_at) != (ssize_t)len)
+        int fd = -1, direct = 0;
+        size_t len = (size_t)(pd->size - pd->tail_at), padded = (len + MP_DIRECT_ALIGN - 1) & ~(size_t)(MP_DIRECT_ALIGN - 1);
+        rc = mp_open_direct(tmp, 0, &fd, &direct);
+        if (rc == 0)
+            rc = mp_pwrite_all(fd, pd->tail, direct ? padded : len, pd->tail_at, &direct, tmp);
+        if (rc == 0 && ftruncate(fd, (off_t)pd->size) != 0)
             rc = mp_syserrorf(MP_EIO, "%s: write failed", tmp);
         if (fd >= 0 && close(fd) != 0 && rc == 0)
             rc = mp_syserrorf(MP_EIO, "%s: write failed", tmp);

@@ -219,31 +219,15 @@ static int st_chunk(void *ctx, int l, int u, const float *x, const float *h, con
     return 0;
 }
 
-/* the first non-finite entry of the upper triangle of G [n, n], or -1 */
-static int64_t first_nonfinite_upper(const double *G, int64_t n)
-{
-    for (int64_t i = 0; i < n; i++)
-        for (int64_t j = i; j < n; j++)
-            if (!isfinite(G[i * n + j]))
-                return i * n + j;
-    return -1;
-}
-
 static int st_end(void *ctx, int l, int u)
 {
     calib *c = ctx;
     int k = slot_of(u);
     mp_expert_stats *st = &c->st[k];
-    int64_t d = st->d, f = st->f, at;
-    int rc = 0; /* the Grams hold their upper triangles (gram.h); the file stores just these, packed */
-    if ((at = first_nonfinite_upper(st->G_in, d)) >= 0)
-        rc = mp_errorf(MP_ENUMERIC, "layer %d expert %d: non-finite input statistics G_in[%lld, %lld]", l, u,
-                       (long long)(at / d), (long long)(at % d));
-    if (rc == 0 && (at = first_nonfinite_upper(st->G_mid, f)) >= 0)
-        rc = mp_errorf(MP_ENUMERIC, "layer %d expert %d: non-finite intermediate statistics G_mid[%lld, %lld]", l, u,
-                       (long long)(at / f), (long long)(at % f));
-    if (rc == 0)
-        rc = sample_finish(&c->sm[k], st);
+    int64_t d = st->d, f = st->f;
+    /* the Grams hold their upper triangles (gram.h); the file stores just these, packed, and the writer
+     * checks them while packing (a non-finite value is an error naming the file, the Gram and [i, j]) */
+    int rc = sample_finish(&c->sm[k], st);
     sampler_free(&c->sm[k]);
     unit_sum *su = &c->us[k];
     su->owned = 1, su->count = st->count, su->f = f;
@@ -448,6 +432,7 @@ int mp_calib_begin(mp_run *r, int s)
     c->hid_layer = c->defer = -1;
     MP_CHECK(mp_epf_create(&r->w, r->tok, r->o->observe, r->o->observe_ctx, &c->f));
     MP_CHECK(mp_epf_set_window(c->f, r->job->chunk_tokens));
+    MP_CHECK(mp_epf_balance(c->f, 1));
     c->hid_layer = find_checkpoint(c);
     return 0;
 }

@@ -26,6 +26,9 @@ struct mp_epf {
     float *h;        /* [T, d]: residual stream */
     float *x, *y;    /* [wmax, d]: normed input of the block, block output (one window) */
     float *scr;      /* attention scratch */
+    int balance;     /* routed experts to owners by their tokens (mp_epf_balance) */
+    double t_exchange; /* seconds in dispatch and give_back (mp_epf_exchange_seconds) */
+    struct moe_layer *lb[2]; /* the model's units, alt's: buffers kept from layer to layer */
 };
 
 /* what travels to a unit's owner with each routed token */
@@ -50,14 +53,15 @@ typedef struct {
 /* One MoE layer in windows: J = K (+ 1 with a shared expert) slots per token. The token's side keeps the
  * routing of every local token and, in a pool, the outputs that came back for tokens still waiting for
  * another slot's; the owner's side keeps each unit's staged rows and its expert weights. */
-typedef struct {
+typedef struct moe_layer {
     int J, sh, dense;     /* dense: a non-MoE layer's MLP, unit MP_UNIT_DENSE (its statistics only) */
     const mp_weights *sw; /* whose units run */
     float *yout;          /* [T, d]: the block outputs, or NULL: added to the residual stream */
     const mp_layer_w *lw;
     const mp_unit_hooks *hk;
     int l;
-    float *logits, *wt;            /* [wmax, E], [T, J] */
+    float *logits, *wt;            /* [wmax, E] (capacity lcap), [T, J] */
+    int64_t lcap;
     int *idx;                      /* [T, J] */
     uint8_t *left;                 /* [T]: slots whose output has not come back */
     int64_t *row;                  /* [T, J]: pool row of a slot's output, -1 while it is away */
@@ -71,25 +75,29 @@ typedef struct {
     float *oy, *ory;                /* [ocap, d] in compute order; [ocap, d] packed by rank */
     int32_t *odst, *oslot, *ooslot; /* [ocap]; ooslot: slots packed by rank */
     int64_t on, ocap, *ocnt, *orcnt;
-    float *rety; /* received outputs [orcap, d] */
+    int64_t orycap; /* of ory, ooslot */
+    float *rety;    /* received outputs [retcap, d] */
     int32_t *retslot;
-    int64_t orcap;
+    int64_t retcap;
     staged *st; /* [nst = E + 1], only owned units used */
     int nst;
+    int *owner; /* [E + 1]: the rank that runs each unit in this layer */
     float *wbuf, *ws; /* expert weights [3 f d], SwiGLU workspace [2 MP_CHUNK f] */
     int wunit;        /* the unit whose weights are in wbuf, -1 */
 } moe_layer;
 
 static void moe_layer_free(moe_layer *b)
 {
+    if (!b)
+        return;
     free(b->logits), free(b->wt), free(b->idx), free(b->left), free(b->row), free(b->pool), free(b->pfree);
     free(b->scnt), free(b->smeta), free(b->rmeta), free(b->sx), free(b->rx);
     free(b->oy), free(b->ory), free(b->odst), free(b->oslot), free(b->ooslot), free(b->ocnt);
     free(b->rety), free(b->retslot);
     for (int u = 0; b->st && u < b->nst; u++)
         free(b->st[u].x);
-    free(b->st), free(b->wbuf), free(b->ws);
-    memset(b, 0, sizeof *b);
+    free(b->st), free(b->wbuf), free(b->ws), free(b->owner);
+    free(b);
 }
 
 static int has_shared(const mp_config *c) { return c->n_shared > 0 && c->shared_ffn > 0; }
@@ -112,6 +120,25 @@ static int grow(void **p, int64_t *cap, int64_t n, size_t sz)
     if (!q)
         return mp_errorf(MP_ENOMEM, "out of memory for %lld routed tokens", (long long)n);
     *p = q, *cap = c;
+    return 0;
+}
+
+/* grow rows [*cap, d] of floats and their slots [*cap] to hold n (doubling, never shrinking: a realloc to
+ * each window's exact count moved the buffers every window) */
+static int grow_rows(float **y, int32_t **slot, int64_t *cap, int64_t n, int d)
+{
+    if (n <= *cap)
+        return 0;
+    int64_t c = *cap ? *cap : 64;
+    while (c < n)
+        c *= 2;
+    float *q = realloc(*y, sizeof(float) * (size_t)(c * d));
+    if (q)
+        *y = q;
+    int32_t *r = q ? realloc(*slot, sizeof(int32_t) * (size_t)c) : NULL;
+    if (!r)
+        return mp_errorf(MP_ENOMEM, "out of memory for %lld expert outputs", (long long)n);
+    *slot = r, *cap = c;
     return 0;
 }
 
@@ -206,6 +233,16 @@ int mp_epf_create(const mp_weights *w, const mp_tokens *tok, mp_observer observe
     return rc;
 }
 
+int mp_epf_balance(mp_epf *s, int on)
+{
+    if (on && s->w->unit)
+        return mp_errorf(MP_EINTERNAL, "balanced owners need weights that every rank can serve");
+    s->balance = on;
+    return 0;
+}
+
+double mp_epf_exchange_seconds(const mp_epf *s) { return s->t_exchange; }
+
 int mp_epf_set_window(mp_epf *s, int64_t tokens)
 {
     int64_t q = tokens > 0 ? tokens / s->S : s->tok->n_seq;
@@ -224,6 +261,7 @@ void mp_epf_free(mp_epf *s)
     if (!s)
         return;
     free(s->h), free(s->x), free(s->y), free(s->scr);
+    moe_layer_free(s->lb[0]), moe_layer_free(s->lb[1]);
     free(s);
 }
 
@@ -297,11 +335,56 @@ static void route(const mp_epf *s, moe_layer *b, const float *x, int64_t t0, int
     }
 }
 
+static int unit_owner(const mp_epf *s, const moe_layer *b, int u)
+{
+    return u == MP_UNIT_DENSE ? mp_unit_owner(b->l, u, s->E, s->size) : b->owner[u];
+}
+
+/* Collective, after the first window's routing (rc: the local status so far): the layer's units to ranks
+ * by their tokens in that window, summed over the ranks: the unit with the most tokens first, to the rank
+ * with the fewest so far (ties: the lower unit, the lower rank), so that no rank waits on another's
+ * experts at the exchange. Every rank computes the same table. Results do not change: a unit's chunks
+ * follow the global token order on whichever rank runs it. */
+static int balance_owners(const mp_epf *s, moe_layer *b, int64_t t0, int64_t n, int rc)
+{
+    int E = s->E, size = s->size, J = b->J, nu = E + b->sh;
+    int64_t *cnt = calloc(2 * ((size_t)E + 1) + (size_t)size, sizeof(int64_t));
+    int *ord = malloc(sizeof(int) * ((size_t)E + 1));
+    if (rc == 0 && (!cnt || !ord))
+        rc = mp_errorf(MP_ENOMEM, "out of memory");
+    rc = mp_mpi_agree(rc);
+    if (rc < 0) {
+        free(cnt), free(ord);
+        return rc;
+    }
+    int64_t *all = cnt + E + 1, *load = all + E + 1;
+    for (int64_t t = t0; t < t0 + n; t++)
+        for (int j = 0; j < J; j++)
+            cnt[b->idx[t * J + j]]++;
+    rc = MPI_Allreduce(cnt, all, E + 1, MPI_INT64_T, MPI_SUM, MPI_COMM_WORLD) == MPI_SUCCESS
+             ? 0
+             : mp_errorf(MP_EMPI, "MPI_Allreduce of the experts' token counts failed");
+    for (int u = 0; u < nu && rc == 0; u++) { /* insertion sort: most tokens first, then the lower unit */
+        int k = u;
+        for (; k > 0 && all[ord[k - 1]] < all[u]; k--)
+            ord[k] = ord[k - 1];
+        ord[k] = u;
+    }
+    for (int i = 0; i < nu && rc == 0; i++) {
+        int r = 0;
+        for (int q = 1; q < size; q++)
+            r = load[q] < load[r] ? q : r;
+        b->owner[ord[i]] = r, load[r] += all[ord[i]];
+    }
+    free(cnt), free(ord);
+    return rc;
+}
+
 /* Collective: the window's (token, unit) pairs to the units' owners; receivers get metadata and inputs in
  * rmeta/rx (one rank: the send buffers themselves). rc: the local status so far. */
 static int dispatch(const mp_epf *s, moe_layer *b, const float *x, int64_t t0, int64_t n, int64_t *nrecv, int rc)
 {
-    int E = s->E, d = s->d, J = b->J, size = s->size;
+    int d = s->d, J = b->J, size = s->size;
     int64_t nsend = n * J;
     memset(b->scnt, 0, sizeof(int64_t) * (size_t)size * 2);
     int64_t *pos = NULL, old = b->scap;
@@ -319,14 +402,14 @@ static int dispatch(const mp_epf *s, moe_layer *b, const float *x, int64_t t0, i
     if (rc == 0) {
         for (int64_t t = t0; t < t0 + n; t++)
             for (int j = 0; j < J; j++)
-                b->scnt[mp_unit_owner(b->l, b->idx[t * J + j], E, size)]++;
+                b->scnt[unit_owner(s, b, b->idx[t * J + j])]++;
         for (int r = 1; r <= size; r++)
             pos[r] = pos[r - 1] + b->scnt[r - 1];
         int64_t g0 = (int64_t)s->seq0 * s->S;
         for (int64_t t = t0; t < t0 + n; t++)
             for (int j = 0; j < J; j++) {
                 int u = b->idx[t * J + j];
-                int64_t p = pos[mp_unit_owner(b->l, u, E, size)]++;
+                int64_t p = pos[unit_owner(s, b, u)]++;
                 b->smeta[p] = (item){g0 + t, u, (int32_t)(t * J + j), b->wt[t * J + j], 0};
                 memcpy(b->sx + p * d, x + (t - t0) * d, sizeof(float) * (size_t)d);
             }
@@ -459,7 +542,7 @@ static int owner_window(const mp_epf *s, moe_layer *b, int64_t nrecv, int last)
     b->on = 0;
     for (int v = 0; v <= (b->dense ? 0 : E); v++) {
         int u = b->dense ? MP_UNIT_DENSE : v; /* a dense layer's only unit */
-        if (mp_unit_owner(l, u, E, size) != s->rank || (u == E && !b->sh))
+        if (unit_owner(s, b, u) != s->rank || (u == E && !b->sh))
             continue;
         staged *q = &b->st[v];
         if (!q->begun) {
@@ -507,11 +590,8 @@ static int give_back(mp_epf *s, moe_layer *b, int rc)
             b->ocnt[b->odst[i]]++;
     }
     if (rc == 0 && size > 1) { /* packed by destination rank, in compute order within each */
-        int64_t cap = b->on + 1;
-        b->ory = realloc(b->ory, sizeof(float) * (size_t)(cap * d));
-        b->ooslot = realloc(b->ooslot, sizeof(int32_t) * (size_t)cap);
-        pos = calloc((size_t)size + 1, sizeof(int64_t));
-        if (!b->ory || !b->ooslot || !pos)
+        rc = grow_rows(&b->ory, &b->ooslot, &b->orycap, b->on + 1, d);
+        if (rc == 0 && !(pos = calloc((size_t)size + 1, sizeof(int64_t))))
             rc = mp_errorf(MP_ENOMEM, "out of memory returning %lld expert outputs", (long long)b->on);
         for (int r = 1; rc == 0 && r <= size; r++)
             pos[r] = pos[r - 1] + b->ocnt[r - 1];
@@ -529,10 +609,7 @@ static int give_back(mp_epf *s, moe_layer *b, int rc)
         MP_MPI(MPI_Alltoall(b->ocnt, 1, MPI_INT64_T, b->orcnt, 1, MPI_INT64_T, MPI_COMM_WORLD));
         for (int r = 0; r < size; r++)
             nr += b->orcnt[r];
-        b->rety = realloc(b->rety, sizeof(float) * (size_t)((nr + 1) * d));
-        b->retslot = realloc(b->retslot, sizeof(int32_t) * (size_t)(nr + 1));
-        rc = b->rety && b->retslot ? 0 : mp_errorf(MP_ENOMEM, "out of memory for %lld expert outputs", (long long)nr);
-        MP_CHECK(mp_mpi_agree(rc));
+        MP_CHECK(mp_mpi_agree(grow_rows(&b->rety, &b->retslot, &b->retcap, nr + 1, d)));
         MP_CHECK(exchange(b->ooslot, b->ocnt, b->retslot, b->orcnt, size, MPI_INT32_T, 1));
         MP_CHECK(exchange(b->ory, b->ocnt, b->rety, b->orcnt, size, MPI_FLOAT, d));
         y = b->rety, sl = b->retslot;
@@ -543,32 +620,50 @@ static int give_back(mp_epf *s, moe_layer *b, int rc)
     return mp_mpi_agree(rc);
 }
 
-/* buffers of one MoE layer */
-static int moe_layer_init(const mp_epf *s, moe_layer *b, const mp_weights *sw, const mp_layer_w *lw, int l,
-                          const mp_unit_hooks *hk, float *yout)
+/* the buffers of one MoE (or dense) layer: s->lb[which], allocated at the first layer and kept (buffers of
+ * a window's routed rows, hundreds of MB, faulted in afresh every layer otherwise), this layer's state reset */
+static int moe_layer_init(mp_epf *s, int which, const mp_weights *sw, const mp_layer_w *lw, int l,
+                          const mp_unit_hooks *hk, float *yout, moe_layer **out)
 {
     const mp_config *cfg = s->cfg;
     int E = s->E, d = s->d, size = s->size;
+    if (!s->lb[which] && !(s->lb[which] = calloc(1, sizeof(moe_layer))))
+        return mp_errorf(MP_ENOMEM, "out of memory");
+    moe_layer *b = *out = s->lb[which];
     b->dense = !lw->moe;
     b->sh = !b->dense && has_shared(cfg), b->J = b->dense ? 1 : s->K + b->sh, b->sw = sw, b->yout = yout, b->lw = lw;
     b->hk = hk, b->l = l;
-    b->wunit = -1;
-    int64_t T = s->T, J = b->J, fm = cfg->moe_ffn > cfg->shared_ffn ? cfg->moe_ffn : cfg->shared_ffn;
+    b->wunit = -1, b->on = 0;
+    int64_t T = s->T, J = s->K + has_shared(cfg), fm = cfg->moe_ffn > cfg->shared_ffn ? cfg->moe_ffn : cfg->shared_ffn;
     fm = fm > cfg->dense_ffn ? fm : cfg->dense_ffn;
-    b->logits = malloc(sizeof(float) * (size_t)(s->wmax * E + 1));
-    b->wt = malloc(sizeof(float) * (size_t)(T * J + 1));
-    b->idx = malloc(sizeof(int) * (size_t)(T * J + 1));
-    b->left = malloc((size_t)T + 1);
-    b->row = malloc(sizeof(int64_t) * (size_t)(T * J + 1));
-    b->scnt = calloc((size_t)size * 2, sizeof(int64_t));
-    b->ocnt = calloc((size_t)size * 2, sizeof(int64_t));
-    b->st = calloc((size_t)E + 1, sizeof(staged));
-    b->nst = E + 1;
-    b->ws = malloc(sizeof(float) * 2 * MP_CHUNK * (size_t)fm);
-    b->wbuf = sw->unit || b->dense ? NULL : malloc(sizeof(float) * 3 * (size_t)cfg->moe_ffn * (size_t)d);
+    if (!b->wt) { /* sized for the most slots per token (a dense layer's one included) */
+        b->wt = malloc(sizeof(float) * (size_t)(T * J + 1));
+        b->idx = malloc(sizeof(int) * (size_t)(T * J + 1));
+        b->left = malloc((size_t)T + 1);
+        b->row = malloc(sizeof(int64_t) * (size_t)(T * J + 1));
+        b->scnt = calloc((size_t)size * 2, sizeof(int64_t));
+        b->ocnt = calloc((size_t)size * 2, sizeof(int64_t));
+        b->st = calloc((size_t)E + 1, sizeof(staged));
+        b->nst = E + 1;
+        b->ws = malloc(sizeof(float) * 2 * MP_CHUNK * (size_t)fm);
+        b->owner = malloc(sizeof(int) * ((size_t)E + 1));
+    }
+    if (b->lcap < s->wmax * E + 1) { /* the window may have changed (mp_epf_set_window) */
+        free(b->logits);
+        b->lcap = (b->logits = malloc(sizeof(float) * (size_t)(s->wmax * E + 1))) ? s->wmax * E + 1 : 0;
+    }
+    if (!sw->unit && !b->dense && !b->wbuf)
+        b->wbuf = malloc(sizeof(float) * 3 * (size_t)cfg->moe_ffn * (size_t)d);
     if (!b->logits || !b->wt || !b->idx || !b->left || !b->row || !b->scnt || !b->ocnt || !b->st || !b->ws ||
-        (!sw->unit && !b->dense && !b->wbuf))
+        !b->owner || (!sw->unit && !b->dense && !b->wbuf))
         return mp_errorf(MP_ENOMEM, "out of memory routing %lld tokens", (long long)T);
+    for (int u = 0; u < b->nst; u++)
+        b->st[u].begun = 0, b->st[u].n = 0;
+    b->pfree_n = 0; /* every pool row free */
+    for (int64_t r = b->pcap - 1; r >= 0; r--)
+        b->pfree[b->pfree_n++] = r;
+    for (int u = 0; u <= E; u++) /* plan.h's owners until balance_owners */
+        b->owner[u] = mp_unit_owner(l, u, E, size);
     b->rcnt = b->scnt + size, b->orcnt = b->ocnt + size;
     return 0;
 }
@@ -663,7 +758,7 @@ static int layer_run(mp_epf *s, int l, const mp_unit_hooks *hooks, const mp_weig
     const mp_config *cfg = s->cfg;
     int d = s->d, S = s->S;
     mp_layer_w lw = {0};
-    moe_layer b = {0}, b2 = {0};
+    moe_layer *b = NULL, *b2 = NULL;
     float *y = NULL, *y2 = NULL;
     double *seq = NULL;
     if (alt)
@@ -677,9 +772,9 @@ static int layer_run(mp_epf *s, int l, const mp_unit_hooks *hooks, const mp_weig
         rc = (y || !lw.moe) && y2 && seq ? 0 : mp_errorf(MP_ENOMEM, "out of memory comparing layer %d", l);
     }
     if (rc == 0 && units)
-        rc = moe_layer_init(s, &b, s->w, &lw, l, hooks, y);
+        rc = moe_layer_init(s, 0, s->w, &lw, l, hooks, y, &b);
     if (rc == 0 && units && alt && lw.moe)
-        rc = moe_layer_init(s, &b2, alt, &lw, l, NULL, y2);
+        rc = moe_layer_init(s, 1, alt, &lw, l, NULL, y2, &b2);
     rc = mp_mpi_agree(rc);
     int64_t nw = n_windows(s);
     for (int64_t k = 0; k < nw && rc == 0; k++) {
@@ -688,25 +783,31 @@ static int layer_run(mp_epf *s, int l, const mp_unit_hooks *hooks, const mp_weig
         int64_t t0 = a * S, n = (e - a) * S;
         rc = attention_part(s, &lw, l, a, e, dense ? alt : NULL, y2, seq);
         for (int pass = 0; units && pass < (alt && lw.moe ? 2 : 1); pass++) { /* the model's units, then alt's */
-            moe_layer *bp = pass ? &b2 : &b;
+            moe_layer *bp = pass ? b2 : b;
             if (rc == 0 && n > 0) {
                 route(s, bp, s->x, t0, n);
                 if (s->observe && !pass && lw.moe)
                     s->observe(s->observe_ctx, "router", l, s->seq0 + (int)a, (int)(e - a), s->E, bp->logits);
             }
+            if (k == 0 && !pass && lw.moe && s->balance && s->size > 1)
+                rc = balance_owners(s, bp, t0, n, rc);
+            double t = MPI_Wtime();
             rc = dispatch(s, bp, s->x, t0, n, &nrecv, rc);
+            s->t_exchange += MPI_Wtime() - t;
             if (rc == 0)
                 rc = owner_window(s, bp, nrecv, k == nw - 1);
+            t = MPI_Wtime();
             if (lw.moe)
                 rc = give_back(s, bp, rc);
             else /* a dense MLP's statistics: its outputs are computed where the tokens are */
                 bp->on = 0, rc = mp_mpi_agree(rc);
+            s->t_exchange += MPI_Wtime() - t;
         }
         if (!units)
             rc = mp_mpi_agree(rc);
     }
     for (int64_t t = 0; lw.moe && t < s->T && rc == 0; t++)
-        if (b.left[t] || (alt && b2.left[t]))
+        if (b->left[t] || (alt && b2->left[t]))
             rc = mp_errorf(MP_EINTERNAL, "layer %d: token %lld is missing an expert output", l,
                            (long long)(s->seq0 * (int64_t)S + t));
     rc = mp_mpi_agree(rc);
@@ -716,8 +817,6 @@ static int layer_run(mp_epf *s, int l, const mp_unit_hooks *hooks, const mp_weig
         rc = sum_sequences(s, seq, sq);
     if (rc == 0 && s->observe && s->T)
         s->observe(s->observe_ctx, "hidden", l + 1, s->seq0, s->nseq, d, s->h);
-    moe_layer_free(&b);
-    moe_layer_free(&b2);
     free(y), free(y2), free(seq);
     mp_layer_free(&lw);
     return rc;
@@ -865,7 +964,7 @@ int mp_epf_run(const mp_weights *w, const mp_tokens *tok, mp_observer observe, v
 {
     mp_epf *s = NULL;
     MP_CHECK(mp_epf_create(w, tok, observe, observe_ctx, &s));
-    int rc = 0;
+    int rc = mp_epf_balance(s, !w->unit);
     for (int l = 0; l < w->cfg->n_layers && rc == 0; l++)
         rc = mp_epf_layer(s, l, NULL);
     if (rc == 0)

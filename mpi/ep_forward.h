@@ -2,7 +2,7 @@
  *
  * Sequences are split into contiguous ranges, one per rank, and the units of
  * every MoE layer (routed experts, the shared expert as unit E) have owners
- * (plan.h: mp_seq_range, mp_unit_owner). One MoE layer on every rank, window
+ * (plan.h: mp_seq_range, mp_unit_owner; by load with mp_epf_balance). One MoE layer on every rank, window
  * after window of the global sequences (mp_epf_set_window; one window by
  * default):
  *   attention  norms and attention of the rank's sequences in the window (src/forward.h);
@@ -65,6 +65,15 @@ int mp_epf_create(const mp_weights *w, const mp_tokens *tok, mp_observer observe
  * every other buffer with the window. Results do not depend on it. With more than one window the units'
  * hook calls interleave (every owned unit is begun in the first window and ended in the last). */
 int mp_epf_set_window(mp_epf *s, int64_t tokens);
+/* Owners by load (off by default): in each MoE layer the routed experts and the shared one go to ranks by
+ * their tokens in the first window (the most first, to the least loaded rank) instead of plan.h's
+ * mp_unit_owner, so that no rank waits at the exchange for another's busier experts. Hooks are then
+ * called on whichever rank runs a unit; results do not change. Only for weights every rank can serve
+ * (w->expert; a provider of units serves its owners' units only: MP_EINTERNAL). Local. */
+int mp_epf_balance(mp_epf *s, int on);
+/* Wall seconds this rank spent so far in the exchanges of the MoE layers: packing, MPI_Alltoallv both
+ * ways, and waiting there for the other ranks (bench/). Local. */
+double mp_epf_exchange_seconds(const mp_epf *s);
 /* The local residual stream h [nseq * seq_len, d] of global sequences [seq0, seq0 + nseq), between layers
  * (to save it, or to replace it with the states after a later layer, which then follows). Local. */
 float *mp_epf_hidden(mp_epf *s, int *seq0, int *nseq);

@@ -25,9 +25,11 @@ int mp_mpi_init(int *argc, char ***argv)
     openblas_set_num_threads(1);
     /* Buffers of tens of MB (Grams, statistics file images, expert weights) are allocated and freed per
      * unit; by default glibc maps and unmaps each of them, and zero-filling the fresh pages was ~10 % of
-     * calibrate's time (page faults). Up to this size they are kept in the heap and reused. */
+     * calibrate's time (page faults). Up to this size they are kept in the heap and reused; the heap is
+     * never trimmed: a layer's exchange buffers (hundreds of MB, freed at its end) were otherwise given
+     * back and faulted in again by the next layer. The peak RSS, what a job is charged for, is the same. */
     mallopt(M_MMAP_THRESHOLD, 256 << 20);
-    mallopt(M_TRIM_THRESHOLD, 512 << 20);
+    mallopt(M_TRIM_THRESHOLD, -1);
     return 0;
 }
 

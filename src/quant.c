@@ -64,7 +64,7 @@ int mp_qformat_parse_list(const char *list, const mp_qformat **out, int cap, int
             return mp_errorf(MP_EUSAGE, "unknown quantization format '%.*s' (known: %s)", (int)len, b, known_names());
         memcpy(name, b, len);
         name[len] = 0;
-        const mp_qformat *f;
+        const mp_qformat *f = NULL;
         MP_CHECK(mp_qformat_find(name, &f));
         for (int i = 0; i < k; i++)
             if (out[i] == f)

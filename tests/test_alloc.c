@@ -287,7 +287,7 @@ static void compare(mp_rng *r, const inst *x, int64_t budget, const char *what)
     }
     CHECK_OK(rc);
     if (rc == 0) {
-        double loss;
+        double loss = NAN;
         n_compared++;
         CHECK(feasible_choice(x, choice, budget, &loss));
         CHECK(rep.optimal == 1 && rep.gap == 0 && rep.hit_limit == 0);
@@ -520,7 +520,7 @@ static void test_tying(void)
         } else {
             CHECK_OK(rc);
             mp_mckp_untie(&t, tch, ch);
-            double l;
+            double l = NAN;
             CHECK(feasible_choice(&x, ch, budget, &l));
             CHECK(fabs(l - ref) <= 1e-12 * ref);
             CHECK(x.opt[x.first[0] + ch[0]].tag == x.opt[x.first[1] + ch[1]].tag);
@@ -613,7 +613,7 @@ static void test_per_layer(void)
             CHECK(b <= budget / 4);
         }
         CHECK(rl.optimal && rg.objective <= rl.objective);
-        double ref;
+        double ref = NAN;
         CHECK(glpk_solve(&y, rl.bytes, &ref) == 1);
         CHECK(fabs(rg.objective - ref) <= 1e-9 * ref);
         free(first);

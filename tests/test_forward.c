@@ -548,6 +548,8 @@ static int rec_end(void *vc, int l, int u)
     return 0;
 }
 
+static void balanced_owners(mp_model *m, const mp_weights *w, const mp_tokens *tok);
+
 static void sample_selection(const char *root)
 {
     char dir[600], ckpt[700], stats[800], path[1024];
@@ -624,9 +626,90 @@ static void sample_selection(const char *root)
                "one chunk\n",
                SAMPLE_K, all[0], all[1]);
     CHECK(dense == 1 && all[0] == moe * (m->cfg.n_experts + 1) + dense && all[1] >= moe + dense);
+    balanced_owners(m, &w, &tok);
     free(rc_.tok), free(rc_.x), free(rc_.h);
     mp_tokens_free(&tok);
     mp_model_close(m);
+}
+
+/* routed rows each rank ran per layer, units begun */
+typedef struct {
+    int64_t rows[8], unit_rows[8][16]; /* per layer; per layer and unit (slot 15: a dense MLP) */
+    int units;
+} load_ctx;
+
+static int ld_begin(void *ctx, int l, int u, int d, int f)
+{
+    (void)l, (void)u, (void)d, (void)f;
+    ((load_ctx *)ctx)->units++;
+    return 0;
+}
+
+static int ld_chunk(void *ctx, int l, int u, const float *x, const float *h, const float *w, const int64_t *tok, int nb)
+{
+    (void)x, (void)h, (void)w, (void)tok;
+    load_ctx *c = ctx;
+    c->rows[l < 8 ? l : 7] += nb;
+    c->unit_rows[l < 8 ? l : 7][u >= 0 && u < 15 ? u : 15] += nb;
+    return 0;
+}
+
+static int ld_end(void *ctx, int l, int u)
+{
+    (void)ctx, (void)l, (void)u;
+    return 0;
+}
+
+/* owners by load (mp_epf_balance) against plan.h's: the same hidden states bit for bit, every unit run once,
+ * in no layer a busiest rank with more routed rows, and in every layer the busiest rank within LPT's bound,
+ * 4/3 of the optimum (which is at least the busiest unit's rows and the average rank's) */
+static void balanced_owners(mp_model *m, const mp_weights *w, const mp_tokens *tok)
+{
+    load_ctx lc[2];
+    memset(lc, 0, sizeof lc);
+    float *hs[2] = {NULL, NULL};
+    int seq0 = 0, nseq = 0, L = m->cfg.n_layers < 8 ? m->cfg.n_layers : 8;
+    for (int k = 0; k < 2; k++) {
+        mp_unit_hooks hk = {&lc[k], ld_begin, ld_chunk, ld_end};
+        mp_epf *s = NULL;
+        CHECK_OK(mp_epf_create(w, tok, NULL, NULL, &s));
+        if (s && k)
+            CHECK_OK(mp_epf_balance(s, 1));
+        for (int l = 0; s && l < m->cfg.n_layers; l++)
+            CHECK_OK(mp_epf_layer(s, l, &hk));
+        const float *h = s ? mp_epf_hidden(s, &seq0, &nseq) : NULL;
+        size_t n = sizeof(float) * (size_t)nseq * (size_t)tok->seq_len * (size_t)m->cfg.hidden;
+        hs[k] = malloc(n + 1);
+        if (h && hs[k])
+            memcpy(hs[k], h, n);
+        mp_epf_free(s);
+    }
+    size_t n = (size_t)nseq * (size_t)tok->seq_len * (size_t)m->cfg.hidden;
+    int same = hs[0] && hs[1] && !memcmp(hs[0], hs[1], sizeof(float) * n), all_same = 0;
+    MPI_Allreduce(&same, &all_same, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
+    int64_t most[2][8], ur[8][16];
+    int units[2], P = mp_mpi_size();
+    for (int k = 0; k < 2; k++) {
+        MPI_Allreduce(lc[k].rows, most[k], 8, MPI_INT64_T, MPI_MAX, MPI_COMM_WORLD);
+        MPI_Allreduce(&lc[k].units, &units[k], 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
+    }
+    MPI_Allreduce(lc[1].unit_rows, ur, 8 * 16, MPI_INT64_T, MPI_SUM, MPI_COMM_WORLD);
+    int not_worse = 1, within = 1;
+    for (int l = 0; l < L; l++) {
+        int64_t sum = 0, big = 0;
+        for (int u = 0; u < 16; u++)
+            sum += ur[l][u], big = ur[l][u] > big ? ur[l][u] : big;
+        int64_t lb = (sum + P - 1) / P > big ? (sum + P - 1) / P : big;
+        not_worse &= most[1][l] <= most[0][l];
+        within &= 3 * most[1][l] <= 4 * lb;
+    }
+    if (mp_mpi_rank() == 0)
+        printf("owners by load: hidden states %s; units %d / %d; busiest rank's routed rows per layer, plan.h's "
+               "owners -> by load: %lld -> %lld, %lld -> %lld, %lld -> %lld\n",
+               all_same ? "identical" : "DIFFERENT", units[1], units[0], (long long)most[0][0], (long long)most[1][0],
+               (long long)most[0][1], (long long)most[1][1], (long long)most[0][2], (long long)most[1][2]);
+    CHECK(all_same && units[0] == units[1] && not_worse && within);
+    free(hs[0]), free(hs[1]);
 }
 
 /* pack -> unpack of an odd-sized symmetric matrix gives it back exactly */
