@@ -69,8 +69,10 @@ typedef struct moe_layer {
     int64_t pcap, pfree_n, *pfree; /* free pool rows (a stack) */
     int64_t *scnt, *rcnt;          /* [size] each */
     item *smeta, *rmeta;
-    float *sx, *rx; /* routed inputs, sent and received */
+    float *sx, *rx; /* routed inputs, sent and received (one rank: neither, rows are read from xwin) */
     int64_t scap, rcap;
+    const float *xwin; /* one rank: the window's normed inputs, its local token t0 first */
+    int64_t t0;
     /* outputs of finished chunks, to their tokens' ranks */
     float *oy, *ory;                /* [ocap, d] in compute order; [ocap, d] packed by rank */
     int32_t *odst, *oslot, *ooslot; /* [ocap]; ooslot: slots packed by rank */
@@ -390,7 +392,7 @@ static int dispatch(const mp_epf *s, moe_layer *b, const float *x, int64_t t0, i
     int64_t *pos = NULL, old = b->scap;
     if (rc == 0)
         rc = grow((void **)&b->smeta, &b->scap, nsend + 1, sizeof(item));
-    if (rc == 0 && b->scap != old) { /* sx has the capacity of smeta */
+    if (rc == 0 && b->scap != old && size > 1) { /* sx has the capacity of smeta */
         float *q = realloc(b->sx, sizeof(float) * (size_t)(b->scap * d));
         if (q)
             b->sx = q;
@@ -411,13 +413,14 @@ static int dispatch(const mp_epf *s, moe_layer *b, const float *x, int64_t t0, i
                 int u = b->idx[t * J + j];
                 int64_t p = pos[unit_owner(s, b, u)]++;
                 b->smeta[p] = (item){g0 + t, u, (int32_t)(t * J + j), b->wt[t * J + j], 0};
-                memcpy(b->sx + p * d, x + (t - t0) * d, sizeof(float) * (size_t)d);
+                if (size > 1) /* one rank: the owner gathers each unit's rows straight from x */
+                    memcpy(b->sx + p * d, x + (t - t0) * d, sizeof(float) * (size_t)d);
             }
     }
     free(pos);
     MP_CHECK(mp_mpi_agree(rc)); /* every rank reaches the exchanges; a local failure is agreed on first */
     if (size == 1) {
-        b->rcnt[0] = b->scnt[0], *nrecv = b->scnt[0];
+        b->rcnt[0] = b->scnt[0], *nrecv = b->scnt[0], b->xwin = x, b->t0 = t0;
         return 0;
     }
     MP_MPI(MPI_Alltoall(b->scnt, 1, MPI_INT64_T, b->rcnt, 1, MPI_INT64_T, MPI_COMM_WORLD));
@@ -538,7 +541,7 @@ static int owner_window(const mp_epf *s, moe_layer *b, int64_t nrecv, int last)
 {
     int E = s->E, d = s->d, size = s->size, l = b->l;
     const item *rm = size == 1 ? b->smeta : b->rmeta;
-    const float *rx = size == 1 ? b->sx : b->rx;
+    const float *rx = b->rx; /* one rank: unused (xwin) */
     b->on = 0;
     for (int v = 0; v <= (b->dense ? 0 : E); v++) {
         int u = b->dense ? MP_UNIT_DENSE : v; /* a dense layer's only unit */
@@ -564,7 +567,8 @@ static int owner_window(const mp_epf *s, moe_layer *b, int64_t nrecv, int last)
             if (rm[i].g <= lastg)
                 return mp_errorf(MP_EINTERNAL, "layer %d unit %d: tokens out of global order", l, u);
             lastg = rm[i].g;
-            memcpy(q->x + (size_t)q->n * d, rx + i * d, sizeof(float) * (size_t)d);
+            const float *xi = size == 1 ? b->xwin + (rm[i].slot / b->J - b->t0) * d : rx + i * d;
+            memcpy(q->x + (size_t)q->n * d, xi, sizeof(float) * (size_t)d);
             q->w[q->n] = rm[i].w, q->g[q->n] = rm[i].g, q->src[q->n] = (int32_t)src, q->slot[q->n] = rm[i].slot;
             if (++q->n == MP_CHUNK)
                 MP_CHECK(run_chunk(s, b, u));
