@@ -29,10 +29,10 @@ int mp_open_regular(const char *path, int not_regular_code, int *fd, size_t *siz
 /* "a directory", "a FIFO", ... for a st_mode */
 const char *mp_file_kind(unsigned mode);
 /* Large files without the page-cache copy: mp_open_direct opens `path` for writing (`create`: creates or
- * truncates it) with O_DIRECT where the file system takes it (*direct = 1), else buffered (*direct = 0). mp_pwrite_all writes
- * p[0, n) at `off`; with *direct, p, n and off must be multiples of MP_DIRECT_ALIGN, and a file system
- * that accepted the flag but refuses the write (EINVAL) is written buffered instead (*direct = 0).
- * A short write (disk full) is MP_EIO naming `path`. */
+ * truncates it) with O_DIRECT where the file system takes it (*direct = 1), else buffered (*direct = 0).
+ * mp_pwrite_all writes p[0, n) at `off`; with *direct, p, n and off must be multiples of MP_DIRECT_ALIGN,
+ * and a file system that accepted the flag but refuses the write (EINVAL) is written buffered instead
+ * (*direct = 0). A short write (disk full) is MP_EIO naming `path`. */
 #define MP_DIRECT_ALIGN 4096
 int mp_open_direct(const char *path, int create, int *fd, int *direct);
 int mp_pwrite_all(int fd, const void *p, size_t n, long long off, int *direct, const char *path);

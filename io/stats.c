@@ -177,6 +177,9 @@ static void le64(unsigned char *p, uint64_t v)
         p[i] = (unsigned char)(v >> (8 * i));
 }
 
+/* n rounded up to the direct write's unit */
+static size_t direct_padded(size_t n) { return (n + MP_DIRECT_ALIGN - 1) / MP_DIRECT_ALIGN * MP_DIRECT_ALIGN; }
+
 static uint64_t dbits(double v)
 {
     uint64_t u;
@@ -288,7 +291,7 @@ int mp_stats_write_begin(const char *path, const mp_expert_stats *s)
     pd->tail_at = pd->at_tokens < pd->tail_at ? pd->at_tokens : pd->tail_at;
     pd->tail_at -= pd->tail_at % MP_DIRECT_ALIGN;
     /* the tail goes out directly too, padded to MP_DIRECT_ALIGN (the file is truncated after) */
-    size_t tail_cap = (size_t)(n - pd->tail_at + MP_DIRECT_ALIGN - 1) / MP_DIRECT_ALIGN * MP_DIRECT_ALIGN;
+    size_t tail_cap = direct_padded((size_t)(n - pd->tail_at));
     void *tail = NULL;
     pd->tail = posix_memalign(&tail, MP_DIRECT_ALIGN, tail_cap) == 0 ? tail : NULL;
     pd->hash = XXH64_createState();
@@ -343,10 +346,10 @@ int mp_stats_write_end(const char *path, int64_t prior_tokens, const double *pri
             le64(t + pd->at_mid + 8 * i, dbits(prior_diag_mid[i]));
         le64(t + pd->at_tokens, (uint64_t)prior_tokens);
         int fd = -1, direct = 0;
-        size_t len = (size_t)(pd->size - pd->tail_at), padded = (len + MP_DIRECT_ALIGN - 1) & ~(size_t)(MP_DIRECT_ALIGN - 1);
+        size_t len = (size_t)(pd->size - pd->tail_at);
         rc = mp_open_direct(tmp, 0, &fd, &direct);
         if (rc == 0)
-            rc = mp_pwrite_all(fd, pd->tail, direct ? padded : len, pd->tail_at, &direct, tmp);
+            rc = mp_pwrite_all(fd, pd->tail, direct ? direct_padded(len) : len, pd->tail_at, &direct, tmp);
         if (rc == 0 && ftruncate(fd, (off_t)pd->size) != 0)
             rc = mp_syserrorf(MP_EIO, "%s: write failed", tmp);
         if (fd >= 0 && close(fd) != 0 && rc == 0)

@@ -129,18 +129,14 @@ static int grow(void **p, int64_t *cap, int64_t n, size_t sz)
  * each window's exact count moved the buffers every window) */
 static int grow_rows(float **y, int32_t **slot, int64_t *cap, int64_t n, int d)
 {
-    if (n <= *cap)
-        return 0;
-    int64_t c = *cap ? *cap : 64;
-    while (c < n)
-        c *= 2;
-    float *q = realloc(*y, sizeof(float) * (size_t)(c * d));
-    if (q)
-        *y = q;
-    int32_t *r = q ? realloc(*slot, sizeof(int32_t) * (size_t)c) : NULL;
-    if (!r)
+    int64_t old = *cap;
+    MP_CHECK(grow((void **)slot, cap, n, sizeof(int32_t)));
+    float *q = *cap == old ? *y : realloc(*y, sizeof(float) * (size_t)(*cap * d));
+    if (!q) {
+        *cap = old;
         return mp_errorf(MP_ENOMEM, "out of memory for %lld expert outputs", (long long)n);
-    *slot = r, *cap = c;
+    }
+    *y = q;
     return 0;
 }
 
