@@ -77,7 +77,10 @@ void mp_plan_make(const mp_config *c, int P, int n_seq, int S, int64_t model_byt
     int64_t nsend = T * slots, nrecv = Tall * slots;
     if (P > 1 && Tall * (K * units_layer / (E > 0 ? E : 1) + (fs > 0)) < nrecv)
         nrecv = Tall * (K * units_layer / (E > 0 ? E : 1) + (fs > 0));
-    int64_t route = T * E * 4 + T * J * 8 + nsend * (24 + 2 * d * 4) + nrecv * (24 + 2 * d * 4 + 8);
+    /* one rank exchanges nothing: the owner reads its rows from the window itself (ep_forward.c), and only
+     * the routed metadata and the outputs are kept per slot */
+    int64_t route = T * E * 4 + T * J * 8 +
+                    (P > 1 ? nsend * (24 + 2 * d * 4) + nrecv * (24 + 2 * d * 4 + 8) : nsend * (24 + d * 4));
     int64_t ffn = f > fs ? f : fs;
     int64_t expert = 3 * ffn * d * 4 + 256 * (2 * d + ffn + 1) * 4 + 256 * (d + ffn) * 8;
     int64_t t_routed = min64(sample_tokens, E > 0 ? Tall * K / E : 0),
