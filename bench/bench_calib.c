@@ -3,15 +3,15 @@
  *   - forward pass alone (eval) and the whole calibrate stage (forward + fp32-chunk Grams + files) on the
  *     same tokens: tokens/s and calibrate / eval speed;
  *   - calibrate's system time (kernel: file writes, page faults) as a share of its wall time;
- *   - the Gram accumulation (mp_gram_add_chunk: SSYRK of a 256-token chunk + the fp64 sum) against a bare
- *     SSYRK of the same shape: rate ratio;
+ *   - the Gram accumulation (mp_gram_add_block: two 256-token chunks by SSYRK, their fp64 sum) against bare
+ *     SSYRKs of the same two chunks: rate ratio;
  *   - the forward's effective GFLOP/s against SGEMM at the expert chunk shapes, and the share of the
  *     layers' time (the forward without the output head) that the expert GEMMs take at that rate;
  *   - peak RSS per rank (calibration.chunk_tokens from $MOEPACK_BENCH_CHUNK bounds it).
  * usage: bench_calib [MODEL_DIR TOKENS]   default: a synthetic model in $MOEPACK_BENCH_DIR (default
  * /tmp/moepack-bench-calib; reused when present): $MOEPACK_BENCH_ARCH = mixtral (d 1024, f 2816, 8
  * experts top-2, 4 layers, vocab 32000) or qwen3_moe (d 1024, f 768, 32 experts top-4), 32 x 256
- * tokens; $MOEPACK_BENCH_NSEQ uses only the first N sequences. */
+ * tokens; $MOEPACK_BENCH_NSEQ uses only the first N sequences, or repeats them up to N. */
 #define _GNU_SOURCE
 #include <cblas.h>
 #include <stdio.h>
@@ -71,24 +71,27 @@ static int cmp_double(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
-/* the median over 21 interleaved pairs of (bare SSYRK of x [256, n], upper) / (mp_gram_add_chunk of the same)
- * time, and the SSYRK's best GFLOP/s */
+/* the median over 21 interleaved pairs of (bare SSYRKs of two chunks x [256, n], upper) / (mp_gram_add_block
+ * of the same 512 rows: both chunks in fp32 and their fp64 sum) time, and the SSYRK's best GFLOP/s */
 static double gram_ratio(int n, double *syrk_gflops)
 {
-    float *x = filled((int64_t)MP_GRAM_CHUNK * n), *c = filled((int64_t)n * n); /* c: SSYRK's [n, n], the scratch */
+    float *x = filled((int64_t)MP_GRAM_BLOCK * n), *c = filled((int64_t)n * n); /* c: SSYRK's [n, n] */
+    float *scr = filled((int64_t)MP_GRAM_SCRATCH(n));
     double *G = calloc((size_t)n * n, sizeof(double)), *sq = calloc((size_t)n, sizeof(double)), r[21], best = 1e30;
     for (int k = 0; k < 21; k++) {
         double t0 = now();
-        cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, n, MP_GRAM_CHUNK, 1.0f, x, n, 0.0f, c, n);
+        for (int h = 0; h < 2; h++)
+            cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, n, MP_GRAM_CHUNK, 1.0f, x + (size_t)h * MP_GRAM_CHUNK * n,
+                        n, 0.0f, c, n);
         double t1 = now();
-        mp_gram_add_chunk(x, MP_GRAM_CHUNK, n, c, G, sq);
+        mp_gram_add_block(x, MP_GRAM_BLOCK, n, scr, G, sq);
         double t2 = now();
         r[k] = (t1 - t0) / (t2 - t1);
         best = t1 - t0 < best ? t1 - t0 : best;
     }
     qsort(r, 21, sizeof r[0], cmp_double);
-    *syrk_gflops = (double)n * n * MP_GRAM_CHUNK / best / 1e9;
-    free(x), free(c), free(G), free(sq);
+    *syrk_gflops = (double)n * n * MP_GRAM_BLOCK / best / 1e9;
+    free(x), free(c), free(scr), free(G), free(sq);
     return r[10];
 }
 
@@ -110,6 +113,22 @@ static double forward_flops(const mp_config *c, const mp_tokens *t, double *expe
             total += T * 6 * d * c->dense_ffn;
     }
     return total + 2 * T * d * c->vocab;
+}
+
+/* the first n sequences of t, or its sequences repeated up to n (the memory measurement's 4x) */
+static int use_sequences(mp_tokens *t, int n)
+{
+    int64_t S = t->seq_len, have = t->n_seq;
+    if (n > have) {
+        int32_t *ids = realloc(t->ids, sizeof(int32_t) * (size_t)(n * S));
+        if (!ids)
+            return mp_errorf(MP_ENOMEM, "out of memory for %d sequences", n);
+        for (int64_t i = have * S; i < n * S; i++)
+            ids[i] = ids[i % (have * S)];
+        t->ids = ids;
+    }
+    t->n_seq = n;
+    return 0;
 }
 
 static int make_model(const char *dir, const char *mdir)
@@ -154,8 +173,8 @@ int main(int argc, char **argv)
     if (rc == 0)
         rc = mp_tokens_read(tokp, m->cfg.vocab, &t);
     const char *ns = getenv("MOEPACK_BENCH_NSEQ");
-    if (rc == 0 && ns && atoi(ns) > 0 && atoi(ns) < t.n_seq)
-        t.n_seq = atoi(ns);
+    if (rc == 0 && ns && atoi(ns) > 0)
+        rc = use_sequences(&t, atoi(ns));
     rc = mp_mpi_agree(rc);
     if (rc < 0) {
         mp_mpi_report(rc);
@@ -224,7 +243,8 @@ int main(int argc, char **argv)
         printf("  RATIO Gram accumulation / bare SSYRK rate (median of 21 pairs): %.2f (n = f %d), %.2f (n = d %d); "
                "SSYRK %.1f / %.1f GFLOP/s\n",
                gr_f, c->moe_ffn, gr_d, c->hidden, syrk_f, syrk_d);
-        printf("  SGEMM at the expert chunk shapes (256 x f x d): %.1f / %.1f GFLOP/s (gate/up, down)\n", g_up, g_down);
+        printf("  SGEMM at the expert chunk shapes (%d x f x d): %.1f / %.1f GFLOP/s (gate/up, down)\n", MP_CHUNK, g_up,
+               g_down);
         printf("  RATIO forward GFLOP/s / expert SGEMM rate: %.2f\n", fl / fwd / 1e9 / P / ex_rate);
         printf("  RATIO expert GEMM share of the layers (expert flops at the SGEMM rate / time of the layers, "
                "%.3f s of the %.3f s): %.2f\n",

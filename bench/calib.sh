@@ -4,7 +4,8 @@
 # top-4; 32 x 256 tokens), every number a ratio measured in the same run:
 #  1. bench_calib with 1 and 2 ranks: calibrate / eval speed, system time / wall time of calibrate,
 #     Gram accumulation / SSYRK rate, forward / SGEMM rate, expert GEMM share;
-#  2. memory: peak RSS of calibrate with calibration.chunk_tokens = 512 on 8 and on 32 sequences (4x);
+#  2. memory: peak RSS of calibrate with calibration.chunk_tokens = 512 on 4x the sequences, 8 -> 32 and
+#     16 -> 64 (the file's 32 sequences repeated);
 #  3. with PYTHON (torch + transformers, e.g. /opt/refenv/bin/python): whole processes as a user runs
 #     them, interleaved, $MOEPACK_BENCH_RUNS (3) runs each, medians: `moepack eval` against
 #     calib_ref.py --mode eval (transformers' forward, eager experts), `moepack calibrate` against
@@ -42,10 +43,12 @@ for arch in ${MOEPACK_BENCH_ARCHS:-mixtral qwen3_moe}; do
     done
     rss() { MOEPACK_BENCH_ARCH=$arch MOEPACK_BENCH_DIR=$D MOEPACK_BENCH_CHUNK=512 MOEPACK_BENCH_NSEQ=$1 \
         mpiexec --oversubscribe -n 1 "$B/bench/bench_calib" | sed -n 's/.*peak RSS per rank (calibrate) \([0-9.]*\) MB/\1/p'; }
-    r8=$(rss 8)
-    r32=$(rss 32)
-    echo "  memory, calibration.chunk_tokens 512 (2 sequences per window): peak RSS $r8 MB with 8 sequences, $r32 MB with 32:" \
-        "RATIO $(echo "$r32 / $r8" | bc -l | cut -c1-5)"
+    for n in 8 16; do
+        a=$(rss $n)
+        b=$(rss $((4 * n)))
+        echo "  memory, calibration.chunk_tokens 512 (2 sequences per window): peak RSS $a MB with $n sequences," \
+            "$b MB with $((4 * n)): RATIO $(echo "$b / $a" | bc -l | cut -c1-5)"
+    done
     [ -n "$PY" ] || continue
     M=$D/model
     set_="--set model.path=$M --set calibration.tokens=$M/tokens.h5 --set checkpoint.dir=$D/ck-cli --quiet --fresh"

@@ -19,15 +19,23 @@
 
 int mp_stats_alloc(mp_expert_stats *s, int64_t layer, int64_t expert, int64_t d, int64_t f)
 {
+    return mp_stats_alloc_with(s, layer, expert, d, f, NULL, NULL);
+}
+
+int mp_stats_alloc_with(mp_expert_stats *s, int64_t layer, int64_t expert, int64_t d, int64_t f, double *G_in,
+                        double *G_mid)
+{
     memset(s, 0, sizeof *s);
     int64_t dd, ff;
     if (d <= 0 || f <= 0 || mp_mul_i64(d, d, &dd) < 0 || mp_mul_i64(f, f, &ff) < 0 || dd > MP_MAX_ELEMS ||
-        ff > MP_MAX_ELEMS)
+        ff > MP_MAX_ELEMS) {
+        free(G_in), free(G_mid);
         return mp_errorf(MP_EINTERNAL, "statistics of layer %lld expert %lld: unusable dims d %lld f %lld",
                          (long long)layer, (long long)expert, (long long)d, (long long)f);
+    }
     s->layer = layer, s->expert = expert, s->d = d, s->f = f;
-    s->G_in = calloc((size_t)(d * d), sizeof(double));
-    s->G_mid = calloc((size_t)(f * f), sizeof(double));
+    s->G_in = G_in ? G_in : calloc((size_t)(d * d), sizeof(double));
+    s->G_mid = G_mid ? G_mid : calloc((size_t)(f * f), sizeof(double));
     s->h_sq = calloc((size_t)f, sizeof(double));
     s->prior_diag_in = calloc((size_t)d, sizeof(double));
     s->prior_diag_mid = calloc((size_t)f, sizeof(double));

@@ -47,6 +47,10 @@ typedef struct {
 
 /* Allocate zeroed arrays for dims d, f (the Grams full [n, n]; no sample). */
 int mp_stats_alloc(mp_expert_stats *s, int64_t layer, int64_t expert, int64_t d, int64_t f);
+/* The same with the Grams given: G_in [d, d] and G_mid [f, f], zeroed, owned by s from here on (either NULL:
+ * allocated here). On failure s owns nothing and the given arrays are freed. */
+int mp_stats_alloc_with(mp_expert_stats *s, int64_t layer, int64_t expert, int64_t d, int64_t f, double *G_in,
+                        double *G_mid);
 void mp_stats_free(mp_expert_stats *s);
 /* Written in two steps, so that the Grams need not stay in memory until the
  * layer's prior is known: begin writes the whole file to a temporary name

@@ -52,6 +52,8 @@ typedef struct {
     sampler *sm;         /* [E + 1] */
     float *scr;         /* [scr_n]: the fp32 Gram workspace (gram.h) */
     size_t scr_n;
+    struct spare_gram *spare; /* [n_spare]: Gram arrays of finished units, for the next ones */
+    int n_spare, cap_spare;
     double nll_sum;
     int64_t n_pred;
     int hid_layer; /* the layer whose output every rank's hidden-state checkpoint holds, -1 */
@@ -64,6 +66,52 @@ static void unit_sums_free(calib *c)
         free(c->us[u].diag_in), free(c->us[u].diag_mid);
         memset(&c->us[u], 0, sizeof c->us[u]);
     }
+}
+
+/* ---- Gram arrays passed from unit to unit ------------------------------------------------------------
+ * A unit's two Grams (tens to hundreds of MB) live from its first window to its file, and the units of a
+ * layer have the same dims: a finished unit's arrays are kept, and zeroed for the next unit, instead of
+ * freed. Freed, they fragmented the heap (never trimmed during the layers, runtime.c): with windows, the
+ * peak RSS of a Mixtral calibrate grew by about 100 MB a layer. Kept: at most the Grams of the units live at
+ * once (one unit without windows); given back before the output head. */
+typedef struct spare_gram {
+    double *p;
+    int64_t n;
+} spare_gram;
+
+/* a kept array of n doubles, zeroed, or NULL (none: mp_stats_alloc_with allocates one) */
+static double *spare_take(calib *c, int64_t n)
+{
+    for (int i = 0; i < c->n_spare; i++)
+        if (c->spare[i].n == n) {
+            double *p = c->spare[i].p;
+            c->spare[i] = c->spare[--c->n_spare];
+            memset(p, 0, sizeof(double) * (size_t)n);
+            return p;
+        }
+    return NULL;
+}
+
+static void spare_keep(calib *c, double *p, int64_t n)
+{
+    if (p && c->n_spare == c->cap_spare) {
+        int cap = c->cap_spare ? 2 * c->cap_spare : 16;
+        spare_gram *q = realloc(c->spare, sizeof *q * (size_t)cap);
+        if (q)
+            c->spare = q, c->cap_spare = cap;
+    }
+    if (p && c->n_spare < c->cap_spare)
+        c->spare[c->n_spare++] = (spare_gram){p, n};
+    else
+        free(p);
+}
+
+static void spare_free(calib *c)
+{
+    for (int i = 0; i < c->n_spare; i++)
+        free(c->spare[i].p);
+    free(c->spare);
+    c->spare = NULL, c->n_spare = c->cap_spare = 0;
 }
 
 /* ---- the token sample ------------------------------------------------------------------------------- */
@@ -186,7 +234,7 @@ static int st_begin(void *ctx, int l, int u, int d, int f)
 {
     int k = slot_of(u);
     calib *c = ctx;
-    size_t n = (size_t)MP_GRAM_PANEL * (size_t)(d > f ? d : f);
+    size_t n = MP_GRAM_SCRATCH(d > f ? d : f);
     if (n > c->scr_n) {
         free(c->scr);
         c->scr_n = n;
@@ -194,7 +242,7 @@ static int st_begin(void *ctx, int l, int u, int d, int f)
     }
     if (!c->scr)
         return mp_errorf(MP_ENOMEM, "out of memory for the statistics of expert %d of layer %d", u, l);
-    MP_CHECK(mp_stats_alloc(&c->st[k], l, u, d, f));
+    MP_CHECK(mp_stats_alloc_with(&c->st[k], l, u, d, f, spare_take(c, (int64_t)d * d), spare_take(c, (int64_t)f * f)));
     sampler_free(&c->sm[k]);
     c->sm[k].K = c->r->job->sample_tokens;
     c->sm[k].seed = (uint64_t)l * 65537u + (uint64_t)u;
@@ -210,9 +258,9 @@ static int st_chunk(void *ctx, int l, int u, const float *x, const float *h, con
     (void)l;
     for (int i = 0; i < nb; i++)
         MP_CHECK(sample_offer(&c->sm[k], tok[i], x + i * d, h + i * f, d, f));
-    _Static_assert(MP_CHUNK <= MP_GRAM_CHUNK, "a forward chunk is one fp32 Gram chunk");
-    mp_gram_add_chunk(x, nb, (int)d, c->scr, st->G_in, NULL);
-    mp_gram_add_chunk(h, nb, (int)f, c->scr, st->G_mid, st->h_sq);
+    _Static_assert(MP_CHUNK == MP_GRAM_BLOCK, "a forward chunk is one Gram block (two fp32 chunks)");
+    mp_gram_add_block(x, nb, (int)d, c->scr, st->G_in, NULL);
+    mp_gram_add_block(h, nb, (int)f, c->scr, st->G_mid, st->h_sq);
     for (int i = 0; i < nb; i++)
         st->weight_sum += w[i];
     st->count += nb;
@@ -243,6 +291,8 @@ static int st_end(void *ctx, int l, int u)
     mp_stats_path(path, sizeof path, c->dir, l, u);
     if (rc == 0)
         rc = mp_stats_write_begin(path, st);
+    spare_keep(c, st->G_in, d * d), spare_keep(c, st->G_mid, f * f);
+    st->G_in = st->G_mid = NULL;
     mp_stats_free(st);
     mp_fault_point("calibrate: unit written (uncommitted)");
     return rc;
@@ -499,6 +549,7 @@ int mp_calib_end(mp_run *r, int s, int ok)
     if (ok && c && c->defer >= 0) /* every layer kept, but not the last one's checkpoint: cannot happen */
         rc = mp_errorf(MP_EINTERNAL, "calibrate: layers %d.. were never run", c->defer);
     if (ok && c && rc == 0) {
+        spare_free(c); /* before the head's vocabulary-sized buffers */
         rc = mp_epf_head(c->f, &c->nll_sum, &c->n_pred);
         if (rc == 0) {
             mp_summary *sum = &r->sum[s];
@@ -523,6 +574,7 @@ int mp_calib_end(mp_run *r, int s, int ok)
             mp_stats_free(&c->st[u]);
             sampler_free(&c->sm[u]);
         }
+        spare_free(c);
         free(c->us), free(c->st), free(c->sm), free(c->scr);
         free(c);
     }

@@ -254,6 +254,15 @@ float *mp_epf_hidden(mp_epf *s, int *seq0, int *nseq)
     return s->h;
 }
 
+/* after the last layer: the layers' buffers go, and with them what the heap kept of the layers (Grams,
+ * statistics images), before the output head's vocabulary-sized weights and logits */
+static void release_layers(mp_epf *s)
+{
+    moe_layer_free(s->lb[0]), moe_layer_free(s->lb[1]);
+    s->lb[0] = s->lb[1] = NULL;
+    mp_heap_release();
+}
+
 void mp_epf_free(mp_epf *s)
 {
     if (!s)
@@ -848,6 +857,7 @@ int mp_epf_head(mp_epf *s, double *nll_sum, int64_t *n_pred)
     const mp_config *cfg = s->cfg;
     int d = s->d, S = s->S, V = cfg->vocab;
     float *nw = NULL, *nb = NULL, *hw = NULL, *hb = NULL, *lg = NULL;
+    release_layers(s);
     double *nll = calloc((size_t)s->tok->n_seq + 1, sizeof(double)), *all = NULL;
     int rc = nll ? s->w->head(s->w->ctx, &nw, &nb, &hw, &hb) : mp_errorf(MP_ENOMEM, "out of memory");
     if (rc == 0 && !(lg = malloc(sizeof(float) * (size_t)S * (size_t)V)))
@@ -905,6 +915,7 @@ int mp_epf_head_compare(mp_epf *a, mp_epf *b, mp_head_cmp *out)
     double *lp[2] = {NULL, NULL}, *seq = calloc(4 * ((size_t)a->tok->n_seq + 1), sizeof(double)), *all = NULL;
     mp_epf *st[2] = {a, b};
     memset(out, 0, sizeof *out);
+    release_layers(a), release_layers(b);
     if (!seq)
         rc = mp_errorf(MP_ENOMEM, "out of memory");
     for (int k = 0; k < 2 && rc == 0; k++) {

@@ -35,6 +35,8 @@ int mp_mpi_init(int *argc, char ***argv)
 
 void mp_mpi_finalize(void) { MPI_Finalize(); }
 
+void mp_heap_release(void) { malloc_trim(0); }
+
 int mp_mpi_rank(void) { return g_rank; }
 
 int mp_mpi_size(void) { return g_size; }

@@ -17,6 +17,10 @@
  * buffers up to 256 MB in the heap for reuse (no page faults per unit). */
 int mp_mpi_init(int *argc, char ***argv);
 void mp_mpi_finalize(void);
+/* Local: gives the heap's free memory back to the system. The heap is never trimmed on its own (mp_mpi_init);
+ * a phase that has freed its large buffers (the layers' Grams, statistics images, exchange buffers) calls
+ * this before the next phase allocates its own, so that the next phase's peak is not stacked on them. */
+void mp_heap_release(void);
 int mp_mpi_rank(void); /* local */
 int mp_mpi_size(void); /* local */
 /* Collective: this rank's place among the ranks of its node (MPI_Comm_split_type SHARED, ordered by world
