@@ -3,8 +3,8 @@
  *   - forward pass alone (eval) and the whole calibrate stage (forward + fp32-chunk Grams + files) on the
  *     same tokens: tokens/s and calibrate / eval speed;
  *   - calibrate's system time (kernel: file writes, page faults) as a share of its wall time;
- *   - the Gram accumulation (mp_gram_add_block: two 256-token chunks by SSYRK, their fp64 sum) against bare
- *     SSYRKs of the same two chunks: rate ratio;
+ *   - the Gram accumulation (mp_gram_add_chunk: SSYRK of a 256-token chunk + the fp64 sum) against a bare
+ *     SSYRK of the same shape: rate ratio;
  *   - the forward's effective GFLOP/s against SGEMM at the expert chunk shapes, and the share of the
  *     layers' time (the forward without the output head) that the expert GEMMs take at that rate;
  *   - peak RSS per rank (calibration.chunk_tokens from $MOEPACK_BENCH_CHUNK bounds it).
@@ -71,27 +71,24 @@ static int cmp_double(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
-/* the median over 21 interleaved pairs of (bare SSYRKs of two chunks x [256, n], upper) / (mp_gram_add_block
- * of the same 512 rows: both chunks in fp32 and their fp64 sum) time, and the SSYRK's best GFLOP/s */
+/* the median over 21 interleaved pairs of (bare SSYRK of x [256, n], upper) / (mp_gram_add_chunk of the same)
+ * time, and the SSYRK's best GFLOP/s */
 static double gram_ratio(int n, double *syrk_gflops)
 {
-    float *x = filled((int64_t)MP_GRAM_BLOCK * n), *c = filled((int64_t)n * n); /* c: SSYRK's [n, n] */
-    float *scr = filled((int64_t)MP_GRAM_SCRATCH(n));
+    float *x = filled((int64_t)MP_GRAM_CHUNK * n), *c = filled((int64_t)n * n); /* c: SSYRK's [n, n], the scratch */
     double *G = calloc((size_t)n * n, sizeof(double)), *sq = calloc((size_t)n, sizeof(double)), r[21], best = 1e30;
     for (int k = 0; k < 21; k++) {
         double t0 = now();
-        for (int h = 0; h < 2; h++)
-            cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, n, MP_GRAM_CHUNK, 1.0f, x + (size_t)h * MP_GRAM_CHUNK * n,
-                        n, 0.0f, c, n);
+        cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, n, MP_GRAM_CHUNK, 1.0f, x, n, 0.0f, c, n);
         double t1 = now();
-        mp_gram_add_block(x, MP_GRAM_BLOCK, n, scr, G, sq);
+        mp_gram_add_chunk(x, MP_GRAM_CHUNK, n, c, G, sq);
         double t2 = now();
         r[k] = (t1 - t0) / (t2 - t1);
         best = t1 - t0 < best ? t1 - t0 : best;
     }
     qsort(r, 21, sizeof r[0], cmp_double);
-    *syrk_gflops = (double)n * n * MP_GRAM_BLOCK / best / 1e9;
-    free(x), free(c), free(scr), free(G), free(sq);
+    *syrk_gflops = (double)n * n * MP_GRAM_CHUNK / best / 1e9;
+    free(x), free(c), free(G), free(sq);
     return r[10];
 }
 

@@ -234,7 +234,7 @@ static int st_begin(void *ctx, int l, int u, int d, int f)
 {
     int k = slot_of(u);
     calib *c = ctx;
-    size_t n = MP_GRAM_SCRATCH(d > f ? d : f);
+    size_t n = (size_t)MP_GRAM_PANEL * (size_t)(d > f ? d : f);
     if (n > c->scr_n) {
         free(c->scr);
         c->scr_n = n;
@@ -258,9 +258,9 @@ static int st_chunk(void *ctx, int l, int u, const float *x, const float *h, con
     (void)l;
     for (int i = 0; i < nb; i++)
         MP_CHECK(sample_offer(&c->sm[k], tok[i], x + i * d, h + i * f, d, f));
-    _Static_assert(MP_CHUNK == MP_GRAM_BLOCK, "a forward chunk is one Gram block (two fp32 chunks)");
-    mp_gram_add_block(x, nb, (int)d, c->scr, st->G_in, NULL);
-    mp_gram_add_block(h, nb, (int)f, c->scr, st->G_mid, st->h_sq);
+    _Static_assert(MP_CHUNK <= MP_GRAM_CHUNK, "a forward chunk is one fp32 Gram chunk");
+    mp_gram_add_chunk(x, nb, (int)d, c->scr, st->G_in, NULL);
+    mp_gram_add_chunk(h, nb, (int)f, c->scr, st->G_mid, st->h_sq);
     for (int i = 0; i < nb; i++)
         st->weight_sum += w[i];
     st->count += nb;

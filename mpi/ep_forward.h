@@ -30,7 +30,7 @@
 #include "forward.h"
 #include "tokens.h"
 
-#define MP_CHUNK 512 /* tokens per expert chunk (one Gram block, gram.h), in global token order */
+#define MP_CHUNK 256 /* tokens per expert chunk (and statistics block), in global token order */
 
 /* Observer of intermediate results on the local rank (tests): what = "hidden" (index 0 = embeddings,
  * l + 1 = output of layer l, n_layers + 1 = after the final norm), "router" (index l, width E) or

@@ -6,7 +6,6 @@
 #include <string.h>
 
 #include "decompose.h"
-#include "ep_forward.h"
 #include "error.h"
 #include "forward.h"
 
@@ -83,7 +82,7 @@ void mp_plan_make(const mp_config *c, int P, int n_seq, int S, int64_t model_byt
     int64_t route = T * E * 4 + T * J * 8 +
                     (P > 1 ? nsend * (24 + 2 * d * 4) + nrecv * (24 + 2 * d * 4 + 8) : nsend * (24 + d * 4));
     int64_t ffn = f > fs ? f : fs;
-    int64_t expert = 3 * ffn * d * 4 + MP_CHUNK * (2 * d + ffn + 1) * 4 + MP_CHUNK * (d + ffn) * 8;
+    int64_t expert = 3 * ffn * d * 4 + 256 * (2 * d + ffn + 1) * 4 + 256 * (d + ffn) * 8;
     int64_t t_routed = min64(sample_tokens, E > 0 ? Tall * K / E : 0),
             t_shared = fs > 0 ? min64(sample_tokens, Tall) : 0;
     int64_t stats = 2 * 8 * (d * d + ffn * ffn) + units_layer * 8 * (d + ffn) +

@@ -3,29 +3,24 @@
  * A Gram G = sum_t x_t x_t^T over many tokens is accumulated chunk by chunk:
  * each chunk of at most MP_GRAM_CHUNK rows is multiplied in fp32 (twice the
  * rate of fp64; upper triangle only, in panels of 256 rows: SSYRK on the
- * diagonal block, SGEMM right of it) and added into the fp64 sum, two chunks
- * (a block) at a time in one pass, G += (double)A + (double)B, while their
- * panels are in cache: the pass over G, read and written in fp64, is what
- * memory bandwidth bounds, and one pass per two chunks took the accumulation
- * from 0.77 to 0.84 of the bare SSYRK rate at n = 1024. With blocks and chunks
- * fixed by global token index, the sum is the same bit for bit for any split
- * of the tokens over ranks. The error against a pure fp64 sum is that of fp32
- * dot products of at most MP_GRAM_CHUNK terms (about sqrt(nb) * 2^-24
- * relative per chunk; the fixtures measure ~1e-7 in the Frobenius norm,
- * tests/test_gram.c). Only the upper triangle of G (G[i n + j], j >= i) is
- * ever read or written. Local. */
+ * diagonal block, SGEMM right of it) and each panel is added into the fp64
+ * sum while it is in cache. With chunks fixed by global token index, the sum
+ * is the same bit for bit for any split of the tokens over ranks. The error
+ * against a pure fp64 sum is that of fp32 dot products of at most
+ * MP_GRAM_CHUNK terms (about sqrt(nb) * 2^-24 relative per chunk; the
+ * fixtures measure ~1e-7 in the Frobenius norm, tests/test_gram.c).
+ * Only the upper triangle of G (G[i n + j], j >= i) is ever read or
+ * written. Local. */
 #ifndef MP_GRAM_H
 #define MP_GRAM_H
 #include <stdint.h>
 
-#define MP_GRAM_CHUNK 256                 /* rows per fp32 chunk */
-#define MP_GRAM_BLOCK (2 * MP_GRAM_CHUNK) /* rows per call: two chunks, one fp64 pass */
-#define MP_GRAM_PANEL 256                 /* rows of the triangle per step */
-#define MP_GRAM_SCRATCH(n) ((size_t)2 * MP_GRAM_PANEL * (size_t)(n)) /* floats of workspace for [*, n] */
+#define MP_GRAM_CHUNK 256 /* rows per fp32 chunk */
+#define MP_GRAM_PANEL 256 /* rows of the triangle per step (the scratch holds MP_GRAM_PANEL n floats) */
 
-/* G [n, n] fp64 (upper triangle) += upper(x^T x) of x [nb, n] (row-major, nb <= MP_GRAM_BLOCK: rows
- * [0, MP_GRAM_CHUNK) and the rest are the two fp32 chunks), computed in scratch [MP_GRAM_SCRATCH(n)]
- * (workspace). sq [n], when not NULL: sq[j] += sum_i x[i, j]^2 in fp64. */
-void mp_gram_add_block(const float *x, int nb, int n, float *scratch, double *G, double *sq);
+/* G [n, n] fp64 (upper triangle) += upper(x^T x) of x [nb, n] (row-major, nb <= MP_GRAM_CHUNK), computed in
+ * fp32 in scratch [MP_GRAM_PANEL n] (workspace). sq [n], when not NULL:
+ * sq[j] += sum_i x[i, j]^2 in fp64. */
+void mp_gram_add_chunk(const float *x, int nb, int n, float *scratch, double *G, double *sq);
 
 #endif

@@ -1,8 +1,7 @@
 /* test_gram.c - the fp32-chunk Gram (src/gram.h) against the pure fp64 sum of the same rows:
  *  - synthetic activations shaped like a MoE layer's (channels of unequal scale, a few outliers, a mean
- *    offset, a SwiGLU-like heavy tail), 1000 and 1200 tokens (blocks of two chunks of 256, partial ones, a
- *    last block of one chunk): relative Frobenius error <= 1e-6 of the upper triangle, the lower triangle
- *    never written, h_sq exact in fp64;
+ *    offset, a SwiGLU-like heavy tail), 1000 tokens = 3 full chunks of 256 and a partial one: relative
+ *    Frobenius error <= 1e-6 of the upper triangle, the lower triangle never written, h_sq exact in fp64;
  *  - the hidden states transformers computed for the qwen2_moe_f32 and mixtral_f32 fixtures
  *    (ref.safetensors: hidden.*): the same bound. */
 #include <stdint.h>
@@ -12,20 +11,20 @@
 #include "safetensors.h"
 #include "testutil.h"
 
-/* accumulate X [t, n] in blocks of MP_GRAM_BLOCK with mp_gram_add_block and compare with the fp64 loop */
+/* accumulate X [t, n] in chunks of MP_GRAM_CHUNK with mp_gram_add_chunk and compare with the fp64 loop */
 static double check_rows(const char *what, const float *X, int64_t t, int n)
 {
     double *G = malloc(sizeof(double) * (size_t)n * n), *R = calloc((size_t)n * n, sizeof(double));
     double *sq = calloc((size_t)n, sizeof(double)), *rsq = calloc((size_t)n, sizeof(double));
-    float *scr = malloc(sizeof(float) * MP_GRAM_SCRATCH(n));
+    float *scr = malloc(sizeof(float) * MP_GRAM_PANEL * (size_t)n);
     for (int64_t i = 0; i < (int64_t)n * n; i++)
         G[i] = -7.0; /* the lower triangle must keep it */
     for (int64_t i = 0; i < n; i++)
         for (int64_t j = i; j < n; j++)
             G[i * n + j] = 0;
-    for (int64_t c0 = 0; c0 < t; c0 += MP_GRAM_BLOCK) {
-        int nb = (int)(t - c0 < MP_GRAM_BLOCK ? t - c0 : MP_GRAM_BLOCK);
-        mp_gram_add_block(X + c0 * n, nb, n, scr, G, sq);
+    for (int64_t c0 = 0; c0 < t; c0 += MP_GRAM_CHUNK) {
+        int nb = (int)(t - c0 < MP_GRAM_CHUNK ? t - c0 : MP_GRAM_CHUNK);
+        mp_gram_add_chunk(X + c0 * n, nb, n, scr, G, sq);
     }
     for (int64_t r = 0; r < t; r++) /* the reference: every product and sum in fp64 */
         for (int64_t i = 0; i < n; i++) {
@@ -55,8 +54,9 @@ static double check_rows(const char *what, const float *X, int64_t t, int n)
     return rel;
 }
 
-static void synthetic(int64_t t)
+static void synthetic(void)
 {
+    const int64_t t = 1000;
     const int d = 192, f = 320;
     mp_rng g;
     mp_rng_seed(&g, 11);
@@ -105,8 +105,7 @@ static void fixture(const char *model)
 
 int main(void)
 {
-    synthetic(1000); /* blocks of 512 and 488 rows: two fp32 chunks each */
-    synthetic(1200); /* 512, 512 and 176: a last block of one chunk */
+    synthetic();
     fixture("qwen2_moe_f32");
     fixture("mixtral_f32");
     return t_done("gram");
