@@ -44,7 +44,10 @@ static void header(unsigned char *b, uint64_t fp, int layer, int seq0, int nseq,
     put64(b + 8 * HDR, hash);
 }
 
-int mp_hidden_save(const char *dir, uint64_t fp, int layer, int seq0, int nseq, int S, int d, const float *h)
+enum { SLICE = 1 << 20 }; /* bytes of h per read or write */
+
+int mp_hidden_save(const char *dir, uint64_t fp, int layer, int seq0, int nseq, int S, int d, const float *h,
+                   mp_rows_done done, void *ctx)
 {
     char path[4400], tmp[4500], sub[4300];
     snprintf(sub, sizeof sub, "%s/hidden", dir);
@@ -53,13 +56,29 @@ int mp_hidden_save(const char *dir, uint64_t fp, int layer, int seq0, int nseq, 
     snprintf(tmp, sizeof tmp, "%s.tmp", path);
     size_t n = (size_t)nseq * (size_t)S * (size_t)d * sizeof(float);
     unsigned char hd[8 * (HDR + 1)];
-    header(hd, fp, layer, seq0, nseq, S, d, XXH64(h, n, 0)); /* fp32 rows as in memory: little-endian hosts */
-    FILE *f = fopen(tmp, "wb");
-    if (!f)
-        return mp_syserrorf(MP_EIO, "%s: cannot create", tmp);
+    XXH64_state_t *xs = XXH64_createState();
+    FILE *f = xs ? fopen(tmp, "wb") : NULL;
+    if (!f) {
+        XXH64_freeState(xs);
+        return xs ? mp_syserrorf(MP_EIO, "%s: cannot create", tmp) : mp_errorf(MP_ENOMEM, "out of memory");
+    }
+    XXH64_reset(xs, 0);
+    header(hd, fp, layer, seq0, nseq, S, d, 0); /* its hash once the rows are written */
     int rc = mp_fwrite_all(hd, sizeof hd, f, tmp);
+    for (size_t o = 0; o < n && rc == 0; o += SLICE) { /* fp32 rows as in memory: little-endian hosts */
+        const unsigned char *p = (const unsigned char *)h + o;
+        size_t k = n - o < SLICE ? n - o : SLICE;
+        XXH64_update(xs, p, k);
+        rc = mp_fwrite_all(p, k, f, tmp);
+        if (done)
+            done(ctx, p, k);
+    }
+    header(hd, fp, layer, seq0, nseq, S, d, XXH64_digest(xs));
+    XXH64_freeState(xs);
+    if (rc == 0 && fseek(f, 0, SEEK_SET) != 0)
+        rc = mp_syserrorf(MP_EIO, "%s: seek failed", tmp);
     if (rc == 0)
-        rc = mp_fwrite_all(h, n, f, tmp);
+        rc = mp_fwrite_all(hd, sizeof hd, f, tmp);
     if (fclose(f) != 0 && rc == 0)
         rc = mp_syserrorf(MP_EIO, "%s: write failed", tmp);
     if (rc == 0 && rename(tmp, path) != 0)
@@ -98,19 +117,49 @@ int mp_hidden_find(const char *dir, uint64_t fp, int seq0, int nseq, int S, int 
     return layer;
 }
 
-int mp_hidden_load(const char *dir, uint64_t fp, int layer, int seq0, int nseq, int S, int d, float *h)
+/* The hash of the n bytes after the header of f, read into dst (n bytes) when given, else through a buffer
+ * of SLICE bytes; -1 when they are not exactly n bytes. */
+static int data_hash(FILE *f, size_t n, unsigned char *dst, mp_rows_done done, void *ctx, uint64_t *hash)
+{
+    XXH64_state_t *xs = XXH64_createState();
+    unsigned char *buf = dst ? NULL : malloc(SLICE);
+    int ok = xs && (dst || buf) && fseek(f, 8 * (HDR + 1), SEEK_SET) == 0;
+    if (ok)
+        XXH64_reset(xs, 0);
+    for (size_t o = 0; o < n && ok; o += SLICE) {
+        size_t k = n - o < SLICE ? n - o : SLICE;
+        unsigned char *p = dst ? dst + o : buf;
+        ok = fread(p, 1, k, f) == k;
+        if (ok)
+            XXH64_update(xs, p, k);
+        if (dst && done)
+            done(ctx, p, k);
+    }
+    ok = ok && fgetc(f) == EOF;
+    if (ok)
+        *hash = XXH64_digest(xs);
+    XXH64_freeState(xs);
+    free(buf);
+    return ok ? 0 : -1;
+}
+
+int mp_hidden_load(const char *dir, uint64_t fp, int layer, int seq0, int nseq, int S, int d, float *h,
+                   mp_rows_done done, void *ctx)
 {
     char path[4400];
     file_name(path, sizeof path, dir, seq0, nseq);
     FILE *f = fopen(path, "rb");
     if (!f)
         return mp_syserrorf(MP_EFORMAT, "%s: cannot open the hidden-state checkpoint", path);
-    uint64_t hash = 0;
+    uint64_t want = 0, got = 0;
     size_t n = (size_t)nseq * (size_t)S * (size_t)d * sizeof(float);
-    int rc = read_header(f, fp, seq0, nseq, S, d, &hash) == layer && fread(h, 1, n, f) == n && fgetc(f) == EOF &&
-                     XXH64(h, n, 0) == hash
+    /* checked before h is touched: a damaged file leaves the states to replay from as they were */
+    int rc = read_header(f, fp, seq0, nseq, S, d, &want) == layer && data_hash(f, n, NULL, NULL, NULL, &got) == 0 &&
+                     got == want
                  ? 0
                  : mp_errorf(MP_EFORMAT, "%s: not the intact hidden states after layer %d", path, layer);
+    if (rc == 0 && h && (data_hash(f, n, (unsigned char *)h, done, ctx, &got) != 0 || got != want))
+        rc = mp_errorf(MP_EIO, "%s: changed while the hidden states after layer %d were read from it", path, layer);
     fclose(f);
     return rc;
 }

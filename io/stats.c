@@ -14,16 +14,12 @@
 #include "checked.h"
 #include "error.h"
 #include "fsutil.h"
+#include "gram.h"
 #include "h5util.h"
 #include "model_config.h"
 
-int mp_stats_alloc(mp_expert_stats *s, int64_t layer, int64_t expert, int64_t d, int64_t f)
-{
-    return mp_stats_alloc_with(s, layer, expert, d, f, NULL, NULL);
-}
-
-int mp_stats_alloc_with(mp_expert_stats *s, int64_t layer, int64_t expert, int64_t d, int64_t f, double *G_in,
-                        double *G_mid)
+static int alloc_stats(mp_expert_stats *s, int64_t layer, int64_t expert, int64_t d, int64_t f, double *G_in,
+                       double *G_mid, int packed)
 {
     memset(s, 0, sizeof *s);
     int64_t dd, ff;
@@ -33,9 +29,9 @@ int mp_stats_alloc_with(mp_expert_stats *s, int64_t layer, int64_t expert, int64
         return mp_errorf(MP_EINTERNAL, "statistics of layer %lld expert %lld: unusable dims d %lld f %lld",
                          (long long)layer, (long long)expert, (long long)d, (long long)f);
     }
-    s->layer = layer, s->expert = expert, s->d = d, s->f = f;
-    s->G_in = G_in ? G_in : calloc((size_t)(d * d), sizeof(double));
-    s->G_mid = G_mid ? G_mid : calloc((size_t)(f * f), sizeof(double));
+    s->layer = layer, s->expert = expert, s->d = d, s->f = f, s->packed = packed;
+    s->G_in = G_in ? G_in : calloc((size_t)(packed ? mp_gram_packed_size(d) : dd), sizeof(double));
+    s->G_mid = G_mid ? G_mid : calloc((size_t)(packed ? mp_gram_packed_size(f) : ff), sizeof(double));
     s->h_sq = calloc((size_t)f, sizeof(double));
     s->prior_diag_in = calloc((size_t)d, sizeof(double));
     s->prior_diag_mid = calloc((size_t)f, sizeof(double));
@@ -45,6 +41,17 @@ int mp_stats_alloc_with(mp_expert_stats *s, int64_t layer, int64_t expert, int64
                          (long long)expert);
     }
     return 0;
+}
+
+int mp_stats_alloc(mp_expert_stats *s, int64_t layer, int64_t expert, int64_t d, int64_t f)
+{
+    return alloc_stats(s, layer, expert, d, f, NULL, NULL, 0);
+}
+
+int mp_stats_alloc_with(mp_expert_stats *s, int64_t layer, int64_t expert, int64_t d, int64_t f, double *G_in,
+                        double *G_mid)
+{
+    return alloc_stats(s, layer, expert, d, f, G_in, G_mid, 1);
 }
 
 void mp_stats_free(mp_expert_stats *s)
@@ -127,7 +134,20 @@ static int pack_finite(const char *path, const char *name, const double *G, int6
     return 0;
 }
 
-/* upper: the Grams are a writer's input (checked by pack_finite); else the whole matrices (a file read) */
+/* The packed upper triangle P of order n (a writer's input), checked: the first non-finite value is an
+ * error naming it */
+static int check_packed(const char *path, const char *name, const double *P, int64_t n)
+{
+    for (int64_t i = 0, k = 0; i < n; k += n - i, i++)
+        for (int64_t j = i; j < n; j++)
+            if (!isfinite(P[k + j - i]))
+                return mp_errorf(MP_ENUMERIC, "%s: statistics '%s': non-finite value %g at [%lld, %lld]", path, name,
+                                 P[k + j - i], (long long)i, (long long)j);
+    return 0;
+}
+
+/* upper: the Grams are a writer's input (checked by pack_finite or check_packed); else the whole matrices
+ * (a file read) */
 static int check_all_finite(const char *path, const mp_expert_stats *s, int with_prior, int upper)
 {
     if (!upper) {
@@ -230,19 +250,21 @@ int mp_stats_write_begin(const char *path, const mp_expert_stats *s)
     if (f < 0)
         MP_CHECK(MP_EINTERNAL);
     hid_t root = H5Gopen2(f, "/", H5P_DEFAULT);
-    int64_t d = s->d, ff = s->f, t = s->n_sample, np = mp_gram_packed_size(d > ff ? d : ff);
-    double *x_sq = malloc(sizeof(double) * (size_t)d), *P = malloc(sizeof(double) * (size_t)np);
+    int64_t d = s->d, ff = s->f, t = s->n_sample, m = d > ff ? d : ff;
+    /* P: the packing buffer (also the zeros of the prior's placeholders) */
+    double *x_sq = malloc(sizeof(double) * (size_t)d),
+           *P = malloc(sizeof(double) * (size_t)(s->packed ? m : mp_gram_packed_size(m)));
     for (int64_t i = 0; x_sq && i < d; i++)
-        x_sq[i] = s->G_in[i * d + i];
+        x_sq[i] = s->G_in[s->packed ? mp_gram_at(d, i, i) : i * d + i];
     int bad = x_sq == NULL || P == NULL;
     int rc = 0;
-    if (!bad) { /* one packing buffer for both: HDF5 copies each into the in-memory file */
-        rc = pack_finite(path, "G_in", s->G_in, d, P);
-        bad |= rc < 0 || put(f, "G_in_packed", P, 1, (hsize_t)mp_gram_packed_size(d), 0);
-    }
-    if (!bad) {
-        rc = pack_finite(path, "G_mid", s->G_mid, ff, P);
-        bad |= rc < 0 || put(f, "G_mid_packed", P, 1, (hsize_t)mp_gram_packed_size(ff), 0);
+    for (int w = 0; w < 2 && !bad; w++) { /* packed already, or packed into one buffer for both (HDF5 copies) */
+        const double *G = w ? s->G_mid : s->G_in;
+        int64_t n = w ? ff : d;
+        const char *name = w ? "G_mid" : "G_in";
+        rc = s->packed ? check_packed(path, name, G, n) : pack_finite(path, name, G, n, P);
+        bad |= rc < 0 ||
+               put(f, w ? "G_mid_packed" : "G_in_packed", s->packed ? G : P, 1, (hsize_t)mp_gram_packed_size(n), 0);
     }
     bad |= t < 0 || (t > 0 && (!s->X_sample || !s->H_sample || !s->sample_token));
     if (!bad)

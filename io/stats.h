@@ -37,6 +37,7 @@ typedef struct {
     int64_t count, prior_tokens;
     double weight_sum;
     double *G_in, *G_mid, *h_sq, *prior_diag_in, *prior_diag_mid;
+    int packed; /* G_in, G_mid hold only their upper triangles, packed row by row (gram.h: mp_gram_at) */
     /* a deterministic sample of the routed tokens (calibration.sample_tokens), in global token order:
      * X_sample [n_sample, d] the expert's inputs, H_sample [n_sample, f] its intermediate activations,
      * sample_token [n_sample] their global token indices; NULL / 0 when none were kept */
@@ -47,16 +48,17 @@ typedef struct {
 
 /* Allocate zeroed arrays for dims d, f (the Grams full [n, n]; no sample). */
 int mp_stats_alloc(mp_expert_stats *s, int64_t layer, int64_t expert, int64_t d, int64_t f);
-/* The same with the Grams given: G_in [d, d] and G_mid [f, f], zeroed, owned by s from here on (either NULL:
- * allocated here). On failure s owns nothing and the given arrays are freed. */
+/* The same with the Grams packed (`packed` set: what calibrate accumulates, half the memory) and given:
+ * G_in [d (d + 1) / 2] and G_mid [f (f + 1) / 2], zeroed, owned by s from here on (either NULL: allocated
+ * here). On failure s owns nothing and the given arrays are freed. */
 int mp_stats_alloc_with(mp_expert_stats *s, int64_t layer, int64_t expert, int64_t d, int64_t f, double *G_in,
                         double *G_mid);
 void mp_stats_free(mp_expert_stats *s);
 /* Written in two steps, so that the Grams need not stay in memory until the
  * layer's prior is known: begin writes the whole file to a temporary name
  * next to `path`, the prior's datasets and attribute last, as placeholders
- * (of G_in and G_mid only the upper triangles, G[i n + j] with j >= i, are
- * read; the sample's n_sample rows), hashes the bytes before the first
+ * (of G_in and G_mid only the upper triangles, G[i n + j] with j >= i or
+ * packed (`packed`), are read; the sample's n_sample rows), hashes the bytes before the first
  * placeholder and keeps the few after it in memory (per path, until end);
  * end writes prior_tokens and the prior diagonals into their places (one
  * pwrite of that tail), commits the file under `path` and returns its XXH64

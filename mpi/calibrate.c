@@ -242,7 +242,8 @@ static int st_begin(void *ctx, int l, int u, int d, int f)
     }
     if (!c->scr)
         return mp_errorf(MP_ENOMEM, "out of memory for the statistics of expert %d of layer %d", u, l);
-    MP_CHECK(mp_stats_alloc_with(&c->st[k], l, u, d, f, spare_take(c, (int64_t)d * d), spare_take(c, (int64_t)f * f)));
+    int64_t pd = mp_gram_packed_size(d), pf = mp_gram_packed_size(f); /* packed Grams (gram.h) */
+    MP_CHECK(mp_stats_alloc_with(&c->st[k], l, u, d, f, spare_take(c, pd), spare_take(c, pf)));
     sampler_free(&c->sm[k]);
     c->sm[k].K = c->r->job->sample_tokens;
     c->sm[k].seed = (uint64_t)l * 65537u + (uint64_t)u;
@@ -273,8 +274,8 @@ static int st_end(void *ctx, int l, int u)
     int k = slot_of(u);
     mp_expert_stats *st = &c->st[k];
     int64_t d = st->d, f = st->f;
-    /* the Grams hold their upper triangles (gram.h); the file stores just these, packed, and the writer
-     * checks them while packing (a non-finite value is an error naming the file, the Gram and [i, j]) */
+    /* the Grams hold their upper triangles, packed (gram.h): just what the file stores; the writer checks
+     * them (a non-finite value is an error naming the file, the Gram and [i, j]) */
     int rc = sample_finish(&c->sm[k], st);
     sampler_free(&c->sm[k]);
     unit_sum *su = &c->us[k];
@@ -284,14 +285,14 @@ static int st_end(void *ctx, int l, int u)
     if (rc == 0 && (!su->diag_in || !su->diag_mid))
         rc = mp_errorf(MP_ENOMEM, "out of memory");
     for (int64_t i = 0; i < d && rc == 0; i++)
-        su->diag_in[i] = st->G_in[i * d + i];
+        su->diag_in[i] = st->G_in[mp_gram_at(d, i, i)];
     for (int64_t i = 0; i < f && rc == 0; i++)
-        su->diag_mid[i] = st->G_mid[i * f + i];
+        su->diag_mid[i] = st->G_mid[mp_gram_at(f, i, i)];
     char path[4600];
     mp_stats_path(path, sizeof path, c->dir, l, u);
     if (rc == 0)
         rc = mp_stats_write_begin(path, st);
-    spare_keep(c, st->G_in, d * d), spare_keep(c, st->G_mid, f * f);
+    spare_keep(c, st->G_in, mp_gram_packed_size(d)), spare_keep(c, st->G_mid, mp_gram_packed_size(f));
     st->G_in = st->G_mid = NULL;
     mp_stats_free(st);
     mp_fault_point("calibrate: unit written (uncommitted)");
@@ -455,16 +456,23 @@ static int find_checkpoint(calib *c)
     return lo == hi && lo >= 0 && lo < c->r->m->cfg.n_layers ? lo : -1;
 }
 
-/* Collective: the hidden states after layer l from the checkpoint (agreed; on failure nothing changed that
- * matters: the caller replays). */
+/* Collective: the hidden states after layer l from the checkpoint, once every rank has found its file
+ * intact. MP_EFORMAT on every rank when one is not (no rank's states were touched: the caller replays);
+ * another error is fatal. */
 static int load_checkpoint(calib *c, int l)
 {
-    int seq0, nseq;
+    int seq0, nseq, S = c->r->tok->seq_len;
+    uint64_t fp = c->r->fp[MP_STAGE_CALIBRATE];
     float *h = mp_epf_hidden(c->f, &seq0, &nseq);
-    int rc = nseq > 0 ? mp_hidden_load(c->dir, c->r->fp[MP_STAGE_CALIBRATE], l, seq0, nseq, c->r->tok->seq_len,
-                                       c->d, h)
-                      : 0;
-    return mp_mpi_agree(rc);
+    int rc = nseq > 0 ? mp_hidden_load(c->dir, fp, l, seq0, nseq, S, c->d, NULL, NULL, NULL) : 0, worst = rc;
+    MP_MPI(MPI_Allreduce(&rc, &worst, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD));
+    if (worst == MP_EFORMAT && rc == 0)
+        rc = mp_errorf(MP_EFORMAT, "another rank's hidden-state checkpoint is not intact");
+    if (worst == MP_EFORMAT)
+        return rc;
+    if (rc == 0 && worst == 0 && nseq > 0)
+        rc = mp_hidden_load(c->dir, fp, l, seq0, nseq, S, c->d, h, mp_epf_hidden_done, c->f);
+    return mp_mpi_agree(rc == MP_EFORMAT ? mp_errorf(MP_EIO, "%s", mp_error_message()) : rc);
 }
 
 int mp_calib_begin(mp_run *r, int s)
@@ -480,7 +488,10 @@ int mp_calib_begin(mp_run *r, int s)
     if (!c->us || !c->st || !c->sm)
         return mp_errorf(MP_ENOMEM, "out of memory");
     c->hid_layer = c->defer = -1;
-    MP_CHECK(mp_epf_create(&r->w, r->tok, r->o->observe, r->o->observe_ctx, &c->f));
+    /* with windows, the residual stream on a file in the stage's directory: memory bounded by the window */
+    MP_CHECK(r->job->chunk_tokens > 0
+                 ? mp_epf_create_spilled(&r->w, r->tok, r->o->observe, r->o->observe_ctx, c->dir, &c->f)
+                 : mp_epf_create(&r->w, r->tok, r->o->observe, r->o->observe_ctx, &c->f));
     MP_CHECK(mp_epf_set_window(c->f, r->job->chunk_tokens));
     MP_CHECK(mp_epf_balance(c->f, 1));
     c->hid_layer = find_checkpoint(c);
@@ -502,7 +513,8 @@ int mp_calib_layer(mp_run *r, int s, int l, int committed)
         }
         int seq0, nseq;
         float *h = mp_epf_hidden(c->f, &seq0, &nseq);
-        if (load_checkpoint(c, l) == 0) {
+        int lrc = load_checkpoint(c, l);
+        if (lrc == 0) {
             if (r->rank == 0)
                 fprintf(stderr, "moepack: note: calibrate resumes from the hidden states after layer %d "
                                 "(checkpoint): layers 0..%d not replayed\n", l, l);
@@ -511,6 +523,8 @@ int mp_calib_layer(mp_run *r, int s, int l, int committed)
                 r->o->observe(r->o->observe_ctx, "hidden", l + 1, seq0, nseq, c->d, h);
             return 0;
         }
+        if (lrc != MP_EFORMAT)
+            return lrc;
         if (r->rank == 0)
             fprintf(stderr, "moepack: note: %s; replaying the forward pass\n", mp_error_message());
     }
@@ -535,7 +549,8 @@ int mp_calib_layer(mp_run *r, int s, int l, int committed)
     if (rc == 0) { /* the layer's output, for a resumed run */
         int seq0, nseq;
         const float *h = mp_epf_hidden(c->f, &seq0, &nseq);
-        rc = nseq > 0 ? mp_hidden_save(c->dir, r->fp[MP_STAGE_CALIBRATE], l, seq0, nseq, r->tok->seq_len, c->d, h)
+        rc = nseq > 0 ? mp_hidden_save(c->dir, r->fp[MP_STAGE_CALIBRATE], l, seq0, nseq, r->tok->seq_len, c->d, h,
+                                       mp_epf_hidden_done, c->f)
                       : 0;
         rc = mp_mpi_agree(rc);
     }

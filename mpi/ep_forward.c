@@ -2,11 +2,14 @@
 #define _GNU_SOURCE
 #include "ep_forward.h"
 
+#include <fcntl.h>
 #include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "error.h"
 #include "plan.h"
@@ -23,7 +26,8 @@ struct mp_epf {
     int64_t T;       /* local tokens */
     int64_t win_seq; /* sequences per window of the MoE exchange (global), >= 1 */
     int64_t wmax;    /* the most local tokens of one window */
-    float *h;        /* [T, d]: residual stream */
+    float *h;        /* [T, d]: residual stream (spilled: a shared mapping of an unlinked file) */
+    int spilled;     /* h is on a file, its pages given back after each window (mp_epf_create_spilled) */
     float *x, *y;    /* [wmax, d]: normed input of the block, block output (one window) */
     float *scr;      /* attention scratch */
     int balance;     /* routed experts to owners by their tokens (mp_epf_balance) */
@@ -188,7 +192,50 @@ static int window_buffers(mp_epf *s)
     return s->x && s->y ? 0 : mp_errorf(MP_ENOMEM, "out of memory for a window of %lld tokens", (long long)s->wmax);
 }
 
-int mp_epf_create(const mp_weights *w, const mp_tokens *tok, mp_observer observe, void *observe_ctx, mp_epf **out)
+static size_t hidden_bytes(const mp_epf *s) { return sizeof(float) * (size_t)(s->T * s->d + 1); }
+
+/* h as a shared mapping of a file in dir, created and unlinked at once (nothing stays behind), its blocks
+ * allocated now (a full disk is an error here, not a SIGBUS at a page fault) */
+static int spill_map(mp_epf *s, const char *dir)
+{
+    char path[4400];
+    snprintf(path, sizeof path, "%s/.hidden-rank%d-XXXXXX", dir, s->rank);
+    int fd = mkstemp(path);
+    if (fd < 0)
+        return mp_syserrorf(MP_EIO, "%s: cannot create the file of the residual stream", path);
+    unlink(path);
+    size_t n = hidden_bytes(s);
+    int e = posix_fallocate(fd, 0, (off_t)n);
+    void *p = e == 0 ? mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0) : MAP_FAILED;
+    close(fd); /* the mapping keeps the file */
+    if (e != 0)
+        return mp_errorf(MP_EIO, "%s: cannot allocate %zu bytes for the residual stream: %s", path, n, strerror(e));
+    if (p == MAP_FAILED)
+        return mp_syserrorf(MP_EIO, "%s: cannot map the residual stream", path);
+    s->h = p, s->spilled = 1;
+    return 0;
+}
+
+void mp_epf_hidden_done(void *ctx, const void *rows, size_t bytes)
+{
+    mp_epf *s = ctx;
+    if (!s->spilled || bytes == 0)
+        return;
+    uintptr_t pg = (uintptr_t)sysconf(_SC_PAGESIZE), a = ((uintptr_t)rows + pg - 1) / pg * pg,
+              b = ((uintptr_t)rows + bytes) / pg * pg;
+    if (b > a) /* the file keeps the data; a later access maps it in again (a refusal only costs memory) */
+        madvise((void *)a, b - a, MADV_DONTNEED);
+}
+
+/* every page of a spilled residual stream back to its file */
+static void hidden_release(mp_epf *s)
+{
+    if (s->spilled)
+        madvise(s->h, hidden_bytes(s), MADV_DONTNEED);
+}
+
+static int create(const mp_weights *w, const mp_tokens *tok, mp_observer observe, void *observe_ctx,
+                  const char *spill_dir, mp_epf **out)
 {
     const mp_config *cfg = w->cfg;
     *out = NULL;
@@ -212,14 +259,20 @@ int mp_epf_create(const mp_weights *w, const mp_tokens *tok, mp_observer observe
         mp_seq_range(tok->n_seq, s->rank, s->size, &lo, &hi);
         s->seq0 = (int)lo, s->nseq = (int)(hi - lo), s->T = (int64_t)s->nseq * s->S;
         s->win_seq = tok->n_seq > 0 ? tok->n_seq : 1;
-        s->h = malloc(sizeof(float) * (size_t)(s->T * s->d + 1));
+        if (spill_dir && s->T > 0)
+            rc = spill_map(s, spill_dir);
+        else
+            s->h = malloc(hidden_bytes(s));
         s->scr = malloc(sizeof(float) * (size_t)(mp_attention_scratch(cfg, s->S) + (int64_t)s->S * s->d));
-        if (!s->h || !s->scr)
+        if (rc == 0 && (!s->h || !s->scr))
             rc = mp_errorf(MP_ENOMEM, "out of memory for %lld tokens of hidden states", (long long)s->T);
         if (rc == 0)
             rc = window_buffers(s);
-        if (rc == 0)
-            rc = w->embed(w->ctx, tok->ids + (int64_t)s->seq0 * s->S, (int)s->T, s->h);
+        for (int q = 0; q < s->nseq && rc == 0; q++) { /* sequence by sequence: a spilled stream stays out */
+            float *hq = s->h + (int64_t)q * s->S * s->d;
+            rc = w->embed(w->ctx, tok->ids + (int64_t)(s->seq0 + q) * s->S, s->S, hq);
+            mp_epf_hidden_done(s, hq, sizeof(float) * (size_t)s->S * (size_t)s->d);
+        }
         if (rc == 0 && observe && s->T)
             observe(observe_ctx, "hidden", 0, s->seq0, s->nseq, s->d, s->h);
     }
@@ -229,6 +282,17 @@ int mp_epf_create(const mp_weights *w, const mp_tokens *tok, mp_observer observe
     else
         *out = s;
     return rc;
+}
+
+int mp_epf_create(const mp_weights *w, const mp_tokens *tok, mp_observer observe, void *observe_ctx, mp_epf **out)
+{
+    return create(w, tok, observe, observe_ctx, NULL, out);
+}
+
+int mp_epf_create_spilled(const mp_weights *w, const mp_tokens *tok, mp_observer observe, void *observe_ctx,
+                          const char *dir, mp_epf **out)
+{
+    return create(w, tok, observe, observe_ctx, dir, out);
 }
 
 int mp_epf_balance(mp_epf *s, int on)
@@ -267,7 +331,11 @@ void mp_epf_free(mp_epf *s)
 {
     if (!s)
         return;
-    free(s->h), free(s->x), free(s->y), free(s->scr);
+    if (s->spilled)
+        munmap(s->h, hidden_bytes(s));
+    else
+        free(s->h);
+    free(s->x), free(s->y), free(s->scr);
     moe_layer_free(s->lb[0]), moe_layer_free(s->lb[1]);
     free(s);
 }
@@ -814,6 +882,7 @@ static int layer_run(mp_epf *s, int l, const mp_unit_hooks *hooks, const mp_weig
         }
         if (!units)
             rc = mp_mpi_agree(rc);
+        hidden_release(s); /* the window's rows, and the earlier tokens its outputs completed */
     }
     for (int64_t t = 0; lw.moe && t < s->T && rc == 0; t++)
         if (b->left[t] || (alt && b2->left[t]))
@@ -824,8 +893,10 @@ static int layer_run(mp_epf *s, int l, const mp_unit_hooks *hooks, const mp_weig
         compare_outputs(s, y, y2, seq);
     if (rc == 0 && alt && (lw.moe || dense))
         rc = sum_sequences(s, seq, sq);
-    if (rc == 0 && s->observe && s->T)
+    if (rc == 0 && s->observe && s->T) {
         s->observe(s->observe_ctx, "hidden", l + 1, s->seq0, s->nseq, d, s->h);
+        hidden_release(s);
+    }
     free(y), free(y2), free(seq);
     mp_layer_free(&lw);
     return rc;
@@ -876,6 +947,7 @@ int mp_epf_head(mp_epf *s, double *nll_sum, int64_t *n_pred)
         if (!isfinite(acc))
             rc = mp_errorf(MP_ENUMERIC, "the negative log-likelihood of sequence %d is not finite", s->seq0 + q);
         nll[s->seq0 + q] = acc;
+        mp_epf_hidden_done(s, s->h + (int64_t)q * S * d, sizeof(float) * (size_t)S * (size_t)d);
     }
     MP_CHECK_GOTO(mp_mpi_agree(rc), out);
     /* gather per-sequence sums; root adds them in sequence order */
@@ -928,6 +1000,7 @@ int mp_epf_head_compare(mp_epf *a, mp_epf *b, mp_head_cmp *out)
     for (int q = 0; q < a->nseq && rc == 0; q++) {
         for (int k = 0; k < 2; k++) {
             mp_norm(cfg, st[k]->h + (int64_t)q * S * d, S, d, nw[k], nb[k], st[k]->x);
+            mp_epf_hidden_done(st[k], st[k]->h + (int64_t)q * S * d, sizeof(float) * (size_t)S * (size_t)d);
             mp_lm_head(cfg, hw[k], hb[k], st[k]->x, S, lg[k]);
         }
         const int32_t *ids = a->tok->ids + (int64_t)(a->seq0 + q) * S;

@@ -19,12 +19,13 @@
  *              the residual stream.
  * Chunks and sums are thus the same for any number of ranks and any window,
  * and every result is bit-identical (BLAS has one thread per rank). Memory:
- * the residual stream [local tokens, d], the rest bounded by the window and
+ * the residual stream [local tokens, d] (or on a file: mp_epf_create_spilled), the rest bounded by the window and
  * the staged chunks. A rank without sequences or without tokens for its
  * units still takes part in every collective. All functions but
  * mp_epf_free are collective over MPI_COMM_WORLD and return the agreed status. */
 #ifndef MP_EP_FORWARD_H
 #define MP_EP_FORWARD_H
+#include <stddef.h>
 #include <stdint.h>
 
 #include "forward.h"
@@ -60,6 +61,13 @@ typedef struct mp_epf mp_epf;
 /* Embed the local sequences of `tok` (every rank holds all of them). */
 int mp_epf_create(const mp_weights *w, const mp_tokens *tok, mp_observer observe, void *observe_ctx,
                   mp_epf **out);
+/* As mp_epf_create, with the residual stream on a file in `dir` (created and unlinked at once: nothing stays
+ * behind, even after a crash; its size reserved at once: no space left is an error here): its pages go back
+ * to the file after each window of every layer and each sequence of the output head, so that with windows
+ * (mp_epf_set_window) no buffer of the pass grows with the calibration tokens. The kernel's page cache
+ * holds the file as memory allows. Results do not change. */
+int mp_epf_create_spilled(const mp_weights *w, const mp_tokens *tok, mp_observer observe, void *observe_ctx,
+                          const char *dir, mp_epf **out);
 /* The MoE exchange in windows of `tokens` calibration tokens (whole sequences, at least one; 0: all
  * tokens at once, the default): only the residual stream of the local tokens grows with their number,
  * every other buffer with the window. Results do not depend on it. With more than one window the units'
@@ -77,6 +85,10 @@ double mp_epf_exchange_seconds(const mp_epf *s);
 /* The local residual stream h [nseq * seq_len, d] of global sequences [seq0, seq0 + nseq), between layers
  * (to save it, or to replace it with the states after a later layer, which then follows). Local. */
 float *mp_epf_hidden(mp_epf *s, int *seq0, int *nseq);
+/* After `bytes` of the residual stream at `rows` (inside mp_epf_hidden's array) were read or written: a
+ * spilled stream's pages there go back to its file (ctx: the mp_epf; the shape of a callback of
+ * hidden_ckpt.h); otherwise nothing. Local. */
+void mp_epf_hidden_done(void *ctx, const void *rows, size_t bytes);
 /* Layer l (all layers in order): hidden states of the local tokens advance by one layer. hooks may be NULL. */
 int mp_epf_layer(mp_epf *s, int l, const mp_unit_hooks *hooks);
 /* Layer l as mp_epf_layer; when it is a MoE layer, its MoE block is computed once more with the units of

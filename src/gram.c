@@ -6,6 +6,14 @@
 
 #define PANEL MP_GRAM_PANEL /* rows of the triangle per step: its fp32 block is still in cache when added */
 
+/* g[j] += c[j] for j < m: one rounding per element, so vectorised (this file is built with -O3, CMakeLists.txt)
+ * the sums are those of the scalar loop */
+static void add_row(double *restrict g, const float *restrict c, int64_t m)
+{
+    for (int64_t j = 0; j < m; j++)
+        g[j] += (double)c[j];
+}
+
 void mp_gram_add_chunk(const float *x, int nb, int n, float *scratch, double *G, double *sq)
 {
     if (nb <= 0)
@@ -18,12 +26,8 @@ void mp_gram_add_chunk(const float *x, int nb, int n, float *scratch, double *G,
         if (i1 < n)
             cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, i1 - i0, n - i1, nb, 1.0f, x + i0, n, x + i1, n, 0.0f,
                         c + (i1 - i0), w);
-        for (int64_t i = i0; i < i1; i++) {
-            const float *ci = c + (i - i0) * w - i0; /* ci[j] = (x^T x)[i, j] for j >= i */
-            double *g = G + i * n;
-            for (int64_t j = i; j < n; j++)
-                g[j] += (double)ci[j];
-        }
+        for (int64_t i = i0; i < i1; i++) /* row i of the block holds (x^T x)[i, j] for j >= i at [j - i0] */
+            add_row(G + mp_gram_at(n, i, i), c + (i - i0) * w + (i - i0), n - i);
     }
     if (sq)
         for (int64_t i = 0; i < nb; i++) {

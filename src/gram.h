@@ -9,8 +9,9 @@
  * against a pure fp64 sum is that of fp32 dot products of at most
  * MP_GRAM_CHUNK terms (about sqrt(nb) * 2^-24 relative per chunk; the
  * fixtures measure ~1e-7 in the Frobenius norm, tests/test_gram.c).
- * Only the upper triangle of G (G[i n + j], j >= i) is ever read or
- * written. Local. */
+ * G holds only its upper triangle, packed row by row (mp_gram_at: row i from
+ * [i n - i (i - 1) / 2], n (n + 1) / 2 doubles: half the memory of the full
+ * matrix, and the layout of the statistics files). Local. */
 #ifndef MP_GRAM_H
 #define MP_GRAM_H
 #include <stdint.h>
@@ -18,9 +19,12 @@
 #define MP_GRAM_CHUNK 256 /* rows per fp32 chunk */
 #define MP_GRAM_PANEL 256 /* rows of the triangle per step (the scratch holds MP_GRAM_PANEL n floats) */
 
-/* G [n, n] fp64 (upper triangle) += upper(x^T x) of x [nb, n] (row-major, nb <= MP_GRAM_CHUNK), computed in
- * fp32 in scratch [MP_GRAM_PANEL n] (workspace). sq [n], when not NULL:
- * sq[j] += sum_i x[i, j]^2 in fp64. */
+/* the index of G[i, j] (i <= j) in a packed upper triangle of order n */
+static inline int64_t mp_gram_at(int64_t n, int64_t i, int64_t j) { return i * n - i * (i - 1) / 2 + (j - i); }
+
+/* G [n (n + 1) / 2] fp64 (packed upper triangle) += upper(x^T x) of x [nb, n] (row-major,
+ * nb <= MP_GRAM_CHUNK), computed in fp32 in scratch [MP_GRAM_PANEL n] (workspace). sq [n], when not
+ * NULL: sq[j] += sum_i x[i, j]^2 in fp64. */
 void mp_gram_add_chunk(const float *x, int nb, int n, float *scratch, double *G, double *sq);
 
 #endif

@@ -108,6 +108,27 @@ same "$ck"
 echo "--walltime: 4 resumed calibrations loaded the hidden states of their last layer, none replayed it"
 echo "--walltime: $((runs - 1)) runs stopped with exit 12 after one new layer each, the ${runs}th finished: identical"
 
+# windows of 2 sequences (the residual stream on a file) and a damaged hidden-state checkpoint: two runs
+# stopped after one calibrated layer each (the second loads the first's hidden states), one byte of the
+# states after layer 1 flipped: the third run refuses them before touching its own, replays the forward
+# pass from the embeddings, and equals the reference; no file of the residual stream is left behind
+ck="$OUT/hidden"
+win="calibration.chunk_tokens=96"
+run 2 "$ck" --set "$win" --walltime 0.001
+[ $? = 12 ] || fail "windows: first run: $(tail -3 "$ck.log")"
+run 2 "$ck" --set "$win" --walltime 0.001
+[ $? = 12 ] || fail "windows: second run: $(tail -3 "$ck.log")"
+grep -q "resumes from the hidden states after layer 0 (checkpoint)" "$ck.log" ||
+    fail "windows: the hidden states after layer 0 were not loaded: $(cat "$ck.log")"
+hf=$(ls "$ck"/calib/hidden/seq*.bin | head -1)
+printf 'X' | dd of="$hf" bs=1 seek=1000 conv=notrunc 2>/dev/null
+run 2 "$ck" --set "$win" || fail "windows: run over a damaged hidden-state checkpoint: $(cat "$ck.log")"
+grep -q "not the intact hidden states after layer 1; replaying the forward pass" "$ck.log" ||
+    fail "windows: damaged hidden states not reported: $(cat "$ck.log")"
+[ -z "$(find "$ck" "$ck.out" -name '.hidden-rank*')" ] || fail "windows: a file of the residual stream was left behind"
+same "$ck"
+echo "windows: hidden states loaded through the file of the residual stream; a damaged checkpoint refused, replayed: identical"
+
 ck="$OUT/damaged"
 cp -r "$OUT/ref" "$ck"
 cp -r "$OUT/ref.out" "$ck.out"
