@@ -60,8 +60,8 @@ void mp_plan_make(const mp_config *c, int P, int n_seq, int S, int64_t model_byt
 
     /* calibration: hidden states, attention scratch, one layer's non-expert weights, the routing and
      * exchange buffers (a token goes to K experts and the shared one; receivers get their share), one
-     * expert's weights and chunk buffers, one unit's fp64 statistics and their in-memory file and its
-     * image (packed), the token sample (heap rows, the sorted copy, in the file and its image: a routed
+     * expert's weights and chunk buffers, one unit's fp64 statistics (packed upper triangles) and their
+     * in-memory file and its image (packed too), the token sample (heap rows, the sorted copy, in the file and its image: a routed
      * expert gets Tall K / E tokens on average, the shared one all); at the end, the output head and
      * one sequence's logits */
     int64_t hidden = 3 * T * d * 4 + (mp_attention_scratch(c, S) + S * d) * 4;
@@ -85,7 +85,7 @@ void mp_plan_make(const mp_config *c, int P, int n_seq, int S, int64_t model_byt
     int64_t expert = 3 * ffn * d * 4 + 256 * (2 * d + ffn + 1) * 4 + 256 * (d + ffn) * 8;
     int64_t t_routed = min64(sample_tokens, E > 0 ? Tall * K / E : 0),
             t_shared = fs > 0 ? min64(sample_tokens, Tall) : 0;
-    int64_t stats = 2 * 8 * (d * d + ffn * ffn) + units_layer * 8 * (d + ffn) +
+    int64_t stats = 3 * 4 * (d * d + ffn * ffn) + units_layer * 8 * (d + ffn) +
                     3 * max64(t_routed * (d + f), t_shared * (d + fs)) * 4;
     int64_t head = V * d * 4 + S * V * 4 + 2 * d * 4;
     p->st[MP_PLAN_CALIBRATE].peak_bytes = BASE_BYTES + hidden + max64(layer_w + route + expert + stats, head);
