@@ -120,20 +120,6 @@ static int check_finite(const char *path, const char *name, const double *v, int
     return 0;
 }
 
-/* mp_gram_pack of the upper triangle of G [n, n] (what a writer reads), each row checked while it is in
- * cache: the first non-finite value is an error naming it */
-static int pack_finite(const char *path, const char *name, const double *G, int64_t n, double *P)
-{
-    for (int64_t i = 0, k = 0; i < n; k += n - i, i++) {
-        memcpy(P + k, G + i * n + i, sizeof(double) * (size_t)(n - i));
-        for (int64_t j = i; j < n; j++)
-            if (!isfinite(P[k + j - i]))
-                return mp_errorf(MP_ENUMERIC, "%s: statistics '%s': non-finite value %g at [%lld, %lld]", path, name,
-                                 P[k + j - i], (long long)i, (long long)j);
-    }
-    return 0;
-}
-
 /* The packed upper triangle P of order n (a writer's input), checked: the first non-finite value is an
  * error naming it */
 static int check_packed(const char *path, const char *name, const double *P, int64_t n)
@@ -146,8 +132,8 @@ static int check_packed(const char *path, const char *name, const double *P, int
     return 0;
 }
 
-/* upper: the Grams are a writer's input (checked by pack_finite or check_packed); else the whole matrices
- * (a file read) */
+/* upper: the Grams are a writer's packed input (checked by check_packed); else the whole matrices (a file
+ * read) */
 static int check_all_finite(const char *path, const mp_expert_stats *s, int with_prior, int upper)
 {
     if (!upper) {
@@ -250,21 +236,18 @@ int mp_stats_write_begin(const char *path, const mp_expert_stats *s)
     if (f < 0)
         MP_CHECK(MP_EINTERNAL);
     hid_t root = H5Gopen2(f, "/", H5P_DEFAULT);
-    int64_t d = s->d, ff = s->f, t = s->n_sample, m = d > ff ? d : ff;
-    /* P: the packing buffer (also the zeros of the prior's placeholders) */
-    double *x_sq = malloc(sizeof(double) * (size_t)d),
-           *P = malloc(sizeof(double) * (size_t)(s->packed ? m : mp_gram_packed_size(m)));
+    int64_t d = s->d, ff = s->f, t = s->n_sample;
+    double *x_sq = malloc(sizeof(double) * (size_t)d), *P = calloc((size_t)(d > ff ? d : ff), sizeof(double));
     for (int64_t i = 0; x_sq && i < d; i++)
-        x_sq[i] = s->G_in[s->packed ? mp_gram_at(d, i, i) : i * d + i];
-    int bad = x_sq == NULL || P == NULL;
-    int rc = 0;
-    for (int w = 0; w < 2 && !bad; w++) { /* packed already, or packed into one buffer for both (HDF5 copies) */
+        x_sq[i] = s->G_in[mp_gram_at(d, i, i)];
+    int bad = x_sq == NULL || P == NULL; /* P: the zeros of the prior's placeholders */
+    int rc = s->packed ? 0 : mp_errorf(MP_EINTERNAL, "%s: the Grams to write are not packed", path);
+    bad |= rc < 0;
+    for (int w = 0; w < 2 && !bad; w++) { /* the packed triangles as they are (HDF5 copies each) */
         const double *G = w ? s->G_mid : s->G_in;
         int64_t n = w ? ff : d;
-        const char *name = w ? "G_mid" : "G_in";
-        rc = s->packed ? check_packed(path, name, G, n) : pack_finite(path, name, G, n, P);
-        bad |= rc < 0 ||
-               put(f, w ? "G_mid_packed" : "G_in_packed", s->packed ? G : P, 1, (hsize_t)mp_gram_packed_size(n), 0);
+        rc = check_packed(path, w ? "G_mid" : "G_in", G, n);
+        bad |= rc < 0 || put(f, w ? "G_mid_packed" : "G_in_packed", G, 1, (hsize_t)mp_gram_packed_size(n), 0);
     }
     bad |= t < 0 || (t > 0 && (!s->X_sample || !s->H_sample || !s->sample_token));
     if (!bad)
@@ -279,7 +262,6 @@ int mp_stats_write_begin(const char *path, const mp_expert_stats *s)
                put_attr(root, "weight_sum", H5T_IEEE_F64LE, &s->weight_sum);
     /* the prior's places, last, so that they lie in the file's tail: zeros and the sentinel for now */
     if (!bad) {
-        memset(P, 0, sizeof(double) * (size_t)(d > ff ? d : ff));
         int64_t sentinel = (int64_t)PRIOR_SENTINEL;
         bad |= put(f, "prior_diag_in", P, 1, (hsize_t)d, 0) | put(f, "prior_diag_mid", P, 1, (hsize_t)ff, 0) |
                put_attr(root, "prior_tokens", H5T_STD_I64LE, &sentinel);

@@ -57,8 +57,8 @@ void mp_stats_free(mp_expert_stats *s);
 /* Written in two steps, so that the Grams need not stay in memory until the
  * layer's prior is known: begin writes the whole file to a temporary name
  * next to `path`, the prior's datasets and attribute last, as placeholders
- * (of G_in and G_mid only the upper triangles, G[i n + j] with j >= i or
- * packed (`packed`), are read; the sample's n_sample rows), hashes the bytes before the first
+ * (G_in and G_mid packed: `packed`, from mp_stats_alloc_with, else
+ * MP_EINTERNAL; the sample's n_sample rows), hashes the bytes before the first
  * placeholder and keeps the few after it in memory (per path, until end);
  * end writes prior_tokens and the prior diagonals into their places (one
  * pwrite of that tail), commits the file under `path` and returns its XXH64
