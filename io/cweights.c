@@ -8,6 +8,7 @@
 
 #include "error.h"
 #include "quant.h"
+#include "vmath.h"
 #include "weights.h"
 
 struct mp_cweights {
@@ -96,11 +97,8 @@ static int unit_fn(void *ctx, int l, int u, const float *X, int n, float *Y)
     MP_CHECK(grow(&c->g, &c->cap_g, (int64_t)n * f));
     MP_CHECK(project(c, &c->f[0], X, n, MP_CW_ALL, c->g));
     MP_CHECK(project(c, &c->f[1], X, n, MP_CW_ALL, c->a));
-    for (int64_t i = 0; i < (int64_t)n * f; i++) {
-        float z = c->g[i];
-        c->a[i] *= z / (1.0f + expf(-z));
-    }
-    MP_CHECK(project(c, &c->f[2], c->a, n, MP_CW_ALL, Y));
+    mp_silu_mul(c->g, c->a, (int64_t)n * f); /* as the forward pass's SwiGLU */
+    MP_CHECK(project(c, &c->f[2], c->g, n, MP_CW_ALL, Y));
     for (int64_t i = 0; i < (int64_t)n * c->f[2].m; i++)
         if (!isfinite(Y[i]))
             return mp_errorf(MP_ENUMERIC, "%s: layer %d unit %d: the compressed expert's output is not finite",

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "error.h"
+#include "vmath.h"
 
 static int detect_layout(mp_model *m)
 {
@@ -255,9 +256,9 @@ int mp_model_check_finite(const mp_model *m, int l, int e, mp_proj p, const floa
 {
     mp_block_loc b;
     mp_expert_block(&m->cfg, m->layout, l, e, p, &b);
-    for (int64_t i = 0; i < b.rows * b.cols; i++)
-        if (!isfinite(w[i]))
-            return mp_errorf(MP_ENUMERIC, "%s: tensor %s: non-finite value at element %lld (layer %d, expert %d, %s)",
-                             m->dir, b.name, (long long)(b.first + i), l, e, mp_proj_name(p));
+    int64_t i = mp_first_nonfinite(w, b.rows * b.cols);
+    if (i >= 0)
+        return mp_errorf(MP_ENUMERIC, "%s: tensor %s: non-finite value at element %lld (layer %d, expert %d, %s)",
+                         m->dir, b.name, (long long)(b.first + i), l, e, mp_proj_name(p));
     return 0;
 }

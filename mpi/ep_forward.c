@@ -14,6 +14,7 @@
 #include "error.h"
 #include "plan.h"
 #include "runtime.h"
+#include "vmath.h"
 
 struct mp_epf {
     const mp_weights *w;
@@ -911,18 +912,6 @@ int mp_epf_layer_compare(mp_epf *s, int l, const mp_unit_hooks *hooks, const mp_
     return layer_run(s, l, hooks, alt, sq);
 }
 
-/* -log softmax(r)[y] of one row r [V]: exponentials in fp32 (the logits are fp32), their sum in fp64 */
-static double token_nll(const float *r, int V, int y)
-{
-    float mx = r[0];
-    for (int v = 1; v < V; v++)
-        mx = r[v] > mx ? r[v] : mx;
-    double z = 0;
-    for (int v = 0; v < V; v++)
-        z += (double)expf(r[v] - mx);
-    return (double)mx + log(z) - (double)r[y];
-}
-
 int mp_epf_head(mp_epf *s, double *nll_sum, int64_t *n_pred)
 {
     const mp_config *cfg = s->cfg;
@@ -943,7 +932,7 @@ int mp_epf_head(mp_epf *s, double *nll_sum, int64_t *n_pred)
         const int32_t *ids = s->tok->ids + (int64_t)(s->seq0 + q) * S;
         double acc = 0;
         for (int t = 0; t + 1 < S; t++)
-            acc += token_nll(lg + (int64_t)t * V, V, ids[t + 1]);
+            acc += mp_row_nll(lg + (int64_t)t * V, V, ids[t + 1]);
         if (!isfinite(acc))
             rc = mp_errorf(MP_ENUMERIC, "the negative log-likelihood of sequence %d is not finite", s->seq0 + q);
         nll[s->seq0 + q] = acc;
@@ -1012,7 +1001,7 @@ int mp_epf_head_compare(mp_epf *a, mp_epf *b, mp_head_cmp *out)
                 log_softmax(r, V, lp[k]);
                 for (int v = 1; v < V; v++)
                     top[k] = r[v] > r[top[k]] ? v : top[k];
-                acc[k] += token_nll(r, V, ids[t + 1]); /* as mp_epf_head: the same perplexity as eval */
+                acc[k] += mp_row_nll(r, V, ids[t + 1]); /* as mp_epf_head: the same perplexity as eval */
             }
             double kl = 0;
             for (int v = 0; v < V; v++)

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "error.h"
+#include "vmath.h"
 
 static int is_deepseek(const mp_config *c) { return c->arch == MP_ARCH_DEEPSEEK_V2 || c->arch == MP_ARCH_DEEPSEEK_V3; }
 
@@ -132,12 +133,27 @@ static int64_t mla_scratch(const mp_config *c, int S)
            (int64_t)S * S;
 }
 
-int64_t mp_attention_scratch(const mp_config *c, int S)
+/* rotary dimensions per head */
+static int rope_dims(const mp_config *c)
+{
+    if (is_deepseek(c))
+        return c->qk_rope_dim;
+    int rd = (int)(c->head_dim * c->partial_rotary_factor);
+    return rd - rd % 2;
+}
+
+static int64_t attention_scratch_base(const mp_config *c, int S)
 {
     if (is_deepseek(c))
         return mla_scratch(c, S);
     int64_t qd = (int64_t)c->n_heads * c->head_dim, kvd = (int64_t)c->n_kv_heads * c->head_dim;
     return (int64_t)S * (qd + 2 * kvd + qd) + (int64_t)S * S + (int64_t)S * c->head_dim;
+}
+
+/* the base, then the rotary table: cos and sin of every position and frequency (rope_angles) */
+int64_t mp_attention_scratch(const mp_config *c, int S)
+{
+    return attention_scratch_base(c, S) + (int64_t)S * rope_dims(c);
 }
 
 static void add_bias(float *y, int n, int m, const float *b)
@@ -208,17 +224,28 @@ static void rope_table(const mp_config *c, int rd, int S, rope_tab *t)
     }
 }
 
-/* rope on one [rd] vector at position pos: pairs (i, i + rd/2) (rotate-half) or (2i, 2i + 1) (interleaved) */
-static void rope(float *v, int rd, int pos, const rope_tab *t, int interleave)
+/* the rotary table of positions [0, S): cs[s rd / 2 + i] = cos(s inv[i]) mscale, sn likewise with sin (once per
+ * attention call, not once per head) */
+static void rope_angles(const rope_tab *t, int rd, int S, float *cs, float *sn)
+{
+    int half = rd / 2;
+    for (int s = 0; s < S; s++)
+        for (int i = 0; i < half; i++) {
+            float ang = (float)s * t->inv[i];
+            cs[(int64_t)s * half + i] = cosf(ang) * t->mscale, sn[(int64_t)s * half + i] = sinf(ang) * t->mscale;
+        }
+}
+
+/* rope on one [rd] vector with the angles cs/sn [rd / 2] of its position: pairs (i, i + rd/2) (rotate-half)
+ * or (2i, 2i + 1) (interleaved) */
+static void rope(float *v, int rd, const float *cs, const float *sn, int interleave)
 {
     int half = rd / 2;
     for (int i = 0; i < half; i++) {
-        float ang = (float)pos * t->inv[i];
-        float cs = cosf(ang) * t->mscale, sn = sinf(ang) * t->mscale;
         float *pa = interleave ? v + 2 * i : v + i, *pb = interleave ? v + 2 * i + 1 : v + i + half;
         float a = *pa, b = *pb;
-        *pa = a * cs - b * sn;
-        *pb = b * cs + a * sn;
+        *pa = a * cs[i] - b * sn[i];
+        *pb = b * cs[i] + a * sn[i];
     }
 }
 
@@ -226,14 +253,14 @@ static void rope(float *v, int rd, int pos, const rope_tab *t, int interleave)
 static void causal_softmax(float *sc, int S, int W)
 {
     for (int i = 0; i < S; i++) {
-        float *row = sc + (int64_t)i * S, mx = -INFINITY, sum = 0;
+        float *row = sc + (int64_t)i * S, mx, sum;
         int j0 = W > 0 && i - W + 1 > 0 ? i - W + 1 : 0;
+        mx = mp_vmax(row + j0, i + 1 - j0);
+        sum = mp_exp_shift_sum(row + j0, i + 1 - j0, mx);
         for (int j = j0; j <= i; j++)
-            mx = row[j] > mx ? row[j] : mx;
-        for (int j = j0; j <= i; j++)
-            sum += row[j] = expf(row[j] - mx);
-        for (int j = 0; j < S; j++)
-            row[j] = j >= j0 && j <= i ? row[j] / sum : 0.0f;
+            row[j] /= sum;
+        memset(row, 0, sizeof(float) * (size_t)j0);
+        memset(row + i + 1, 0, sizeof(float) * (size_t)(S - 1 - i));
     }
 }
 
@@ -261,12 +288,15 @@ static int mla_attention(const mp_config *c, const mp_layer_w *w, const float *x
                 H * kvw);
     rope_tab t;
     rope_table(c, rd, S, &t);
+    float *cs = scratch + mla_scratch(c, S), *sn = cs + (int64_t)S * (rd / 2);
+    rope_angles(&t, rd, S, cs, sn);
     for (int s = 0; s < S; s++) {
         float *kpe = ckv + (int64_t)s * (r + rd) + r;
-        rope(kpe, rd, s, &t, c->rope_interleave);
+        const float *cp = cs + (int64_t)s * (rd / 2), *sp = sn + (int64_t)s * (rd / 2);
+        rope(kpe, rd, cp, sp, c->rope_interleave);
         for (int h = 0; h < H; h++) {
             float *qh = q + ((int64_t)s * H + h) * qk, *kh = K + ((int64_t)s * H + h) * qk;
-            rope(qh + nope, rd, s, &t, c->rope_interleave);
+            rope(qh + nope, rd, cp, sp, c->rope_interleave);
             memcpy(kh, kv + ((int64_t)s * H + h) * kvw, sizeof(float) * (size_t)nope);
             memcpy(kh + nope, kpe, sizeof(float) * (size_t)rd);
         }
@@ -293,8 +323,7 @@ int mp_attention(const mp_config *c, const mp_layer_w *w, const float *x, int S,
         return mla_attention(c, w, x, S, out, scratch);
     int d = c->hidden, H = c->n_heads, KV = c->n_kv_heads, hd = c->head_dim;
     int qd = H * hd, kvd = KV * hd, grp = H / KV;
-    int rd = (int)(hd * c->partial_rotary_factor);
-    rd -= rd % 2;
+    int rd = rope_dims(c);
     float *q = scratch, *k = q + (int64_t)S * qd, *v = k + (int64_t)S * kvd, *att = v + (int64_t)S * kvd;
     float *sc = att + (int64_t)S * qd;
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, S, qd, d, 1.0f, x, d, w->wq, d, 0.0f, q, qd);
@@ -322,11 +351,14 @@ int mp_attention(const mp_config *c, const mp_layer_w *w, const float *x, int S,
     }
     rope_tab t;
     rope_table(c, rd, S, &t);
+    float *cs = scratch + attention_scratch_base(c, S), *sn = cs + (int64_t)S * (rd / 2);
+    rope_angles(&t, rd, S, cs, sn);
     for (int s = 0; s < S; s++) {
+        const float *cp = cs + (int64_t)s * (rd / 2), *sp = sn + (int64_t)s * (rd / 2);
         for (int h = 0; h < H; h++)
-            rope(q + (int64_t)s * qd + h * hd, rd, s, &t, 0);
+            rope(q + (int64_t)s * qd + h * hd, rd, cp, sp, 0);
         for (int h = 0; h < KV; h++)
-            rope(k + (int64_t)s * kvd + h * hd, rd, s, &t, 0);
+            rope(k + (int64_t)s * kvd + h * hd, rd, cp, sp, 0);
     }
     float scale = 1.0f / sqrtf((float)hd);
     for (int h = 0; h < H; h++) {
@@ -446,8 +478,7 @@ void mp_swiglu_ws(const float *wg, const float *wu, const float *wd, const float
     float *g = ws, *u = ws + (size_t)n * f;
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, f, d, 1.0f, x, d, wg, d, 0.0f, g, f);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, f, d, 1.0f, x, d, wu, d, 0.0f, u, f);
-    for (int64_t i = 0; i < (int64_t)n * f; i++)
-        g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+    mp_silu_mul(g, u, (int64_t)n * f);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, d, f, 1.0f, g, f, wd, f, 0.0f, y, d);
 }
 

@@ -1,7 +1,7 @@
 #!/bin/bash
 # slurm_test.sh BUILD_DIR - end-to-end test of slurm/moepack.sbatch on a
 # one-node Slurm cluster started on this machine (slurm/local-cluster.sh):
-#   1. synthesise a model on which `moepack run` takes about a minute on 2 cores;
+#   1. synthesise a model on which `moepack run` takes about 40 s on 2 cores;
 #   2. reference: `mpirun -np 2 moepack run` straight through into ref/checkpoint;
 #   3. submit moepack.sbatch (2 tasks) with a job file whose checkpoint is
 #      slurm/checkpoint; once a layer is committed, send the batch shell
@@ -31,7 +31,7 @@ SRC=$(cd "$(dirname "$0")/.." && pwd -P)
 BIN=$BUILD/moepack
 MPIEXEC=${MPIEXEC:-mpirun}
 TOTAL=${SLURM_TEST_TIMEOUT:-420}
-SYNTH_OPTS=${SLURM_TEST_SYNTH:---layers 10 --hidden 256 --ffn 512 --experts 8 --n-seq 256 --seq-len 256}
+SYNTH_OPTS=${SLURM_TEST_SYNTH:---layers 10 --hidden 256 --ffn 512 --experts 8 --n-seq 128 --seq-len 256}
 INTERRUPT=${SLURM_TEST_INTERRUPT:-scancel}
 T0=$(date +%s)
 DEADLINE=$((T0 + TOTAL))
