@@ -1,7 +1,7 @@
 #!/bin/bash
 # slurm_test.sh BUILD_DIR - end-to-end test of slurm/moepack.sbatch on a
 # one-node Slurm cluster started on this machine (slurm/local-cluster.sh):
-#   1. synthesise a model on which `moepack run` takes about 40 s on 2 cores;
+#   1. synthesise a model on which `moepack run` takes about a minute on 2 cores (58 s measured);
 #   2. reference: `mpirun -np 2 moepack run` straight through into ref/checkpoint;
 #   3. submit moepack.sbatch (2 tasks) with a job file whose checkpoint is
 #      slurm/checkpoint; once a layer is committed, send the batch shell
