@@ -912,31 +912,108 @@ int mp_epf_layer_compare(mp_epf *s, int l, const mp_unit_hooks *hooks, const mp_
     return layer_run(s, l, hooks, alt, sq);
 }
 
+/* The output head in groups of G = max(1, MP_HEAD_ROWS / S) sequences (G S rows per GEMM, a rank's last group
+ * padded with zero rows) and vocabulary blocks of MP_LSE_BLOCK. OpenBLAS packs the head's weights at every
+ * call: one call per sequence packed the whole head for 256 rows (14 % of an eval's samples); a block's
+ * logits stay in the cache for the log-sum-exp; and every sequence meets the same calls whatever the rank
+ * count, so the same bits. With an observer the logits of a whole group are kept (ld = V) for it. */
+#define MP_HEAD_ROWS 1024
+typedef struct {
+    const mp_epf *s;
+    float *nw, *nb, *hw, *hb;
+    int G, rows, ld;
+    float *x, *lg; /* [rows, d] normed hidden states, [rows, ld] logits of one block (all, ld = V) */
+} head_grp;
+
+static void head_grp_free(head_grp *g) { free(g->nw), free(g->nb), free(g->hw), free(g->hb), free(g->x), free(g->lg); }
+
+static int head_grp_init(mp_epf *s, head_grp *g)
+{
+    memset(g, 0, sizeof *g);
+    g->s = s;
+    g->G = s->S >= MP_HEAD_ROWS ? 1 : MP_HEAD_ROWS / s->S;
+    g->rows = g->G * s->S;
+    g->ld = s->observe ? s->cfg->vocab : MP_LSE_BLOCK;
+    release_layers(s);
+    MP_CHECK(s->w->head(s->w->ctx, &g->nw, &g->nb, &g->hw, &g->hb));
+    g->x = calloc((size_t)g->rows * (size_t)s->d, sizeof(float));
+    g->lg = malloc(sizeof(float) * (size_t)g->rows * (size_t)g->ld);
+    if (!g->x || !g->lg)
+        return mp_errorf(MP_ENOMEM, "out of memory for the output head's %d x %d logits", g->rows, g->ld);
+    return 0;
+}
+
+/* the final norm of the rank's sequences q0 .. q0 + ng - 1 (ng <= G) into g->x, the rest zero */
+static void head_grp_norm(head_grp *g, int q0, int ng)
+{
+    mp_epf *s = (mp_epf *)g->s;
+    int64_t sd = (int64_t)s->S * s->d;
+    for (int q = 0; q < ng; q++) {
+        mp_norm(s->cfg, s->h + (q0 + q) * sd, s->S, s->d, g->nw, g->nb, g->x + q * sd);
+        mp_epf_hidden_done(s, s->h + (q0 + q) * sd, sizeof(float) * (size_t)sd);
+    }
+    memset(g->x + ng * sd, 0, sizeof(float) * (size_t)((g->G - ng) * sd));
+    if (s->observe)
+        s->observe(s->observe_ctx, "hidden", s->cfg->n_layers + 1, s->seq0 + q0, ng, s->d, g->x);
+}
+
+/* the logits of vocabulary block v0 (its width into *nv) for every row of the group */
+static float *head_grp_block(head_grp *g, int v0, int *nv)
+{
+    int V = g->s->cfg->vocab;
+    *nv = V - v0 < MP_LSE_BLOCK ? V - v0 : MP_LSE_BLOCK;
+    float *o = g->ld == V ? g->lg + v0 : g->lg;
+    mp_lm_head(g->s->cfg, g->hw, g->hb, g->x, g->rows, v0, *nv, o, g->ld);
+    return o;
+}
+
+/* the next token's id after row r of group q0, -1 for a sequence's last token */
+static int next_id(const mp_epf *s, int q0, int r)
+{
+    int q = r / s->S, t = r % s->S;
+    return t + 1 < s->S ? s->tok->ids[(int64_t)(s->seq0 + q0 + q) * s->S + t + 1] : -1;
+}
+
 int mp_epf_head(mp_epf *s, double *nll_sum, int64_t *n_pred)
 {
-    const mp_config *cfg = s->cfg;
-    int d = s->d, S = s->S, V = cfg->vocab;
-    float *nw = NULL, *nb = NULL, *hw = NULL, *hb = NULL, *lg = NULL;
-    release_layers(s);
+    int S = s->S, V = s->cfg->vocab;
+    head_grp g;
     double *nll = calloc((size_t)s->tok->n_seq + 1, sizeof(double)), *all = NULL;
-    int rc = nll ? s->w->head(s->w->ctx, &nw, &nb, &hw, &hb) : mp_errorf(MP_ENOMEM, "out of memory");
-    if (rc == 0 && !(lg = malloc(sizeof(float) * (size_t)S * (size_t)V)))
-        rc = mp_errorf(MP_ENOMEM, "out of memory for logits");
-    for (int q = 0; q < s->nseq && rc == 0; q++) {
-        mp_norm(cfg, s->h + (int64_t)q * S * d, S, d, nw, nb, s->x);
+    int rc = head_grp_init(s, &g);
+    mp_lse *l = rc == 0 ? malloc(sizeof(mp_lse) * (size_t)g.rows) : NULL;
+    float *tgt = rc == 0 ? malloc(sizeof(float) * (size_t)g.rows) : NULL;
+    if (rc == 0 && (!nll || !l || !tgt))
+        rc = mp_errorf(MP_ENOMEM, "out of memory");
+    for (int q0 = 0; q0 < s->nseq && rc == 0; q0 += g.G) {
+        int ng = s->nseq - q0 < g.G ? s->nseq - q0 : g.G, nv;
+        head_grp_norm(&g, q0, ng);
+        for (int r = 0; r < ng * S; r++)
+            l[r] = mp_lse_empty();
+        for (int v0 = 0; v0 < V; v0 += MP_LSE_BLOCK) {
+            const float *o = head_grp_block(&g, v0, &nv);
+            for (int r = 0; r < ng * S; r++) {
+                int y = next_id(s, q0, r);
+                if (y < 0)
+                    continue;
+                const float *row = o + (int64_t)r * g.ld;
+                float mx;
+                double z = mp_lse_block(row, nv, &mx);
+                mp_lse_add(&l[r], mx, z, 0);
+                if (y >= v0 && y < v0 + nv)
+                    tgt[r] = row[y - v0];
+            }
+        }
         if (s->observe)
-            s->observe(s->observe_ctx, "hidden", cfg->n_layers + 1, s->seq0 + q, 1, d, s->x);
-        mp_lm_head(cfg, hw, hb, s->x, S, lg);
-        if (s->observe)
-            s->observe(s->observe_ctx, "logits", 0, s->seq0 + q, 1, V, lg);
-        const int32_t *ids = s->tok->ids + (int64_t)(s->seq0 + q) * S;
-        double acc = 0;
-        for (int t = 0; t + 1 < S; t++)
-            acc += mp_row_nll(lg + (int64_t)t * V, V, ids[t + 1]);
-        if (!isfinite(acc))
-            rc = mp_errorf(MP_ENUMERIC, "the negative log-likelihood of sequence %d is not finite", s->seq0 + q);
-        nll[s->seq0 + q] = acc;
-        mp_epf_hidden_done(s, s->h + (int64_t)q * S * d, sizeof(float) * (size_t)S * (size_t)d);
+            s->observe(s->observe_ctx, "logits", 0, s->seq0 + q0, ng, V, g.lg);
+        for (int q = 0; q < ng && rc == 0; q++) {
+            double acc = 0;
+            for (int r = q * S; r < (q + 1) * S - 1; r++)
+                acc += l[r].m + log(l[r].z) - (double)tgt[r]; /* mp_row_nll's bits */
+            if (!isfinite(acc))
+                rc = mp_errorf(MP_ENUMERIC, "the negative log-likelihood of sequence %d is not finite",
+                               s->seq0 + q0 + q);
+            nll[s->seq0 + q0 + q] = acc;
+        }
     }
     MP_CHECK_GOTO(mp_mpi_agree(rc), out);
     /* gather per-sequence sums; root adds them in sequence order */
@@ -950,70 +1027,82 @@ int mp_epf_head(mp_epf *s, double *nll_sum, int64_t *n_pred)
         *n_pred = (int64_t)s->tok->n_seq * (S - 1);
     }
 out:
-    free(nw), free(nb), free(hw), free(hb), free(lg), free(nll), free(all);
+    head_grp_free(&g);
+    free(l), free(tgt), free(nll), free(all);
     return rc;
-}
-
-/* log-softmax of r[V] into out[V] (fp64) */
-static void log_softmax(const float *r, int V, double *out)
-{
-    double mx = r[0], z = 0;
-    for (int v = 1; v < V; v++)
-        mx = r[v] > mx ? r[v] : mx;
-    for (int v = 0; v < V; v++)
-        z += exp((double)r[v] - mx);
-    double lz = mx + log(z);
-    for (int v = 0; v < V; v++)
-        out[v] = (double)r[v] - lz;
 }
 
 int mp_epf_head_compare(mp_epf *a, mp_epf *b, mp_head_cmp *out)
 {
-    const mp_config *cfg = a->cfg;
-    int d = a->d, S = a->S, V = cfg->vocab, rc = 0;
-    float *nw[2] = {NULL, NULL}, *nb[2] = {NULL, NULL}, *hw[2] = {NULL, NULL}, *hb[2] = {NULL, NULL};
-    float *lg[2] = {NULL, NULL};
-    double *lp[2] = {NULL, NULL}, *seq = calloc(4 * ((size_t)a->tok->n_seq + 1), sizeof(double)), *all = NULL;
+    int S = a->S, V = a->cfg->vocab, rc = 0;
+    head_grp g[2];
     mp_epf *st[2] = {a, b};
+    double *seq = calloc(4 * ((size_t)a->tok->n_seq + 1), sizeof(double)), *all = NULL;
+    mp_lse *l[2] = {NULL, NULL};
+    float *tgt[2] = {NULL, NULL}, *top[2] = {NULL, NULL};
+    int *arg[2] = {NULL, NULL};
     memset(out, 0, sizeof *out);
-    release_layers(a), release_layers(b);
-    if (!seq)
-        rc = mp_errorf(MP_ENOMEM, "out of memory");
+    memset(g, 0, sizeof g);
     for (int k = 0; k < 2 && rc == 0; k++) {
-        rc = st[k]->w->head(st[k]->w->ctx, &nw[k], &nb[k], &hw[k], &hb[k]);
-        lg[k] = malloc(sizeof(float) * (size_t)S * (size_t)V);
-        lp[k] = malloc(sizeof(double) * (size_t)V);
-        if (rc == 0 && (!lg[k] || !lp[k]))
-            rc = mp_errorf(MP_ENOMEM, "out of memory for logits");
+        rc = head_grp_init(st[k], &g[k]);
+        l[k] = malloc(sizeof(mp_lse) * (size_t)g[k].rows);
+        tgt[k] = malloc(sizeof(float) * (size_t)g[k].rows);
+        top[k] = malloc(sizeof(float) * (size_t)g[k].rows);
+        arg[k] = malloc(sizeof(int) * (size_t)g[k].rows);
+        if (rc == 0 && (!l[k] || !tgt[k] || !top[k] || !arg[k]))
+            rc = mp_errorf(MP_ENOMEM, "out of memory");
     }
-    for (int q = 0; q < a->nseq && rc == 0; q++) {
+    if (rc == 0 && !seq)
+        rc = mp_errorf(MP_ENOMEM, "out of memory");
+    for (int q0 = 0; q0 < a->nseq && rc == 0; q0 += g[0].G) {
+        int ng = a->nseq - q0 < g[0].G ? a->nseq - q0 : g[0].G, nv;
         for (int k = 0; k < 2; k++) {
-            mp_norm(cfg, st[k]->h + (int64_t)q * S * d, S, d, nw[k], nb[k], st[k]->x);
-            mp_epf_hidden_done(st[k], st[k]->h + (int64_t)q * S * d, sizeof(float) * (size_t)S * (size_t)d);
-            mp_lm_head(cfg, hw[k], hb[k], st[k]->x, S, lg[k]);
+            head_grp_norm(&g[k], q0, ng);
+            for (int r = 0; r < ng * S; r++)
+                l[k][r] = mp_lse_empty(), top[k][r] = -INFINITY, arg[k][r] = 0;
         }
-        const int32_t *ids = a->tok->ids + (int64_t)(a->seq0 + q) * S;
-        double *acc = seq + 4 * (size_t)(a->seq0 + q); /* nll original, nll compressed, KL, top-1 agreements */
-        for (int t = 0; t + 1 < S; t++) {
-            int top[2] = {0, 0};
-            for (int k = 0; k < 2; k++) {
-                const float *r = lg[k] + (int64_t)t * V;
-                log_softmax(r, V, lp[k]);
-                for (int v = 1; v < V; v++)
-                    top[k] = r[v] > r[top[k]] ? v : top[k];
-                acc[k] += mp_row_nll(r, V, ids[t + 1]); /* as mp_epf_head: the same perplexity as eval */
+        for (int v0 = 0; v0 < V; v0 += MP_LSE_BLOCK) {
+            const float *o[2] = {head_grp_block(&g[0], v0, &nv), head_grp_block(&g[1], v0, &nv)};
+            for (int r = 0; r < ng * S; r++) {
+                int y = next_id(a, q0, r);
+                if (y < 0)
+                    continue;
+                for (int k = 0; k < 2; k++) {
+                    const float *row = o[k] + (int64_t)r * g[k].ld;
+                    float mx;
+                    double z = mp_lse_block(row, nv, &mx);
+                    /* KL(original || compressed): E_p[a - b] over the original's blocks (vmath.h) */
+                    double kl = k ? 0 : mp_kl_block(row, o[1] + (int64_t)r * g[1].ld, nv, mx);
+                    mp_lse_add(&l[k][r], mx, z, kl);
+                    if (y >= v0 && y < v0 + nv)
+                        tgt[k][r] = row[y - v0];
+                    if (mx > top[k][r]) { /* the first of the largest logits, as a scan over the row */
+                        int i = 0;
+                        while (i + 1 < nv && row[i] != mx)
+                            i++;
+                        top[k][r] = mx, arg[k][r] = v0 + i;
+                    }
+                }
             }
-            double kl = 0;
-            for (int v = 0; v < V; v++)
-                kl += exp(lp[0][v]) * (lp[0][v] - lp[1][v]);
-            acc[2] += kl, acc[3] += top[0] == top[1];
         }
-        for (int k = 0; k < 3 && rc == 0; k++)
-            if (!isfinite(acc[k]))
-                rc = mp_errorf(MP_ENUMERIC, "sequence %d: the %s is not finite", a->seq0 + q,
-                               k == 2 ? "KL divergence"
-                               : k    ? "compressed model's NLL"
-                                      : "original model's NLL");
+        for (int q = 0; q < ng && rc == 0; q++) {
+            double *acc = seq + 4 * (size_t)(a->seq0 + q0 + q); /* nll original, compressed, KL, top-1 agreements */
+            for (int r = q * S; r < (q + 1) * S - 1; r++) {
+                double lz[2];
+                for (int k = 0; k < 2; k++) {
+                    lz[k] = l[k][r].m + log(l[k][r].z);
+                    acc[k] += lz[k] - (double)tgt[k][r]; /* as mp_epf_head: the same perplexity as eval */
+                }
+                acc[2] += l[0][r].t / l[0][r].z - lz[0] + lz[1];
+                acc[3] += arg[0][r] == arg[1][r];
+            }
+            for (int k = 0; k < 3 && rc == 0; k++)
+                if (!isfinite(acc[k]))
+                    rc = mp_errorf(MP_ENUMERIC, "sequence %d: the %s is not finite", a->seq0 + q0 + q,
+                                   k == 2 ? "KL divergence"
+                                   : k    ? "compressed model's NLL"
+                                          : "original model's NLL");
+        }
     }
     MP_CHECK_GOTO(mp_mpi_agree(rc), out);
     all = calloc(4 * ((size_t)a->tok->n_seq + 1), sizeof(double));
@@ -1027,7 +1116,7 @@ int mp_epf_head_compare(mp_epf *a, mp_epf *b, mp_head_cmp *out)
     }
 out:
     for (int k = 0; k < 2; k++)
-        free(nw[k]), free(nb[k]), free(hw[k]), free(hb[k]), free(lg[k]), free(lp[k]);
+        head_grp_free(&g[k]), free(l[k]), free(tgt[k]), free(top[k]), free(arg[k]);
     free(seq), free(all);
     return rc;
 }

@@ -37,7 +37,7 @@
  * l + 1 = output of layer l, n_layers + 1 = after the final norm), "router" (index l, width E) or
  * "logits" (width V). Rows are the tokens of global sequences [seq0, seq0 + nseq) in order (one call may
  * cover part of the rank's sequences: "router" one window, "hidden" after the final norm and "logits"
- * one sequence). */
+ * one group of the output head, up to 1024 tokens' worth of sequences). */
 typedef void (*mp_observer)(void *ctx, const char *what, int index, int seq0, int nseq, int width,
                             const float *rows);
 

@@ -497,9 +497,14 @@ int mp_swiglu(const float *wg, const float *wu, const float *wd, const float *x,
     return 0;
 }
 
-void mp_lm_head(const mp_config *c, const float *w, const float *b, const float *x, int n, float *logits)
+void mp_lm_head(const mp_config *c, const float *w, const float *b, const float *x, int n, int v0, int nv,
+                float *logits, int ld)
 {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, c->vocab, c->hidden, 1.0f, x, c->hidden, w, c->hidden,
-                0.0f, logits, c->vocab);
-    add_bias(logits, n, c->vocab, b);
+    int d = c->hidden;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, nv, d, 1.0f, x, d, w + (int64_t)v0 * d, d, 0.0f, logits,
+                ld);
+    if (b)
+        for (int i = 0; i < n; i++)
+            for (int j = 0; j < nv; j++)
+                logits[(int64_t)i * ld + j] += b[v0 + j];
 }

@@ -89,7 +89,9 @@ int mp_swiglu(const float *wg, const float *wu, const float *wd, const float *x,
 /* The same with the caller's workspace ws [2 n f] (no allocation); on return ws[0 .. n f) holds hmid. */
 void mp_swiglu_ws(const float *wg, const float *wu, const float *wd, const float *x, int n, int d, int f, float *y,
                   float *ws);
-/* logits[n, V] = x[n, d] w^T (+ b) */
-void mp_lm_head(const mp_config *c, const float *w, const float *b, const float *x, int n, float *logits);
+/* The vocabulary block [v0, v0 + nv) of the logits: logits[i * ld + j] = x[i, :] . w[v0 + j, :] (+ b[v0 + j]),
+ * i < n, j < nv (w [V, d]) */
+void mp_lm_head(const mp_config *c, const float *w, const float *b, const float *x, int n, int v0, int nv,
+                float *logits, int ld);
 
 #endif

@@ -89,20 +89,58 @@ MP_CLONES float mp_exp_shift_sum(float *x, int64_t n, float m)
     return sum;
 }
 
-MP_CLONES double mp_row_nll(const float *r, int V, int y)
+MP_CLONES double mp_lse_block(const float *x, int64_t n, float *mx)
 {
-    float mx = mp_vmax(r, V);
+    float m = mp_vmax(x, n);
     double s[LANES] = {0};
-    int i = 0;
-    for (; i + LANES <= V; i += LANES)
+    int64_t i = 0;
+    for (; i + LANES <= n; i += LANES)
         for (int j = 0; j < LANES; j++)
-            s[j] += (double)vexp1(r[i + j] - mx);
-    for (int j = 0; i < V; i++, j++)
-        s[j] += (double)vexp1(r[i] - mx);
+            s[j] += (double)vexp1(x[i + j] - m);
+    for (int j = 0; i < n; i++, j++)
+        s[j] += (double)vexp1(x[i] - m);
     double z = 0;
     for (int j = 0; j < LANES; j++)
         z += s[j];
-    return (double)mx + log(z) - (double)r[y];
+    *mx = m;
+    return z;
+}
+
+MP_CLONES double mp_kl_block(const float *a, const float *b, int64_t n, float ma)
+{
+    double s[LANES] = {0};
+    int64_t i = 0;
+    for (; i + LANES <= n; i += LANES)
+        for (int j = 0; j < LANES; j++)
+            s[j] += (double)vexp1(a[i + j] - ma) * ((double)a[i + j] - (double)b[i + j]);
+    for (int j = 0; i < n; i++, j++)
+        s[j] += (double)vexp1(a[i] - ma) * ((double)a[i] - (double)b[i]);
+    double z = 0;
+    for (int j = 0; j < LANES; j++)
+        z += s[j];
+    return z;
+}
+
+void mp_lse_add(mp_lse *l, float mx, double s, double kl)
+{
+    if (mx > l->m) { /* a new max: rescale what came before */
+        double c = exp(l->m - mx);
+        l->z = l->z * c + s, l->t = l->t * c + kl, l->m = mx;
+    } else {
+        double c = exp(mx - l->m);
+        l->z += s * c, l->t += kl * c;
+    }
+}
+
+double mp_row_nll(const float *r, int V, int y)
+{
+    mp_lse l = mp_lse_empty();
+    for (int v0 = 0; v0 < V; v0 += MP_LSE_BLOCK) {
+        float mx;
+        double s = mp_lse_block(r + v0, V - v0 < MP_LSE_BLOCK ? V - v0 : MP_LSE_BLOCK, &mx);
+        mp_lse_add(&l, mx, s, 0);
+    }
+    return l.m + log(l.z) - (double)r[y];
 }
 
 MP_CLONES int64_t mp_first_nonfinite(const float *x, int64_t n)

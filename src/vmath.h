@@ -10,6 +10,7 @@
  * exp(-inf) = 0, exp(x > 88.73) = inf, NaN stays NaN. Local; no allocation. */
 #ifndef MP_VMATH_H
 #define MP_VMATH_H
+#include <math.h>
 #include <stdint.h>
 
 /* y[i] = exp(x[i]) for n values (x == y allowed) */
@@ -24,7 +25,26 @@ float mp_vmax(const float *x, int64_t n);
 /* x[i] = exp(x[i] - m) for n values; returns their fp32 sum (16 partial sums in a fixed order) */
 float mp_exp_shift_sum(float *x, int64_t n, float m);
 
-/* -log softmax(r)[y] of one row r [V] of logits: exp in fp32, the sum of the exponentials in fp64 */
+/* The log-sum-exp of a row of logits in blocks of MP_LSE_BLOCK values, the blocks in which the output head
+ * computes them (mpi/ep_forward.c): per block its max and the fp64 sum of exp(x - max) (exp in fp32, 16
+ * partial sums), added block by block in order into a running (max, sum) in fp64. A row's log-sum-exp has
+ * the same bits whether its logits were computed a block at a time or all at once. */
+#define MP_LSE_BLOCK 4096
+typedef struct {
+    double m, z, t; /* the running max, sum exp(x - m) and (with mp_kl_block's terms) sum exp(a - m) (a - b) */
+} mp_lse;
+/* an empty row: no block yet */
+static inline mp_lse mp_lse_empty(void) { return (mp_lse){-INFINITY, 0, 0}; }
+/* one block x[n] (n >= 1): returns sum exp(x[i] - *mx), *mx = the block's max */
+double mp_lse_block(const float *x, int64_t n, float *mx);
+/* sum exp(a[i] - ma) (a[i] - b[i]) over a block of a and b (fp64, exp in fp32; ma = the block's max of a) */
+double mp_kl_block(const float *a, const float *b, int64_t n, float ma);
+/* the next block (its max mx, mp_lse_block's sum s, mp_kl_block's sum kl or 0) into l. At the end
+ * log-sum-exp = l.m + log(l.z), and with a's blocks E_p[a - b] = l.t / l.z for p = softmax(a), so that
+ * KL(p || softmax(b)) = l.t / l.z - lse(a) + lse(b). */
+void mp_lse_add(mp_lse *l, float mx, double s, double kl);
+
+/* -log softmax(r)[y] of one row r [V] of logits: its log-sum-exp (the blocks above) - r[y] */
 double mp_row_nll(const float *r, int V, int y);
 
 /* the index of the first non-finite value (inf or NaN) of x[n], -1 if there is none (a bit test over all

@@ -6,6 +6,10 @@
  *    (the tails) against fp64 loops: 4e-7 relative per element, 1e-6 for the fp32 sum, 1e-6 absolute NLL;
  *  - a row with one logit far above the rest (the NLL of the top token ~0) and the NLL of a 32000-logit
  *    row as the forward pass meets it;
+ *  - the blocked log-sum-exp (mp_lse_block / mp_lse_add, blocks of MP_LSE_BLOCK) as the output head uses it:
+ *    a row's NLL from blocks copied out one at a time has mp_row_nll's bits; KL(softmax(a) || softmax(b)) from
+ *    mp_kl_block against an fp64 log-softmax loop (1e-7 absolute + 1e-5 relative) for a close, a shifted
+ *    (KL = 0) and an unrelated b at 4097 and 32000 logits;
  *  - mp_first_nonfinite: the first inf / -inf / NaN anywhere in arrays of several lengths (the tails), -1 for
  *    finite arrays holding FLT_MAX and subnormals. */
 #include <float.h>
@@ -51,7 +55,7 @@ static void check_rows(void)
 {
     mp_rng r;
     mp_rng_seed(&r, 11);
-    int lens[] = {1, 15, 16, 17, 255, 1000, 32000};
+    int lens[] = {1, 15, 16, 17, 255, 1000, 4096, 4097, 32000};
     float *a = malloc(sizeof(float) * 32000), *b = malloc(sizeof(float) * 32000), *c = malloc(sizeof(float) * 32000);
     double worst_silu = 0, worst_exp = 0, worst_sum = 0, worst_nll = 0;
     int max_ok = 1;
@@ -104,6 +108,68 @@ static void check_rows(void)
     free(a), free(b), free(c);
 }
 
+/* log-sum-exp of x[n] (and E_p[x - y], p = softmax(x), into *e when y) a block at a time, each block copied out */
+static double blocked_lse(const float *x, const float *y, int n, double *e)
+{
+    static float bx[MP_LSE_BLOCK], by[MP_LSE_BLOCK];
+    mp_lse l = mp_lse_empty();
+    for (int v0 = 0; v0 < n; v0 += MP_LSE_BLOCK) {
+        int nv = n - v0 < MP_LSE_BLOCK ? n - v0 : MP_LSE_BLOCK;
+        memcpy(bx, x + v0, sizeof(float) * (size_t)nv);
+        if (y)
+            memcpy(by, y + v0, sizeof(float) * (size_t)nv);
+        float mx;
+        double z = mp_lse_block(bx, nv, &mx);
+        mp_lse_add(&l, mx, z, y ? mp_kl_block(bx, by, nv, mx) : 0);
+    }
+    if (e)
+        *e = l.t / l.z;
+    return l.m + log(l.z);
+}
+
+static void check_blocks(void)
+{
+    mp_rng r;
+    mp_rng_seed(&r, 12);
+    int lens[] = {4097, 32000};
+    float *a = malloc(sizeof(float) * 32000), *b = malloc(sizeof(float) * 32000);
+    double *pa = malloc(sizeof(double) * 32000), *pb = malloc(sizeof(double) * 32000);
+    int same = 1;
+    double worst = 0, kls[3] = {0};
+    for (int k = 0; k < 2; k++) {
+        int n = lens[k];
+        for (int i = 0; i < n; i++)
+            a[i] = (float)(3 * mp_rng_normal(&r));
+        for (int y = 0; y < n; y += 977)
+            same &= mp_row_nll(a, n, y) == blocked_lse(a, NULL, n, NULL) - (double)a[y];
+        for (int c = 0; c < 3; c++) {
+            for (int i = 0; i < n; i++)
+                b[i] = c == 0   ? a[i] + (float)(0.1 * mp_rng_normal(&r))
+                       : c == 1 ? a[i] + 5.0f
+                                : (float)(3 * mp_rng_normal(&r));
+            double e, kl = -blocked_lse(a, b, n, &e) + blocked_lse(b, NULL, n, NULL), ma = a[0], mb = b[0], za = 0,
+                      zb = 0, ref = 0;
+            kl += e;
+            for (int i = 1; i < n; i++)
+                ma = fmax(ma, a[i]), mb = fmax(mb, b[i]);
+            for (int i = 0; i < n; i++)
+                za += exp(a[i] - ma), zb += exp(b[i] - mb);
+            for (int i = 0; i < n; i++)
+                pa[i] = a[i] - ma - log(za), pb[i] = b[i] - mb - log(zb);
+            for (int i = 0; i < n; i++)
+                ref += exp(pa[i]) * (pa[i] - pb[i]);
+            worst = fmax(worst, fabs(kl - ref) / (1e-7 + 1e-5 * fabs(ref)));
+            kls[c] = ref;
+        }
+    }
+    printf("  blocks of %d: NLL %s mp_row_nll's bits; KL (close %.3g, shifted %.2g, unrelated %.3g nats) within "
+           "%.2f of the tolerance\n",
+           MP_LSE_BLOCK, same ? "equal to" : "NOT", kls[0], kls[1], kls[2], worst);
+    CHECK(same);
+    CHECK(worst <= 1.0);
+    free(a), free(b), free(pa), free(pb);
+}
+
 static void check_finite(void)
 {
     float *x = malloc(sizeof(float) * 1000);
@@ -130,6 +196,7 @@ int main(void)
 {
     check_exp();
     check_rows();
+    check_blocks();
     check_finite();
     return t_done("vmath");
 }
