@@ -933,7 +933,7 @@ static int head_grp_init(mp_epf *s, head_grp *g)
     g->s = s;
     g->G = s->S >= MP_HEAD_ROWS ? 1 : MP_HEAD_ROWS / s->S;
     g->rows = g->G * s->S;
-    g->ld = s->observe ? s->cfg->vocab : MP_LSE_BLOCK;
+    g->ld = s->observe || s->cfg->vocab < MP_LSE_BLOCK ? s->cfg->vocab : MP_LSE_BLOCK;
     release_layers(s);
     MP_CHECK(s->w->head(s->w->ctx, &g->nw, &g->nb, &g->hw, &g->hb));
     g->x = calloc((size_t)g->rows * (size_t)s->d, sizeof(float));
