@@ -41,14 +41,12 @@ seconds() { # CMD...: wall seconds of the whole process (its output to $ROOT/las
 synced() { # FILE CMD...: seconds as above into FILE, and until its files are on the disk (a sync after it) to stdout
     f=$1
     shift
-    sync
-    t0=$(date +%s.%N)
-    "$@" >"$ROOT/last.log" 2>&1 || { cat "$ROOT/last.log" >&2; exit 1; }
+    s=$(seconds "$@")
     t1=$(date +%s.%N)
     sync
     t2=$(date +%s.%N)
-    echo "$t1 - $t0" | bc -l >>"$f"
-    echo "$t2 - $t0" | bc -l
+    echo "$s" >>"$f"
+    echo "$s + $t2 - $t1" | bc -l
 }
 part() { case " ${MOEPACK_BENCH_PARTS:-ratios memory compare} " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 median() { sort -n | awk '{v[NR] = $1} END {print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }

@@ -919,7 +919,7 @@ int mp_epf_layer_compare(mp_epf *s, int l, const mp_unit_hooks *hooks, const mp_
  * count, so the same bits. With an observer the logits of a whole group are kept (ld = V) for it. */
 #define MP_HEAD_ROWS 1024
 typedef struct {
-    const mp_epf *s;
+    mp_epf *s;
     float *nw, *nb, *hw, *hb;
     int G, rows, ld;
     float *x, *lg; /* [rows, d] normed hidden states, [rows, ld] logits of one block (all, ld = V) */
@@ -946,7 +946,7 @@ static int head_grp_init(mp_epf *s, head_grp *g)
 /* the final norm of the rank's sequences q0 .. q0 + ng - 1 (ng <= G) into g->x, the rest zero */
 static void head_grp_norm(head_grp *g, int q0, int ng)
 {
-    mp_epf *s = (mp_epf *)g->s;
+    mp_epf *s = g->s;
     int64_t sd = (int64_t)s->S * s->d;
     for (int q = 0; q < ng; q++) {
         mp_norm(s->cfg, s->h + (q0 + q) * sd, s->S, s->d, g->nw, g->nb, g->x + q * sd);
@@ -965,6 +965,19 @@ static float *head_grp_block(head_grp *g, int v0, int *nv)
     float *o = g->ld == V ? g->lg + v0 : g->lg;
     mp_lm_head(g->s->cfg, g->hw, g->hb, g->x, g->rows, v0, *nv, o, g->ld);
     return o;
+}
+
+/* one block [v0, v0 + nv) of a row's logits into its running log-sum-exp l (with b, the other model's row:
+ * the KL terms against it, vmath.h), the next token y's logit into *tgt when it lies in the block; returns
+ * the block's max */
+static float row_block(const float *row, const float *b, int v0, int nv, int y, mp_lse *l, float *tgt)
+{
+    float mx;
+    double z = mp_lse_block(row, nv, &mx);
+    mp_lse_add(l, mx, z, b ? mp_kl_block(row, b, nv, mx) : 0);
+    if (y >= v0 && y < v0 + nv)
+        *tgt = row[y - v0];
+    return mx;
 }
 
 /* the next token's id after row r of group q0, -1 for a sequence's last token */
@@ -993,14 +1006,8 @@ int mp_epf_head(mp_epf *s, double *nll_sum, int64_t *n_pred)
             const float *o = head_grp_block(&g, v0, &nv);
             for (int r = 0; r < ng * S; r++) {
                 int y = next_id(s, q0, r);
-                if (y < 0)
-                    continue;
-                const float *row = o + (int64_t)r * g.ld;
-                float mx;
-                double z = mp_lse_block(row, nv, &mx);
-                mp_lse_add(&l[r], mx, z, 0);
-                if (y >= v0 && y < v0 + nv)
-                    tgt[r] = row[y - v0];
+                if (y >= 0)
+                    row_block(o + (int64_t)r * g.ld, NULL, v0, nv, y, &l[r], &tgt[r]);
             }
         }
         if (s->observe)
@@ -1008,7 +1015,7 @@ int mp_epf_head(mp_epf *s, double *nll_sum, int64_t *n_pred)
         for (int q = 0; q < ng && rc == 0; q++) {
             double acc = 0;
             for (int r = q * S; r < (q + 1) * S - 1; r++)
-                acc += l[r].m + log(l[r].z) - (double)tgt[r]; /* mp_row_nll's bits */
+                acc += mp_lse_value(&l[r]) - (double)tgt[r]; /* mp_row_nll's bits */
             if (!isfinite(acc))
                 rc = mp_errorf(MP_ENUMERIC, "the negative log-likelihood of sequence %d is not finite",
                                s->seq0 + q0 + q);
@@ -1069,13 +1076,8 @@ int mp_epf_head_compare(mp_epf *a, mp_epf *b, mp_head_cmp *out)
                     continue;
                 for (int k = 0; k < 2; k++) {
                     const float *row = o[k] + (int64_t)r * g[k].ld;
-                    float mx;
-                    double z = mp_lse_block(row, nv, &mx);
-                    /* KL(original || compressed): E_p[a - b] over the original's blocks (vmath.h) */
-                    double kl = k ? 0 : mp_kl_block(row, o[1] + (int64_t)r * g[1].ld, nv, mx);
-                    mp_lse_add(&l[k][r], mx, z, kl);
-                    if (y >= v0 && y < v0 + nv)
-                        tgt[k][r] = row[y - v0];
+                    /* KL(original || compressed): E_p[a - b] over the original's blocks */
+                    float mx = row_block(row, k ? NULL : o[1] + (int64_t)r * g[1].ld, v0, nv, y, &l[k][r], &tgt[k][r]);
                     if (mx > top[k][r]) { /* the first of the largest logits, as a scan over the row */
                         int i = 0;
                         while (i + 1 < nv && row[i] != mx)
@@ -1090,7 +1092,7 @@ int mp_epf_head_compare(mp_epf *a, mp_epf *b, mp_head_cmp *out)
             for (int r = q * S; r < (q + 1) * S - 1; r++) {
                 double lz[2];
                 for (int k = 0; k < 2; k++) {
-                    lz[k] = l[k][r].m + log(l[k][r].z);
+                    lz[k] = mp_lse_value(&l[k][r]);
                     acc[k] += lz[k] - (double)tgt[k][r]; /* as mp_epf_head: the same perplexity as eval */
                 }
                 acc[2] += l[0][r].t / l[0][r].z - lz[0] + lz[1];

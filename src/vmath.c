@@ -140,7 +140,7 @@ double mp_row_nll(const float *r, int V, int y)
         double s = mp_lse_block(r + v0, V - v0 < MP_LSE_BLOCK ? V - v0 : MP_LSE_BLOCK, &mx);
         mp_lse_add(&l, mx, s, 0);
     }
-    return l.m + log(l.z) - (double)r[y];
+    return mp_lse_value(&l) - (double)r[y];
 }
 
 MP_CLONES int64_t mp_first_nonfinite(const float *x, int64_t n)

@@ -40,9 +40,11 @@ double mp_lse_block(const float *x, int64_t n, float *mx);
 /* sum exp(a[i] - ma) (a[i] - b[i]) over a block of a and b (fp64, exp in fp32; ma = the block's max of a) */
 double mp_kl_block(const float *a, const float *b, int64_t n, float ma);
 /* the next block (its max mx, mp_lse_block's sum s, mp_kl_block's sum kl or 0) into l. At the end
- * log-sum-exp = l.m + log(l.z), and with a's blocks E_p[a - b] = l.t / l.z for p = softmax(a), so that
+ * log-sum-exp = mp_lse_value(&l), and with a's blocks E_p[a - b] = l.t / l.z for p = softmax(a), so that
  * KL(p || softmax(b)) = l.t / l.z - lse(a) + lse(b). */
 void mp_lse_add(mp_lse *l, float mx, double s, double kl);
+/* the log-sum-exp of the blocks added so far: l.m + log(l.z) */
+static inline double mp_lse_value(const mp_lse *l) { return l->m + log(l->z); }
 
 /* -log softmax(r)[y] of one row r [V] of logits: its log-sum-exp (the blocks above) - r[y] */
 double mp_row_nll(const float *r, int V, int y);

@@ -124,7 +124,7 @@ static double blocked_lse(const float *x, const float *y, int n, double *e)
     }
     if (e)
         *e = l.t / l.z;
-    return l.m + log(l.z);
+    return mp_lse_value(&l);
 }
 
 static void check_blocks(void)
