@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -247,4 +248,32 @@ int mp_release_space(const char *path)
     if (stat(path, &st) != 0 || truncate(path, st.st_size) != 0)
         return mp_syserrorf(MP_EIO, "%s: cannot release the reserved space", path);
     return 0;
+}
+
+int mp_map_scratch(const char *dir, const char *what, size_t bytes, void **out)
+{
+    char path[4400];
+    *out = NULL;
+    snprintf(path, sizeof path, "%s/.scratch-%d-XXXXXX", dir, (int)getpid());
+    int fd = mkstemp(path);
+    if (fd < 0)
+        return mp_syserrorf(MP_EIO, "%s: cannot create the file of %s", path, what);
+    unlink(path);
+    int e = posix_fallocate(fd, 0, (off_t)bytes);
+    void *p = e == 0 ? mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0) : MAP_FAILED;
+    close(fd); /* the mapping keeps the file */
+    if (e != 0)
+        return mp_errorf(MP_EIO, "%s: cannot allocate %zu bytes for %s: %s", path, bytes, what, strerror(e));
+    if (p == MAP_FAILED)
+        return mp_syserrorf(MP_EIO, "%s: cannot map %s", path, what);
+    *out = p;
+    return 0;
+}
+
+void mp_pages_drop(const void *p, size_t bytes)
+{
+    uintptr_t pg = (uintptr_t)sysconf(_SC_PAGESIZE), a = ((uintptr_t)p + pg - 1) / pg * pg,
+              b = ((uintptr_t)p + bytes) / pg * pg;
+    if (b > a)
+        madvise((void *)a, b - a, MADV_DONTNEED);
 }

@@ -44,5 +44,14 @@ int mp_fwrite_all(const void *p, size_t n, void *fp, const char *path);
  * nothing (0). mp_release_space gives back what was not used (truncate to the file's size). */
 int mp_reserve_space(const char *path, long long bytes, const char *what);
 int mp_release_space(const char *path);
+/* Memory that lives on the disk: a shared mapping of `bytes` (> 0) on a new file in `dir`, unlinked at once
+ * (nothing stays behind, even after a crash; `what` names it in errors), its blocks allocated now (a full
+ * disk is MP_EIO here, not a SIGBUS at a page fault). Its pages are zero at first; mp_pages_drop gives
+ * back the resident ones, which the file keeps, so the kernel's page cache holds the data as memory allows.
+ * munmap frees it. */
+int mp_map_scratch(const char *dir, const char *what, size_t bytes, void **out);
+/* madvise(MADV_DONTNEED) of the whole pages inside [p, p + bytes) of a mp_map_scratch mapping: they go
+ * back to its file, and a later access maps them in again (a refusal only costs memory). */
+void mp_pages_drop(const void *p, size_t bytes);
 
 #endif

@@ -635,23 +635,30 @@ static int read_fp8_scaled(const mp_ckpt *c, const mp_tensor *t, const mp_tensor
 
 /* The values were copied out: drop every page that [p, p + n) touches from this process's resident set
  * (the page cache keeps them), so resident memory follows what a stage holds, not the model size. The
- * pages at both ends go too: the mapping is read-only, so a neighbour's next read only maps them again
- * (kept, the two pages of every embedding row made the resident set grow with the distinct token ids:
- * +30 MB from 16 to 64 calibration sequences of the Mixtral bench model). */
-static void release_pages(const unsigned char *p, size_t n)
+ * kernel maps the cached pages around a faulting one too (fault-around, 64 KB by default), so the pages of
+ * the 64 KB-aligned blocks at both ends go as well, inside the file's mapping f: the mapping is read-only,
+ * so a neighbour's next read only maps them again. Kept, those neighbours of every embedding row made the
+ * resident set grow with the distinct token ids (+30 MB from 16 to 64 calibration sequences of the Mixtral
+ * bench model with the row's own pages dropped, +40 MB from 8 to 32 of the Qwen3-MoE one with its two end
+ * pages dropped as well). */
+#define FAULT_AROUND ((uintptr_t)64 << 10)
+static void release_pages(const mp_st_file *f, const unsigned char *p, size_t n)
 {
-    static size_t page = 0;
+    static uintptr_t page = 0;
     if (!page)
-        page = (size_t)sysconf(_SC_PAGESIZE);
-    uintptr_t a = (uintptr_t)p & ~(uintptr_t)(page - 1), b = ((uintptr_t)p + n + page - 1) & ~(uintptr_t)(page - 1);
-    if (n > 0)
+        page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t lo = (uintptr_t)f->map, hi = (lo + f->size + page - 1) & ~(page - 1);
+    uintptr_t a = (uintptr_t)p & ~(FAULT_AROUND - 1), b = ((uintptr_t)p + n + FAULT_AROUND - 1) & ~(FAULT_AROUND - 1);
+    a = a > lo ? a : lo, b = b < hi ? b : hi;
+    if (n > 0 && b > a)
         madvise((void *)a, b - a, MADV_DONTNEED);
 }
 
-int mp_ckpt_read_f32(const mp_ckpt *c, const mp_tensor *t, int64_t first, int64_t n, float *out)
+/* elements [first, first + n) of t as fp32 into out; their pages stay mapped */
+static int copy_f32(const mp_ckpt *c, const mp_tensor *t, int64_t first, int64_t n, float *out)
 {
     int64_t last;
-    if (mp_add_i64(first, n, &last) < 0 || last > t->numel)
+    if (first < 0 || mp_add_i64(first, n, &last) < 0 || last > t->numel)
         return mp_errorf(MP_EINTERNAL, "%s: read of elements [%lld, %lld) outside tensor '%s' of %lld elements",
                          c->dir, (long long)first, (long long)(first + n), t->name, (long long)t->numel);
     if (!mp_dtype_is_float(t->dtype))
@@ -664,12 +671,36 @@ int mp_ckpt_read_f32(const mp_ckpt *c, const mp_tensor *t, int64_t first, int64_
         if (s)
             return read_fp8_scaled(c, t, s, first, n, out);
     }
-    size_t es = mp_dtype_size(t->dtype);
-    const unsigned char *src = t->data + (size_t)first * es;
-    mp_convert_to_f32(t->dtype, src, (size_t)n, out);
-    if (!c->files[t->file].borrowed) /* never on a caller's buffer: DONTNEED would zero anonymous memory */
-        release_pages(src, (size_t)n * es);
+    mp_convert_to_f32(t->dtype, t->data + (size_t)first * mp_dtype_size(t->dtype), (size_t)n, out);
     return 0;
+}
+
+/* the pages of elements [first, first + n) of t out of the resident set (release_pages) */
+static void release_elements(const mp_ckpt *c, const mp_tensor *t, int64_t first, int64_t n)
+{
+    size_t es = mp_dtype_size(t->dtype);
+    if (!c->files[t->file].borrowed) /* never on a caller's buffer: DONTNEED would zero anonymous memory */
+        release_pages(&c->files[t->file], t->data + (size_t)first * es, (size_t)n * es);
+}
+
+int mp_ckpt_read_f32(const mp_ckpt *c, const mp_tensor *t, int64_t first, int64_t n, float *out)
+{
+    MP_CHECK(copy_f32(c, t, first, n, out));
+    release_elements(c, t, first, n);
+    return 0;
+}
+
+int mp_ckpt_read_rows_f32(const mp_ckpt *c, const mp_tensor *t, const int32_t *rows, int n, int64_t width, float *out)
+{
+    int64_t lo = INT64_MAX, hi = -1;
+    int rc = 0;
+    for (int i = 0; i < n && rc == 0; i++) {
+        rc = copy_f32(c, t, (int64_t)rows[i] * width, width, out + (int64_t)i * width);
+        lo = rows[i] < lo ? rows[i] : lo, hi = rows[i] > hi ? rows[i] : hi;
+    }
+    if (hi >= lo && lo >= 0 && (hi + 1) * width <= t->numel) /* once for the span: one TLB flush, not n */
+        release_elements(c, t, lo * width, (hi + 1 - lo) * width);
+    return rc;
 }
 
 int mp_ckpt_read_named_f32(const mp_ckpt *c, const char *name, float *out, int64_t cap)

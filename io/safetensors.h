@@ -98,6 +98,11 @@ int mp_tensor_is_aux(const char *name);
  * are then released from the process's resident set (madvise DONTNEED; the
  * data stay in the page cache), so memory is bounded by what callers keep. */
 int mp_ckpt_read_f32(const mp_ckpt *c, const mp_tensor *t, int64_t first, int64_t n, float *out);
+/* Read rows rows[0..n) of `t` as a [*, width] matrix into out [n, width], as mp_ckpt_read_f32 reads each; the
+ * pages go once at the end, for the span from the smallest row to the largest (one madvise, so one TLB
+ * shootdown, per call instead of one per row: embedding lookups). */
+int mp_ckpt_read_rows_f32(const mp_ckpt *c, const mp_tensor *t, const int32_t *rows, int n, int64_t width,
+                          float *out);
 /* Read a whole tensor by name into `out` (capacity `cap` floats). */
 int mp_ckpt_read_named_f32(const mp_ckpt *c, const char *name, float *out, int64_t cap);
 

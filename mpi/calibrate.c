@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <xxhash.h>
 
 #include "error.h"
@@ -34,12 +35,16 @@ typedef struct {
 
 /* The sample of the unit being accumulated: the (at most K) tokens of smallest (priority, token) seen so
  * far, as a max-heap, so a new token replaces the root when it comes before it. Rows x [cap, d] and
- * h [cap, f] grow with the sample up to K rows. */
+ * h [cap, f] grow with the sample up to K rows; with windows they are K rows on a file instead (map:
+ * fsutil.h's mp_map_scratch; a finished unit's file goes to the next unit), whose pages go back to the
+ * file after every chunk, so that the samples of the units a window keeps open stay out of memory. */
 typedef struct {
-    int64_t K, n, cap;
+    int64_t K, n, cap, hcap; /* cap: rows x and h hold; hcap: keys the heap holds */
     uint64_t seed;
     sample_key *heap;
     float *x, *h;
+    void *map;
+    size_t map_n;
 } sampler;
 
 typedef struct {
@@ -54,6 +59,8 @@ typedef struct {
     size_t scr_n;
     struct spare_gram *spare; /* [n_spare]: Gram arrays of finished units, for the next ones */
     int n_spare, cap_spare;
+    struct sample_file *sfile; /* [n_sfile]: sample files of finished units, for the next ones (windows) */
+    int n_sfile, cap_sfile;
     double nll_sum;
     int64_t n_pred;
     int hid_layer; /* the layer whose output every rank's hidden-state checkpoint holds, -1 */
@@ -116,10 +123,56 @@ static void spare_free(calib *c)
 
 /* ---- the token sample ------------------------------------------------------------------------------- */
 
-static void sampler_free(sampler *sm)
+typedef struct sample_file {
+    void *p;
+    size_t n;
+} sample_file;
+
+/* a unit done: its keys and rows go; a file's pages go back to it and the file to the next unit */
+static void sampler_clear(calib *c, sampler *sm)
 {
-    free(sm->heap), free(sm->x), free(sm->h);
+    free(sm->heap);
+    if (sm->map) {
+        mp_pages_drop(sm->map, sm->map_n);
+        if (c->n_sfile == c->cap_sfile) {
+            int cap = c->cap_sfile ? 2 * c->cap_sfile : 16;
+            sample_file *q = realloc(c->sfile, sizeof *q * (size_t)cap);
+            if (q)
+                c->sfile = q, c->cap_sfile = cap;
+        }
+        if (c->n_sfile < c->cap_sfile)
+            c->sfile[c->n_sfile++] = (sample_file){sm->map, sm->map_n};
+        else
+            munmap(sm->map, sm->map_n);
+    } else
+        free(sm->x), free(sm->h);
     memset(sm, 0, sizeof *sm);
+}
+
+static void sample_files_free(calib *c)
+{
+    for (int i = 0; i < c->n_sfile; i++)
+        munmap(c->sfile[i].p, c->sfile[i].n);
+    free(c->sfile);
+    c->sfile = NULL, c->n_sfile = c->cap_sfile = 0;
+}
+
+/* with windows: the unit's K rows [K, d] and [K, f] on a file, a finished unit's or a new one (so the
+ * files are as many as the units live at once, whichever units a rank runs from layer to layer) */
+static int sampler_on_file(calib *c, sampler *sm, int64_t d, int64_t f)
+{
+    size_t n = sizeof(float) * (size_t)(sm->K * (d + f));
+    if (n == 0)
+        return 0;
+    for (int i = 0; i < c->n_sfile && !sm->map; i++)
+        if (c->sfile[i].n >= n)
+            sm->map = c->sfile[i].p, sm->map_n = c->sfile[i].n, c->sfile[i] = c->sfile[--c->n_sfile];
+    if (!sm->map) {
+        MP_CHECK(mp_map_scratch(c->dir, "the token sample", n, &sm->map));
+        sm->map_n = n;
+    }
+    sm->x = sm->map, sm->h = sm->x + sm->K * d, sm->cap = sm->K;
+    return 0;
 }
 
 /* the priority of a global token index in unit u of layer l */
@@ -172,21 +225,24 @@ static int sample_offer(sampler *sm, int64_t tok, const float *x, const float *h
         sm->heap[0] = k;
         heap_down(sm->heap, sm->n, 0);
     } else {
-        if (sm->n == sm->cap) {
-            int64_t cap = sm->cap ? 2 * sm->cap : 64;
+        if (sm->n == sm->hcap) {
+            int64_t cap = sm->hcap ? 2 * sm->hcap : 64;
             cap = cap < sm->K ? cap : sm->K;
             sample_key *hp = realloc(sm->heap, sizeof *hp * (size_t)cap);
-            if (hp)
-                sm->heap = hp;
-            float *xs = hp ? realloc(sm->x, sizeof(float) * (size_t)(cap * d)) : NULL;
+            if (!hp)
+                return mp_errorf(MP_ENOMEM, "out of memory for a sample of %lld tokens", (long long)cap);
+            sm->heap = hp, sm->hcap = cap;
+        }
+        if (sm->n == sm->cap) { /* rows in memory: as many as keys */
+            float *xs = realloc(sm->x, sizeof(float) * (size_t)(sm->hcap * d));
             if (xs)
                 sm->x = xs;
-            float *hs = xs ? realloc(sm->h, sizeof(float) * (size_t)(cap * f)) : NULL;
+            float *hs = xs ? realloc(sm->h, sizeof(float) * (size_t)(sm->hcap * f)) : NULL;
             if (hs)
                 sm->h = hs;
             if (!hs)
-                return mp_errorf(MP_ENOMEM, "out of memory for a sample of %lld tokens", (long long)cap);
-            sm->cap = cap;
+                return mp_errorf(MP_ENOMEM, "out of memory for a sample of %lld tokens", (long long)sm->hcap);
+            sm->cap = sm->hcap;
         }
         k.row = sm->n;
         sm->heap[sm->n] = k;
@@ -244,10 +300,11 @@ static int st_begin(void *ctx, int l, int u, int d, int f)
         return mp_errorf(MP_ENOMEM, "out of memory for the statistics of expert %d of layer %d", u, l);
     int64_t pd = mp_gram_packed_size(d), pf = mp_gram_packed_size(f); /* packed Grams (gram.h) */
     MP_CHECK(mp_stats_alloc_with(&c->st[k], l, u, d, f, spare_take(c, pd), spare_take(c, pf)));
-    sampler_free(&c->sm[k]);
-    c->sm[k].K = c->r->job->sample_tokens;
-    c->sm[k].seed = (uint64_t)l * 65537u + (uint64_t)u;
-    return 0;
+    sampler *sm = &c->sm[k];
+    sampler_clear(c, sm);
+    sm->K = c->r->job->sample_tokens;
+    sm->seed = (uint64_t)l * 65537u + (uint64_t)u;
+    return c->r->job->chunk_tokens > 0 ? sampler_on_file(c, sm, d, f) : 0;
 }
 
 static int st_chunk(void *ctx, int l, int u, const float *x, const float *h, const float *w, const int64_t *tok, int nb)
@@ -257,8 +314,11 @@ static int st_chunk(void *ctx, int l, int u, const float *x, const float *h, con
     mp_expert_stats *st = &c->st[k];
     int64_t d = st->d, f = st->f;
     (void)l;
+    sampler *sm = &c->sm[k];
     for (int i = 0; i < nb; i++)
-        MP_CHECK(sample_offer(&c->sm[k], tok[i], x + i * d, h + i * f, d, f));
+        MP_CHECK(sample_offer(sm, tok[i], x + i * d, h + i * f, d, f));
+    if (sm->map)
+        mp_pages_drop(sm->map, sm->map_n);
     _Static_assert(MP_CHUNK <= MP_GRAM_CHUNK, "a forward chunk is one fp32 Gram chunk");
     mp_gram_add_chunk(x, nb, (int)d, c->scr, st->G_in, NULL);
     mp_gram_add_chunk(h, nb, (int)f, c->scr, st->G_mid, st->h_sq);
@@ -277,7 +337,7 @@ static int st_end(void *ctx, int l, int u)
     /* the Grams hold their upper triangles, packed (gram.h): just what the file stores; the writer checks
      * them (a non-finite value is an error naming the file, the Gram and [i, j]) */
     int rc = sample_finish(&c->sm[k], st);
-    sampler_free(&c->sm[k]);
+    sampler_clear(c, &c->sm[k]);
     unit_sum *su = &c->us[k];
     su->owned = 1, su->count = st->count, su->f = f;
     su->diag_in = malloc(sizeof(double) * (size_t)d);
@@ -541,7 +601,7 @@ int mp_calib_layer(mp_run *r, int s, int l, int committed)
     int rc = mp_epf_layer(c->f, l, &hk);
     for (int u = 0; u <= c->E; u++) { /* after a failure inside a unit */
         mp_stats_free(&c->st[u]);
-        sampler_free(&c->sm[u]);
+        sampler_clear(c, &c->sm[u]);
     }
     if (rc == 0)
         rc = r->m->cfg.is_moe[l] ? commit_layer(c, l) : commit_dense_layer(c, l);
@@ -565,6 +625,7 @@ int mp_calib_end(mp_run *r, int s, int ok)
         rc = mp_errorf(MP_EINTERNAL, "calibrate: layers %d.. were never run", c->defer);
     if (ok && c && rc == 0) {
         spare_free(c); /* before the head's vocabulary-sized buffers */
+        sample_files_free(c);
         rc = mp_epf_head(c->f, &c->nll_sum, &c->n_pred);
         if (rc == 0) {
             mp_summary *sum = &r->sum[s];
@@ -587,9 +648,10 @@ int mp_calib_end(mp_run *r, int s, int ok)
         unit_sums_free(c);
         for (int u = 0; c->st && c->sm && u <= c->E; u++) {
             mp_stats_free(&c->st[u]);
-            sampler_free(&c->sm[u]);
+            sampler_clear(c, &c->sm[u]);
         }
         spare_free(c);
+        sample_files_free(c);
         free(c->us), free(c->st), free(c->sm), free(c->scr);
         free(c);
     }

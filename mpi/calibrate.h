@@ -6,8 +6,10 @@
  * (gram.h; upper triangle, stored packed), h_sq, the token count, the routing weights' sum
  * and the token sample (calibration.sample_tokens = K: a max-heap of the K
  * tokens of smallest priority XXH64(token; seed layer * 65537 + unit) seen so
- * far, with their x and h, so memory stays bounded by K rows per unit); the
- * unit's file is written when the unit is done. Then the
+ * far, with their x and h, so memory stays bounded by K rows per unit; with
+ * windows the rows are on a file in the stage's directory, unlinked at once,
+ * and only a chunk's rows are resident); the unit's file is written when the
+ * unit is done. Then the
  * layer's prior is agreed (experts with fewer than calibration.min_tokens
  * tokens get the layer's average per-token diagonal, listed in
  * layerLLLL/report.json), the files are completed and the layer committed

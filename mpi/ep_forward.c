@@ -2,16 +2,15 @@
 #define _GNU_SOURCE
 #include "ep_forward.h"
 
-#include <fcntl.h>
 #include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <unistd.h>
 
 #include "error.h"
+#include "fsutil.h"
 #include "plan.h"
 #include "runtime.h"
 #include "vmath.h"
@@ -195,24 +194,11 @@ static int window_buffers(mp_epf *s)
 
 static size_t hidden_bytes(const mp_epf *s) { return sizeof(float) * (size_t)(s->T * s->d + 1); }
 
-/* h as a shared mapping of a file in dir, created and unlinked at once (nothing stays behind), its blocks
- * allocated now (a full disk is an error here, not a SIGBUS at a page fault) */
+/* h on a file in dir (fsutil.h: mp_map_scratch) */
 static int spill_map(mp_epf *s, const char *dir)
 {
-    char path[4400];
-    snprintf(path, sizeof path, "%s/.hidden-rank%d-XXXXXX", dir, s->rank);
-    int fd = mkstemp(path);
-    if (fd < 0)
-        return mp_syserrorf(MP_EIO, "%s: cannot create the file of the residual stream", path);
-    unlink(path);
-    size_t n = hidden_bytes(s);
-    int e = posix_fallocate(fd, 0, (off_t)n);
-    void *p = e == 0 ? mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0) : MAP_FAILED;
-    close(fd); /* the mapping keeps the file */
-    if (e != 0)
-        return mp_errorf(MP_EIO, "%s: cannot allocate %zu bytes for the residual stream: %s", path, n, strerror(e));
-    if (p == MAP_FAILED)
-        return mp_syserrorf(MP_EIO, "%s: cannot map the residual stream", path);
+    void *p;
+    MP_CHECK(mp_map_scratch(dir, "the residual stream", hidden_bytes(s), &p));
     s->h = p, s->spilled = 1;
     return 0;
 }
@@ -220,19 +206,15 @@ static int spill_map(mp_epf *s, const char *dir)
 void mp_epf_hidden_done(void *ctx, const void *rows, size_t bytes)
 {
     mp_epf *s = ctx;
-    if (!s->spilled || bytes == 0)
-        return;
-    uintptr_t pg = (uintptr_t)sysconf(_SC_PAGESIZE), a = ((uintptr_t)rows + pg - 1) / pg * pg,
-              b = ((uintptr_t)rows + bytes) / pg * pg;
-    if (b > a) /* the file keeps the data; a later access maps it in again (a refusal only costs memory) */
-        madvise((void *)a, b - a, MADV_DONTNEED);
+    if (s->spilled)
+        mp_pages_drop(rows, bytes);
 }
 
 /* every page of a spilled residual stream back to its file */
 static void hidden_release(mp_epf *s)
 {
     if (s->spilled)
-        madvise(s->h, hidden_bytes(s), MADV_DONTNEED);
+        mp_pages_drop(s->h, hidden_bytes(s));
 }
 
 static int create(const mp_weights *w, const mp_tokens *tok, mp_observer observe, void *observe_ctx,

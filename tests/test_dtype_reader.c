@@ -31,6 +31,18 @@ static void check_against_expected(const mp_ckpt *c, const char *w, const char *
     CHECK_OK(mp_ckpt_read_f32(c, tw, first, n, part));
     CHECK(memcmp(part, a + first, sizeof(float) * (size_t)n) == 0);
     free(part);
+    /* rows in any order, repeated (an embedding lookup): the same values; a row past the end is an error */
+    if (tw->ndim == 2 && tw->shape[0] >= 2) {
+        int64_t w_ = tw->shape[1];
+        int32_t rows[4] = {(int32_t)tw->shape[0] - 1, 0, (int32_t)(tw->shape[0] / 2), 0};
+        float *r = malloc(sizeof(float) * (size_t)(4 * w_));
+        CHECK_OK(mp_ckpt_read_rows_f32(c, tw, rows, 4, w_, r));
+        for (int i = 0; i < 4; i++)
+            CHECK(memcmp(r + i * w_, a + rows[i] * w_, sizeof(float) * (size_t)w_) == 0);
+        rows[2] = (int32_t)tw->shape[0];
+        CHECK(mp_ckpt_read_rows_f32(c, tw, rows, 4, w_, r) == MP_EINTERNAL);
+        free(r);
+    }
     free(a);
     free(b);
 }
