@@ -50,8 +50,9 @@ int mp_release_space(const char *path);
  * back the resident ones, which the file keeps, so the kernel's page cache holds the data as memory allows.
  * munmap frees it. */
 int mp_map_scratch(const char *dir, const char *what, size_t bytes, void **out);
-/* madvise(MADV_DONTNEED) of the whole pages inside [p, p + bytes) of a mp_map_scratch mapping: they go
- * back to its file, and a later access maps them in again (a refusal only costs memory). */
+/* madvise(MADV_DONTNEED) of the whole pages inside [p, p + bytes) of a file's mapping (mp_map_scratch's, or
+ * a read-only one): they go back to the file, and a later access maps them in again (a refusal only costs
+ * memory). Never on anonymous memory: its pages would read as zeros. */
 void mp_pages_drop(const void *p, size_t bytes);
 
 #endif

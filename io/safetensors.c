@@ -651,7 +651,7 @@ static void release_pages(const mp_st_file *f, const unsigned char *p, size_t n)
     uintptr_t a = (uintptr_t)p & ~(FAULT_AROUND - 1), b = ((uintptr_t)p + n + FAULT_AROUND - 1) & ~(FAULT_AROUND - 1);
     a = a > lo ? a : lo, b = b < hi ? b : hi;
     if (n > 0 && b > a)
-        madvise((void *)a, b - a, MADV_DONTNEED);
+        mp_pages_drop((const void *)a, b - a);
 }
 
 /* elements [first, first + n) of t as fp32 into out; their pages stay mapped */
@@ -694,11 +694,10 @@ int mp_ckpt_read_rows_f32(const mp_ckpt *c, const mp_tensor *t, const int32_t *r
 {
     int64_t lo = INT64_MAX, hi = -1;
     int rc = 0;
-    for (int i = 0; i < n && rc == 0; i++) {
-        rc = copy_f32(c, t, (int64_t)rows[i] * width, width, out + (int64_t)i * width);
-        lo = rows[i] < lo ? rows[i] : lo, hi = rows[i] > hi ? rows[i] : hi;
-    }
-    if (hi >= lo && lo >= 0 && (hi + 1) * width <= t->numel) /* once for the span: one TLB flush, not n */
+    for (int i = 0; i < n && rc == 0; i++)
+        if ((rc = copy_f32(c, t, (int64_t)rows[i] * width, width, out + (int64_t)i * width)) == 0)
+            lo = rows[i] < lo ? rows[i] : lo, hi = rows[i] > hi ? rows[i] : hi;
+    if (hi >= lo) /* once for the span of the rows read: one TLB flush, not n */
         release_elements(c, t, lo * width, (hi + 1 - lo) * width);
     return rc;
 }

@@ -33,13 +33,23 @@ typedef struct {
     int64_t row;
 } sample_key;
 
+/* Buffers of finished units kept for the next ones (Gram arrays, sample files): a list of (pointer, bytes). */
+typedef struct {
+    void *p;
+    size_t n;
+} kept;
+typedef struct {
+    kept *v;
+    int n, cap;
+} kept_list;
+
 /* The sample of the unit being accumulated: the (at most K) tokens of smallest (priority, token) seen so
  * far, as a max-heap, so a new token replaces the root when it comes before it. Rows x [cap, d] and
  * h [cap, f] grow with the sample up to K rows; with windows they are K rows on a file instead (map:
  * fsutil.h's mp_map_scratch; a finished unit's file goes to the next unit), whose pages go back to the
  * file after every chunk, so that the samples of the units a window keeps open stay out of memory. */
 typedef struct {
-    int64_t K, n, cap, hcap; /* cap: rows x and h hold; hcap: keys the heap holds */
+    int64_t K, n, cap; /* cap: keys the heap holds, and rows x and h in memory */
     uint64_t seed;
     sample_key *heap;
     float *x, *h;
@@ -57,10 +67,8 @@ typedef struct {
     sampler *sm;         /* [E + 1] */
     float *scr;         /* [scr_n]: the fp32 Gram workspace (gram.h) */
     size_t scr_n;
-    struct spare_gram *spare; /* [n_spare]: Gram arrays of finished units, for the next ones */
-    int n_spare, cap_spare;
-    struct sample_file *sfile; /* [n_sfile]: sample files of finished units, for the next ones (windows) */
-    int n_sfile, cap_sfile;
+    kept_list spare; /* Gram arrays of finished units, for the next ones */
+    kept_list sfile; /* sample files of finished units, for the next ones (windows) */
     double nll_sum;
     int64_t n_pred;
     int hid_layer; /* the layer whose output every rank's hidden-state checkpoint holds, -1 */
@@ -81,52 +89,59 @@ static void unit_sums_free(calib *c)
  * freed. Freed, they fragmented the heap (never trimmed during the layers, runtime.c): with windows, the
  * peak RSS of a Mixtral calibrate grew by about 100 MB a layer. Kept: at most the Grams of the units live at
  * once (one unit without windows); given back before the output head. */
-typedef struct spare_gram {
-    double *p;
-    int64_t n;
-} spare_gram;
 
-/* a kept array of n doubles, zeroed, or NULL (none: mp_stats_alloc_with allocates one) */
-static double *spare_take(calib *c, int64_t n)
+/* keep p (n bytes) on the list; 0 when the list cannot grow (the caller then frees p) */
+static int kept_put(kept_list *k, void *p, size_t n)
 {
-    for (int i = 0; i < c->n_spare; i++)
-        if (c->spare[i].n == n) {
-            double *p = c->spare[i].p;
-            c->spare[i] = c->spare[--c->n_spare];
-            memset(p, 0, sizeof(double) * (size_t)n);
-            return p;
+    if (k->n == k->cap) {
+        int cap = k->cap ? 2 * k->cap : 16;
+        kept *q = realloc(k->v, sizeof *q * (size_t)cap);
+        if (!q)
+            return 0;
+        k->v = q, k->cap = cap;
+    }
+    k->v[k->n++] = (kept){p, n};
+    return 1;
+}
+
+/* a kept buffer of n bytes (exact = 0: of at least n bytes, its size in *got), taken off the list, or NULL */
+static void *kept_take(kept_list *k, size_t n, int exact, size_t *got)
+{
+    for (int i = 0; i < k->n; i++)
+        if (exact ? k->v[i].n == n : k->v[i].n >= n) {
+            kept e = k->v[i];
+            k->v[i] = k->v[--k->n];
+            if (got)
+                *got = e.n;
+            return e.p;
         }
     return NULL;
 }
 
+/* a kept array of n doubles, zeroed, or NULL (none: mp_stats_alloc_with allocates one) */
+static double *spare_take(calib *c, int64_t n)
+{
+    double *p = kept_take(&c->spare, sizeof(double) * (size_t)n, 1, NULL);
+    if (p)
+        memset(p, 0, sizeof(double) * (size_t)n);
+    return p;
+}
+
 static void spare_keep(calib *c, double *p, int64_t n)
 {
-    if (p && c->n_spare == c->cap_spare) {
-        int cap = c->cap_spare ? 2 * c->cap_spare : 16;
-        spare_gram *q = realloc(c->spare, sizeof *q * (size_t)cap);
-        if (q)
-            c->spare = q, c->cap_spare = cap;
-    }
-    if (p && c->n_spare < c->cap_spare)
-        c->spare[c->n_spare++] = (spare_gram){p, n};
-    else
+    if (p && !kept_put(&c->spare, p, sizeof(double) * (size_t)n))
         free(p);
 }
 
 static void spare_free(calib *c)
 {
-    for (int i = 0; i < c->n_spare; i++)
-        free(c->spare[i].p);
-    free(c->spare);
-    c->spare = NULL, c->n_spare = c->cap_spare = 0;
+    for (int i = 0; i < c->spare.n; i++)
+        free(c->spare.v[i].p);
+    free(c->spare.v);
+    memset(&c->spare, 0, sizeof c->spare);
 }
 
 /* ---- the token sample ------------------------------------------------------------------------------- */
-
-typedef struct sample_file {
-    void *p;
-    size_t n;
-} sample_file;
 
 /* a unit done: its keys and rows go; a file's pages go back to it and the file to the next unit */
 static void sampler_clear(calib *c, sampler *sm)
@@ -134,15 +149,7 @@ static void sampler_clear(calib *c, sampler *sm)
     free(sm->heap);
     if (sm->map) {
         mp_pages_drop(sm->map, sm->map_n);
-        if (c->n_sfile == c->cap_sfile) {
-            int cap = c->cap_sfile ? 2 * c->cap_sfile : 16;
-            sample_file *q = realloc(c->sfile, sizeof *q * (size_t)cap);
-            if (q)
-                c->sfile = q, c->cap_sfile = cap;
-        }
-        if (c->n_sfile < c->cap_sfile)
-            c->sfile[c->n_sfile++] = (sample_file){sm->map, sm->map_n};
-        else
+        if (!kept_put(&c->sfile, sm->map, sm->map_n))
             munmap(sm->map, sm->map_n);
     } else
         free(sm->x), free(sm->h);
@@ -151,10 +158,10 @@ static void sampler_clear(calib *c, sampler *sm)
 
 static void sample_files_free(calib *c)
 {
-    for (int i = 0; i < c->n_sfile; i++)
-        munmap(c->sfile[i].p, c->sfile[i].n);
-    free(c->sfile);
-    c->sfile = NULL, c->n_sfile = c->cap_sfile = 0;
+    for (int i = 0; i < c->sfile.n; i++)
+        munmap(c->sfile.v[i].p, c->sfile.v[i].n);
+    free(c->sfile.v);
+    memset(&c->sfile, 0, sizeof c->sfile);
 }
 
 /* with windows: the unit's K rows [K, d] and [K, f] on a file, a finished unit's or a new one (so the
@@ -164,14 +171,12 @@ static int sampler_on_file(calib *c, sampler *sm, int64_t d, int64_t f)
     size_t n = sizeof(float) * (size_t)(sm->K * (d + f));
     if (n == 0)
         return 0;
-    for (int i = 0; i < c->n_sfile && !sm->map; i++)
-        if (c->sfile[i].n >= n)
-            sm->map = c->sfile[i].p, sm->map_n = c->sfile[i].n, c->sfile[i] = c->sfile[--c->n_sfile];
+    sm->map = kept_take(&c->sfile, n, 0, &sm->map_n);
     if (!sm->map) {
         MP_CHECK(mp_map_scratch(c->dir, "the token sample", n, &sm->map));
         sm->map_n = n;
     }
-    sm->x = sm->map, sm->h = sm->x + sm->K * d, sm->cap = sm->K;
+    sm->x = sm->map, sm->h = sm->x + sm->K * d;
     return 0;
 }
 
@@ -225,24 +230,21 @@ static int sample_offer(sampler *sm, int64_t tok, const float *x, const float *h
         sm->heap[0] = k;
         heap_down(sm->heap, sm->n, 0);
     } else {
-        if (sm->n == sm->hcap) {
-            int64_t cap = sm->hcap ? 2 * sm->hcap : 64;
+        if (sm->n == sm->cap) {
+            int64_t cap = sm->cap ? 2 * sm->cap : 64;
             cap = cap < sm->K ? cap : sm->K;
             sample_key *hp = realloc(sm->heap, sizeof *hp * (size_t)cap);
-            if (!hp)
-                return mp_errorf(MP_ENOMEM, "out of memory for a sample of %lld tokens", (long long)cap);
-            sm->heap = hp, sm->hcap = cap;
-        }
-        if (sm->n == sm->cap) { /* rows in memory: as many as keys */
-            float *xs = realloc(sm->x, sizeof(float) * (size_t)(sm->hcap * d));
+            if (hp)
+                sm->heap = hp;
+            float *xs = hp && !sm->map ? realloc(sm->x, sizeof(float) * (size_t)(cap * d)) : sm->x; /* on a file: K rows */
             if (xs)
                 sm->x = xs;
-            float *hs = xs ? realloc(sm->h, sizeof(float) * (size_t)(sm->hcap * f)) : NULL;
+            float *hs = xs && !sm->map ? realloc(sm->h, sizeof(float) * (size_t)(cap * f)) : sm->h;
             if (hs)
                 sm->h = hs;
-            if (!hs)
-                return mp_errorf(MP_ENOMEM, "out of memory for a sample of %lld tokens", (long long)sm->hcap);
-            sm->cap = sm->hcap;
+            if (!hp || !xs || !hs)
+                return mp_errorf(MP_ENOMEM, "out of memory for a sample of %lld tokens", (long long)cap);
+            sm->cap = cap;
         }
         k.row = sm->n;
         sm->heap[sm->n] = k;
